@@ -1,0 +1,57 @@
+// A fully connected layer on oneDNN inner-product primitives:
+//   output = input * W^T + b
+// input (batch x in), W (out x in), b (1 x out), output (batch x out).
+// Backward:
+//   dL/dinput = dL/doutput * W            (skipped when not asked for)
+//   dL/dW     = (dL/doutput)^T * input
+//   dL/db     = column sums of dL/doutput
+#ifndef DISTILLERY_COMMON_LINEAR_LAYER_H_
+#define DISTILLERY_COMMON_LINEAR_LAYER_H_
+
+#include <map>
+#include <memory>
+
+#include "common/dnnl_context.h"
+#include "common/layer.h"
+
+namespace distillery {
+
+class LinearLayer : public Layer {
+ public:
+  // Weights and biases start at zero; the network initialises them.
+  // `index` names the parameters "layer<index>.weight" / "layer<index>.bias".
+  // `context` is not owned and must outlive the layer.
+  LinearLayer(int index, int64_t in_features, int64_t out_features, bool max_norm_applies,
+              DnnlContext* context);
+
+  std::string Describe() const override;
+  absl::Status Forward(const Matrix& input, bool training, Matrix* output) override;
+  absl::Status Backward(const Matrix& input, const Matrix& output, const Matrix& grad_output,
+                        Matrix* grad_input) override;
+  std::vector<Parameter*> Parameters() override { return {&weight_, &bias_}; }
+
+  int64_t in_features() const { return in_features_; }
+  int64_t out_features() const { return out_features_; }
+  Parameter& weight() { return weight_; }
+  Parameter& bias() { return bias_; }
+
+ private:
+  // The three primitives for one batch size, built once and then reused.
+  struct Primitives {
+    dnnl::inner_product_forward forward;
+    dnnl::inner_product_backward_data backward_data;
+    dnnl::inner_product_backward_weights backward_weights;
+  };
+  absl::Status GetPrimitives(int64_t batch, Primitives** primitives);
+
+  int64_t in_features_;
+  int64_t out_features_;
+  DnnlContext* context_;
+  Parameter weight_;
+  Parameter bias_;
+  std::map<int64_t, Primitives> primitives_by_batch_;
+};
+
+}  // namespace distillery
+
+#endif  // DISTILLERY_COMMON_LINEAR_LAYER_H_

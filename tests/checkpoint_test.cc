@@ -1,0 +1,164 @@
+// Checkpoints: bit-exact round trips, atomic replacement, and refusal of
+// corrupt, truncated or inconsistent files with a DataLoss error.
+#include "common/checkpoint.h"
+
+#include <fstream>
+#include <iterator>
+
+#include "tests/test_util.h"
+
+namespace distillery {
+namespace {
+
+std::string TempPath(const std::string& name) { return testing::TempDir() + "/" + name; }
+
+std::string ReadBytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+void WriteBytes(const std::string& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+}
+
+std::unique_ptr<Mlp> SmallNetwork(uint64_t seed) {
+  MlpSpec spec = *MlpSpec::Parse("12-7-5-3");
+  spec.hidden_dropout = 0.5f;
+  return *Mlp::Create(spec, seed);
+}
+
+TEST(CheckpointTest, RoundTripIsBitExact) {
+  auto mlp = SmallNetwork(3);
+  // Awkward values must survive too: denormals, negative zero, extremes.
+  Parameter* w = mlp->Parameters()[0];
+  w->value.at(0, 0) = 1e-40f;
+  w->value.at(0, 1) = -0.f;
+  w->value.at(0, 2) = 3.4e38f;
+  const std::string path = TempPath("roundtrip.ckpt");
+  ASSERT_TRUE(SaveCheckpoint(path, MakeCheckpoint(*mlp, "teacher", 3, 4)).ok());
+  absl::StatusOr<distill::v1::Checkpoint> loaded = LoadCheckpoint(path);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->role(), "teacher");
+  EXPECT_EQ(loaded->architecture().image_rows(), 3);
+  absl::StatusOr<std::unique_ptr<Mlp>> restored = MlpFromCheckpoint(*loaded);
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_EQ((*restored)->spec().ArchitectureString(), "12-7-5-3");
+  EXPECT_FLOAT_EQ((*restored)->spec().hidden_dropout, 0.5f);
+  std::vector<Parameter*> a = mlp->Parameters(), b = (*restored)->Parameters();
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    ASSERT_EQ(a[i]->value.size(), b[i]->value.size());
+    EXPECT_EQ(std::memcmp(a[i]->value.data(), b[i]->value.data(), a[i]->value.size() * 4), 0)
+        << a[i]->name;
+  }
+  EXPECT_EQ(WeightsFingerprint(*mlp), WeightsFingerprint(**restored));
+}
+
+TEST(CheckpointTest, FingerprintChangesWithAnyWeight) {
+  auto a = SmallNetwork(3), b = SmallNetwork(3);
+  EXPECT_EQ(WeightsFingerprint(*a), WeightsFingerprint(*b));
+  b->Parameters()[3]->value.at(0, 1) += 1e-6f;
+  EXPECT_NE(WeightsFingerprint(*a), WeightsFingerprint(*b));
+  EXPECT_EQ(WeightsFingerprint(*a).size(), 16u);
+}
+
+TEST(CheckpointTest, OptimizerStateRoundTrips) {
+  auto mlp = SmallNetwork(4);
+  auto sgd = MakeSgd(SgdConfig{});
+  for (Parameter* p : mlp->Parameters())
+    p->grad = RandomMatrix(p->value.rows(), p->value.cols(), 9);
+  sgd->Step(mlp->Parameters(), 0.1f, 0);
+  const std::string path = TempPath("state.ckpt");
+  ASSERT_TRUE(
+      SaveCheckpoint(path, MakeCheckpoint(*mlp, "student", 3, 4, sgd.get(), 2, 17, 5)).ok());
+  auto loaded = LoadCheckpoint(path);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->training_state().epochs_completed(), 2);
+  EXPECT_EQ(loaded->training_state().steps_completed(), 17);
+  auto other = MakeSgd(SgdConfig{});
+  ASSERT_TRUE(RestoreOptimizerState(*loaded, *mlp, other.get()).ok());
+  for (const auto& [name, m] : sgd->State()) {
+    ASSERT_EQ(other->State().count(name), 1u) << name;
+    EXPECT_EQ(*other->State().at(name), *m);
+  }
+  // State that belongs to another network is refused.
+  auto wider = *Mlp::Create(*MlpSpec::Parse("12-8-5-3"), 1);
+  EXPECT_EQ(RestoreOptimizerState(*loaded, *wider, other.get()).code(),
+            absl::StatusCode::kDataLoss);
+}
+
+TEST(CheckpointTest, SaveReplacesAtomicallyAndLeavesNoTemporaryFile) {
+  const std::string path = TempPath("atomic.ckpt");
+  ASSERT_TRUE(SaveCheckpoint(path, MakeCheckpoint(*SmallNetwork(1), "student", 3, 4)).ok());
+  ASSERT_TRUE(SaveCheckpoint(path, MakeCheckpoint(*SmallNetwork(2), "student", 3, 4)).ok());
+  auto loaded = LoadCheckpoint(path);
+  ASSERT_TRUE(loaded.ok());
+  EXPECT_EQ(WeightsFingerprint(**MlpFromCheckpoint(*loaded)), WeightsFingerprint(*SmallNetwork(2)));
+  std::ifstream temp(path + ".tmp." + std::to_string(getpid()));
+  EXPECT_FALSE(temp.good());
+  EXPECT_FALSE(SaveCheckpoint("/nonexistent-dir/x.ckpt", *loaded).ok());
+}
+
+class CorruptCheckpointTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    path_ = TempPath("corrupt.ckpt");
+    ASSERT_TRUE(SaveCheckpoint(path_, MakeCheckpoint(*SmallNetwork(5), "teacher", 3, 4)).ok());
+    good_ = ReadBytes(path_);
+  }
+  // Loads `bytes` written to the file and expects DataLoss mentioning
+  // `fragment` and the path.
+  void ExpectDataLoss(const std::string& bytes, const std::string& fragment) {
+    WriteBytes(path_, bytes);
+    absl::StatusOr<distill::v1::Checkpoint> loaded = LoadCheckpoint(path_);
+    ASSERT_FALSE(loaded.ok());
+    EXPECT_EQ(loaded.status().code(), absl::StatusCode::kDataLoss) << loaded.status();
+    EXPECT_NE(loaded.status().message().find(fragment), std::string::npos) << loaded.status();
+    EXPECT_NE(loaded.status().message().find(path_), std::string::npos) << loaded.status();
+  }
+  std::string path_, good_;
+};
+
+TEST_F(CorruptCheckpointTest, MissingFileIsNotFound) {
+  EXPECT_EQ(LoadCheckpoint(TempPath("absent.ckpt")).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(CorruptCheckpointTest, EmptyAndShortFiles) {
+  ExpectDataLoss("", "truncated");
+  ExpectDataLoss(good_.substr(0, 10), "truncated");
+}
+
+TEST_F(CorruptCheckpointTest, WrongMagic) {
+  std::string bytes = good_;
+  bytes[0] = 'X';
+  ExpectDataLoss(bytes, "wrong magic");
+}
+
+TEST_F(CorruptCheckpointTest, TruncatedPayload) {
+  ExpectDataLoss(good_.substr(0, good_.size() - 1), "truncated");
+  ExpectDataLoss(good_.substr(0, good_.size() / 2), "truncated");
+}
+
+TEST_F(CorruptCheckpointTest, TrailingBytes) { ExpectDataLoss(good_ + "junk", "unexpected bytes"); }
+
+TEST_F(CorruptCheckpointTest, FlippedBitInWeights) {
+  std::string bytes = good_;
+  bytes[bytes.size() - 20] ^= 0x01;
+  ExpectDataLoss(bytes, "CRC mismatch");
+}
+
+TEST_F(CorruptCheckpointTest, ValidFrameAroundInconsistentContents) {
+  // A well-framed checkpoint whose tensors do not fit its architecture.
+  distill::v1::Checkpoint checkpoint = MakeCheckpoint(*SmallNetwork(5), "teacher", 3, 4);
+  checkpoint.mutable_architecture()->set_layer_sizes(1, 8);
+  ASSERT_TRUE(SaveCheckpoint(path_, checkpoint).ok());
+  ExpectDataLoss(ReadBytes(path_), "layer0.weight");
+  // Non-finite weights.
+  checkpoint = MakeCheckpoint(*SmallNetwork(5), "teacher", 3, 4);
+  checkpoint.mutable_parameters(2)->set_values(0, std::nanf(""));
+  ASSERT_TRUE(SaveCheckpoint(path_, checkpoint).ok());
+  ExpectDataLoss(ReadBytes(path_), "non-finite");
+}
+
+}  // namespace
+}  // namespace distillery

@@ -1,0 +1,49 @@
+// Helpers shared by the unit tests: random matrices and a central-difference
+// gradient check.
+#ifndef DISTILLERY_TESTS_TEST_UTIL_H_
+#define DISTILLERY_TESTS_TEST_UTIL_H_
+
+#include <cmath>
+#include <functional>
+#include <random>
+
+#include "common/matrix.h"
+#include "gtest/gtest.h"
+
+namespace distillery {
+
+// A rows x cols matrix of uniform values in [-scale, scale].
+inline Matrix RandomMatrix(int64_t rows, int64_t cols, uint64_t seed, float scale = 1.f) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> uniform(-scale, scale);
+  Matrix m(rows, cols);
+  for (int64_t i = 0; i < m.size(); ++i) m.data()[i] = uniform(rng);
+  return m;
+}
+
+// Checks analytic gradient `analytic` of scalar function `loss` with respect
+// to `x` by central differences on every element (x is perturbed in place and
+// restored). Float arithmetic: the tolerance is relative to the larger of the
+// two values, with an absolute floor.
+inline void ExpectGradientMatches(const std::function<double()>& loss, Matrix* x,
+                                  const Matrix& analytic, double step = 1e-2,
+                                  double tolerance = 2e-2, double floor = 1e-3) {
+  ASSERT_EQ(x->rows(), analytic.rows());
+  ASSERT_EQ(x->cols(), analytic.cols());
+  for (int64_t i = 0; i < x->size(); ++i) {
+    const float original = x->data()[i];
+    x->data()[i] = original + static_cast<float>(step);
+    const double plus = loss();
+    x->data()[i] = original - static_cast<float>(step);
+    const double minus = loss();
+    x->data()[i] = original;
+    const double numeric = (plus - minus) / (2 * step);
+    const double exact = analytic.data()[i];
+    const double scale = std::max({std::abs(numeric), std::abs(exact), floor / tolerance});
+    EXPECT_NEAR(numeric, exact, tolerance * scale) << "element " << i;
+  }
+}
+
+}  // namespace distillery
+
+#endif  // DISTILLERY_TESTS_TEST_UTIL_H_

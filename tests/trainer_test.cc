@@ -1,0 +1,128 @@
+// The training loop on real MNIST data: it learns, it resumes exactly, it
+// distills from an in-process teacher, and it refuses bad set-ups clearly.
+#include "common/trainer.h"
+
+#include <cstdio>
+#include <fstream>
+
+#include "common/checkpoint.h"
+#include "gtest/gtest.h"
+
+namespace distillery {
+namespace {
+
+class TrainerTest : public testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    absl::StatusOr<MnistFormatData> mnist = LoadMnistFormatDirectory(DISTILLERY_MNIST_DIR);
+    ASSERT_TRUE(mnist.ok()) << mnist.status();
+    train_ = new Dataset(*SliceDataset(mnist->train, 0, 5000));
+    test_ = new Dataset(*SliceDataset(mnist->test, 0, 2000));
+  }
+  static void TearDownTestSuite() {
+    delete train_;
+    delete test_;
+  }
+  static TrainerConfig SmallConfig() {
+    TrainerConfig config;
+    config.architecture = "784-256-10";
+    config.epochs = 3;
+    config.batch_size = 64;
+    config.schedule.base = 0.1f;
+    config.log_progress = false;
+    return config;
+  }
+  static Dataset* train_;
+  static Dataset* test_;
+};
+Dataset* TrainerTest::train_ = nullptr;
+Dataset* TrainerTest::test_ = nullptr;
+
+// Stated accuracy: a 784-256-10 network on 5,000 MNIST images for 3 epochs
+// makes fewer than 12% errors on the first 2,000 test images (measured: 189
+// errors, 9.5%; PyTorch with the same recipe: 195).
+TEST_F(TrainerTest, ShortRunOnMnistReachesStatedAccuracy) {
+  TrainerConfig config = SmallConfig();
+  config.metrics_csv_path = testing::TempDir() + "/metrics.csv";
+  config.checkpoint_path = testing::TempDir() + "/short.ckpt";
+  absl::StatusOr<TrainingResult> result = Train(config, *train_, *test_);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->final_evaluation.examples, 2000);
+  EXPECT_LT(result->final_evaluation.errors, 240);
+  ASSERT_EQ(result->history.size(), 3u);
+  EXPECT_LT(result->history[2].train_loss, result->history[0].train_loss);
+  // The CSV has a header and one row per epoch; the checkpoint reloads to
+  // the same test errors.
+  std::ifstream csv(config.metrics_csv_path);
+  int lines = 0;
+  for (std::string line; std::getline(csv, line);) ++lines;
+  EXPECT_EQ(lines, 4);
+  auto checkpoint = LoadCheckpoint(config.checkpoint_path);
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  auto reloaded = MlpFromCheckpoint(*checkpoint);
+  ASSERT_TRUE(reloaded.ok());
+  EXPECT_EQ(Evaluate(**reloaded, *test_)->errors, result->final_evaluation.errors);
+}
+
+TEST_F(TrainerTest, ResumedRunEndsWithTheSameWeights) {
+  TrainerConfig config = SmallConfig();
+  config.architecture = "784-64-10";
+  config.hidden_dropout = 0.3f;
+  config.max_shift = 1;
+  config.schedule.kind = LearningRateSchedule::Kind::kConstant;
+  config.epochs = 3;
+  auto uninterrupted = Train(config, *train_, *test_);
+  ASSERT_TRUE(uninterrupted.ok()) << uninterrupted.status();
+
+  config.checkpoint_path = testing::TempDir() + "/resume.ckpt";
+  std::remove(config.checkpoint_path.c_str());
+  config.epochs = 2;  // "killed" after two epochs
+  ASSERT_TRUE(Train(config, *train_, *test_).ok());
+  config.epochs = 3;
+  config.resume = true;
+  auto resumed = Train(config, *train_, *test_);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->history.size(), 1u);
+  std::vector<Parameter*> a = uninterrupted->network->Parameters();
+  std::vector<Parameter*> b = resumed->network->Parameters();
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i]->value, b[i]->value) << a[i]->name;
+}
+
+TEST_F(TrainerTest, DistillsFromAnInProcessTeacherWithoutLabels) {
+  TrainerConfig teacher_config = SmallConfig();
+  auto teacher = Train(teacher_config, *train_, *test_);
+  ASSERT_TRUE(teacher.ok());
+  InProcessTeacher source(teacher->network.get(), 4.f);
+  TrainerConfig student_config = SmallConfig();
+  student_config.architecture = "784-64-10";
+  student_config.distill_temperature = 4.f;
+  student_config.schedule.base = 0.02f;
+  auto student = Train(student_config, WithoutLabels(*train_), *test_, &source);
+  ASSERT_TRUE(student.ok()) << student.status();
+  // Never shown a label, the student still classifies well (measured: 258
+  // errors out of 2,000; an untrained network makes about 1,800).
+  EXPECT_LT(student->final_evaluation.errors, 320);
+}
+
+TEST_F(TrainerTest, DivergenceStopsWithAClearError) {
+  TrainerConfig config = SmallConfig();
+  config.schedule.base = 1e6f;
+  absl::StatusOr<TrainingResult> result = Train(config, *train_, *test_);
+  ASSERT_FALSE(result.ok());
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kAborted);
+  EXPECT_NE(result.status().message().find("lower learning rate"), std::string::npos);
+}
+
+TEST_F(TrainerTest, RefusesBadSetups) {
+  TrainerConfig config = SmallConfig();
+  config.architecture = "100-10";
+  EXPECT_EQ(Train(config, *train_, *test_).status().code(), absl::StatusCode::kInvalidArgument);
+  config = SmallConfig();
+  EXPECT_EQ(Train(config, WithoutLabels(*train_), *test_).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  config.temperature = 0.f;
+  EXPECT_EQ(Train(config, *train_, *test_).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace distillery
