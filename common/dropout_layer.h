@@ -4,8 +4,9 @@
 //   output = input * mask,  mask_ij in {0, 1/(1-rate)}
 //   dL/dinput = dL/doutput * mask
 // oneDNN 2.6 has no dropout primitive, so this one is written by hand. The
-// mask is a pure function of (seed, noise step, element index), hashed with
-// SplitMix64: the same on any thread count, and reproducible after a resume.
+// mask is a pure function of (seed, noise step, element index), hashed
+// (common/random.h): the same on any thread count and CPU, and reproducible
+// after a resume.
 #ifndef DISTILLERY_COMMON_DROPOUT_LAYER_H_
 #define DISTILLERY_COMMON_DROPOUT_LAYER_H_
 

@@ -17,6 +17,17 @@ inline uint64_t SplitMix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
+// A 32-bit integer hash (Wellons' "lowbias32"), cheap enough to vectorise
+// with 32-bit multiplies: used where one draw per tensor element is needed.
+inline uint32_t Hash32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7FEB352DU;
+  x ^= x >> 15;
+  x *= 0x846CA68BU;
+  x ^= x >> 16;
+  return x;
+}
+
 // Mixes two values into one well-spread 64-bit key.
 inline uint64_t HashCombine(uint64_t a, uint64_t b) {
   return SplitMix64(SplitMix64(a) ^ (b * 0xD6E8FEB86659FD93ULL));

@@ -35,7 +35,8 @@ TEST(MlpTest, RejectsInputOfTheWrongWidth) {
 }
 
 // d(loss)/d(weights) of the whole network, through Linear, ReLU and dropout
-// (masks fixed by the noise step), against central differences.
+// (masks fixed by the noise step), against central differences. The step is
+// 1e-2: oneDNN's log-softmax is accurate to ~2e-6, too coarse for smaller ones.
 TEST(MlpTest, BackpropagationMatchesFiniteDifferences) {
   MlpSpec spec = *MlpSpec::Parse("6-5-4-3");
   spec.input_dropout = 0.2f;
@@ -60,7 +61,8 @@ TEST(MlpTest, BackpropagationMatchesFiniteDifferences) {
   std::vector<Parameter*> params = mlp->Parameters();
   for (size_t i = 0; i < params.size(); ++i) {
     SCOPED_TRACE(params[i]->name);
-    ExpectGradientMatches(value, &params[i]->value, grads[i], 1e-3, 3e-2, 1e-4);
+    ExpectGradientMatches(value, &params[i]->value, grads[i], 1e-2, 3e-2, 1e-4,
+                          /*skip_kinks=*/true);
   }
 }
 
