@@ -88,8 +88,7 @@ class Sgd : public Optimizer {
 #pragma omp parallel for schedule(static)
       for (int64_t r = 0; r < rows; ++r) {
         float* w = p->value.row(r);
-        const float squared =
-            SgdRow(w, velocity.row(r), p->grad.row(r), cols, momentum, rate);
+        const float squared = SgdRow(w, velocity.row(r), p->grad.row(r), cols, momentum, rate);
         if (clip) ClipRow(config_.max_norm, squared, w, cols);
       }
     }

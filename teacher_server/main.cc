@@ -1,17 +1,47 @@
 // teacher_server: trains the big network, and serves its soft targets.
 //
 //   teacher_server train [--flags]   train a teacher, write its checkpoint
+//   teacher_server serve [--flags]   serve a trained teacher's soft targets
 //
 // `teacher_server --help` lists every flag.
 #include <string>
 #include <vector>
 
+#include "absl/flags/declare.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "common/softmax.h"
 #include "common/trainer.h"
 #include "common/training_flags.h"
 #include "spdlog/spdlog.h"
+#include "teacher_server/server.h"
+
+// Shared with training (common/training_flags.cc).
+ABSL_DECLARE_FLAG(std::string, checkpoint);
+ABSL_DECLARE_FLAG(std::string, data_dir);
+ABSL_DECLARE_FLAG(int32_t, threads);
+
+ABSL_FLAG(std::string, address, "0.0.0.0:50051", "serve: gRPC address; port 0 picks a free one");
+ABSL_FLAG(std::string, port_file, "", "serve: write the chosen gRPC port to this file");
+ABSL_FLAG(std::string, metrics_address, "0.0.0.0:9464",
+          "serve: Prometheus metrics address (empty = none)");
+ABSL_FLAG(std::string, transfer_range, "",
+          "serve: training examples (begin:end) that form the transfer set; empty = all");
+ABSL_FLAG(bool, no_transfer_set, false, "serve: serve no transfer set (inputs from students only)");
+ABSL_FLAG(bool, serve_labels, true, "serve: send transfer-set labels to students that ask");
+ABSL_FLAG(double, default_temperature, 1.0, "serve: temperature when a request names none");
+ABSL_FLAG(int32_t, max_batch, 1024, "serve: examples per request and per forward pass at most");
+ABSL_FLAG(double, batch_wait_ms, 2.0,
+          "serve: how long a request may wait for others to share its forward pass");
+ABSL_FLAG(int64_t, max_queued_examples, 65536,
+          "serve: examples waiting for the teacher at most (then RESOURCE_EXHAUSTED)");
+ABSL_FLAG(int64_t, max_inflight_calls, 256, "serve: calls served at once at most");
+ABSL_FLAG(int32_t, max_message_mb, 64, "serve: largest gRPC message, MiB");
+ABSL_FLAG(double, drain_seconds, 10, "serve: after SIGTERM, calls in flight get this long");
+ABSL_FLAG(double, keepalive_seconds, 30, "serve: HTTP/2 keepalive ping interval");
+ABSL_FLAG(double, max_connection_age_seconds, 0,
+          "serve: close connections after this age so clients rebalance (0 = never)");
 
 namespace {
 
@@ -38,7 +68,47 @@ distillery::TrainerConfig TeacherRecipe() {
 constexpr char kUsage[] =
     "teacher_server <command> [flags]\n"
     "commands:\n"
-    "  train   train a teacher on --data_dir (within --train_range) and write --checkpoint\n";
+    "  train   train a teacher on --data_dir (within --train_range) and write --checkpoint\n"
+    "  serve   serve the teacher in --checkpoint; its transfer set is --data_dir's training\n"
+    "          images within --transfer_range\n";
+
+int Serve() {
+  distillery::ServeConfig config;
+  config.checkpoint_path = absl::GetFlag(FLAGS_checkpoint);
+  if (config.checkpoint_path.empty()) {
+    spdlog::error("serve needs --checkpoint");
+    return 2;
+  }
+  config.address = absl::GetFlag(FLAGS_address);
+  config.port_file = absl::GetFlag(FLAGS_port_file);
+  config.metrics_address = absl::GetFlag(FLAGS_metrics_address);
+  if (!absl::GetFlag(FLAGS_no_transfer_set)) config.data_dir = absl::GetFlag(FLAGS_data_dir);
+  config.transfer_range = absl::GetFlag(FLAGS_transfer_range);
+  config.serve_labels = absl::GetFlag(FLAGS_serve_labels);
+  config.threads = absl::GetFlag(FLAGS_threads);
+  config.service.default_temperature = static_cast<float>(absl::GetFlag(FLAGS_default_temperature));
+  config.service.max_batch_examples = static_cast<uint32_t>(absl::GetFlag(FLAGS_max_batch));
+  config.service.max_inflight_calls = absl::GetFlag(FLAGS_max_inflight_calls);
+  config.service.max_message_bytes =
+      static_cast<uint64_t>(absl::GetFlag(FLAGS_max_message_mb)) * (uint64_t{1} << 20);
+  config.batcher.max_batch_examples = absl::GetFlag(FLAGS_max_batch);
+  config.batcher.max_wait = absl::Microseconds(absl::GetFlag(FLAGS_batch_wait_ms) * 1000);
+  config.batcher.max_queued_examples = absl::GetFlag(FLAGS_max_queued_examples);
+  config.drain_deadline = absl::Seconds(absl::GetFlag(FLAGS_drain_seconds));
+  config.keepalive_time = absl::Seconds(absl::GetFlag(FLAGS_keepalive_seconds));
+  config.max_connection_age = absl::Seconds(absl::GetFlag(FLAGS_max_connection_age_seconds));
+  if (absl::Status s = distillery::ValidateTemperature(config.service.default_temperature);
+      !s.ok() || config.batcher.max_batch_examples < 1 || config.service.max_message_bytes == 0) {
+    spdlog::error("bad serve flags: {}",
+                  s.ok() ? "--max_batch and --max_message_mb must be >= 1" : s.ToString());
+    return 2;
+  }
+  if (absl::Status s = distillery::RunServer(config); !s.ok()) {
+    spdlog::error("teacher server failed: {}", s.ToString());
+    return 1;
+  }
+  return 0;
+}
 
 }  // namespace
 
@@ -52,6 +122,7 @@ int main(int argc, char** argv) {
   }
   const std::string command = args[1];
   if (command == "train") return distillery::RunTrainingFromFlags("teacher");
+  if (command == "serve") return Serve();
   spdlog::error("unknown command \"{}\"\n{}", command, kUsage);
   return 2;
 }

@@ -1,0 +1,85 @@
+// Dynamic batching: requests from many students are queued and merged into
+// shared forward passes of the teacher, up to a largest batch or a longest
+// wait, whichever comes first.
+//
+// Thread-safety: Submit may be called from any thread. Callbacks run on the
+// batcher's own worker thread, one at a time, and must not block for long.
+#ifndef DISTILLERY_TEACHER_SERVER_DYNAMIC_BATCHER_H_
+#define DISTILLERY_TEACHER_SERVER_DYNAMIC_BATCHER_H_
+
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "common/matrix.h"
+#include "common/mlp.h"
+
+namespace distillery {
+
+struct BatcherConfig {
+  // Examples in one merged forward pass at most.
+  int64_t max_batch_examples = 1024;
+  // How long the first queued request may wait for others to join it.
+  absl::Duration max_wait = absl::Milliseconds(2);
+  // Examples waiting in the queue at most; beyond, Submit answers
+  // RESOURCE_EXHAUSTED instead of queueing without end.
+  int64_t max_queued_examples = 65536;
+};
+
+// Observations for metrics; any member may be empty.
+struct BatcherObserver {
+  std::function<void(int64_t examples, int64_t requests)> on_forward_pass;
+  std::function<void(int64_t queued_examples)> on_queue_depth;
+};
+
+class DynamicBatcher {
+ public:
+  // Called once per request with its logits (rows x classes, the request's
+  // rows in order), or with an error status and null logits.
+  using Callback = std::function<void(const absl::Status& status, const Matrix* logits)>;
+
+  // Takes ownership of `network` (used only by the worker thread) and starts
+  // the worker.
+  DynamicBatcher(std::unique_ptr<Mlp> network, const BatcherConfig& config,
+                 BatcherObserver observer = {});
+  // Stops the worker; requests still queued get UNAVAILABLE.
+  ~DynamicBatcher();
+
+  // Queues `inputs` (rows x input_size, 1 <= rows <= max_batch_examples).
+  // Returns RESOURCE_EXHAUSTED (queue full) or UNAVAILABLE (stopping)
+  // without calling `done`; otherwise `done` is called exactly once later.
+  absl::Status Submit(Matrix inputs, Callback done);
+
+  // Stops accepting requests, finishes those queued, and joins the worker.
+  void Stop();
+
+ private:
+  struct Request {
+    Matrix inputs;
+    Callback done;
+    absl::Time arrival;
+  };
+  void WorkerLoop();
+  void RunBatch(std::vector<Request>& batch);
+
+  std::unique_ptr<Mlp> network_;
+  const BatcherConfig config_;
+  BatcherObserver observer_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<Request> queue_;    // guarded by mutex_
+  int64_t queued_examples_ = 0;  // guarded by mutex_
+  bool stopping_ = false;        // guarded by mutex_
+  std::thread worker_;
+  Matrix merged_;  // worker thread only
+  Matrix slice_;   // worker thread only
+};
+
+}  // namespace distillery
+
+#endif  // DISTILLERY_TEACHER_SERVER_DYNAMIC_BATCHER_H_

@@ -1,0 +1,139 @@
+#include "teacher_server/server.h"
+
+#include <csignal>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "common/checkpoint.h"
+#include "common/dnnl_context.h"
+#include "common/status_macros.h"
+#include "common/training_flags.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "spdlog/spdlog.h"
+
+namespace distillery {
+namespace {
+
+constexpr char kServiceName[] = "distill.v1.Teacher";
+
+int WaitForTerminationSignal(const sigset_t& signals) {
+  int signal = 0;
+  sigwait(&signals, &signal);
+  return signal;
+}
+
+}  // namespace
+
+absl::Status RunServer(const ServeConfig& config) {
+  // Block the termination signals before any thread starts, so that every
+  // thread inherits the mask and only sigwait below receives them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  SetComputeThreads(config.threads);
+  ASSIGN_OR_RETURN(distill::v1::Checkpoint checkpoint, LoadCheckpoint(config.checkpoint_path));
+  ASSIGN_OR_RETURN(std::unique_ptr<Mlp> teacher, MlpFromCheckpoint(checkpoint));
+  TeacherIdentity identity;
+  identity.hash = WeightsFingerprint(*teacher);
+  identity.architecture = teacher->spec().ArchitectureString();
+  identity.image_rows = static_cast<uint32_t>(checkpoint.architecture().image_rows());
+  identity.image_cols = static_cast<uint32_t>(checkpoint.architecture().image_cols());
+  identity.num_classes = static_cast<uint32_t>(teacher->num_classes());
+  identity.input_scale = checkpoint.architecture().input_scale();
+  if (int64_t{identity.image_rows} * identity.image_cols != teacher->input_size()) {
+    return absl::DataLossError(absl::StrCat("checkpoint ", config.checkpoint_path,
+                                            ": image shape does not match the input layer"));
+  }
+  spdlog::info("teacher {} ({}, {} parameters) from {}", identity.hash, identity.architecture,
+               teacher->spec().ParameterCount(), config.checkpoint_path);
+
+  std::unique_ptr<TransferSet> transfer_set;
+  if (!config.data_dir.empty()) {
+    ASSIGN_OR_RETURN(MnistFormatData data, LoadMnistFormatDirectory(config.data_dir));
+    ASSIGN_OR_RETURN(auto range, ParseRange(config.transfer_range, data.train.num_examples));
+    ASSIGN_OR_RETURN(Dataset part, SliceDataset(data.train, range.first, range.second));
+    if (!config.serve_labels) part = WithoutLabels(part);
+    ASSIGN_OR_RETURN(transfer_set, TransferSet::Create(std::move(part), *teacher));
+    spdlog::info("transfer set: {} examples [{}, {}) of {}, logits precomputed",
+                 transfer_set->size(), range.first, range.second, config.data_dir);
+  }
+
+  std::unique_ptr<TeacherMetrics> metrics;
+  if (!config.metrics_address.empty()) {
+    ASSIGN_OR_RETURN(metrics, TeacherMetrics::CreateExposed(config.metrics_address));
+    spdlog::info("metrics on http://{}/metrics", config.metrics_address);
+  } else {
+    metrics = std::make_unique<TeacherMetrics>();
+  }
+  BatcherObserver observer;
+  TeacherMetrics* metrics_ptr = metrics.get();
+  observer.on_forward_pass = [metrics_ptr](int64_t examples, int64_t requests) {
+    metrics_ptr->RecordForwardPass(examples, requests);
+  };
+  observer.on_queue_depth = [metrics_ptr](int64_t depth) { metrics_ptr->SetQueueDepth(depth); };
+  ASSIGN_OR_RETURN(std::unique_ptr<Mlp> batcher_network, teacher->Clone());
+  DynamicBatcher batcher(std::move(batcher_network), config.batcher, observer);
+  TeacherServiceConfig service_config = config.service;
+  service_config.max_batch_examples = static_cast<uint32_t>(
+      std::min<int64_t>(service_config.max_batch_examples, config.batcher.max_batch_examples));
+  TeacherService service(service_config, identity, &batcher, transfer_set.get(), metrics.get());
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(config.address, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  const int max_message = static_cast<int>(
+      std::min<uint64_t>(config.service.max_message_bytes, std::numeric_limits<int>::max()));
+  builder.SetMaxReceiveMessageSize(max_message);
+  builder.SetMaxSendMessageSize(max_message);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS,
+                             static_cast<int>(absl::ToInt64Milliseconds(config.keepalive_time)));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+                             static_cast<int>(absl::ToInt64Milliseconds(config.keepalive_timeout)));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  // Accept client pings as often as every 5 s without data.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  if (config.max_connection_age > absl::ZeroDuration()) {
+    builder.AddChannelArgument(
+        GRPC_ARG_MAX_CONNECTION_AGE_MS,
+        static_cast<int>(absl::ToInt64Milliseconds(config.max_connection_age)));
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                               static_cast<int>(absl::ToInt64Milliseconds(config.drain_deadline)));
+  }
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", config.address));
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus(kServiceName, true);
+  health->SetServingStatus(true);
+  if (!config.port_file.empty()) {
+    const std::string temp = config.port_file + ".tmp";
+    std::ofstream(temp) << port << "\n";
+    std::rename(temp.c_str(), config.port_file.c_str());
+  }
+  spdlog::info("serving {} on port {} (default T={}, largest batch {}, batching wait {})",
+               kServiceName, port, service_config.default_temperature,
+               service_config.max_batch_examples, absl::FormatDuration(config.batcher.max_wait));
+
+  const int signal = WaitForTerminationSignal(signals);
+  spdlog::info("received {}: draining (deadline {})", signal == SIGTERM ? "SIGTERM" : "SIGINT",
+               absl::FormatDuration(config.drain_deadline));
+  health->SetServingStatus(kServiceName, false);
+  health->SetServingStatus(false);
+  service.StartDraining();
+  server->Shutdown(absl::ToChronoTime(absl::Now() + config.drain_deadline));
+  batcher.Stop();
+  spdlog::info("drained; exiting");
+  return absl::OkStatus();
+}
+
+}  // namespace distillery

@@ -1,0 +1,58 @@
+// Running the teacher server: load the checkpoint and the transfer set,
+// start gRPC (with health, reflection and keepalive) and the metrics
+// endpoint, serve until SIGTERM or SIGINT, then drain.
+#ifndef DISTILLERY_TEACHER_SERVER_SERVER_H_
+#define DISTILLERY_TEACHER_SERVER_SERVER_H_
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "teacher_server/dynamic_batcher.h"
+#include "teacher_server/teacher_service.h"
+
+namespace distillery {
+
+struct ServeConfig {
+  // The teacher checkpoint to serve (teacher_server train writes one).
+  std::string checkpoint_path;
+  // gRPC listening address; port 0 picks a free port (see port_file).
+  std::string address = "0.0.0.0:50051";
+  // When not empty, the chosen gRPC port is written here once serving.
+  std::string port_file;
+  // Prometheus metrics address ("" = no metrics endpoint).
+  std::string metrics_address = "0.0.0.0:9464";
+  // MNIST-format directory whose training images form the transfer set,
+  // restricted to transfer_range ("begin:end"; "" = all). Empty data_dir =
+  // no transfer set.
+  std::string data_dir;
+  std::string transfer_range;
+  // Send labels of the transfer set when students ask (false: never).
+  bool serve_labels = true;
+  // Service limits and defaults.
+  TeacherServiceConfig service;
+  // Dynamic batching.
+  BatcherConfig batcher;
+  // Compute threads of the batcher's forward passes.
+  int threads = 2;
+  // After SIGTERM, calls in flight get this long to finish.
+  absl::Duration drain_deadline = absl::Seconds(10);
+  // HTTP/2 keepalive pings every keepalive_time, dropped after
+  // keepalive_timeout without an answer.
+  absl::Duration keepalive_time = absl::Seconds(30);
+  absl::Duration keepalive_timeout = absl::Seconds(10);
+  // Connections are closed gracefully after this age so that clients
+  // re-resolve and rebalance (0 = never).
+  absl::Duration max_connection_age = absl::ZeroDuration();
+};
+
+// Serves until SIGTERM/SIGINT, then drains: health turns NOT_SERVING, new
+// calls get UNAVAILABLE, calls in flight finish within drain_deadline.
+// Returns OK after a clean drain, or the error that kept it from starting.
+// Must be called from the main thread before any other thread exists (it
+// blocks SIGTERM and SIGINT for the whole process to receive them itself).
+absl::Status RunServer(const ServeConfig& config);
+
+}  // namespace distillery
+
+#endif  // DISTILLERY_TEACHER_SERVER_SERVER_H_

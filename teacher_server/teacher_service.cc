@@ -1,0 +1,277 @@
+#include "teacher_server/teacher_service.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "common/softmax.h"
+#include "common/status_macros.h"
+#include "common/target_codec.h"
+
+namespace distillery {
+namespace {
+
+// One softmax scratch per thread (the batcher's worker, gRPC's threads).
+TemperatureSoftmax& ThreadSoftmax() {
+  thread_local TemperatureSoftmax softmax;
+  return softmax;
+}
+
+}  // namespace
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+TeacherService::TeacherService(const TeacherServiceConfig& config, const TeacherIdentity& identity,
+                               DynamicBatcher* batcher, const TransferSet* transfer_set,
+                               TeacherMetrics* metrics)
+    : config_(config),
+      identity_(identity),
+      batcher_(batcher),
+      transfer_set_(transfer_set),
+      metrics_(metrics) {}
+
+absl::Status TeacherService::Admit() {
+  if (draining_) return absl::UnavailableError("the teacher is draining; use another replica");
+  const int64_t now = ++inflight_;
+  if (now > config_.max_inflight_calls) {
+    --inflight_;
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the teacher serves ", config_.max_inflight_calls, " calls at most; retry with backoff"));
+  }
+  if (metrics_ != nullptr) metrics_->SetInflightCalls(now);
+  return absl::OkStatus();
+}
+
+void TeacherService::CallFinished(const char* method, const absl::Status& status, int64_t examples,
+                                  absl::Time started) {
+  const int64_t now = --inflight_;
+  if (metrics_ == nullptr) return;
+  metrics_->SetInflightCalls(now);
+  metrics_->RecordCall(method, absl::StatusCodeToString(status.code()), status.ok() ? examples : 0,
+                       absl::ToDoubleSeconds(absl::Now() - started));
+}
+
+grpc::ServerUnaryReactor* TeacherService::GetModelInfo(
+    grpc::CallbackServerContext* context, const distill::v1::GetModelInfoRequest* /*request*/,
+    distill::v1::ModelInfo* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  response->set_teacher_hash(identity_.hash);
+  response->set_architecture(identity_.architecture);
+  response->set_image_rows(identity_.image_rows);
+  response->set_image_cols(identity_.image_cols);
+  response->set_input_scale(identity_.input_scale);
+  response->set_num_classes(identity_.num_classes);
+  response->set_default_temperature(config_.default_temperature);
+  response->set_max_batch_size(config_.max_batch_examples);
+  response->set_max_message_bytes(config_.max_message_bytes);
+  if (transfer_set_ != nullptr) {
+    response->set_transfer_set_size(static_cast<uint64_t>(transfer_set_->size()));
+    response->set_transfer_set_has_labels(transfer_set_->data().has_labels());
+  }
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+absl::Status TeacherService::DecodeInputs(const distill::v1::SoftTargetsRequest& request,
+                                          Matrix* inputs) const {
+  const int64_t n = request.num_examples();
+  if (n < 1 || n > config_.max_batch_examples) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("num_examples must be in [1, ", config_.max_batch_examples, "], got ", n));
+  }
+  const int64_t width = int64_t{identity_.image_rows} * identity_.image_cols;
+  const bool has_pixels = !request.pixels_u8().empty();
+  const bool has_floats = request.inputs_f32_size() > 0;
+  if (has_pixels == has_floats) {
+    return absl::InvalidArgumentError("send exactly one of pixels_u8 and inputs_f32");
+  }
+  const int64_t got = has_pixels ? static_cast<int64_t>(request.pixels_u8().size())
+                                 : static_cast<int64_t>(request.inputs_f32_size());
+  if (got != n * width) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        has_pixels ? "pixels_u8" : "inputs_f32", " holds ", got, " values; ", n, " examples of ",
+        identity_.image_rows, "x", identity_.image_cols, " need ", n * width));
+  }
+  inputs->Resize(n, width);
+  float* out = inputs->data();
+  if (has_pixels) {
+    const auto* pixels = reinterpret_cast<const unsigned char*>(request.pixels_u8().data());
+    for (int64_t i = 0; i < n * width; ++i) out[i] = pixels[i] * identity_.input_scale;
+    return absl::OkStatus();
+  }
+  for (int64_t i = 0; i < n * width; ++i) {
+    const float v = request.inputs_f32(static_cast<int>(i));
+    if (!std::isfinite(v)) {
+      return absl::InvalidArgumentError(absl::StrCat("inputs_f32[", i, "] (example ", i / width,
+                                                     ") is ", v, "; inputs must be finite"));
+    }
+    out[i] = v;
+  }
+  return absl::OkStatus();
+}
+
+grpc::ServerUnaryReactor* TeacherService::GetSoftTargets(
+    grpc::CallbackServerContext* context, const distill::v1::SoftTargetsRequest* request,
+    distill::v1::SoftTargetsResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const absl::Time started = absl::Now();
+  if (absl::Status admitted = Admit(); !admitted.ok()) {
+    if (metrics_ != nullptr) {
+      metrics_->RecordCall("GetSoftTargets", absl::StatusCodeToString(admitted.code()), 0, 0);
+    }
+    reactor->Finish(ToGrpcStatus(admitted));
+    return reactor;
+  }
+  auto fail = [&](const absl::Status& status) {
+    CallFinished("GetSoftTargets", status, 0, started);
+    reactor->Finish(ToGrpcStatus(status));
+    return reactor;
+  };
+  Matrix inputs;
+  if (absl::Status s = DecodeInputs(*request, &inputs); !s.ok()) return fail(s);
+  absl::StatusOr<distill::v1::SoftTargetContract> contract = ResolveTargetOptions(
+      request->options(), identity_.num_classes, config_.default_temperature, identity_.hash);
+  if (!contract.ok()) return fail(contract.status());
+  const int64_t examples = inputs.rows();
+  *response->mutable_contract() = *contract;
+  absl::Status submitted =
+      batcher_->Submit(std::move(inputs), [this, reactor, response, examples, started](
+                                              const absl::Status& status, const Matrix* logits) {
+        absl::Status result = status;
+        if (result.ok()) {
+          result = EncodeTargets(*logits, response->contract(), &ThreadSoftmax(),
+                                 response->mutable_targets());
+        }
+        CallFinished("GetSoftTargets", result, examples, started);
+        reactor->Finish(ToGrpcStatus(result));
+      });
+  if (!submitted.ok()) return fail(submitted);
+  return reactor;
+}
+
+// Writes the batches of one shard of one epoch, one at a time: the next is
+// built and written only when gRPC has taken the previous (flow control).
+class TeacherService::TransferStream : public grpc::ServerWriteReactor<distill::v1::TransferBatch> {
+ public:
+  TransferStream(TeacherService* service, const distill::v1::TransferSetRequest& request)
+      : service_(service), request_(request), started_(absl::Now()) {}
+
+  // Validates and starts writing, or finishes with the error.
+  void Start() {
+    absl::Status status = Prepare();
+    if (!status.ok()) {
+      Finish(status);
+      return;
+    }
+    WriteNext();
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(absl::CancelledError("the student stopped reading the stream"));
+      return;
+    }
+    WriteNext();
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  absl::Status Prepare() {
+    const TransferSet* set = service_->transfer_set_;
+    if (set == nullptr) {
+      return absl::FailedPreconditionError("this teacher serves no transfer set");
+    }
+    const uint32_t batch = request_.batch_size();
+    if (batch < 1 || batch > service_->config_.max_batch_examples) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "batch_size must be in [1, ", service_->config_.max_batch_examples, "], got ", batch));
+    }
+    ASSIGN_OR_RETURN(ids_, set->ShardExamples(request_.epoch(), request_.seed(),
+                                              request_.shard_index(), request_.num_shards()));
+    num_batches_ = (ids_.size() + batch - 1) / batch;
+    if (request_.start_batch() > num_batches_) {
+      return absl::InvalidArgumentError(absl::StrCat("start_batch ", request_.start_batch(),
+                                                     " is past the shard's ", num_batches_,
+                                                     " batches"));
+    }
+    next_batch_ = request_.start_batch();
+    ASSIGN_OR_RETURN(
+        contract_,
+        ResolveTargetOptions(request_.options(), service_->identity_.num_classes,
+                             service_->config_.default_temperature, service_->identity_.hash));
+    return absl::OkStatus();
+  }
+
+  void WriteNext() {
+    if (next_batch_ >= num_batches_) {
+      Finish(absl::OkStatus());
+      return;
+    }
+    const TransferSet& set = *service_->transfer_set_;
+    const Dataset& data = set.data();
+    const uint64_t begin = next_batch_ * request_.batch_size();
+    const uint64_t end = std::min<uint64_t>(ids_.size(), begin + request_.batch_size());
+    const int64_t rows = static_cast<int64_t>(end - begin);
+    message_.Clear();
+    *message_.mutable_contract() = contract_;
+    message_.set_batch_index(next_batch_);
+    message_.set_num_batches(num_batches_);
+    std::string* pixels = message_.mutable_pixels_u8();
+    pixels->resize(static_cast<size_t>(rows * data.input_size()));
+    logits_.Resize(rows, set.logits().cols());
+    const bool labels = request_.include_labels() && data.has_labels();
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t id = ids_[begin + r];
+      message_.add_example_ids(static_cast<uint64_t>(id));
+      std::copy(data.image(id), data.image(id) + data.input_size(),
+                pixels->begin() + r * data.input_size());
+      std::copy(set.logits().row(id), set.logits().row(id) + set.logits().cols(), logits_.row(r));
+      if (labels) message_.mutable_labels()->push_back(static_cast<char>(data.labels[id]));
+    }
+    absl::Status encoded =
+        EncodeTargets(logits_, contract_, &ThreadSoftmax(), message_.mutable_targets());
+    if (!encoded.ok()) {
+      Finish(encoded);
+      return;
+    }
+    examples_ += rows;
+    ++next_batch_;
+    StartWrite(&message_);
+  }
+
+  void Finish(const absl::Status& status) {
+    service_->CallFinished("StreamTransferSet", status, examples_, started_);
+    grpc::ServerWriteReactor<distill::v1::TransferBatch>::Finish(ToGrpcStatus(status));
+  }
+
+  TeacherService* service_;
+  const distill::v1::TransferSetRequest request_;
+  const absl::Time started_;
+  std::vector<int64_t> ids_;
+  uint64_t num_batches_ = 0;
+  uint64_t next_batch_ = 0;
+  int64_t examples_ = 0;
+  distill::v1::SoftTargetContract contract_;
+  distill::v1::TransferBatch message_;
+  Matrix logits_;
+};
+
+grpc::ServerWriteReactor<distill::v1::TransferBatch>* TeacherService::StreamTransferSet(
+    grpc::CallbackServerContext* /*context*/, const distill::v1::TransferSetRequest* request) {
+  if (absl::Status admitted = Admit(); !admitted.ok()) {
+    // A reactor that only reports the refusal.
+    class Refusal : public grpc::ServerWriteReactor<distill::v1::TransferBatch> {
+     public:
+      explicit Refusal(const absl::Status& status) { Finish(ToGrpcStatus(status)); }
+      void OnDone() override { delete this; }
+    };
+    return new Refusal(admitted);
+  }
+  auto* stream = new TransferStream(this, *request);
+  stream->Start();
+  return stream;
+}
+
+}  // namespace distillery

@@ -1,0 +1,93 @@
+// The distill.v1.Teacher gRPC service (callback API): a thin adapter that
+// validates each request, hands the work to the dynamic batcher or the
+// transfer set, encodes the answer and finishes the call.
+//
+// Thread-safety: the service is called concurrently by gRPC's threads; its
+// own state is atomics and immutable members.
+#ifndef DISTILLERY_TEACHER_SERVER_TEACHER_SERVICE_H_
+#define DISTILLERY_TEACHER_SERVER_TEACHER_SERVICE_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "common/mlp.h"
+#include "distill/v1/teacher.grpc.pb.h"
+#include "teacher_server/dynamic_batcher.h"
+#include "teacher_server/metrics.h"
+#include "teacher_server/transfer_set.h"
+
+namespace distillery {
+
+struct TeacherServiceConfig {
+  // Temperature for requests that name none.
+  float default_temperature = 1.f;
+  // Examples per request or per transfer-set batch at most.
+  uint32_t max_batch_examples = 1024;
+  // Largest gRPC message in bytes (reported in ModelInfo).
+  uint64_t max_message_bytes = 64 << 20;
+  // Calls served at once at most; beyond, RESOURCE_EXHAUSTED.
+  int64_t max_inflight_calls = 256;
+};
+
+// What the service knows about the teacher it serves.
+struct TeacherIdentity {
+  std::string hash;          // WeightsFingerprint
+  std::string architecture;  // "784-1200-1200-10"
+  uint32_t image_rows = 0;
+  uint32_t image_cols = 0;
+  uint32_t num_classes = 0;
+  float input_scale = 1.f / 255.f;
+};
+
+class TeacherService final : public distill::v1::Teacher::CallbackService {
+ public:
+  // None of the pointers is owned; all must outlive the service.
+  // `transfer_set` may be null (StreamTransferSet then answers
+  // FAILED_PRECONDITION).
+  TeacherService(const TeacherServiceConfig& config, const TeacherIdentity& identity,
+                 DynamicBatcher* batcher, const TransferSet* transfer_set, TeacherMetrics* metrics);
+
+  // From now on new calls get UNAVAILABLE; calls in flight continue.
+  void StartDraining() { draining_ = true; }
+
+  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
+                                         const distill::v1::GetModelInfoRequest* request,
+                                         distill::v1::ModelInfo* response) override;
+  grpc::ServerUnaryReactor* GetSoftTargets(grpc::CallbackServerContext* context,
+                                           const distill::v1::SoftTargetsRequest* request,
+                                           distill::v1::SoftTargetsResponse* response) override;
+  grpc::ServerWriteReactor<distill::v1::TransferBatch>* StreamTransferSet(
+      grpc::CallbackServerContext* context,
+      const distill::v1::TransferSetRequest* request) override;
+
+  // Validates a SoftTargetsRequest and decodes its inputs into `inputs`
+  // (num_examples x input size, scaled). Public for tests and fuzzing.
+  absl::Status DecodeInputs(const distill::v1::SoftTargetsRequest& request, Matrix* inputs) const;
+
+  // Called by reactors when a call ends.
+  void CallFinished(const char* method, const absl::Status& status, int64_t examples,
+                    absl::Time started);
+
+ private:
+  class TransferStream;
+  // Admission: UNAVAILABLE while draining, RESOURCE_EXHAUSTED over the
+  // in-flight limit; on OK the caller must call CallFinished later.
+  absl::Status Admit();
+
+  const TeacherServiceConfig config_;
+  const TeacherIdentity identity_;
+  DynamicBatcher* batcher_;
+  const TransferSet* transfer_set_;
+  TeacherMetrics* metrics_;
+  std::atomic<bool> draining_{false};
+  std::atomic<int64_t> inflight_{0};
+};
+
+// grpc::Status from absl::Status (same codes, same message).
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+}  // namespace distillery
+
+#endif  // DISTILLERY_TEACHER_SERVER_TEACHER_SERVICE_H_
