@@ -116,8 +116,8 @@ int Run() {
     std::printf(
         "distillery arch=%s batch=%ld examples_per_s=%.1f gemm_gflops=%.1f "
         "matmul_peak_gflops=%.1f fraction_of_peak=%.3f threads=%d\n",
-        arch.c_str(), static_cast<long>(batch), best, achieved, peak.gflops,
-        achieved / peak.gflops, absl::GetFlag(FLAGS_threads));
+        arch.c_str(), static_cast<long>(batch), best, achieved, peak.gflops, achieved / peak.gflops,
+        absl::GetFlag(FLAGS_threads));
     std::fflush(stdout);
   }
   return 0;

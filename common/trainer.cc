@@ -4,10 +4,13 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <optional>
 #include <random>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/bounded_queue.h"
 #include "common/checkpoint.h"
 #include "common/losses.h"
 #include "common/random.h"
@@ -71,24 +74,65 @@ absl::Status AppendCsvRow(const std::string& path, const EpochMetrics& m, bool w
 
 }  // namespace
 
+LocalBatchSource::LocalBatchSource(const Dataset& data, int64_t batch_size, int max_shift,
+                                   uint64_t seed, SoftTargetSource* soft_targets)
+    : data_(data),
+      batch_size_(batch_size),
+      max_shift_(max_shift),
+      seed_(seed),
+      soft_targets_(soft_targets) {}
+
+int64_t LocalBatchSource::BatchesPerEpoch() const {
+  return (data_.num_examples + batch_size_ - 1) / batch_size_;
+}
+
+absl::Status LocalBatchSource::ProduceEpoch(int64_t epoch,
+                                            const std::function<bool(TrainingBatch&&)>& sink) {
+  const int64_t n = data_.num_examples;
+  const std::vector<int64_t> order = ShuffledIndices(n, seed_, epoch);
+  std::mt19937_64 jitter_rng(HashCombine(seed_, 0x4A17 + epoch));
+  for (int64_t b = 0; b < BatchesPerEpoch(); ++b) {
+    const int64_t begin = b * batch_size_;
+    const int64_t end = std::min(n, begin + batch_size_);
+    TrainingBatch batch;
+    batch.ids.assign(order.begin() + begin, order.begin() + end);
+    GatherBatch(data_, batch.ids, max_shift_, &jitter_rng, &batch.inputs,
+                data_.has_labels() ? &batch.labels : nullptr);
+    if (soft_targets_ != nullptr) {
+      RETURN_IF_ERROR(
+          soft_targets_->GetSoftTargets(epoch, b, batch.ids, batch.inputs, &batch.soft_targets));
+    }
+    if (!sink(std::move(batch))) break;
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<TrainingResult> Train(const TrainerConfig& config, const Dataset& train,
                                      const Dataset& test, SoftTargetSource* soft_targets) {
+  if (soft_targets == nullptr && !train.has_labels()) {
+    return absl::InvalidArgumentError(
+        "the training set has no labels and no teacher supplies soft targets");
+  }
+  if (train.num_examples < 1) return absl::InvalidArgumentError("the training set is empty");
+  if (config.batch_size < 1) return absl::InvalidArgumentError("batch size must be at least 1");
+  LocalBatchSource source(train, config.batch_size, config.max_shift, config.seed, soft_targets);
+  return Train(config, source, test);
+}
+
+absl::StatusOr<TrainingResult> Train(const TrainerConfig& config, BatchSource& source,
+                                     const Dataset& test) {
   RETURN_IF_ERROR(ValidateConfig(config));
   ASSIGN_OR_RETURN(MlpSpec spec, MlpSpec::Parse(config.architecture));
   spec.input_dropout = config.input_dropout;
   spec.hidden_dropout = config.hidden_dropout;
   RETURN_IF_ERROR(spec.Validate());
-  if (train.num_examples < 1) return absl::InvalidArgumentError("the training set is empty");
-  if (train.input_size() != spec.layer_sizes.front()) {
+  if (source.ExamplesPerEpoch() < 1) return absl::InvalidArgumentError("the training set is empty");
+  if (source.input_size() != spec.layer_sizes.front()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "architecture ", spec.ArchitectureString(), " takes ", spec.layer_sizes.front(),
-        " inputs but the training images have ", train.input_size(), " pixels"));
+        " inputs but the training images have ", source.input_size(), " pixels"));
   }
-  if (soft_targets == nullptr && !train.has_labels()) {
-    return absl::InvalidArgumentError(
-        "the training set has no labels and no teacher supplies soft targets");
-  }
-  if (test.num_examples > 0 && test.input_size() != train.input_size()) {
+  if (test.num_examples > 0 && test.input_size() != source.input_size()) {
     return absl::InvalidArgumentError("test images and training images differ in size");
   }
 
@@ -120,14 +164,13 @@ absl::StatusOr<TrainingResult> Train(const TrainerConfig& config, const Dataset&
     }
   }
 
-  const int64_t n = train.num_examples;
-  const int64_t batches_per_epoch = (n + config.batch_size - 1) / config.batch_size;
+  const int64_t n = source.ExamplesPerEpoch();
+  const int64_t batches_per_epoch = source.BatchesPerEpoch();
   const int64_t total_steps = batches_per_epoch * config.epochs;
   std::vector<Parameter*> params = mlp.Parameters();
   CrossEntropyLoss cross_entropy;
   DistillationLoss distillation;
-  Matrix inputs, grad_logits, targets;
-  std::vector<int> labels;
+  Matrix grad_logits;
   const bool write_csv = !config.metrics_csv_path.empty();
 
   if (config.log_progress) {
@@ -137,29 +180,26 @@ absl::StatusOr<TrainingResult> Train(const TrainerConfig& config, const Dataset&
   }
   for (int64_t epoch = start_epoch; epoch < config.epochs; ++epoch) {
     const auto epoch_start = Clock::now();
-    const std::vector<int64_t> order = ShuffledIndices(n, config.seed, epoch);
-    std::mt19937_64 jitter_rng(HashCombine(config.seed, 0x4A17 + epoch));
     double loss_sum = 0;
     float learning_rate = 0;
-    for (int64_t b = 0; b < batches_per_epoch; ++b, ++step) {
-      const int64_t begin = b * config.batch_size;
-      const int64_t end = std::min(n, begin + config.batch_size);
-      absl::Span<const int64_t> ids(order.data() + begin, end - begin);
-      GatherBatch(train, ids, config.max_shift, &jitter_rng, &inputs,
-                  train.has_labels() ? &labels : nullptr);
+    int64_t batches_done = 0;
+    // One update on one batch.
+    auto train_step = [&](TrainingBatch& batch) -> absl::Status {
       const Matrix* logits = nullptr;
-      RETURN_IF_ERROR(mlp.Forward(inputs, /*training=*/true, static_cast<uint64_t>(step), &logits));
+      RETURN_IF_ERROR(
+          mlp.Forward(batch.inputs, /*training=*/true, static_cast<uint64_t>(step), &logits));
       double loss = 0;
-      if (soft_targets == nullptr) {
-        ASSIGN_OR_RETURN(loss,
-                         cross_entropy.Compute(*logits, labels, config.temperature, &grad_logits));
+      if (batch.soft_targets.size() == 0) {
+        if (batch.labels.empty()) {
+          return absl::InvalidArgumentError("a batch has neither labels nor soft targets");
+        }
+        ASSIGN_OR_RETURN(
+            loss, cross_entropy.Compute(*logits, batch.labels, config.temperature, &grad_logits));
       } else {
-        RETURN_IF_ERROR(soft_targets->GetSoftTargets(epoch, b, ids, inputs, &targets));
-        absl::Span<const int> hard;
-        if (train.has_labels()) hard = labels;
-        ASSIGN_OR_RETURN(DistillationLoss::Terms terms,
-                         distillation.Compute(*logits, targets, hard, config.distill_temperature,
-                                              config.alpha, &grad_logits));
+        ASSIGN_OR_RETURN(
+            DistillationLoss::Terms terms,
+            distillation.Compute(*logits, batch.soft_targets, batch.labels,
+                                 config.distill_temperature, config.alpha, &grad_logits));
         loss = terms.total;
       }
       if (!std::isfinite(loss)) {
@@ -171,6 +211,35 @@ absl::StatusOr<TrainingResult> Train(const TrainerConfig& config, const Dataset&
       RETURN_IF_ERROR(mlp.Backward(grad_logits));
       learning_rate = config.schedule.At(step, total_steps, batches_per_epoch);
       optimizer->Step(params, learning_rate, step);
+      ++step;
+      ++batches_done;
+      return absl::OkStatus();
+    };
+    absl::Status train_status, produce_status;
+    if (config.prefetch_batches > 0) {
+      BoundedQueue<TrainingBatch> queue(static_cast<size_t>(config.prefetch_batches));
+      std::thread producer([&] {
+        produce_status = source.ProduceEpoch(
+            epoch, [&queue](TrainingBatch&& batch) { return queue.Push(std::move(batch)); });
+        queue.Close();
+      });
+      while (std::optional<TrainingBatch> batch = queue.Pop()) {
+        train_status = train_step(*batch);
+        if (!train_status.ok()) break;
+      }
+      queue.Close();  // unblocks the producer if training stopped early
+      producer.join();
+    } else {
+      produce_status = source.ProduceEpoch(epoch, [&](TrainingBatch&& batch) {
+        train_status = train_step(batch);
+        return train_status.ok();
+      });
+    }
+    RETURN_IF_ERROR(train_status);
+    RETURN_IF_ERROR(produce_status);
+    if (batches_done != batches_per_epoch) {
+      return absl::DataLossError(absl::StrCat("epoch ", epoch + 1, " delivered ", batches_done,
+                                              " batches instead of ", batches_per_epoch));
     }
     EpochMetrics metrics;
     metrics.epoch = epoch + 1;
@@ -199,8 +268,8 @@ absl::StatusOr<TrainingResult> Train(const TrainerConfig& config, const Dataset&
     }
     if (!config.checkpoint_path.empty()) {
       distill::v1::Checkpoint checkpoint =
-          MakeCheckpoint(mlp, config.role, train.image_rows, train.image_cols, optimizer.get(),
-                         epoch + 1, step, config.seed);
+          MakeCheckpoint(mlp, config.role, source.image_rows(), source.image_cols(),
+                         optimizer.get(), epoch + 1, step, config.seed);
       (*checkpoint.mutable_metadata())["test_errors"] = absl::StrCat(metrics.test_errors);
       RETURN_IF_ERROR(SaveCheckpoint(config.checkpoint_path, checkpoint));
     }

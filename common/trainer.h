@@ -67,6 +67,10 @@ struct TrainerConfig {
   bool resume = false;
   // Print a line per epoch (spdlog info).
   bool log_progress = true;
+  // Batches prepared ahead of training (gathering, jitter and the teacher's
+  // soft targets) by a producer thread, through a bounded queue, so that the
+  // data and a remote teacher stay off the critical path. 0 = inline.
+  int64_t prefetch_batches = 0;
 };
 
 // One row of the metrics CSV.
@@ -78,6 +82,31 @@ struct EpochMetrics {
   double epoch_seconds = 0;
   int64_t test_errors = -1;  // -1 when not evaluated this epoch
   int64_t test_examples = 0;
+};
+
+// One batch, ready to train on.
+struct TrainingBatch {
+  std::vector<int64_t> ids;  // example ids in the source's data
+  Matrix inputs;             // rows x input size, pixels scaled to [0, 1]
+  std::vector<int> labels;   // rows labels, or empty (unlabeled transfer set)
+  Matrix soft_targets;       // rows x classes probabilities at the distillation
+                             // temperature, or empty (hard-label training)
+};
+
+// Where training batches come from. A source gives the same batches for the
+// same epoch every time it is asked (that is what makes --resume exact).
+class BatchSource {
+ public:
+  virtual ~BatchSource() = default;
+  virtual int64_t input_size() const = 0;
+  virtual int image_rows() const = 0;
+  virtual int image_cols() const = 0;
+  virtual int64_t BatchesPerEpoch() const = 0;
+  virtual int64_t ExamplesPerEpoch() const = 0;
+  // Produces the batches of `epoch` (0-based) in order, handing each to
+  // `sink`; stops early, returning OK, when `sink` returns false.
+  virtual absl::Status ProduceEpoch(int64_t epoch,
+                                    const std::function<bool(TrainingBatch&&)>& sink) = 0;
 };
 
 // Supplies the soft targets of the batch about to be trained on.
@@ -97,6 +126,37 @@ struct TrainingResult {
   std::vector<EpochMetrics> history;  // this run's epochs (not resumed ones)
   EvaluationResult final_evaluation;  // on the test set, after the last epoch
 };
+
+// The batches of a local data set: examples in the order of
+// ShuffledIndices(n, seed, epoch), jittered with an RNG keyed by (seed,
+// epoch), with soft targets from `soft_targets` when it is not null.
+class LocalBatchSource : public BatchSource {
+ public:
+  // `data` and `soft_targets` are not owned and must outlive the source.
+  LocalBatchSource(const Dataset& data, int64_t batch_size, int max_shift, uint64_t seed,
+                   SoftTargetSource* soft_targets = nullptr);
+  int64_t input_size() const override { return data_.input_size(); }
+  int image_rows() const override { return data_.image_rows; }
+  int image_cols() const override { return data_.image_cols; }
+  int64_t BatchesPerEpoch() const override;
+  int64_t ExamplesPerEpoch() const override { return data_.num_examples; }
+  absl::Status ProduceEpoch(int64_t epoch,
+                            const std::function<bool(TrainingBatch&&)>& sink) override;
+
+ private:
+  const Dataset& data_;
+  const int64_t batch_size_;
+  const int max_shift_;
+  const uint64_t seed_;
+  SoftTargetSource* soft_targets_;
+};
+
+// Trains a network on the batches of `source` and evaluates it on `test`
+// (which may be empty: no evaluation). Batches with soft targets train with
+// the DistillationLoss (their labels, when present, weigh 1 - alpha);
+// batches without train on their labels with the CrossEntropyLoss.
+absl::StatusOr<TrainingResult> Train(const TrainerConfig& config, BatchSource& source,
+                                     const Dataset& test);
 
 // Trains a network on `train` and evaluates it on `test` (which may be
 // empty: no evaluation). Hard labels are required without a soft-target

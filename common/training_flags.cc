@@ -105,6 +105,13 @@ absl::StatusOr<TrainerConfig> TrainerConfigFromFlags() {
   return c;
 }
 
+void ApplyEpochFlags(int64_t steps_per_epoch, TrainerConfig* config) {
+  config->schedule.warmup_steps =
+      static_cast<int64_t>(absl::GetFlag(FLAGS_warmup_epochs) * steps_per_epoch);
+  config->sgd.momentum_ramp_steps =
+      static_cast<int64_t>(absl::GetFlag(FLAGS_momentum_ramp_epochs) * steps_per_epoch);
+}
+
 int ThreadsFromFlags() { return absl::GetFlag(FLAGS_threads); }
 
 absl::StatusOr<MnistFormatData> LoadDataFromFlags() {
@@ -131,10 +138,7 @@ absl::Status RunTraining(const std::string& role) {
                data.test.num_examples);
   const int64_t steps_per_epoch =
       (data.train.num_examples + config.batch_size - 1) / std::max<int64_t>(1, config.batch_size);
-  config.schedule.warmup_steps =
-      static_cast<int64_t>(absl::GetFlag(FLAGS_warmup_epochs) * steps_per_epoch);
-  config.sgd.momentum_ramp_steps =
-      static_cast<int64_t>(absl::GetFlag(FLAGS_momentum_ramp_epochs) * steps_per_epoch);
+  ApplyEpochFlags(steps_per_epoch, &config);
   ASSIGN_OR_RETURN(TrainingResult result, Train(config, data.train, data.test));
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

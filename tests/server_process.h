@@ -3,6 +3,7 @@
 #ifndef DISTILLERY_TESTS_SERVER_PROCESS_H_
 #define DISTILLERY_TESTS_SERVER_PROCESS_H_
 
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
@@ -37,14 +38,15 @@ inline int PickFreePort() {
 
 class ServerProcess {
  public:
-  // Starts `binary` with `args` plus --address=127.0.0.1:0 and a port file,
-  // and waits up to `timeout` for it to serve. port() is 0 on failure.
+  // Starts `binary` with `args` plus --address=127.0.0.1:<port> (0 = any
+  // free port) and a port file, and waits up to `timeout` for it to serve.
+  // port() is 0 on failure.
   bool Start(const std::string& binary, std::vector<std::string> args, const std::string& dir,
-             std::chrono::seconds timeout = std::chrono::seconds(60)) {
+             std::chrono::seconds timeout = std::chrono::seconds(60), int port = 0) {
     port_file_ = dir + "/port." + std::to_string(getpid()) + "." + std::to_string(++counter_);
     std::remove(port_file_.c_str());
     args.insert(args.begin(), {binary, "serve"});
-    args.push_back("--address=127.0.0.1:0");
+    args.push_back("--address=127.0.0.1:" + std::to_string(port));
     args.push_back("--port_file=" + port_file_);
     std::vector<char*> argv;
     for (std::string& a : args) argv.push_back(a.data());
@@ -91,6 +93,49 @@ class ServerProcess {
     return status;
   }
   ~ServerProcess() { Stop(SIGKILL); }
+
+  // Runs `binary` with `args` to completion (at most `timeout`, then it is
+  // killed); returns its wait status and leaves its output in `log_path`.
+  static int Run(const std::string& binary, std::vector<std::string> args,
+                 const std::string& log_path,
+                 std::chrono::seconds timeout = std::chrono::seconds(300)) {
+    pid_t pid = SpawnLogged(binary, std::move(args), log_path);
+    if (pid == 0) return -1;
+    return WaitWithTimeout(pid, timeout);
+  }
+
+  // Starts `binary` with `args`, output to `log_path`; returns its pid or 0.
+  static pid_t SpawnLogged(const std::string& binary, std::vector<std::string> args,
+                           const std::string& log_path) {
+    args.insert(args.begin(), binary);
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 1, log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                     0644);
+    posix_spawn_file_actions_adddup2(&actions, 1, 2);
+    pid_t pid = 0;
+    const int rc = posix_spawn(&pid, binary.c_str(), &actions, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    return rc == 0 ? pid : 0;
+  }
+
+  // Waits for `pid` at most `timeout` (then kills it); returns the wait status.
+  static int WaitWithTimeout(pid_t pid, std::chrono::seconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    int status = 0;
+    while (waitpid(pid, &status, WNOHANG) == 0) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        return -1;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return status;
+  }
 
  private:
   pid_t pid_ = 0;

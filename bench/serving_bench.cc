@@ -1,0 +1,163 @@
+// Soft-target serving throughput: the teacher server over gRPC on loopback
+// against the teacher's in-process forward pass, in the same run, and the
+// gain of dynamic batching when many small clients call at once.
+//
+//   serving_bench --checkpoint=teacher.ckpt --server=build/teacher_server/teacher_server
+//
+// Prints one line per measurement (examples/s) and the ratios.
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "common/checkpoint.h"
+#include "common/dnnl_context.h"
+#include "common/softmax.h"
+#include "common/target_codec.h"
+#include "distill/v1/teacher.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "spdlog/spdlog.h"
+#include "tests/server_process.h"
+
+ABSL_FLAG(std::string, checkpoint, "", "Teacher checkpoint to serve");
+ABSL_FLAG(std::string, server, "build/teacher_server/teacher_server", "teacher_server binary");
+ABSL_FLAG(int32_t, threads, 2, "Compute threads (in-process and server)");
+ABSL_FLAG(double, seconds, 4, "Seconds per measurement");
+ABSL_FLAG(double, temperature, 20, "Temperature of the soft targets");
+
+namespace distillery {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point since) {
+  return std::chrono::duration<double>(Clock::now() - since).count();
+}
+
+// In-process: forward pass + softmax(z/T) on `batch` examples, repeated.
+double InProcessRate(Mlp& teacher, int64_t batch, double seconds) {
+  Matrix inputs(batch, teacher.input_size());
+  for (int64_t i = 0; i < inputs.size(); ++i) inputs.data()[i] = static_cast<float>(i % 255) / 255;
+  TemperatureSoftmax softmax;
+  Matrix probs;
+  const Matrix* logits = nullptr;
+  for (int i = 0; i < 3; ++i) (void)teacher.Predict(inputs, &logits);
+  int64_t examples = 0;
+  const auto start = Clock::now();
+  while (Seconds(start) < seconds) {
+    (void)teacher.Predict(inputs, &logits);
+    (void)softmax.Compute(*logits, 20.f, &probs);
+    examples += batch;
+  }
+  return examples / Seconds(start);
+}
+
+// `clients` threads, each on its own channel, sending requests of `batch`
+// uint8 images back to back for `seconds`. Returns examples/s; counts
+// failed calls into `failures`.
+double GrpcRate(const std::string& target, int clients, int64_t batch, int64_t input_size,
+                double seconds, int64_t* failures) {
+  std::atomic<int64_t> examples{0}, failed{0};
+  std::vector<std::thread> threads;
+  const auto start = Clock::now();
+  for (int c = 0; c < clients; ++c) {
+    threads.emplace_back([&, c] {
+      grpc::ChannelArguments args;
+      args.SetMaxReceiveMessageSize(64 << 20);
+      args.SetInt("distillery.channel", c);  // distinct channels, distinct connections
+      auto channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+      auto stub = distill::v1::Teacher::NewStub(channel);
+      distill::v1::SoftTargetsRequest request;
+      request.set_num_examples(static_cast<uint32_t>(batch));
+      std::string pixels(static_cast<size_t>(batch * input_size), '\0');
+      for (size_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<char>((i * 7 + c) % 256);
+      request.set_pixels_u8(pixels);
+      request.mutable_options()->set_temperature(absl::GetFlag(FLAGS_temperature));
+      distill::v1::SoftTargetsResponse response;
+      while (Seconds(start) < seconds) {
+        grpc::ClientContext context;
+        context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+        if (stub->GetSoftTargets(&context, request, &response).ok()) {
+          examples += batch;
+        } else {
+          ++failed;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  *failures += failed;
+  return examples / Seconds(start);
+}
+
+int Run() {
+  const int threads = absl::GetFlag(FLAGS_threads);
+  const double seconds = absl::GetFlag(FLAGS_seconds);
+  SetComputeThreads(threads);
+  auto checkpoint = LoadCheckpoint(absl::GetFlag(FLAGS_checkpoint));
+  if (!checkpoint.ok()) {
+    spdlog::error("{}", checkpoint.status().ToString());
+    return 1;
+  }
+  auto teacher = MlpFromCheckpoint(*checkpoint);
+  if (!teacher.ok()) return 1;
+  const int64_t input_size = (*teacher)->input_size();
+  std::printf("# teacher %s, %d compute threads, %.0f s per measurement\n",
+              (*teacher)->spec().ArchitectureString().c_str(), threads, seconds);
+  int64_t failures = 0;
+  const std::string dir = "/tmp";
+  for (int64_t batch : {128, 1024}) {
+    const double local = InProcessRate(**teacher, batch, seconds);
+    ServerProcess server;
+    if (!server.Start(absl::GetFlag(FLAGS_server),
+                      {"--checkpoint=" + absl::GetFlag(FLAGS_checkpoint), "--no_transfer_set",
+                       "--metrics_address=", "--threads=" + std::to_string(threads),
+                       "--max_batch=1024", "--batch_wait_ms=0"},
+                      dir)) {
+      spdlog::error("cannot start the server");
+      return 1;
+    }
+    // Two clients on two channels keep the server busy while a response
+    // travels back (one client would leave it idle half the time).
+    const double remote = GrpcRate(server.target(), 2, batch, input_size, seconds, &failures);
+    server.Stop();
+    std::printf(
+        "serving batch=%ld in_process_examples_per_s=%.0f grpc_examples_per_s=%.0f "
+        "grpc_over_in_process=%.3f\n",
+        static_cast<long>(batch), local, remote, remote / local);
+    std::fflush(stdout);
+  }
+  // Dynamic batching: 16 clients sending 8 examples each.
+  double rates[2];
+  for (int batching = 0; batching < 2; ++batching) {
+    ServerProcess server;
+    std::vector<std::string> args = {"--checkpoint=" + absl::GetFlag(FLAGS_checkpoint),
+                                     "--no_transfer_set",
+                                     "--metrics_address=", "--threads=" + std::to_string(threads)};
+    if (batching) {
+      args.insert(args.end(), {"--max_batch=1024", "--batch_wait_ms=2"});
+    } else {
+      args.insert(args.end(), {"--max_batch=8", "--batch_wait_ms=0"});
+    }
+    if (!server.Start(absl::GetFlag(FLAGS_server), args, dir)) return 1;
+    rates[batching] = GrpcRate(server.target(), 16, 8, input_size, seconds, &failures);
+    server.Stop();
+  }
+  std::printf(
+      "batching clients=16 batch=8 without_examples_per_s=%.0f with_examples_per_s=%.0f "
+      "gain=%.2f\n",
+      rates[0], rates[1], rates[1] / rates[0]);
+  std::printf("failed_calls=%ld\n", static_cast<long>(failures));
+  return failures == 0 ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace distillery
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  return distillery::Run();
+}

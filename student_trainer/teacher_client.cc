@@ -1,0 +1,198 @@
+#include "student_trainer/teacher_client.h"
+
+#include <random>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/softmax.h"
+#include "common/status_macros.h"
+#include "common/target_codec.h"
+#include "spdlog/spdlog.h"
+
+namespace distillery {
+namespace {
+
+bool Retryable(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::UNAVAILABLE:
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+    case grpc::StatusCode::ABORTED:
+    case grpc::StatusCode::CANCELLED:
+      return true;
+    default:
+      return false;
+  }
+}
+
+absl::Status ToAbslStatus(const grpc::Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+}
+
+TemperatureSoftmax& ThreadSoftmax() {
+  thread_local TemperatureSoftmax softmax;
+  return softmax;
+}
+
+}  // namespace
+
+TeacherClient::TeacherClient(const TeacherClientConfig& config) : config_(config) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(config.max_message_bytes);
+  args.SetMaxSendMessageSize(config.max_message_bytes);
+  args.SetLoadBalancingPolicyName("round_robin");
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  // Reconnect quickly after a teacher restarts.
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  for (absl::string_view replica : absl::StrSplit(config.target, ',', absl::SkipEmpty())) {
+    stubs_.push_back(distill::v1::Teacher::NewStub(
+        grpc::CreateCustomChannel(std::string(replica), grpc::InsecureChannelCredentials(), args)));
+  }
+}
+
+absl::StatusOr<std::unique_ptr<TeacherClient>> TeacherClient::Connect(
+    const TeacherClientConfig& config) {
+  std::unique_ptr<TeacherClient> client(new TeacherClient(config));
+  if (client->stubs_.empty()) {
+    return absl::InvalidArgumentError("no teacher address given");
+  }
+  distill::v1::ModelInfo info;
+  RETURN_IF_ERROR(client->WithRetries("GetModelInfo", [&info](distill::v1::Teacher::Stub* stub) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    return stub->GetModelInfo(&context, {}, &info);
+  }));
+  client->info_ = info;
+  client->expected_hash_ = info.teacher_hash();
+  return client;
+}
+
+absl::Status TeacherClient::WithRetries(
+    const char* what, const std::function<grpc::Status(distill::v1::Teacher::Stub*)>& attempt) {
+  absl::Duration backoff = config_.initial_backoff;
+  const absl::Time give_up = absl::Now() + config_.give_up_after;
+  std::mt19937_64 rng(std::hash<std::thread::id>()(std::this_thread::get_id()));
+  bool retried = false;
+  size_t index = next_stub_ % stubs_.size();
+  while (true) {
+    const grpc::Status status = attempt(stubs_[index].get());
+    if (status.ok()) {
+      if (retried) ++retries_;
+      return absl::OkStatus();
+    }
+    if (!Retryable(status.error_code())) return ToAbslStatus(status);
+    if (absl::Now() + backoff > give_up) {
+      return absl::UnavailableError(absl::StrCat(
+          "no teacher answered ", what, " for ", absl::FormatDuration(config_.give_up_after), " (",
+          config_.target, "); last error: ", status.error_message()));
+    }
+    spdlog::warn("{} failed ({}: {}); retrying in {}{}", what,
+                 static_cast<int>(status.error_code()), status.error_message(),
+                 absl::FormatDuration(backoff), stubs_.size() > 1 ? " on another replica" : "");
+    // Full jitter keeps many students from retrying in lockstep.
+    const double fraction = 0.5 + 0.5 * static_cast<double>(rng() % 1000) / 1000.0;
+    absl::SleepFor(backoff * fraction);
+    backoff = std::min(backoff * 2, config_.max_backoff);
+    retried = true;
+    index = ++next_stub_ % stubs_.size();
+  }
+}
+
+absl::Status TeacherClient::CheckContract(const distill::v1::SoftTargetContract& contract,
+                                          float temperature) {
+  {
+    std::lock_guard<std::mutex> lock(hash_mutex_);
+    if (contract.teacher_hash() != expected_hash_) {
+      if (!config_.allow_teacher_change) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "the teacher changed: its hash is now ", contract.teacher_hash(), ", it was ",
+            expected_hash_, " (restart the student or pass --allow_teacher_change)"));
+      }
+      spdlog::warn("teacher hash changed from {} to {}; continuing (--allow_teacher_change)",
+                   expected_hash_, contract.teacher_hash());
+      expected_hash_ = contract.teacher_hash();
+    }
+  }
+  if (contract.temperature() != temperature) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("asked for targets at T=", temperature, ", got T=", contract.temperature()));
+  }
+  if (contract.num_classes() != info_.num_classes()) {
+    return absl::FailedPreconditionError("the teacher's class count changed");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TeacherClient::SoftTargets(const std::string& pixels, int64_t rows, float temperature,
+                                        Matrix* probabilities) {
+  distill::v1::SoftTargetsRequest request;
+  request.set_num_examples(static_cast<uint32_t>(rows));
+  request.set_pixels_u8(pixels);
+  request.mutable_options()->set_temperature(temperature);
+  distill::v1::SoftTargetsResponse response;
+  RETURN_IF_ERROR(WithRetries("GetSoftTargets", [&](distill::v1::Teacher::Stub* stub) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + config_.call_deadline));
+    return stub->GetSoftTargets(&context, request, &response);
+  }));
+  RETURN_IF_ERROR(CheckContract(response.contract(), temperature));
+  if (response.targets().num_examples() != rows) {
+    return absl::DataLossError(absl::StrCat("asked for ", rows, " rows of targets, got ",
+                                            response.targets().num_examples()));
+  }
+  return DecodeTargets(response.targets(), response.contract(), &ThreadSoftmax(), probabilities);
+}
+
+absl::Status TeacherClient::StreamTransferSet(
+    distill::v1::TransferSetRequest request,
+    const std::function<bool(const distill::v1::TransferBatch&)>& sink) {
+  const float temperature = request.options().has_temperature() ? request.options().temperature()
+                                                                : info_.default_temperature();
+  uint64_t next = request.start_batch();
+  bool finished = false;
+  absl::Status sink_status;
+  RETURN_IF_ERROR(WithRetries("StreamTransferSet", [&](distill::v1::Teacher::Stub* stub) {
+    request.set_start_batch(next);
+    grpc::ClientContext context;
+    // The whole stream gets stream_deadline; a teacher that dies without
+    // closing the connection is detected sooner by keepalive. Either way the
+    // stream is retried from the first batch not yet delivered.
+    context.set_deadline(absl::ToChronoTime(absl::Now() + config_.stream_deadline));
+    auto reader = stub->StreamTransferSet(&context, request);
+    distill::v1::TransferBatch batch;
+    while (reader->Read(&batch)) {
+      if (batch.batch_index() != next) {
+        context.TryCancel();
+        sink_status = absl::DataLossError(
+            absl::StrCat("expected batch ", next, ", got ", batch.batch_index()));
+        reader->Finish();
+        return grpc::Status(grpc::StatusCode::DATA_LOSS, "out of order");
+      }
+      if (absl::Status s = CheckContract(batch.contract(), temperature); !s.ok()) {
+        sink_status = s;
+        context.TryCancel();
+        reader->Finish();
+        return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, std::string(s.message()));
+      }
+      ++next;
+      if (!sink(batch)) {
+        finished = true;
+        context.TryCancel();
+        reader->Finish();
+        return grpc::Status::OK;
+      }
+    }
+    grpc::Status status = reader->Finish();
+    if (status.ok()) finished = true;
+    return status;
+  }));
+  RETURN_IF_ERROR(sink_status);
+  if (!finished) return absl::DataLossError("the transfer-set stream ended early");
+  return absl::OkStatus();
+}
+
+}  // namespace distillery

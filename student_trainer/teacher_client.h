@@ -1,0 +1,97 @@
+// A student's connection to its teacher(s): model information, soft targets
+// for the student's own inputs, and the teacher-side transfer set, with a
+// deadline on every call and retries with backoff across replicas.
+//
+// Fault tolerance: a call that fails with UNAVAILABLE, DEADLINE_EXCEEDED,
+// RESOURCE_EXHAUSTED, ABORTED or CANCELLED is retried (on the next replica
+// when there are several) with exponential backoff and jitter, re-requesting
+// exactly the same batch, until `give_up_after` has passed without a single
+// successful call; then the call fails with UNAVAILABLE. Every answer's
+// contract is checked: another teacher (hash) is refused with
+// FAILED_PRECONDITION unless allow_teacher_change.
+//
+// Thread-safety: all methods may be called from several threads.
+#ifndef DISTILLERY_STUDENT_TRAINER_TEACHER_CLIENT_H_
+#define DISTILLERY_STUDENT_TRAINER_TEACHER_CLIENT_H_
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/matrix.h"
+#include "distill/v1/teacher.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+
+namespace distillery {
+
+struct TeacherClientConfig {
+  // Comma-separated replicas ("10.0.0.5:50051,10.0.0.6:50051"), or one gRPC
+  // target such as "dns:///teacher:50051", which is resolved to all its
+  // addresses and balanced with round_robin.
+  std::string target = "127.0.0.1:50051";
+  // Deadline of each unary call, and of each whole transfer-set stream.
+  absl::Duration call_deadline = absl::Seconds(30);
+  absl::Duration stream_deadline = absl::Minutes(30);
+  // Stop retrying once no call has succeeded for this long.
+  absl::Duration give_up_after = absl::Seconds(120);
+  // Backoff between retries: starts here, doubles, capped at max_backoff.
+  absl::Duration initial_backoff = absl::Milliseconds(100);
+  absl::Duration max_backoff = absl::Seconds(5);
+  // Accept answers from a teacher whose hash differs from the first one.
+  bool allow_teacher_change = false;
+  // Largest message accepted, in bytes.
+  int max_message_bytes = 64 << 20;
+};
+
+class TeacherClient {
+ public:
+  // Connects and fetches the model information (with the retry policy).
+  static absl::StatusOr<std::unique_ptr<TeacherClient>> Connect(const TeacherClientConfig& config);
+
+  // The information read at connection time.
+  const distill::v1::ModelInfo& info() const { return info_; }
+  int64_t input_size() const { return int64_t{info_.image_rows()} * info_.image_cols(); }
+
+  // Soft targets (probabilities at `temperature`) for `rows` examples whose
+  // raw uint8 pixels are `pixels` (rows x input_size). `probabilities` is
+  // resized to rows x num_classes.
+  absl::Status SoftTargets(const std::string& pixels, int64_t rows, float temperature,
+                           Matrix* probabilities);
+
+  // Streams batches [start_batch, end) of a transfer-set shard into `sink`
+  // (which returns false to stop). On a failure it reconnects and resumes at
+  // the first batch not yet delivered, so none is skipped or repeated.
+  absl::Status StreamTransferSet(
+      distill::v1::TransferSetRequest request,
+      const std::function<bool(const distill::v1::TransferBatch&)>& sink);
+
+  // Successful calls after at least one retry (for tests and logs).
+  int64_t retries() const { return retries_; }
+
+ private:
+  explicit TeacherClient(const TeacherClientConfig& config);
+
+  // Runs `attempt` on replica stubs until it succeeds, fails with a
+  // non-retryable status, or the give-up time passes.
+  absl::Status WithRetries(const char* what,
+                           const std::function<grpc::Status(distill::v1::Teacher::Stub*)>& attempt);
+  // Checks an answer's contract against what the student expects.
+  absl::Status CheckContract(const distill::v1::SoftTargetContract& contract, float temperature);
+
+  const TeacherClientConfig config_;
+  std::vector<std::unique_ptr<distill::v1::Teacher::Stub>> stubs_;
+  std::atomic<size_t> next_stub_{0};
+  distill::v1::ModelInfo info_;
+  std::mutex hash_mutex_;
+  std::string expected_hash_;  // guarded by hash_mutex_
+  std::atomic<int64_t> retries_{0};
+};
+
+}  // namespace distillery
+
+#endif  // DISTILLERY_STUDENT_TRAINER_TEACHER_CLIENT_H_
