@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# The distillation demo: split a training set, train a teacher on one part,
+# serve it, and train a baseline student (hard labels) and a distilled student
+# (the transfer part without labels, soft targets from the server) at the same
+# time; then print the table and plot test errors per epoch.
+#
+# Usage: scripts/distill_demo.sh [options]
+#   --data_dir=DIR     MNIST-format directory (default: Debian's Fashion-MNIST)
+#   --out=DIR          outputs (default: out/demo)
+#   --build=DIR        build directory (default: build)
+#   --quick            a small, fast configuration (used by the tests)
+# Environment: TEACHER_EPOCHS, STUDENT_EPOCHS, TEMPERATURE override the defaults.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DATA=/usr/share/datasets/fashion-mnist
+OUT=out/demo
+BUILD=build
+QUICK=0
+for arg in "$@"; do
+  case "$arg" in
+    --data_dir=*) DATA=${arg#*=} ;;
+    --out=*) OUT=${arg#*=} ;;
+    --build=*) BUILD=${arg#*=} ;;
+    --quick) QUICK=1 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) echo "unknown option $arg (see --help)" >&2; exit 2 ;;
+  esac
+done
+TEACHER_BIN=$BUILD/teacher_server/teacher_server
+STUDENT_BIN=$BUILD/student_trainer/student_trainer
+for bin in "$TEACHER_BIN" "$STUDENT_BIN"; do
+  [ -x "$bin" ] || { echo "missing $bin: build first (scripts/demo.sh builds)" >&2; exit 1; }
+done
+[ -d "$DATA" ] || { echo "no data directory $DATA (apt-get install dataset-fashion-mnist)" >&2; exit 1; }
+
+if [ "$QUICK" = 1 ]; then
+  TEACHER_ARCH=784-400-400-10; TEACHER_RANGE=0:10000; TRANSFER_RANGE=10000:12000
+  TEACHER_EPOCHS=${TEACHER_EPOCHS:-8}; STUDENT_EPOCHS=${STUDENT_EPOCHS:-10}
+  TEACHER_FLAGS=(--input_dropout=0 --hidden_dropout=0.2 --jitter=1)
+  STUDENT_ARCH=784-200-200-10; EVAL_EVERY=1
+else
+  # The teacher learns from the first half; the students from the second,
+  # the distilled one without its labels.
+  TEACHER_ARCH=784-1200-1200-10; TEACHER_RANGE=0:30000; TRANSFER_RANGE=30000:60000
+  TEACHER_EPOCHS=${TEACHER_EPOCHS:-30}; STUDENT_EPOCHS=${STUDENT_EPOCHS:-20}
+  TEACHER_FLAGS=(--jitter=1)
+  STUDENT_ARCH=784-800-800-10; EVAL_EVERY=1
+fi
+T=${TEMPERATURE:-4}
+mkdir -p "$OUT"
+rm -f "$OUT"/*.csv "$OUT"/*.ckpt "$OUT"/port
+start=$(date +%s)
+log() { echo "[demo $(( $(date +%s) - start ))s] $*"; }
+export OMP_WAIT_POLICY=PASSIVE
+
+log "data: $DATA; teacher on training examples [$TEACHER_RANGE), transfer set [$TRANSFER_RANGE)"
+log "1/4 training the teacher $TEACHER_ARCH for $TEACHER_EPOCHS epochs (log: $OUT/teacher.log)"
+"$TEACHER_BIN" train --data_dir="$DATA" --train_range="$TEACHER_RANGE" \
+  --architecture="$TEACHER_ARCH" --epochs="$TEACHER_EPOCHS" --momentum_ramp_epochs=2 \
+  "${TEACHER_FLAGS[@]}" \
+  --eval_every="$EVAL_EVERY" --threads=2 \
+  --checkpoint="$OUT/teacher.ckpt" --metrics_csv="$OUT/teacher.csv" >"$OUT/teacher.log" 2>&1 || {
+  tail -5 "$OUT/teacher.log"; exit 1; }
+log "   $(grep -o 'done: .*' "$OUT/teacher.log")"
+
+log "2/4 serving the teacher (log: $OUT/server.log)"
+"$TEACHER_BIN" serve --checkpoint="$OUT/teacher.ckpt" --no_transfer_set \
+  --address=127.0.0.1:0 --port_file="$OUT/port" --metrics_address= --threads=1 \
+  --default_temperature="$T" >"$OUT/server.log" 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 1 600); do [ -s "$OUT/port" ] && break; sleep 0.1; done
+[ -s "$OUT/port" ] || { echo "the teacher server did not start:" >&2; cat "$OUT/server.log" >&2; exit 1; }
+PORT=$(cat "$OUT/port")
+log "   teacher serving on 127.0.0.1:$PORT"
+
+log "3/4 training two students $STUDENT_ARCH at once for $STUDENT_EPOCHS epochs:"
+log "    baseline on the hard labels of [$TRANSFER_RANGE), distilled on the teacher's soft targets"
+log "    at T=$T for the same images without labels, shifted up to 1 px (the teacher labels each view)"
+"$STUDENT_BIN" baseline --data_dir="$DATA" --train_range="$TRANSFER_RANGE" \
+  --architecture="$STUDENT_ARCH" --epochs="$STUDENT_EPOCHS" --lr=0.1 --threads=1 \
+  --eval_every="$EVAL_EVERY" \
+  --checkpoint="$OUT/baseline.ckpt" --metrics_csv="$OUT/baseline.csv" >"$OUT/baseline.log" 2>&1 &
+BASELINE=$!
+"$STUDENT_BIN" distill --teacher="127.0.0.1:$PORT" --data_dir="$DATA" \
+  --train_range="$TRANSFER_RANGE" --architecture="$STUDENT_ARCH" --epochs="$STUDENT_EPOCHS" \
+  --distill_temperature="$T" --alpha=1 --lr=0.1 --jitter=1 --threads=1 \
+  --eval_every="$EVAL_EVERY" \
+  --checkpoint="$OUT/distilled.ckpt" --metrics_csv="$OUT/distilled.csv" >"$OUT/distilled.log" 2>&1 &
+DISTILLED=$!
+while kill -0 $BASELINE 2>/dev/null || kill -0 $DISTILLED 2>/dev/null; do
+  sleep 15
+  b=$(tail -n +2 "$OUT/baseline.csv" 2>/dev/null | wc -l); d=$(tail -n +2 "$OUT/distilled.csv" 2>/dev/null | wc -l)
+  log "   epochs done: baseline $b/$STUDENT_EPOCHS, distilled $d/$STUDENT_EPOCHS"
+done
+wait $BASELINE || { tail -5 "$OUT/baseline.log"; exit 1; }
+wait $DISTILLED || { tail -5 "$OUT/distilled.log"; exit 1; }
+kill -TERM $SERVER; wait $SERVER || true
+
+log "4/4 results"
+errors() { tail -n 1 "$OUT/$1.csv" | cut -d, -f6; }
+params() { awk -F- '{ n = 0; for (i = 1; i < NF; i++) n += $i * $(i+1) + $(i+1); print n }' <<<"$1"; }
+TE=$(errors teacher); BE=$(errors baseline); DE=$(errors distilled)
+TOTAL=$(tail -n 1 "$OUT/teacher.csv" | cut -d, -f7)
+{
+  echo "network,architecture,parameters,test_errors,test_examples"
+  echo "teacher,$TEACHER_ARCH,$(params $TEACHER_ARCH),$TE,$TOTAL"
+  echo "baseline_student,$STUDENT_ARCH,$(params $STUDENT_ARCH),$BE,$TOTAL"
+  echo "distilled_student,$STUDENT_ARCH,$(params $STUDENT_ARCH),$DE,$TOTAL"
+} >"$OUT/summary.csv"
+awk -F, -v te="$TE" -v be="$BE" -v de="$DE" 'NR > 1 {
+  printf "  %-18s %-18s %10s params %6s test errors\n", $1, $2, $3, $4 }
+  END { if (be != te) printf "  distillation closed %.0f%% of the gap between the baseline and the teacher\n",
+        100 * (be - de) / (be - te) }' "$OUT/summary.csv" | tee "$OUT/summary.txt"
+
+if command -v gnuplot >/dev/null; then
+  gnuplot <<GP
+set terminal pngcairo size 900,560
+set output "$OUT/test_errors.png"
+set datafile separator ","
+set title "Test errors per epoch ($(basename "$DATA"))"
+set xlabel "epoch"; set ylabel "test errors (of $TOTAL)"; set key top right; set grid
+plot "$OUT/teacher.csv" using 1:6 every ::1 with linespoints title "teacher $TEACHER_ARCH", \
+     "$OUT/baseline.csv" using 1:6 every ::1 with linespoints title "baseline student (hard labels)", \
+     "$OUT/distilled.csv" using 1:6 every ::1 with linespoints title "distilled student (T=$T, no labels, 1-px jitter)"
+GP
+  log "plot: $OUT/test_errors.png"
+fi
+log "outputs in $OUT/: summary.csv, checkpoints (*.ckpt), per-epoch metrics (*.csv), logs"
