@@ -2,6 +2,8 @@
 // See dataset.h for the contracts.
 #include "common/dataset.h"
 
+#include <algorithm>
+
 #include <array>
 #include <cstdio>
 #include <cstdlib>
@@ -154,6 +156,23 @@ absl::StatusOr<Dataset> SliceDataset(const Dataset& data, int64_t begin, int64_t
   if (data.has_labels())
     slice.labels.assign(data.labels.begin() + begin, data.labels.begin() + end);
   return slice;
+}
+
+absl::StatusOr<Dataset> WithoutClasses(const Dataset& data, const std::vector<int>& classes) {
+  if (!data.has_labels()) {
+    return absl::InvalidArgumentError("cannot drop classes from unlabeled data");
+  }
+  Dataset kept;
+  kept.image_rows = data.image_rows;
+  kept.image_cols = data.image_cols;
+  kept.num_classes = data.num_classes;
+  for (int64_t i = 0; i < data.num_examples; ++i) {
+    if (std::find(classes.begin(), classes.end(), data.labels[i]) != classes.end()) continue;
+    kept.pixels.insert(kept.pixels.end(), data.image(i), data.image(i) + data.input_size());
+    kept.labels.push_back(data.labels[i]);
+    ++kept.num_examples;
+  }
+  return kept;
 }
 
 Dataset WithoutLabels(const Dataset& data) {

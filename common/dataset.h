@@ -55,6 +55,10 @@ absl::StatusOr<Dataset> SliceDataset(const Dataset& data, int64_t begin, int64_t
 // A copy of `data` without its labels (a transfer set needs none).
 Dataset WithoutLabels(const Dataset& data);
 
+// A copy of `data` without the examples whose label is in `classes`, in the
+// same order. InvalidArgument when the data is unlabeled.
+absl::StatusOr<Dataset> WithoutClasses(const Dataset& data, const std::vector<int>& classes);
+
 // The indices 0..n-1 in an order that depends only on (seed, epoch): the same
 // pair gives the same order on every machine (std::mt19937_64 and a
 // hand-written Fisher-Yates, not std::shuffle, whose algorithm is unspecified).

@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "common/training_flags.h"
 #include "spdlog/spdlog.h"
@@ -38,6 +39,11 @@ absl::Status RunDistillation(const DistillConfig& config) {
   if (config.source == "local") {
     ASSIGN_OR_RETURN(auto range, ParseRange(config.transfer_range, data.train.num_examples));
     ASSIGN_OR_RETURN(Dataset transfer, SliceDataset(data.train, range.first, range.second));
+    if (!config.exclude_classes.empty()) {
+      ASSIGN_OR_RETURN(transfer, WithoutClasses(transfer, config.exclude_classes));
+      spdlog::info("transfer set without classes {}: {} examples left",
+                   absl::StrJoin(config.exclude_classes, ","), transfer.num_examples);
+    }
     if (!config.use_labels) transfer = WithoutLabels(transfer);
     spdlog::info("local transfer set: {} examples [{}, {}){}, jitter {} px, T={}",
                  transfer.num_examples, range.first, range.second,

@@ -4,6 +4,7 @@
 #define DISTILLERY_STUDENT_TRAINER_DISTILL_H_
 
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "common/trainer.h"
@@ -28,6 +29,9 @@ struct DistillConfig {
   // Train on the local transfer set's labels too, with weight 1 - alpha
   // (false: the transfer set is used without labels).
   bool use_labels = false;
+  // Source "local": drop the examples of these classes from the transfer set
+  // (the paper's "transfer set without any 3s" experiment; needs labels).
+  std::vector<int> exclude_classes;
   // Source "teacher": this student's shard.
   uint32_t shard_index = 0;
   uint32_t num_shards = 1;

@@ -13,6 +13,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
 #include "common/dnnl_context.h"
 #include "common/trainer.h"
 #include "common/training_flags.h"
@@ -33,6 +34,8 @@ ABSL_FLAG(double, alpha, 0.9,
           "distill: weight of the soft term (T^2-scaled); 1 - alpha weighs hard labels");
 ABSL_FLAG(bool, use_labels, false,
           "distill: also train on the transfer set's labels (default: unlabeled transfer set)");
+ABSL_FLAG(std::vector<std::string>, exclude_classes, {},
+          "distill --source=local: drop these classes from the transfer set, e.g. 3");
 ABSL_FLAG(uint32_t, shard_index, 0, "distill --source=teacher: this student's shard");
 ABSL_FLAG(uint32_t, num_shards, 1, "distill --source=teacher: number of shards");
 ABSL_FLAG(int64_t, prefetch, 4, "distill: batches whose soft targets are fetched ahead");
@@ -82,6 +85,14 @@ int Distill() {
   config.data_dir = absl::GetFlag(FLAGS_data_dir);
   config.transfer_range = absl::GetFlag(FLAGS_train_range);
   config.use_labels = absl::GetFlag(FLAGS_use_labels);
+  for (const std::string& c : absl::GetFlag(FLAGS_exclude_classes)) {
+    int label = 0;
+    if (!absl::SimpleAtoi(c, &label)) {
+      spdlog::error("--exclude_classes: \"{}\" is not a class number", c);
+      return 2;
+    }
+    config.exclude_classes.push_back(label);
+  }
   config.shard_index = absl::GetFlag(FLAGS_shard_index);
   config.num_shards = absl::GetFlag(FLAGS_num_shards);
   // Epoch-denominated flags: an epoch here is the transfer set (or shard)
