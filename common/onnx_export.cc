@@ -42,10 +42,9 @@ absl::Status ValidateForExport(const distill::v1::Checkpoint& checkpoint,
   if (arch.image_rows() < 0 || arch.image_cols() < 0 ||
       (arch.image_rows() != 0 &&
        int64_t{arch.image_rows()} * arch.image_cols() != spec.layer_sizes.front())) {
-    return absl::DataLossError(absl::StrCat("image shape ", arch.image_rows(), "x",
-                                            arch.image_cols(), " does not fit the ",
-                                            spec.layer_sizes.front(), " inputs of ",
-                                            spec.ArchitectureString()));
+    return absl::DataLossError(absl::StrCat(
+        "image shape ", arch.image_rows(), "x", arch.image_cols(), " does not fit the ",
+        spec.layer_sizes.front(), " inputs of ", spec.ArchitectureString()));
   }
   if (options.scale_input && !(std::isfinite(arch.input_scale()) && arch.input_scale() > 0.f)) {
     return absl::DataLossError(
@@ -72,17 +71,16 @@ absl::Status ValidateForExport(const distill::v1::Checkpoint& checkpoint,
                                                 "x", expected_cols));
       }
       if (tensor.values_size() != expected_rows * expected_cols) {
-        return absl::DataLossError(absl::StrCat("tensor \"", name, "\" has ",
-                                                tensor.values_size(), " values for its shape ",
-                                                expected_rows, "x", expected_cols));
+        return absl::DataLossError(absl::StrCat("tensor \"", name, "\" has ", tensor.values_size(),
+                                                " values for its shape ", expected_rows, "x",
+                                                expected_cols));
       }
       const auto& values = tensor.values();
-      const auto bad = std::find_if(values.begin(), values.end(),
-                                    [](float v) { return !std::isfinite(v); });
+      const auto bad =
+          std::find_if(values.begin(), values.end(), [](float v) { return !std::isfinite(v); });
       if (bad != values.end()) {
-        return absl::DataLossError(absl::StrCat("tensor \"", name,
-                                                "\" holds a non-finite value at ",
-                                                bad - values.begin()));
+        return absl::DataLossError(absl::StrCat(
+            "tensor \"", name, "\" holds a non-finite value at ", bad - values.begin()));
       }
     }
   }
@@ -181,17 +179,15 @@ absl::StatusOr<onnx::ModelProto> BuildOnnxModel(const distill::v1::Checkpoint& c
   for (const auto& [key, value] : metadata) AddMetadata("checkpoint." + key, value, &model);
 
   onnx::GraphProto* graph = model.mutable_graph();
-  graph->set_name(options.graph_name.empty()
-                      ? absl::StrCat(role, "_", spec.ArchitectureString())
-                      : options.graph_name);
+  graph->set_name(options.graph_name.empty() ? absl::StrCat(role, "_", spec.ArchitectureString())
+                                             : options.graph_name);
   const std::string images = image_shape.empty() ? "images" : absl::StrCat(image_shape, " images");
-  SetBatchTensorType(
-      kOnnxInputName, inputs,
-      options.scale_input
-          ? absl::StrCat("raw pixel values (0..255) of ", images, ", flattened row-major")
-          : absl::StrCat("pixel values times ", arch.input_scale(), " of ", images,
-                         ", flattened row-major"),
-      graph->add_input());
+  SetBatchTensorType(kOnnxInputName, inputs,
+                     options.scale_input ? absl::StrCat("raw pixel values (0..255) of ", images,
+                                                        ", flattened row-major")
+                                         : absl::StrCat("pixel values times ", arch.input_scale(),
+                                                        " of ", images, ", flattened row-major"),
+                     graph->add_input());
   SetBatchTensorType(output_name, classes,
                      options.softmax ? "class probabilities, softmax(logits) at T = 1"
                                      : "class logits (softmax at T = 1 gives probabilities)",
@@ -212,7 +208,8 @@ absl::StatusOr<onnx::ModelProto> BuildOnnxModel(const distill::v1::Checkpoint& c
     AddFloatInitializer(bias.name(), {bias.shape(1)}, bias.values().data(), bias.values_size(),
                         graph);
     const bool last = i + 1 == layers;
-    const std::string linear = last ? std::string(kOnnxLogitsName) : absl::StrCat("layer", i, ".linear");
+    const std::string linear =
+        last ? std::string(kOnnxLogitsName) : absl::StrCat("layer", i, ".linear");
     onnx::NodeProto* gemm = AddNode("Gemm", absl::StrCat("layer", i, ".gemm"),
                                     {current, weight.name(), bias.name()}, linear, graph);
     AddIntAttribute("transB", 1, gemm);
@@ -231,8 +228,8 @@ absl::StatusOr<onnx::ModelProto> BuildOnnxModel(const distill::v1::Checkpoint& c
   return model;
 }
 
-absl::Status ExportOnnx(const distill::v1::Checkpoint& checkpoint,
-                        const OnnxExportOptions& options, const std::string& path) {
+absl::Status ExportOnnx(const distill::v1::Checkpoint& checkpoint, const OnnxExportOptions& options,
+                        const std::string& path) {
   absl::StatusOr<onnx::ModelProto> model = BuildOnnxModel(checkpoint, options);
   if (!model.ok()) return model.status();
   std::string bytes;

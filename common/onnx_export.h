@@ -66,8 +66,8 @@ absl::StatusOr<onnx::ModelProto> BuildOnnxModel(const distill::v1::Checkpoint& c
 // atomically: a temporary file in the same directory, fsync'ed and renamed
 // over the target, so a crash never leaves a torn model. Internal error
 // naming the file when it cannot be written.
-absl::Status ExportOnnx(const distill::v1::Checkpoint& checkpoint,
-                        const OnnxExportOptions& options, const std::string& path);
+absl::Status ExportOnnx(const distill::v1::Checkpoint& checkpoint, const OnnxExportOptions& options,
+                        const std::string& path);
 
 }  // namespace distillery
 

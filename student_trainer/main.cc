@@ -4,8 +4,18 @@
 //                                         paper's 146-error baseline)
 //   student_trainer distill [--flags]    train on a remote teacher's soft
 //                                         targets
+//   student_trainer export --checkpoint=C --onnx=M [--softmax]
+//                                         write any checkpoint (student or
+//                                         teacher) as an ONNX model and report
+//                                         parameters, file size and test errors
 //
 // `student_trainer --help` lists every flag.
+#include <sys/stat.h>
+
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -13,8 +23,16 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/checkpoint.h"
 #include "common/dnnl_context.h"
+#include "common/evaluation.h"
+#include "common/onnx_export.h"
+#include "common/softmax.h"
+#include "common/status_macros.h"
 #include "common/trainer.h"
 #include "common/training_flags.h"
 #include "spdlog/spdlog.h"
@@ -22,6 +40,7 @@
 
 ABSL_DECLARE_FLAG(std::string, data_dir);
 ABSL_DECLARE_FLAG(std::string, train_range);
+ABSL_DECLARE_FLAG(std::string, checkpoint);
 
 ABSL_FLAG(std::string, teacher, "127.0.0.1:50051",
           "distill: teacher replicas \"host:port,host:port\" or a gRPC target such as "
@@ -44,6 +63,16 @@ ABSL_FLAG(double, give_up_seconds, 120,
           "distill: stop with an error when no teacher answered for this long");
 ABSL_FLAG(bool, allow_teacher_change, false,
           "distill: keep training when the teacher's weights hash changes mid-run");
+ABSL_FLAG(std::string, onnx, "", "export: path of the ONNX model to write");
+ABSL_FLAG(bool, softmax, false,
+          "export: end the model with Softmax (output \"probabilities\") instead of "
+          "\"logits\"");
+ABSL_FLAG(std::string, dump_outputs, "",
+          "export: also write the C++ forward pass's outputs (what the ONNX model outputs: "
+          "logits, or probabilities with --softmax) for the first --dump_count test images of "
+          "--data_dir to this file, as raw little-endian float32, row-major, dump_count x "
+          "classes (for cross-checking a runtime)");
+ABSL_FLAG(int64_t, dump_count, 1000, "export: test images in --dump_outputs");
 
 namespace {
 
@@ -63,7 +92,9 @@ constexpr char kUsage[] =
     "student_trainer <command> [flags]\n"
     "commands:\n"
     "  baseline   train a student on the hard labels of --data_dir (within --train_range)\n"
-    "  distill    train a student on the soft targets of the teacher at --teacher\n";
+    "  distill    train a student on the soft targets of the teacher at --teacher\n"
+    "  export     write --checkpoint (student or teacher) as the ONNX model --onnx and report\n"
+    "             its parameters, file size and errors at T=1 on the test set of --data_dir\n";
 
 int Distill() {
   absl::StatusOr<distillery::TrainerConfig> trainer = distillery::TrainerConfigFromFlags();
@@ -114,6 +145,115 @@ int Distill() {
   return 0;
 }
 
+// Writes the outputs of `mlp` (softmax'ed when `softmax`) for the first
+// `count` examples of `data` to `path` as raw little-endian float32.
+absl::Status DumpOutputs(distillery::Mlp& mlp, const distillery::Dataset& data, int64_t count,
+                         bool softmax, const std::string& path) {
+  if (count < 1 || count > data.num_examples) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--dump_count=", count, " is not in [1, ", data.num_examples, "]"));
+  }
+  std::vector<int64_t> indices(static_cast<size_t>(count));
+  std::iota(indices.begin(), indices.end(), 0);
+  distillery::Matrix inputs;
+  distillery::GatherBatch(data, indices, 0, nullptr, &inputs, nullptr);
+  const distillery::Matrix* logits = nullptr;
+  RETURN_IF_ERROR(mlp.Predict(inputs, &logits));
+  distillery::Matrix probabilities;
+  if (softmax) {
+    distillery::TemperatureSoftmax temperature_softmax;
+    RETURN_IF_ERROR(temperature_softmax.Compute(*logits, 1.f, &probabilities));
+  }
+  const distillery::Matrix& outputs = softmax ? probabilities : *logits;
+  std::string bytes;
+  bytes.reserve(4 * static_cast<size_t>(outputs.size()));
+  for (int64_t i = 0; i < outputs.size(); ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, outputs.data() + i, sizeof(bits));
+    for (int b = 0; b < 4; ++b) bytes.push_back(static_cast<char>((bits >> (8 * b)) & 0xFF));
+  }
+  std::ofstream file(path, std::ios::binary | std::ios::trunc);
+  file.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  file.close();
+  if (!file) return absl::InternalError(absl::StrCat("cannot write ", path));
+  return absl::OkStatus();
+}
+
+// `student_trainer export`: the checkpoint as an ONNX model, and what that
+// model is worth on a device.
+absl::Status ExportCommand() {
+  const std::string checkpoint_path = absl::GetFlag(FLAGS_checkpoint);
+  const std::string onnx_path = absl::GetFlag(FLAGS_onnx);
+  ASSIGN_OR_RETURN(const distill::v1::Checkpoint checkpoint,
+                   distillery::LoadCheckpoint(checkpoint_path));
+  distillery::OnnxExportOptions options;
+  options.softmax = absl::GetFlag(FLAGS_softmax);
+  RETURN_IF_ERROR(distillery::ExportOnnx(checkpoint, options, onnx_path));
+  struct stat file_stat;
+  if (stat(onnx_path.c_str(), &file_stat) != 0) {
+    return absl::InternalError(absl::StrCat("cannot stat ", onnx_path));
+  }
+  distillery::SetComputeThreads(distillery::ThreadsFromFlags());
+  ASSIGN_OR_RETURN(std::unique_ptr<distillery::Mlp> mlp, distillery::MlpFromCheckpoint(checkpoint));
+  const distillery::MlpSpec& spec = mlp->spec();
+  const std::string role = checkpoint.role().empty() ? "network" : checkpoint.role();
+  const char* output =
+      options.softmax ? distillery::kOnnxProbabilitiesName : distillery::kOnnxLogitsName;
+  absl::PrintF("ONNX export of %s %s: %s\n", role, spec.ArchitectureString(), onnx_path);
+  absl::PrintF(
+      "  graph:             opset %d, %s [batch, %d] raw pixels (x %g in the graph) -> %s "
+      "[batch, %d]\n",
+      distillery::kOnnxOpsetVersion, distillery::kOnnxInputName, mlp->input_size(),
+      checkpoint.architecture().input_scale(), output, mlp->num_classes());
+  absl::PrintF("  parameters:        %d\n", spec.ParameterCount());
+  absl::PrintF("  file size:         %d bytes (%.2f MiB)\n", file_stat.st_size,
+               static_cast<double>(file_stat.st_size) / (1 << 20));
+  absl::PrintF("  multiply-adds:     %d per image\n", spec.ForwardMacsPerExample());
+  const std::string data_dir = absl::GetFlag(FLAGS_data_dir);
+  if (data_dir.empty()) {
+    absl::PrintF("  test errors (T=1): not evaluated (no --data_dir)\n");
+    return absl::OkStatus();
+  }
+  ASSIGN_OR_RETURN(const distillery::MnistFormatData data,
+                   distillery::LoadMnistFormatDirectory(data_dir));
+  ASSIGN_OR_RETURN(const distillery::EvaluationResult eval, distillery::Evaluate(*mlp, data.test));
+  absl::PrintF("  test errors (T=1): %d of %d (%.2f%% accuracy) on %s\n", eval.errors,
+               eval.examples, 100.0 * eval.accuracy, data_dir);
+  // Training records the last epoch's test errors: a different count means
+  // another data set than the one the network was trained for.
+  if (auto it = checkpoint.metadata().find("test_errors");
+      it != checkpoint.metadata().end() && !absl::StartsWith(it->second, "-") &&
+      it->second != absl::StrCat(eval.errors)) {
+    spdlog::warn(
+        "the checkpoint recorded {} test errors in training, {} has {}: is --data_dir the "
+        "data set it was trained on?",
+        it->second, data_dir, eval.errors);
+  }
+  if (const std::string dump = absl::GetFlag(FLAGS_dump_outputs); !dump.empty()) {
+    RETURN_IF_ERROR(
+        DumpOutputs(*mlp, data.test, absl::GetFlag(FLAGS_dump_count), options.softmax, dump));
+    absl::PrintF("  C++ outputs:       %d x %d float32 (%s) in %s\n",
+                 absl::GetFlag(FLAGS_dump_count), mlp->num_classes(), output, dump);
+  }
+  return absl::OkStatus();
+}
+
+int Export() {
+  if (absl::GetFlag(FLAGS_checkpoint).empty() || absl::GetFlag(FLAGS_onnx).empty()) {
+    spdlog::error("export needs --checkpoint=FILE and --onnx=FILE");
+    return 2;
+  }
+  if (!absl::GetFlag(FLAGS_dump_outputs).empty() && absl::GetFlag(FLAGS_data_dir).empty()) {
+    spdlog::error("--dump_outputs needs the test set of --data_dir");
+    return 2;
+  }
+  if (absl::Status s = ExportCommand(); !s.ok()) {
+    spdlog::error("export failed: {}", s.ToString());
+    return 1;
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -127,6 +267,7 @@ int main(int argc, char** argv) {
   const std::string command = args[1];
   if (command == "baseline") return distillery::RunTrainingFromFlags("student");
   if (command == "distill") return Distill();
+  if (command == "export") return Export();
   spdlog::error("unknown command \"{}\"\n{}", command, kUsage);
   return 2;
 }

@@ -117,8 +117,14 @@ absl::Status RunServer(const ServeConfig& config) {
   health->SetServingStatus(true);
   if (!config.port_file.empty()) {
     const std::string temp = config.port_file + ".tmp";
-    std::ofstream(temp) << port << "\n";
-    std::rename(temp.c_str(), config.port_file.c_str());
+    std::ofstream out(temp);
+    out << port << "\n";
+    out.close();
+    if (!out || std::rename(temp.c_str(), config.port_file.c_str()) != 0) {
+      server->Shutdown();
+      return absl::PermissionDeniedError(
+          absl::StrCat("cannot write the port file ", config.port_file));
+    }
   }
   spdlog::info("serving {} on port {} (default T={}, largest batch {}, batching wait {})",
                kServiceName, port, service_config.default_temperature,
