@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/file_util.h"
 #include "common/random.h"
 
 namespace distillery {
@@ -62,8 +63,9 @@ MlpSpec SpecOf(const distill::v1::Architecture& arch) {
   return spec;
 }
 
-// Checks that the payload describes a network we can build.
-absl::Status ValidateContents(const distill::v1::Checkpoint& checkpoint) {
+}  // namespace
+
+absl::Status ValidateCheckpoint(const distill::v1::Checkpoint& checkpoint) {
   if (checkpoint.format_version() != 1) {
     return absl::DataLossError(
         absl::StrCat("unsupported payload version ", checkpoint.format_version()));
@@ -108,8 +110,6 @@ absl::Status ValidateContents(const distill::v1::Checkpoint& checkpoint) {
   return absl::OkStatus();
 }
 
-}  // namespace
-
 distill::v1::Checkpoint MakeCheckpoint(Mlp& mlp, const std::string& role, int image_rows,
                                        int image_cols, Optimizer* optimizer,
                                        int64_t epochs_completed, int64_t steps_completed,
@@ -150,38 +150,9 @@ absl::Status SaveCheckpoint(const std::string& path, const distill::v1::Checkpoi
   PutLittleEndian(crc, 4, &frame);
   PutLittleEndian(payload.size(), 8, &frame);
 
-  const std::string temp_path = absl::StrCat(path, ".tmp.", getpid());
-  const int fd = open(temp_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("cannot create ", temp_path, ": ", std::strerror(errno)));
-  }
-  bool ok = true;
-  for (const std::string* part : {&frame, &payload}) {
-    size_t written = 0;
-    while (ok && written < part->size()) {
-      const ssize_t n = write(fd, part->data() + written, part->size() - written);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0)
-        ok = false;
-      else
-        written += static_cast<size_t>(n);
-    }
-  }
-  const int write_errno = errno;
-  ok = ok && fsync(fd) == 0;
-  ok = (close(fd) == 0) && ok;
-  if (!ok || std::rename(temp_path.c_str(), path.c_str()) != 0) {
-    const std::string reason = std::strerror(ok ? errno : write_errno);
-    std::remove(temp_path.c_str());
-    return absl::InternalError(absl::StrCat("cannot write checkpoint ", path, ": ", reason));
-  }
-  // Make the rename itself durable.
-  const std::string::size_type slash = path.find_last_of('/');
-  const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash + 1);
-  if (const int dir_fd = open(dir.c_str(), O_RDONLY); dir_fd >= 0) {
-    fsync(dir_fd);
-    close(dir_fd);
+  const absl::Status written = WriteFileAtomically(path, {frame, payload});
+  if (!written.ok()) {
+    return absl::Status(written.code(), absl::StrCat("checkpoint: ", written.message()));
   }
   return absl::OkStatus();
 }
@@ -225,13 +196,14 @@ absl::StatusOr<distill::v1::Checkpoint> LoadCheckpoint(const std::string& path) 
   if (!checkpoint.ParseFromArray(payload, static_cast<int>(length))) {
     return fail("payload does not parse as distill.v1.Checkpoint");
   }
-  if (absl::Status s = ValidateContents(checkpoint); !s.ok()) return fail(std::string(s.message()));
+  if (absl::Status s = ValidateCheckpoint(checkpoint); !s.ok())
+    return fail(std::string(s.message()));
   return checkpoint;
 }
 
 absl::StatusOr<std::unique_ptr<Mlp>> MlpFromCheckpoint(const distill::v1::Checkpoint& checkpoint,
                                                        uint64_t seed) {
-  if (absl::Status s = ValidateContents(checkpoint); !s.ok()) return s;
+  if (absl::Status s = ValidateCheckpoint(checkpoint); !s.ok()) return s;
   absl::StatusOr<std::unique_ptr<Mlp>> mlp = Mlp::Create(SpecOf(checkpoint.architecture()), seed);
   if (!mlp.ok()) return mlp.status();
   std::vector<Parameter*> params = (*mlp)->Parameters();

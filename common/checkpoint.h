@@ -49,6 +49,12 @@ absl::Status SaveCheckpoint(const std::string& path, const distill::v1::Checkpoi
 // misshapen tensors, non-finite weights).
 absl::StatusOr<distill::v1::Checkpoint> LoadCheckpoint(const std::string& path);
 
+// Checks that a parsed checkpoint describes a network that can be built: a
+// supported payload version and activation, a valid architecture, every
+// tensor present with its exact shape, every value finite. DataLoss naming
+// the problem otherwise. (LoadCheckpoint already calls it.)
+absl::Status ValidateCheckpoint(const distill::v1::Checkpoint& checkpoint);
+
 // The network a verified checkpoint describes, with its weights.
 absl::StatusOr<std::unique_ptr<Mlp>> MlpFromCheckpoint(const distill::v1::Checkpoint& checkpoint,
                                                        uint64_t seed = 0);

@@ -3,7 +3,6 @@
 #include "common/dataset.h"
 
 #include <algorithm>
-
 #include <array>
 #include <cstdio>
 #include <cstdlib>

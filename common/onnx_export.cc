@@ -1,8 +1,5 @@
 #include "common/onnx_export.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
@@ -12,6 +9,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/checkpoint.h"
+#include "common/file_util.h"
 #include "common/mlp.h"
 
 namespace distillery {
@@ -32,57 +31,18 @@ absl::Status ValidateForExport(const distill::v1::Checkpoint& checkpoint,
         absl::StrCat("unsupported activation \"", arch.activation(),
                      "\": the ONNX export supports relu hidden layers only"));
   }
-  MlpSpec spec;
-  spec.layer_sizes.assign(arch.layer_sizes().begin(), arch.layer_sizes().end());
-  spec.input_dropout = arch.input_dropout();
-  spec.hidden_dropout = arch.hidden_dropout();
-  if (absl::Status s = spec.Validate(); !s.ok()) {
-    return absl::DataLossError(absl::StrCat("invalid architecture: ", s.message()));
-  }
+  // Sizes, tensors, shapes and finiteness: as for any checkpoint.
+  if (absl::Status s = ValidateCheckpoint(checkpoint); !s.ok()) return s;
+  const int64_t inputs = arch.layer_sizes(0);
   if (arch.image_rows() < 0 || arch.image_cols() < 0 ||
-      (arch.image_rows() != 0 &&
-       int64_t{arch.image_rows()} * arch.image_cols() != spec.layer_sizes.front())) {
-    return absl::DataLossError(absl::StrCat(
-        "image shape ", arch.image_rows(), "x", arch.image_cols(), " does not fit the ",
-        spec.layer_sizes.front(), " inputs of ", spec.ArchitectureString()));
+      (arch.image_rows() != 0 && int64_t{arch.image_rows()} * arch.image_cols() != inputs)) {
+    return absl::DataLossError(absl::StrCat("image shape ", arch.image_rows(), "x",
+                                            arch.image_cols(), " does not fit the ", inputs,
+                                            " inputs"));
   }
   if (options.scale_input && !(std::isfinite(arch.input_scale()) && arch.input_scale() > 0.f)) {
     return absl::DataLossError(
         absl::StrCat("input scale ", arch.input_scale(), " is not a finite number > 0"));
-  }
-  const size_t layers = spec.layer_sizes.size() - 1;
-  if (static_cast<size_t>(checkpoint.parameters_size()) != 2 * layers) {
-    return absl::DataLossError(absl::StrCat("architecture ", spec.ArchitectureString(), " needs ",
-                                            2 * layers, " tensors, found ",
-                                            checkpoint.parameters_size()));
-  }
-  for (size_t i = 0; i < layers; ++i) {
-    const int64_t rows = spec.layer_sizes[i + 1], cols = spec.layer_sizes[i];
-    for (const bool is_weight : {true, false}) {
-      const size_t index = 2 * i + (is_weight ? 0 : 1);
-      const distill::v1::Tensor& tensor = checkpoint.parameters(static_cast<int>(index));
-      const std::string name = absl::StrCat("layer", i, is_weight ? ".weight" : ".bias");
-      const int64_t expected_rows = is_weight ? rows : 1;
-      const int64_t expected_cols = is_weight ? cols : rows;
-      if (tensor.name() != name || tensor.shape_size() != 2 || tensor.shape(0) != expected_rows ||
-          tensor.shape(1) != expected_cols) {
-        return absl::DataLossError(absl::StrCat("tensor ", index, " (\"", tensor.name(),
-                                                "\") is not ", name, " of shape ", expected_rows,
-                                                "x", expected_cols));
-      }
-      if (tensor.values_size() != expected_rows * expected_cols) {
-        return absl::DataLossError(absl::StrCat("tensor \"", name, "\" has ", tensor.values_size(),
-                                                " values for its shape ", expected_rows, "x",
-                                                expected_cols));
-      }
-      const auto& values = tensor.values();
-      const auto bad =
-          std::find_if(values.begin(), values.end(), [](float v) { return !std::isfinite(v); });
-      if (bad != values.end()) {
-        return absl::DataLossError(absl::StrCat(
-            "tensor \"", name, "\" holds a non-finite value at ", bad - values.begin()));
-      }
-    }
   }
   return absl::OkStatus();
 }
@@ -237,48 +197,9 @@ absl::Status ExportOnnx(const distill::v1::Checkpoint& checkpoint, const OnnxExp
     return absl::InternalError(
         absl::StrCat("cannot serialize the ONNX model for ", path, " (over 2 GiB?)"));
   }
-  const std::string temp_path = absl::StrCat(path, ".tmp.", getpid());
-  const int fd = open(temp_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) {
-    return absl::InternalError(
-        absl::StrCat("cannot create ", temp_path, ": ", std::strerror(errno)));
-  }
-  bool ok = true;
-  int error = 0;
-  size_t written = 0;
-  while (ok && written < bytes.size()) {
-    const ssize_t n = write(fd, bytes.data() + written, bytes.size() - written);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      error = n < 0 ? errno : ENOSPC;
-      ok = false;
-    } else {
-      written += static_cast<size_t>(n);
-    }
-  }
-  if (ok && fsync(fd) != 0) {
-    error = errno;
-    ok = false;
-  }
-  if (close(fd) != 0 && ok) {
-    error = errno;
-    ok = false;
-  }
-  if (ok && std::rename(temp_path.c_str(), path.c_str()) != 0) {
-    error = errno;
-    ok = false;
-  }
-  if (!ok) {
-    std::remove(temp_path.c_str());
-    return absl::InternalError(
-        absl::StrCat("cannot write ONNX model ", path, ": ", std::strerror(error)));
-  }
-  // Make the rename itself durable.
-  const std::string::size_type slash = path.find_last_of('/');
-  const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash + 1);
-  if (const int dir_fd = open(dir.c_str(), O_RDONLY); dir_fd >= 0) {
-    fsync(dir_fd);
-    close(dir_fd);
+  const absl::Status written = WriteFileAtomically(path, {bytes});
+  if (!written.ok()) {
+    return absl::Status(written.code(), absl::StrCat("ONNX model: ", written.message()));
   }
   return absl::OkStatus();
 }
