@@ -7,6 +7,7 @@
 # Usage: TEACHER_CKPT=teacher.ckpt bench/missing_class.sh [build_dir]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/teacher_lib.sh
 BUILD=${1:-build}
 MNIST=${MNIST_DIR:-../shared/data/mnist}
 OUT=${OUT:-out/missing_class}
@@ -14,12 +15,8 @@ EPOCHS=${EPOCHS:-30}
 : "${TEACHER_CKPT:?set TEACHER_CKPT to a trained teacher checkpoint}"
 mkdir -p "$OUT"
 export OMP_WAIT_POLICY=PASSIVE
-"$BUILD/teacher_server/teacher_server" serve --checkpoint="$TEACHER_CKPT" --no_transfer_set \
-  --address=127.0.0.1:0 --port_file="$OUT/port" --metrics_address= --threads=1 >"$OUT/server.log" 2>&1 &
-SERVER=$!
-trap 'kill $SERVER 2>/dev/null || true' EXIT
-rm -f "$OUT/port"; for _ in $(seq 1 600); do [ -s "$OUT/port" ] && break; sleep 0.1; done
-"$BUILD/student_trainer/student_trainer" distill --teacher="127.0.0.1:$(cat "$OUT/port")" \
+start_teacher_server "$BUILD/teacher_server/teacher_server" "$OUT" --checkpoint="$TEACHER_CKPT" --no_transfer_set --metrics_address= --threads=1
+"$BUILD/student_trainer/student_trainer" distill --teacher="127.0.0.1:$TEACHER_PORT" \
   --data_dir="$MNIST" --train_range=0:50000 --exclude_classes=3 --architecture=784-800-800-10 \
   --distill_temperature=20 --alpha=1 --epochs="$EPOCHS" --lr=0.03 --warmup_epochs=1 --seed=1 \
   --threads=2 --checkpoint="$OUT/student.ckpt" --metrics_csv="$OUT/student.csv" >"$OUT/student.log" 2>&1

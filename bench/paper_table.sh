@@ -8,6 +8,7 @@
 #   STUDENT_EPOCHS, DISTILL_EPOCHS override the students' epochs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/teacher_lib.sh
 BUILD=${1:-build}
 MNIST=${MNIST_DIR:-../shared/data/mnist}
 OUT=${OUT:-out/paper_table}
@@ -31,19 +32,15 @@ echo "== baseline student, hard labels"
 t2=$(date +%s)
 
 echo "== distilled student, T=20, through the teacher server"
-"$TS" serve --checkpoint="$TEACHER_CKPT" --no_transfer_set --address=127.0.0.1:0 \
-  --port_file="$OUT/port" --metrics_address= --threads=1 >"$OUT/server.log" 2>&1 &
-SERVER=$!
-trap 'kill $SERVER 2>/dev/null || true' EXIT
-rm -f "$OUT/port"; for _ in $(seq 1 600); do [ -s "$OUT/port" ] && break; sleep 0.1; done
+start_teacher_server "$TS" "$OUT" --checkpoint="$TEACHER_CKPT" --no_transfer_set --metrics_address= --threads=1
 # The student sees every image shifted by up to 2 px, and the teacher labels
 # exactly that view; hard labels weigh 1 - alpha = 0.1.
-"$ST" distill --teacher="127.0.0.1:$(cat "$OUT/port")" --data_dir="$MNIST" \
+"$ST" distill --teacher="127.0.0.1:$TEACHER_PORT" --data_dir="$MNIST" \
   --architecture=784-800-800-10 --distill_temperature=20 --alpha=0.9 --use_labels \
   --jitter=2 --epochs="${DISTILL_EPOCHS:-60}" --lr=0.03 --warmup_epochs=1 --seed=1 --threads=2 \
   --checkpoint="$OUT/distilled.ckpt" --metrics_csv="$OUT/distilled.csv" 2>&1 \
   | tee "$OUT/distilled.log" | grep -E "epoch .*/|done"
-kill -TERM $SERVER; wait $SERVER || true
+stop_teacher_server
 t3=$(date +%s)
 
 errors() { tail -n 1 "$1" | cut -d, -f6; }

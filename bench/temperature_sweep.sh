@@ -7,6 +7,7 @@
 # Usage: TEACHER_CKPT=teacher.ckpt bench/temperature_sweep.sh [build_dir]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/teacher_lib.sh
 BUILD=${1:-build}
 MNIST=${MNIST_DIR:-../shared/data/mnist}
 OUT=${OUT:-out/temperature_sweep}
@@ -14,12 +15,8 @@ EPOCHS=${EPOCHS:-20}
 : "${TEACHER_CKPT:?set TEACHER_CKPT to a trained teacher checkpoint}"
 mkdir -p "$OUT"
 export OMP_WAIT_POLICY=PASSIVE
-"$BUILD/teacher_server/teacher_server" serve --checkpoint="$TEACHER_CKPT" --data_dir="$MNIST" \
-  --address=127.0.0.1:0 --port_file="$OUT/port" --metrics_address= --threads=1 >"$OUT/server.log" 2>&1 &
-SERVER=$!
-trap 'kill $SERVER 2>/dev/null || true' EXIT
-rm -f "$OUT/port"; for _ in $(seq 1 600); do [ -s "$OUT/port" ] && break; sleep 0.1; done
-PORT=$(cat "$OUT/port")
+start_teacher_server "$BUILD/teacher_server/teacher_server" "$OUT" --checkpoint="$TEACHER_CKPT" --data_dir="$MNIST" --metrics_address= --threads=1
+PORT=$TEACHER_PORT
 echo "| student | T | test errors ($EPOCHS epochs) |" | tee "$OUT/table.md"
 echo "|---|---:|---:|" | tee -a "$OUT/table.md"
 run() {  # arch T

@@ -12,6 +12,7 @@
 # Environment: TEACHER_EPOCHS, STUDENT_EPOCHS, TEMPERATURE override the defaults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/teacher_lib.sh
 
 DATA=/usr/share/datasets/fashion-mnist
 OUT=out/demo
@@ -65,14 +66,9 @@ log "1/4 training the teacher $TEACHER_ARCH for $TEACHER_EPOCHS epochs (log: $OU
 log "   $(grep -o 'done: .*' "$OUT/teacher.log")"
 
 log "2/4 serving the teacher (log: $OUT/server.log)"
-"$TEACHER_BIN" serve --checkpoint="$OUT/teacher.ckpt" --no_transfer_set \
-  --address=127.0.0.1:0 --port_file="$OUT/port" --metrics_address= --threads=1 \
-  --default_temperature="$T" >"$OUT/server.log" 2>&1 &
-SERVER=$!
-trap 'kill $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 1 600); do [ -s "$OUT/port" ] && break; sleep 0.1; done
-[ -s "$OUT/port" ] || { echo "the teacher server did not start:" >&2; cat "$OUT/server.log" >&2; exit 1; }
-PORT=$(cat "$OUT/port")
+start_teacher_server "$TEACHER_BIN" "$OUT" --checkpoint="$OUT/teacher.ckpt" --no_transfer_set \
+  --metrics_address= --threads=1 --default_temperature="$T"
+PORT=$TEACHER_PORT
 log "   teacher serving on 127.0.0.1:$PORT"
 
 log "3/4 training two students $STUDENT_ARCH at once for $STUDENT_EPOCHS epochs:"
@@ -96,7 +92,7 @@ while kill -0 $BASELINE 2>/dev/null || kill -0 $DISTILLED 2>/dev/null; do
 done
 wait $BASELINE || { tail -5 "$OUT/baseline.log"; exit 1; }
 wait $DISTILLED || { tail -5 "$OUT/distilled.log"; exit 1; }
-kill -TERM $SERVER; wait $SERVER || true
+stop_teacher_server
 
 log "4/4 results"
 errors() { tail -n 1 "$OUT/$1.csv" | cut -d, -f6; }

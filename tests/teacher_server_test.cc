@@ -371,7 +371,7 @@ TEST(TeacherServerDrainTest, OverloadIsRefusedAndDrainFinishesCallsInFlight) {
   ServerProcess server;
   ASSERT_TRUE(server.Start(DISTILLERY_TEACHER_SERVER_BINARY,
                            {"--checkpoint=" + checkpoint, "--no_transfer_set",
-                            "--metrics_address=", "--batch_wait_ms=1500", "--max_batch=128",
+                            "--metrics_address=", "--batch_wait_ms=4000", "--max_batch=128",
                             "--max_queued_examples=64", "--drain_seconds=20", "--threads=1"},
                            testing::TempDir()));
   auto channel = grpc::CreateChannel(server.target(), grpc::InsecureChannelCredentials());
@@ -392,10 +392,11 @@ TEST(TeacherServerDrainTest, OverloadIsRefusedAndDrainFinishesCallsInFlight) {
       statuses[i] = stub->GetSoftTargets(&context, request, &response);
     });
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(700));
-  // Calls are in flight now (waiting for the batch); start draining.
+  // The batch waits 4 s for more requests: the calls are in flight after
+  // 1.5 s even on a busy machine. Start draining then.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
   server.SendSignal(SIGTERM);
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
   grpc::ClientContext late_context;
   late_context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
   SoftTargetsResponse late_response;
