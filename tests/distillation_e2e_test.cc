@@ -161,6 +161,30 @@ TEST_F(DistillationE2eTest, TeacherKilledAndRestartedMidRunChangesNothing) {
   for (size_t i = 0; i < weights.size(); ++i) EXPECT_EQ(weights[i], reference[i]) << "tensor " << i;
 }
 
+TEST_F(DistillationE2eTest, StudentFailsOverToAnotherReplica) {
+  // Two replicas of the same teacher; the one the student uses first dies
+  // after the first epoch and never comes back.
+  ServerProcess first, second;
+  ASSERT_TRUE(StartTeacher(&first));
+  ASSERT_TRUE(StartTeacher(&second));
+  std::vector<std::string> args = StudentArgs(first, "failover", "784-32-10", 3.f);
+  for (std::string& arg : args) {
+    if (arg.rfind("--teacher=", 0) == 0) arg += "," + second.target();
+  }
+  args.push_back("--give_up_seconds=60");
+  const std::string checkpoint = *dir_ + "/failover.ckpt";
+  std::remove(checkpoint.c_str());
+  const pid_t student =
+      ServerProcess::SpawnLogged(DISTILLERY_STUDENT_TRAINER_BINARY, args, *dir_ + "/failover.log");
+  ASSERT_NE(student, 0);
+  while (!FileExists(checkpoint)) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  first.Stop(SIGKILL);
+  const int status = ServerProcess::WaitWithTimeout(student, std::chrono::seconds(300));
+  const std::string log = ReadFile(*dir_ + "/failover.log");
+  ASSERT_TRUE(ExitedZero(status)) << log;
+  EXPECT_NE(log.find("test errors out of 10000"), std::string::npos) << log;
+}
+
 TEST_F(DistillationE2eTest, KilledStudentResumesToTheSameWeights) {
   ServerProcess teacher;
   ASSERT_TRUE(StartTeacher(&teacher));

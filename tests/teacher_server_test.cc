@@ -14,6 +14,7 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "tests/server_process.h"
+#include "tests/test_util.h"
 
 namespace distillery {
 namespace {
@@ -33,7 +34,7 @@ class TeacherServerTest : public testing::Test {
     config.architecture = "784-128-10";
     config.epochs = 1;
     config.log_progress = false;
-    checkpoint_path_ = new std::string(testing::TempDir() + "/server_teacher.ckpt");
+    checkpoint_path_ = new std::string(UniqueTempPath("server_teacher.ckpt"));
     config.checkpoint_path = *checkpoint_path_;
     std::remove(checkpoint_path_->c_str());
     auto trained = Train(config, *SliceDataset(mnist->train, 0, 5000), Dataset());
@@ -366,7 +367,7 @@ TEST(TeacherServerDrainTest, OverloadIsRefusedAndDrainFinishesCallsInFlight) {
   auto mnist = LoadMnistFormatDirectory(DISTILLERY_MNIST_DIR);
   ASSERT_TRUE(mnist.ok());
   auto mlp = *Mlp::Create(*MlpSpec::Parse("784-32-10"), 1);
-  const std::string checkpoint = testing::TempDir() + "/drain_teacher.ckpt";
+  const std::string checkpoint = UniqueTempPath("drain_teacher.ckpt");
   ASSERT_TRUE(SaveCheckpoint(checkpoint, MakeCheckpoint(*mlp, "teacher", 28, 28)).ok());
   ServerProcess server;
   ASSERT_TRUE(server.Start(DISTILLERY_TEACHER_SERVER_BINARY,

@@ -3,14 +3,23 @@
 #ifndef DISTILLERY_TESTS_TEST_UTIL_H_
 #define DISTILLERY_TESTS_TEST_UTIL_H_
 
+#include <unistd.h>
+
 #include <cmath>
 #include <functional>
 #include <random>
+#include <string>
 
 #include "common/matrix.h"
 #include "gtest/gtest.h"
 
 namespace distillery {
+
+// A path in the test temp directory unique to this process: ctest runs
+// tests in parallel processes, which must not share files.
+inline std::string UniqueTempPath(const std::string& name) {
+  return testing::TempDir() + "/" + std::to_string(getpid()) + "." + name;
+}
 
 // A rows x cols matrix of uniform values in [-scale, scale].
 inline Matrix RandomMatrix(int64_t rows, int64_t cols, uint64_t seed, float scale = 1.f) {

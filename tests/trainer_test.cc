@@ -7,6 +7,7 @@
 
 #include "common/checkpoint.h"
 #include "gtest/gtest.h"
+#include "tests/test_util.h"
 
 namespace distillery {
 namespace {
@@ -43,8 +44,8 @@ Dataset* TrainerTest::test_ = nullptr;
 // errors, 9.5%; PyTorch with the same recipe: 195).
 TEST_F(TrainerTest, ShortRunOnMnistReachesStatedAccuracy) {
   TrainerConfig config = SmallConfig();
-  config.metrics_csv_path = testing::TempDir() + "/metrics.csv";
-  config.checkpoint_path = testing::TempDir() + "/short.ckpt";
+  config.metrics_csv_path = UniqueTempPath("metrics.csv");
+  config.checkpoint_path = UniqueTempPath("short.ckpt");
   absl::StatusOr<TrainingResult> result = Train(config, *train_, *test_);
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(result->final_evaluation.examples, 2000);
@@ -74,7 +75,7 @@ TEST_F(TrainerTest, ResumedRunEndsWithTheSameWeights) {
   auto uninterrupted = Train(config, *train_, *test_);
   ASSERT_TRUE(uninterrupted.ok()) << uninterrupted.status();
 
-  config.checkpoint_path = testing::TempDir() + "/resume.ckpt";
+  config.checkpoint_path = UniqueTempPath("resume.ckpt");
   std::remove(config.checkpoint_path.c_str());
   config.epochs = 2;  // "killed" after two epochs
   ASSERT_TRUE(Train(config, *train_, *test_).ok());
