@@ -3,6 +3,21 @@
 #include "absl/strings/str_cat.h"
 
 namespace distillery {
+namespace {
+
+// output[r][j] += bias[j] for every row r. Compiled for several instruction
+// sets; the best one the CPU has is picked at load time.
+__attribute__((target_clones("avx512f", "avx2", "default"))) void AddBias(const float* bias,
+                                                                          int64_t rows,
+                                                                          int64_t cols,
+                                                                          float* output) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = output + r * cols;
+    for (int64_t c = 0; c < cols; ++c) row[c] += bias[c];
+  }
+}
+
+}  // namespace
 
 using dnnl::memory;
 
@@ -43,9 +58,24 @@ absl::Status LinearLayer::GetPrimitives(int64_t batch, Primitives** primitives) 
         dnnl::inner_product_backward_data::desc(src, weights, dst), engine, forward_pd);
     dnnl::inner_product_backward_weights::primitive_desc backward_weights_pd(
         dnnl::inner_product_backward_weights::desc(src, weights, bias, dst), engine, forward_pd);
-    Primitives built{dnnl::inner_product_forward(forward_pd),
-                     dnnl::inner_product_backward_data(backward_data_pd),
-                     dnnl::inner_product_backward_weights(backward_weights_pd)};
+    Primitives built;
+    built.forward = dnnl::inner_product_forward(forward_pd);
+    built.backward_data = dnnl::inner_product_backward_data(backward_data_pd);
+    built.backward_weights = dnnl::inner_product_backward_weights(backward_weights_pd);
+    // The matmul path: W (out x in) times input read as (in x batch).
+    const memory::desc input_transposed({in_features_, batch}, memory::data_type::f32,
+                                        memory::format_tag::ba);
+    const memory::desc product = PlainMatrixDesc(out_features_, batch);
+    dnnl::matmul::primitive_desc matmul_pd(dnnl::matmul::desc(weights, input_transposed, product),
+                                           engine);
+    if (std::string(matmul_pd.impl_info_str()).rfind("ref", 0) != 0) {
+      const memory::desc product_as_output({batch, out_features_}, memory::data_type::f32,
+                                           memory::format_tag::ba);
+      built.forward_matmul = dnnl::matmul(matmul_pd);
+      built.transpose =
+          dnnl::reorder(dnnl::reorder::primitive_desc(engine, product_as_output, engine, dst));
+      built.use_matmul = true;
+    }
     *primitives = &primitives_by_batch_.emplace(batch, std::move(built)).first->second;
   } catch (const dnnl::error& e) {
     return DnnlErrorToStatus("building inner-product primitives", e);
@@ -63,8 +93,33 @@ absl::Status LinearLayer::Forward(const Matrix& input, bool /*training*/, Matrix
   if (absl::Status s = GetPrimitives(batch, &p); !s.ok()) return s;
   output->Resize(batch, out_features_);
   const dnnl::engine& engine = context_->engine();
-  memory src(PlainMatrixDesc(batch, in_features_), engine, const_cast<float*>(input.data()));
   memory weights(PlainMatrixDesc(out_features_, in_features_), engine, weight_.value.data());
+  if (p->use_matmul) {
+    transposed_output_.Resize(out_features_, batch);
+    memory input_transposed(
+        memory::desc({in_features_, batch}, memory::data_type::f32, memory::format_tag::ba), engine,
+        const_cast<float*>(input.data()));
+    memory product(PlainMatrixDesc(out_features_, batch), engine, transposed_output_.data());
+    if (absl::Status s = context_->Execute("matmul forward", p->forward_matmul,
+                                           {{DNNL_ARG_SRC, weights},
+                                            {DNNL_ARG_WEIGHTS, input_transposed},
+                                            {DNNL_ARG_DST, product}});
+        !s.ok()) {
+      return s;
+    }
+    memory product_as_output(
+        memory::desc({batch, out_features_}, memory::data_type::f32, memory::format_tag::ba),
+        engine, transposed_output_.data());
+    memory dst(PlainMatrixDesc(batch, out_features_), engine, output->data());
+    if (absl::Status s = context_->Execute(
+            "transpose", p->transpose, {{DNNL_ARG_FROM, product_as_output}, {DNNL_ARG_TO, dst}});
+        !s.ok()) {
+      return s;
+    }
+    AddBias(bias_.value.data(), batch, out_features_, output->data());
+    return absl::OkStatus();
+  }
+  memory src(PlainMatrixDesc(batch, in_features_), engine, const_cast<float*>(input.data()));
   memory bias(PlainVectorDesc(out_features_), engine, bias_.value.data());
   memory dst(PlainMatrixDesc(batch, out_features_), engine, output->data());
   return context_->Execute("inner-product forward", p->forward,

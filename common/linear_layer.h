@@ -36,9 +36,20 @@ class LinearLayer : public Layer {
   Parameter& bias() { return bias_; }
 
  private:
-  // The three primitives for one batch size, built once and then reused.
+  // The primitives for one batch size, built once and then reused.
+  //
+  // The forward pass has two implementations. oneDNN's inner product runs
+  // output = input * W^T as a GEMM with a transposed operand, which on
+  // AVX-512 reaches ~175 GFLOP/s here; the same product computed as
+  // output^T = W * input^T (a matmul reading `input` as its transpose) and
+  // transposed back by a reorder reaches ~210 including the reorder. The
+  // matmul path is used whenever oneDNN has an optimised kernel for it (not
+  // its reference one); the bias is then added by hand.
   struct Primitives {
     dnnl::inner_product_forward forward;
+    bool use_matmul = false;
+    dnnl::matmul forward_matmul;  // (out x in) * (in x batch) -> (out x batch)
+    dnnl::reorder transpose;      // (out x batch) -> (batch x out)
     dnnl::inner_product_backward_data backward_data;
     dnnl::inner_product_backward_weights backward_weights;
   };
@@ -50,6 +61,7 @@ class LinearLayer : public Layer {
   Parameter weight_;
   Parameter bias_;
   std::map<int64_t, Primitives> primitives_by_batch_;
+  Matrix transposed_output_;  // out x batch scratch of the matmul path
 };
 
 }  // namespace distillery
