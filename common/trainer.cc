@@ -136,11 +136,23 @@ absl::StatusOr<TrainingResult> Train(const TrainerConfig& config, BatchSource& s
     return absl::InvalidArgumentError("test images and training images differ in size");
   }
 
+  const int64_t n = source.ExamplesPerEpoch();
+  const int64_t batches_per_epoch = source.BatchesPerEpoch();
+  const int64_t total_steps = batches_per_epoch * config.epochs;
+  LearningRateSchedule schedule = config.schedule;
+  SgdConfig sgd = config.sgd;
+  if (config.warmup_epochs > 0) {
+    schedule.warmup_steps = std::llround(config.warmup_epochs * batches_per_epoch);
+  }
+  if (config.momentum_ramp_epochs > 0) {
+    sgd.momentum_ramp_steps = std::llround(config.momentum_ramp_epochs * batches_per_epoch);
+  }
+
   TrainingResult result;
   ASSIGN_OR_RETURN(result.network, Mlp::Create(spec, config.seed));
   Mlp& mlp = *result.network;
   std::unique_ptr<Optimizer> optimizer =
-      config.optimizer == "adam" ? MakeAdam(config.adam) : MakeSgd(config.sgd);
+      config.optimizer == "adam" ? MakeAdam(config.adam) : MakeSgd(sgd);
 
   int64_t start_epoch = 0;
   int64_t step = 0;
@@ -164,9 +176,6 @@ absl::StatusOr<TrainingResult> Train(const TrainerConfig& config, BatchSource& s
     }
   }
 
-  const int64_t n = source.ExamplesPerEpoch();
-  const int64_t batches_per_epoch = source.BatchesPerEpoch();
-  const int64_t total_steps = batches_per_epoch * config.epochs;
   std::vector<Parameter*> params = mlp.Parameters();
   CrossEntropyLoss cross_entropy;
   DistillationLoss distillation;
@@ -209,7 +218,7 @@ absl::StatusOr<TrainingResult> Train(const TrainerConfig& config, BatchSource& s
       }
       loss_sum += loss;
       RETURN_IF_ERROR(mlp.Backward(grad_logits));
-      learning_rate = config.schedule.At(step, total_steps, batches_per_epoch);
+      learning_rate = schedule.At(step, total_steps, batches_per_epoch);
       optimizer->Step(params, learning_rate, step);
       ++step;
       ++batches_done;

@@ -46,6 +46,10 @@ struct TrainerConfig {
   LearningRateSchedule schedule;
   SgdConfig sgd;
   AdamConfig adam;
+  // The same warm-up and momentum ramp in epochs of the batch source; when
+  // > 0 they replace schedule.warmup_steps and sgd.momentum_ramp_steps.
+  double warmup_epochs = 0;
+  double momentum_ramp_epochs = 0;
   // Hard-label training: cross-entropy of softmax(z / temperature).
   float temperature = 1.f;
   // Distillation (when a SoftTargetSource is given): the temperature of the

@@ -100,16 +100,9 @@ absl::StatusOr<TrainerConfig> TrainerConfigFromFlags() {
   c.checkpoint_path = absl::GetFlag(FLAGS_checkpoint);
   c.metrics_csv_path = absl::GetFlag(FLAGS_metrics_csv);
   c.resume = absl::GetFlag(FLAGS_resume);
-  // --warmup_epochs and --momentum_ramp_epochs become steps in RunTraining,
-  // once the data size is known.
+  c.warmup_epochs = absl::GetFlag(FLAGS_warmup_epochs);
+  c.momentum_ramp_epochs = absl::GetFlag(FLAGS_momentum_ramp_epochs);
   return c;
-}
-
-void ApplyEpochFlags(int64_t steps_per_epoch, TrainerConfig* config) {
-  config->schedule.warmup_steps =
-      static_cast<int64_t>(absl::GetFlag(FLAGS_warmup_epochs) * steps_per_epoch);
-  config->sgd.momentum_ramp_steps =
-      static_cast<int64_t>(absl::GetFlag(FLAGS_momentum_ramp_epochs) * steps_per_epoch);
 }
 
 int ThreadsFromFlags() { return absl::GetFlag(FLAGS_threads); }
@@ -136,9 +129,6 @@ absl::Status RunTraining(const std::string& role) {
                data.train.num_examples, absl::GetFlag(FLAGS_data_dir),
                absl::GetFlag(FLAGS_train_range).empty() ? "all" : absl::GetFlag(FLAGS_train_range),
                data.test.num_examples);
-  const int64_t steps_per_epoch =
-      (data.train.num_examples + config.batch_size - 1) / std::max<int64_t>(1, config.batch_size);
-  ApplyEpochFlags(steps_per_epoch, &config);
   ASSIGN_OR_RETURN(TrainingResult result, Train(config, data.train, data.test));
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

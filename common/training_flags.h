@@ -29,10 +29,6 @@ absl::StatusOr<MnistFormatData> LoadDataFromFlags();
 // gives [0, size).
 absl::StatusOr<std::pair<int64_t, int64_t>> ParseRange(const std::string& text, int64_t size);
 
-// Converts the epoch-denominated flags (--warmup_epochs,
-// --momentum_ramp_epochs) into steps of `config`.
-void ApplyEpochFlags(int64_t steps_per_epoch, TrainerConfig* config);
-
 // The value of --threads (compute threads for oneDNN/OpenMP).
 int ThreadsFromFlags();
 

@@ -126,17 +126,6 @@ int Distill() {
   }
   config.shard_index = absl::GetFlag(FLAGS_shard_index);
   config.num_shards = absl::GetFlag(FLAGS_num_shards);
-  // Epoch-denominated flags: an epoch here is the transfer set (or shard)
-  // in batches; an estimate from --train_range is exact for source=local.
-  int64_t examples = 60000;
-  if (auto range = distillery::ParseRange(config.transfer_range, 1 << 30);
-      range.ok() && !config.transfer_range.empty()) {
-    examples = range->second - range->first;
-  }
-  if (config.source == "teacher") examples /= std::max<uint32_t>(1, config.num_shards);
-  distillery::ApplyEpochFlags(
-      (examples + config.trainer.batch_size - 1) / std::max<int64_t>(1, config.trainer.batch_size),
-      &config.trainer);
   distillery::SetComputeThreads(distillery::ThreadsFromFlags());
   if (absl::Status s = distillery::RunDistillation(config); !s.ok()) {
     spdlog::error("distillation failed: {}", s.ToString());

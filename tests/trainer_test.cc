@@ -89,6 +89,26 @@ TEST_F(TrainerTest, ResumedRunEndsWithTheSameWeights) {
   for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i]->value, b[i]->value) << a[i]->name;
 }
 
+TEST_F(TrainerTest, EpochDenominatedWarmupAndRampMatchTheirStepCounts) {
+  TrainerConfig in_steps = SmallConfig();
+  in_steps.architecture = "784-32-10";
+  in_steps.epochs = 2;
+  in_steps.schedule.warmup_steps = 79;  // 5,000 examples / batch 64 = 79 batches
+  in_steps.sgd.momentum_start = 0.5f;
+  in_steps.sgd.momentum_ramp_steps = 79;
+  TrainerConfig in_epochs = SmallConfig();
+  in_epochs.architecture = "784-32-10";
+  in_epochs.epochs = 2;
+  in_epochs.warmup_epochs = 1;
+  in_epochs.sgd.momentum_start = 0.5f;
+  in_epochs.momentum_ramp_epochs = 1;
+  auto a = Train(in_steps, *train_, Dataset());
+  auto b = Train(in_epochs, *train_, Dataset());
+  ASSERT_TRUE(a.ok() && b.ok());
+  std::vector<Parameter*> pa = a->network->Parameters(), pb = b->network->Parameters();
+  for (size_t i = 0; i < pa.size(); ++i) EXPECT_EQ(pa[i]->value, pb[i]->value) << pa[i]->name;
+}
+
 TEST_F(TrainerTest, DistillsFromAnInProcessTeacherWithoutLabels) {
   TrainerConfig teacher_config = SmallConfig();
   auto teacher = Train(teacher_config, *train_, *test_);
