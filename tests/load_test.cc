@@ -88,12 +88,32 @@ TEST(LoadTest, EightStudentsFourCallsInFlightEachNoFailuresSteadyMemory) {
   }
   std::this_thread::sleep_for(std::chrono::seconds(kWarmupSeconds));
   const int64_t rss_before = RssKib(teacher.pid());
-  std::vector<int> statuses;
-  for (pid_t pid : students) {
-    statuses.push_back(
-        ServerProcess::WaitWithTimeout(pid, std::chrono::seconds(kWarmupSeconds + seconds + 60)));
+  // The teacher's RSS every 5 s until the students are done.
+  std::vector<int64_t> rss_samples = {rss_before};
+  std::vector<int> statuses(kStudents, -1);
+  std::vector<bool> done(kStudents, false);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds + 60);
+  for (int finished = 0, tick = 0; finished < kStudents;) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (++tick % 50 == 0) rss_samples.push_back(RssKib(teacher.pid()));
+    for (int s = 0; s < kStudents; ++s) {
+      if (!done[s] && waitpid(students[s], &statuses[s], WNOHANG) == students[s]) {
+        done[s] = true;
+        ++finished;
+      }
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      for (int s = 0; s < kStudents; ++s) {
+        if (!done[s]) kill(students[s], SIGKILL);
+      }
+      ADD_FAILURE() << "students still running 60 s past their time: killed";
+      break;
+    }
   }
   const int64_t rss_after = RssKib(teacher.pid());
+  rss_samples.push_back(rss_after);
+  std::string samples;
+  for (int64_t r : rss_samples) samples += " " + std::to_string(r);
 
   std::vector<int64_t> latencies;
   int64_t failed_students = 0;
@@ -101,7 +121,7 @@ TEST(LoadTest, EightStudentsFourCallsInFlightEachNoFailuresSteadyMemory) {
     const std::string name = dir + "/student" + std::to_string(s);
     const std::string log = ReadFile(name + ".log");
     std::printf("student %d: %s", s, log.substr(log.find("load_client:")).c_str());
-    if (!(WIFEXITED(statuses[s]) && WEXITSTATUS(statuses[s]) == 0)) {
+    if (!(done[s] && WIFEXITED(statuses[s]) && WEXITSTATUS(statuses[s]) == 0)) {
       ++failed_students;
       ADD_FAILURE() << "student " << s << " had failed or retried calls:\n" << log;
     }
@@ -115,12 +135,14 @@ TEST(LoadTest, EightStudentsFourCallsInFlightEachNoFailuresSteadyMemory) {
       "load test: %d students x 4 in flight, batch 128, %d s after a %d s warm-up, TLS + token\n"
       "  calls %zu (%.1f/s), failed students %lld\n"
       "  latency p50 %.2f ms, p99 %.2f ms, max %.2f ms\n"
-      "  teacher RSS idle %lld KiB, after warm-up %lld KiB, at the end %lld KiB (%+.1f%%)\n",
+      "  teacher RSS idle %lld KiB, after warm-up %lld KiB, at the end %lld KiB (%+.1f%%)\n"
+      "  teacher RSS every 5 s from the warm-up's end (KiB):%s\n",
       kStudents, seconds, kWarmupSeconds, latencies.size(),
       static_cast<double>(latencies.size()) / seconds, static_cast<long long>(failed_students),
       Percentile(latencies, 0.5) / 1000, Percentile(latencies, 0.99) / 1000,
       static_cast<double>(latencies.back()) / 1000, static_cast<long long>(rss_idle),
-      static_cast<long long>(rss_before), static_cast<long long>(rss_after), 100 * change);
+      static_cast<long long>(rss_before), static_cast<long long>(rss_after), 100 * change,
+      samples.c_str());
   EXPECT_EQ(failed_students, 0);
   EXPECT_LE(std::abs(change), 0.10)
       << "teacher RSS " << rss_before << " -> " << rss_after << " KiB";
