@@ -5,7 +5,8 @@
 // after the warm-up and at the end within 10% of each other; prints p50 and
 // p99 latency over every call of every student.
 //
-// LOAD_TEST_SECONDS (default 20) sets the measured time, after a 5 s warm-up.
+// LOAD_TEST_SECONDS (default 20) sets the measured time, after a 5 s warm-up;
+// LOAD_TEST_PLAINTEXT=1 runs without TLS and token (to measure their cost).
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -50,6 +51,8 @@ TEST(LoadTest, EightStudentsFourCallsInFlightEachNoFailuresSteadyMemory) {
   const int seconds = env_seconds != nullptr ? std::atoi(env_seconds) : 20;
   ASSERT_GT(seconds, 0);
   ASSERT_LE(seconds, 600);  // bounded
+  const char* env_plaintext = std::getenv("LOAD_TEST_PLAINTEXT");
+  const bool tls = env_plaintext == nullptr || std::string(env_plaintext) != "1";
   const std::string dir = testing::TempDir() + "/load." + std::to_string(getpid());
   mkdir(dir.c_str(), 0700);
   ASSERT_EQ(
@@ -63,13 +66,18 @@ TEST(LoadTest, EightStudentsFourCallsInFlightEachNoFailuresSteadyMemory) {
 
   setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
   setenv("OMP_NUM_THREADS", "2", 1);
+  std::vector<std::string> teacher_args = {"--checkpoint=" + checkpoint, "--no_transfer_set",
+                                           "--metrics_address=", "--threads=2"};
+  std::vector<std::string> credentials;
+  if (tls) {
+    teacher_args.insert(teacher_args.end(), {"--tls_cert_file=" + dir + "/server.pem",
+                                             "--tls_key_file=" + dir + "/server.key",
+                                             "--auth_token_file=" + dir + "/token"});
+    credentials = {"--tls_ca_file=" + dir + "/ca.pem", "--auth_token_file=" + dir + "/token"};
+  }
   ServerProcess teacher;
-  ASSERT_TRUE(teacher.Start(
-      DISTILLERY_TEACHER_SERVER_BINARY,
-      {"--checkpoint=" + checkpoint, "--no_transfer_set", "--metrics_address=", "--threads=2",
-       "--tls_cert_file=" + dir + "/server.pem", "--tls_key_file=" + dir + "/server.key",
-       "--auth_token_file=" + dir + "/token"},
-      dir, std::chrono::seconds(60), 0, dir + "/teacher.log"))
+  ASSERT_TRUE(teacher.Start(DISTILLERY_TEACHER_SERVER_BINARY, teacher_args, dir,
+                            std::chrono::seconds(60), 0, dir + "/teacher.log"))
       << ReadFile(dir + "/teacher.log");
   const int64_t rss_idle = RssKib(teacher.pid());
 
@@ -77,13 +85,16 @@ TEST(LoadTest, EightStudentsFourCallsInFlightEachNoFailuresSteadyMemory) {
   std::vector<pid_t> students;
   for (int s = 0; s < kStudents; ++s) {
     const std::string name = dir + "/student" + std::to_string(s);
-    students.push_back(ServerProcess::SpawnLogged(
-        DISTILLERY_LOAD_CLIENT_BINARY,
-        {"--teacher=" + teacher.target(), "--seconds=" + std::to_string(kWarmupSeconds + seconds),
-         "--warmup_seconds=" + std::to_string(kWarmupSeconds), "--concurrency=4", "--batch=128",
-         "--seed=" + std::to_string(s + 1), "--latencies_file=" + name + ".latencies",
-         "--tls_ca_file=" + dir + "/ca.pem", "--auth_token_file=" + dir + "/token"},
-        name + ".log"));
+    std::vector<std::string> args = {"--teacher=" + teacher.target(),
+                                     "--seconds=" + std::to_string(kWarmupSeconds + seconds),
+                                     "--warmup_seconds=" + std::to_string(kWarmupSeconds),
+                                     "--concurrency=4",
+                                     "--batch=128",
+                                     "--seed=" + std::to_string(s + 1),
+                                     "--latencies_file=" + name + ".latencies"};
+    args.insert(args.end(), credentials.begin(), credentials.end());
+    students.push_back(
+        ServerProcess::SpawnLogged(DISTILLERY_LOAD_CLIENT_BINARY, args, name + ".log"));
     ASSERT_NE(students.back(), 0);
   }
   std::this_thread::sleep_for(std::chrono::seconds(kWarmupSeconds));
@@ -132,12 +143,12 @@ TEST(LoadTest, EightStudentsFourCallsInFlightEachNoFailuresSteadyMemory) {
   std::sort(latencies.begin(), latencies.end());
   const double change = static_cast<double>(rss_after - rss_before) / rss_before;
   std::printf(
-      "load test: %d students x 4 in flight, batch 128, %d s after a %d s warm-up, TLS + token\n"
+      "load test: %d students x 4 in flight, batch 128, %d s after a %d s warm-up, %s\n"
       "  calls %zu (%.1f/s), failed students %lld\n"
       "  latency p50 %.2f ms, p99 %.2f ms, max %.2f ms\n"
       "  teacher RSS idle %lld KiB, after warm-up %lld KiB, at the end %lld KiB (%+.1f%%)\n"
       "  teacher RSS every 5 s from the warm-up's end (KiB):%s\n",
-      kStudents, seconds, kWarmupSeconds, latencies.size(),
+      kStudents, seconds, kWarmupSeconds, tls ? "TLS + token" : "plaintext", latencies.size(),
       static_cast<double>(latencies.size()) / seconds, static_cast<long long>(failed_students),
       Percentile(latencies, 0.5) / 1000, Percentile(latencies, 0.99) / 1000,
       static_cast<double>(latencies.back()) / 1000, static_cast<long long>(rss_idle),
