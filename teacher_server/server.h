@@ -27,8 +27,8 @@ struct ServeConfig {
   // <auth_token>" (the main port's health service stays open to probes).
   std::string auth_token;
   // When not empty, a second, plaintext port that serves only
-  // grpc.health.v1.Health, in step with the main port's status (for probes
-  // that cannot speak TLS).
+  // grpc.health.v1.Health (and reflection, which lists only that), in step
+  // with the main port's status (for probes that cannot speak TLS).
   std::string health_address;
   // Prometheus metrics address ("" = no metrics endpoint).
   std::string metrics_address = "0.0.0.0:9464";
