@@ -51,6 +51,15 @@ absl::Status RunServer(const ServeConfig& config) {
   }
   spdlog::info("teacher {} ({}, {} parameters) from {}", identity.hash, identity.architecture,
                teacher->spec().ParameterCount(), config.checkpoint_path);
+  // The largest valid request: a full batch of float inputs (plus framing).
+  const uint64_t largest_request =
+      uint64_t{config.service.max_batch_examples} * teacher->input_size() * sizeof(float) + 4096;
+  if (largest_request > config.service.max_message_bytes) {
+    spdlog::warn(
+        "a request of --max_batch={} float inputs takes {} bytes, more than --max_message_mb "
+        "allows ({} bytes): such requests get RESOURCE_EXHAUSTED (uint8 pixels are 4x smaller)",
+        config.service.max_batch_examples, largest_request, config.service.max_message_bytes);
+  }
 
   std::unique_ptr<TransferSet> transfer_set;
   if (!config.data_dir.empty()) {

@@ -27,8 +27,9 @@ struct TeacherServiceConfig {
   float default_temperature = 1.f;
   // Examples per request or per transfer-set batch at most.
   uint32_t max_batch_examples = 1024;
-  // Largest gRPC message in bytes (reported in ModelInfo).
-  uint64_t max_message_bytes = 64 << 20;
+  // Largest gRPC message in bytes (reported in ModelInfo). With the
+  // in-flight limit it bounds what calls can hold: 256 x 16 MiB = 4 GiB.
+  uint64_t max_message_bytes = 16 << 20;
   // Calls served at once at most; beyond, RESOURCE_EXHAUSTED.
   int64_t max_inflight_calls = 256;
   // A transfer-set stream is ended with RESOURCE_EXHAUSTED after this long
