@@ -17,6 +17,8 @@ PACKAGES=(
   libabsl-dev libspdlog-dev libfmt-dev libgtest-dev libgmock-dev prometheus-cpp-dev zlib1g-dev
   # The ONNX schema (onnx.proto) the ONNX export is compiled from.
   libonnx-dev
+  # openssl makes the throw-away certificates of the TLS tests.
+  openssl
   # Default data set for a fresh machine, and the demo's plot.
   dataset-fashion-mnist gnuplot-nox
   # Real third-party peers: PyTorch (benchmarks) and a Python gRPC client (tests).

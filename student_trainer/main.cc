@@ -31,6 +31,7 @@
 #include "common/dnnl_context.h"
 #include "common/evaluation.h"
 #include "common/onnx_export.h"
+#include "common/secret.h"
 #include "common/softmax.h"
 #include "common/status_macros.h"
 #include "common/trainer.h"
@@ -63,6 +64,18 @@ ABSL_FLAG(double, give_up_seconds, 120,
           "distill: stop with an error when no teacher answered for this long");
 ABSL_FLAG(bool, allow_teacher_change, false,
           "distill: keep training when the teacher's weights hash changes mid-run");
+ABSL_FLAG(std::string, tls_ca_file, "",
+          "distill: PEM CA certificates that signed the teacher's certificate: connect with TLS "
+          "(default: plaintext)");
+ABSL_FLAG(std::string, tls_cert_file, "",
+          "distill: PEM client certificate chain, for a teacher with mutual TLS");
+ABSL_FLAG(std::string, tls_key_file, "", "distill: PEM private key of --tls_cert_file");
+ABSL_FLAG(std::string, tls_server_name, "",
+          "distill: the name the teacher's certificate must carry, when not the host in "
+          "--teacher");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "distill: file holding the bearer token sent with every call (needs TLS); without it, "
+          "$DISTILLERY_AUTH_TOKEN if set. Never pass a token on the command line");
 ABSL_FLAG(std::string, onnx, "", "export: path of the ONNX model to write");
 ABSL_FLAG(bool, softmax, false,
           "export: end the model with Softmax (output \"probabilities\") instead of "
@@ -112,6 +125,16 @@ int Distill() {
   config.teacher.call_deadline = absl::Seconds(absl::GetFlag(FLAGS_call_deadline_seconds));
   config.teacher.give_up_after = absl::Seconds(absl::GetFlag(FLAGS_give_up_seconds));
   config.teacher.allow_teacher_change = absl::GetFlag(FLAGS_allow_teacher_change);
+  config.teacher.tls_ca_file = absl::GetFlag(FLAGS_tls_ca_file);
+  config.teacher.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  config.teacher.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
+  config.teacher.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
+  if (auto token = distillery::ReadBearerToken(absl::GetFlag(FLAGS_auth_token_file)); token.ok()) {
+    config.teacher.auth_token = std::move(*token);
+  } else {
+    spdlog::error("{}", token.status().ToString());
+    return 2;
+  }
   config.source = absl::GetFlag(FLAGS_source);
   config.data_dir = absl::GetFlag(FLAGS_data_dir);
   config.transfer_range = absl::GetFlag(FLAGS_train_range);

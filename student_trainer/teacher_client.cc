@@ -3,8 +3,10 @@
 #include <random>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/secret.h"
 #include "common/softmax.h"
 #include "common/status_macros.h"
 #include "common/target_codec.h"
@@ -26,6 +28,18 @@ bool Retryable(grpc::StatusCode code) {
   }
 }
 
+// gRPC reports a failed TLS handshake as UNAVAILABLE, like a teacher that is
+// down; its message is the only way to tell them apart. Retrying does not
+// mend a certificate.
+bool LooksLikeTlsFailure(const grpc::Status& status) {
+  if (status.error_code() != grpc::StatusCode::UNAVAILABLE) return false;
+  const std::string& m = status.error_message();
+  for (const char* needle : {"andshake", "SSL", "ssl", "CERTIFICATE", "certificate", "TLS"}) {
+    if (absl::StrContains(m, needle)) return true;
+  }
+  return false;
+}
+
 absl::Status ToAbslStatus(const grpc::Status& status) {
   if (status.ok()) return absl::OkStatus();
   return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
@@ -38,53 +52,134 @@ TemperatureSoftmax& ThreadSoftmax() {
 
 }  // namespace
 
-TeacherClient::TeacherClient(const TeacherClientConfig& config) : config_(config) {
+TeacherClient::TeacherClient(const TeacherClientConfig& config) : config_(config) {}
+
+absl::Status TeacherClient::CreateChannels() {
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  const bool tls = !config_.tls_ca_file.empty();
+  if (!tls && (!config_.tls_cert_file.empty() || !config_.tls_key_file.empty() ||
+               !config_.tls_server_name.empty())) {
+    return absl::InvalidArgumentError(
+        "--tls_cert_file, --tls_key_file and --tls_server_name need --tls_ca_file (TLS)");
+  }
+  if (!tls && !config_.auth_token.empty()) {
+    return absl::InvalidArgumentError(
+        "a bearer token is configured but the channel is plaintext, where anyone on the network "
+        "could read it: pass --tls_ca_file (or unset the token)");
+  }
+  if (config_.tls_cert_file.empty() != config_.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("--tls_cert_file and --tls_key_file go together");
+  }
+  if (tls) {
+    grpc::SslCredentialsOptions options;
+    ASSIGN_OR_RETURN(options.pem_root_certs,
+                     ReadFileContents(config_.tls_ca_file, "--tls_ca_file"));
+    if (!config_.tls_cert_file.empty()) {
+      ASSIGN_OR_RETURN(options.pem_cert_chain,
+                       ReadFileContents(config_.tls_cert_file, "--tls_cert_file"));
+      ASSIGN_OR_RETURN(options.pem_private_key,
+                       ReadFileContents(config_.tls_key_file, "--tls_key_file"));
+    }
+    credentials = grpc::SslCredentials(options);
+    if (credentials == nullptr) {
+      return absl::InvalidArgumentError("cannot make TLS credentials from the --tls_* files");
+    }
+  }
   grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(config.max_message_bytes);
-  args.SetMaxSendMessageSize(config.max_message_bytes);
+  if (!config_.tls_server_name.empty()) args.SetSslTargetNameOverride(config_.tls_server_name);
+  args.SetMaxReceiveMessageSize(config_.max_message_bytes);
+  args.SetMaxSendMessageSize(config_.max_message_bytes);
   args.SetLoadBalancingPolicyName("round_robin");
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
   // Reconnect quickly after a teacher restarts.
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  for (absl::string_view replica : absl::StrSplit(config.target, ',', absl::SkipEmpty())) {
+  for (absl::string_view replica : absl::StrSplit(config_.target, ',', absl::SkipEmpty())) {
     stubs_.push_back(distill::v1::Teacher::NewStub(
-        grpc::CreateCustomChannel(std::string(replica), grpc::InsecureChannelCredentials(), args)));
+        grpc::CreateCustomChannel(std::string(replica), credentials, args)));
+  }
+  return absl::OkStatus();
+}
+
+void TeacherClient::PrepareContext(grpc::ClientContext* context, absl::Duration deadline) const {
+  context->set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+  if (!config_.auth_token.empty()) {
+    context->AddMetadata("authorization", absl::StrCat("Bearer ", config_.auth_token));
   }
 }
 
 absl::StatusOr<std::unique_ptr<TeacherClient>> TeacherClient::Connect(
     const TeacherClientConfig& config) {
   std::unique_ptr<TeacherClient> client(new TeacherClient(config));
+  RETURN_IF_ERROR(client->CreateChannels());
   if (client->stubs_.empty()) {
     return absl::InvalidArgumentError("no teacher address given");
   }
   distill::v1::ModelInfo info;
-  RETURN_IF_ERROR(client->WithRetries("GetModelInfo", [&info](distill::v1::Teacher::Stub* stub) {
-    grpc::ClientContext context;
-    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
-    return stub->GetModelInfo(&context, {}, &info);
-  }));
+  TeacherClient* raw = client.get();
+  RETURN_IF_ERROR(
+      client->WithRetries("GetModelInfo", [&info, raw](distill::v1::Teacher::Stub* stub) {
+        grpc::ClientContext context;
+        raw->PrepareContext(&context, absl::Seconds(10));
+        return stub->GetModelInfo(&context, {}, &info);
+      }));
   client->info_ = info;
   client->expected_hash_ = info.teacher_hash();
   return client;
 }
 
 absl::Status TeacherClient::WithRetries(
-    const char* what, const std::function<grpc::Status(distill::v1::Teacher::Stub*)>& attempt) {
+    const char* what, const std::function<grpc::Status(distill::v1::Teacher::Stub*)>& attempt,
+    const std::function<bool()>& progressed) {
   absl::Duration backoff = config_.initial_backoff;
-  const absl::Time give_up = absl::Now() + config_.give_up_after;
+  absl::Time give_up = absl::Now() + config_.give_up_after;
   std::mt19937_64 rng(std::hash<std::thread::id>()(std::this_thread::get_id()));
   bool retried = false;
+  int closed_before_answer = 0;
   size_t index = next_stub_ % stubs_.size();
   while (true) {
     const grpc::Status status = attempt(stubs_[index].get());
+    if (status.ok() || status.error_code() != grpc::StatusCode::UNAVAILABLE) ever_answered_ = true;
     if (status.ok()) {
       if (retried) ++retries_;
       return absl::OkStatus();
     }
+    const std::string replica = stubs_.size() > 1 ? "a teacher replica" : config_.target;
+    if (status.error_code() == grpc::StatusCode::UNAUTHENTICATED ||
+        status.error_code() == grpc::StatusCode::PERMISSION_DENIED) {
+      return ToAbslStatus(
+          grpc::Status(status.error_code(),
+                       absl::StrCat(replica, " refused ", what, ": ", status.error_message())));
+    }
+    const char* hint = config_.tls_ca_file.empty()
+                           ? " (is the teacher serving TLS? then pass --tls_ca_file)"
+                           : " (check that --tls_ca_file signed the teacher's certificate, "
+                             "--tls_server_name, and for mutual TLS that --tls_cert_file and "
+                             "--tls_key_file hold a certificate the teacher's CA signed)";
+    if (LooksLikeTlsFailure(status)) {
+      return absl::UnavailableError(absl::StrCat("TLS handshake with ", replica, " failed (", what,
+                                                 "): ", status.error_message(), hint));
+    }
+    // A teacher that closes every connection right after it is opened, before
+    // this client ever got an answer, is refusing the handshake: a client
+    // certificate it does not accept under mutual TLS (TLS 1.3 reports that
+    // only as a closed socket), or a plaintext client at a TLS port.
+    if (!ever_answered_ && absl::StrContains(status.error_message(), "Socket closed")) {
+      if (++closed_before_answer >= kClosedConnectionsBeforeGivingUp) {
+        return absl::UnavailableError(absl::StrCat(
+            replica, " closed the connection ", closed_before_answer, " times without answering ",
+            what, ": it refuses this client's TLS handshake", hint,
+            "; last error: ", status.error_message()));
+      }
+    } else {
+      closed_before_answer = 0;
+    }
     if (!Retryable(status.error_code())) return ToAbslStatus(status);
+    if (progressed != nullptr && progressed()) {
+      give_up = absl::Now() + config_.give_up_after;
+      backoff = config_.initial_backoff;
+    }
     if (absl::Now() + backoff > give_up) {
       return absl::UnavailableError(absl::StrCat(
           "no teacher answered ", what, " for ", absl::FormatDuration(config_.give_up_after), " (",
@@ -136,7 +231,7 @@ absl::Status TeacherClient::SoftTargets(const std::string& pixels, int64_t rows,
   distill::v1::SoftTargetsResponse response;
   RETURN_IF_ERROR(WithRetries("GetSoftTargets", [&](distill::v1::Teacher::Stub* stub) {
     grpc::ClientContext context;
-    context.set_deadline(absl::ToChronoTime(absl::Now() + config_.call_deadline));
+    PrepareContext(&context, config_.call_deadline);
     return stub->GetSoftTargets(&context, request, &response);
   }));
   RETURN_IF_ERROR(CheckContract(response.contract(), temperature));
@@ -155,13 +250,15 @@ absl::Status TeacherClient::StreamTransferSet(
   uint64_t next = request.start_batch();
   bool finished = false;
   absl::Status sink_status;
-  RETURN_IF_ERROR(WithRetries("StreamTransferSet", [&](distill::v1::Teacher::Stub* stub) {
+  uint64_t attempt_start = next;
+  auto attempt = [&](distill::v1::Teacher::Stub* stub) {
+    attempt_start = next;
     request.set_start_batch(next);
     grpc::ClientContext context;
     // The whole stream gets stream_deadline; a teacher that dies without
     // closing the connection is detected sooner by keepalive. Either way the
     // stream is retried from the first batch not yet delivered.
-    context.set_deadline(absl::ToChronoTime(absl::Now() + config_.stream_deadline));
+    PrepareContext(&context, config_.stream_deadline);
     auto reader = stub->StreamTransferSet(&context, request);
     distill::v1::TransferBatch batch;
     while (reader->Read(&batch)) {
@@ -189,7 +286,8 @@ absl::Status TeacherClient::StreamTransferSet(
     grpc::Status status = reader->Finish();
     if (status.ok()) finished = true;
     return status;
-  }));
+  };
+  RETURN_IF_ERROR(WithRetries("StreamTransferSet", attempt, [&] { return next > attempt_start; }));
   RETURN_IF_ERROR(sink_status);
   if (!finished) return absl::DataLossError("the transfer-set stream ended early");
   return absl::OkStatus();

@@ -8,7 +8,18 @@
 // exactly the same batch, until `give_up_after` has passed without a single
 // successful call; then the call fails with UNAVAILABLE. Every answer's
 // contract is checked: another teacher (hash) is refused with
-// FAILED_PRECONDITION unless allow_teacher_change.
+// FAILED_PRECONDITION unless allow_teacher_change. A stream that made
+// progress before it broke (e.g. the teacher's --max_stream_seconds) resumes
+// with a fresh give-up time.
+//
+// Credentials: TLS when tls_ca_file is set (mutual TLS with a client
+// certificate and key), a bearer token on every call when auth_token is set
+// (only over TLS: Connect refuses to send a token in clear text). Refused
+// credentials are not retried: UNAUTHENTICATED / PERMISSION_DENIED and a TLS
+// handshake failure end the call at once with a message naming the problem,
+// and so does a teacher that closes the connection 3 times in a row before it
+// ever answered this client (a client certificate refused under mutual TLS
+// shows only as that).
 //
 // Thread-safety: all methods may be called from several threads.
 #ifndef DISTILLERY_STUDENT_TRAINER_TEACHER_CLIENT_H_
@@ -46,6 +57,18 @@ struct TeacherClientConfig {
   bool allow_teacher_change = false;
   // Largest message accepted, in bytes.
   int max_message_bytes = 64 << 20;
+  // PEM CA certificates that signed the teacher's certificate: TLS. Empty:
+  // plaintext.
+  std::string tls_ca_file;
+  // PEM client certificate chain and key, for a teacher with mutual TLS.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // The name the teacher's certificate must carry, when it is not the
+  // target's host (e.g. connecting by IP address to a certificate for a name).
+  std::string tls_server_name;
+  // Bearer token sent as "authorization: Bearer <token>" on every call
+  // (empty: none). The token itself, read by ReadBearerToken; never a flag.
+  std::string auth_token;
 };
 
 class TeacherClient {
@@ -76,10 +99,17 @@ class TeacherClient {
  private:
   explicit TeacherClient(const TeacherClientConfig& config);
 
+  // Makes one channel per replica with the configured credentials.
+  absl::Status CreateChannels();
+  // A context for one call: deadline and bearer token.
+  void PrepareContext(grpc::ClientContext* context, absl::Duration deadline) const;
   // Runs `attempt` on replica stubs until it succeeds, fails with a
-  // non-retryable status, or the give-up time passes.
+  // non-retryable status, or the give-up time passes. When `progressed`
+  // says a failed attempt still made progress, the give-up time and the
+  // backoff start again.
   absl::Status WithRetries(const char* what,
-                           const std::function<grpc::Status(distill::v1::Teacher::Stub*)>& attempt);
+                           const std::function<grpc::Status(distill::v1::Teacher::Stub*)>& attempt,
+                           const std::function<bool()>& progressed = nullptr);
   // Checks an answer's contract against what the student expects.
   absl::Status CheckContract(const distill::v1::SoftTargetContract& contract, float temperature);
 
@@ -90,6 +120,10 @@ class TeacherClient {
   std::mutex hash_mutex_;
   std::string expected_hash_;  // guarded by hash_mutex_
   std::atomic<int64_t> retries_{0};
+  // Whether any teacher has answered this client (a call that was not
+  // UNAVAILABLE): then its credentials were accepted.
+  std::atomic<bool> ever_answered_{false};
+  static constexpr int kClosedConnectionsBeforeGivingUp = 3;
 };
 
 }  // namespace distillery

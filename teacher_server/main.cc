@@ -11,6 +11,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "common/secret.h"
 #include "common/softmax.h"
 #include "common/trainer.h"
 #include "common/training_flags.h"
@@ -37,7 +38,25 @@ ABSL_FLAG(double, batch_wait_ms, 2.0,
 ABSL_FLAG(int64_t, max_queued_examples, 65536,
           "serve: examples waiting for the teacher at most (then RESOURCE_EXHAUSTED)");
 ABSL_FLAG(int64_t, max_inflight_calls, 256, "serve: calls served at once at most");
-ABSL_FLAG(int32_t, max_message_mb, 64, "serve: largest gRPC message, MiB");
+ABSL_FLAG(int32_t, max_message_mb, 16,
+          "serve: largest gRPC message, MiB (larger ones get RESOURCE_EXHAUSTED; a request of "
+          "1024 MNIST images as float inputs is 3.2 MB)");
+ABSL_FLAG(double, max_stream_seconds, 300,
+          "serve: a transfer-set stream ends with RESOURCE_EXHAUSTED after this long (students "
+          "resume at the next batch); a stalled one is cancelled 5 s later");
+ABSL_FLAG(std::string, tls_cert_file, "",
+          "serve: PEM certificate chain: serve TLS on --address (needs --tls_key_file)");
+ABSL_FLAG(std::string, tls_key_file, "", "serve: PEM private key of --tls_cert_file");
+ABSL_FLAG(std::string, tls_client_ca_file, "",
+          "serve: PEM CA certificates: mutual TLS, clients must present a certificate they "
+          "signed");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "serve: file holding the bearer token every Teacher call must carry (else "
+          "UNAUTHENTICATED); without it, $DISTILLERY_AUTH_TOKEN if set. Never pass a token on "
+          "the command line");
+ABSL_FLAG(std::string, health_address, "",
+          "serve: also serve grpc.health.v1 alone on this plaintext address (for probes when "
+          "--address is TLS); empty = none");
 ABSL_FLAG(double, drain_seconds, 10, "serve: after SIGTERM, calls in flight get this long");
 ABSL_FLAG(double, keepalive_seconds, 30, "serve: HTTP/2 keepalive ping interval");
 ABSL_FLAG(double, max_connection_age_seconds, 0,
@@ -97,6 +116,24 @@ int Serve() {
   config.drain_deadline = absl::Seconds(absl::GetFlag(FLAGS_drain_seconds));
   config.keepalive_time = absl::Seconds(absl::GetFlag(FLAGS_keepalive_seconds));
   config.max_connection_age = absl::Seconds(absl::GetFlag(FLAGS_max_connection_age_seconds));
+  config.service.max_stream_duration = absl::Seconds(absl::GetFlag(FLAGS_max_stream_seconds));
+  config.tls.cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  config.tls.key_file = absl::GetFlag(FLAGS_tls_key_file);
+  config.tls.client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
+  config.health_address = absl::GetFlag(FLAGS_health_address);
+  if (auto token = distillery::ReadBearerToken(absl::GetFlag(FLAGS_auth_token_file)); token.ok()) {
+    config.auth_token = std::move(*token);
+  } else {
+    spdlog::error("bad serve flags: {}", token.status().ToString());
+    return 2;
+  }
+  if (config.service.max_inflight_calls < 1 || config.batcher.max_queued_examples < 1 ||
+      config.service.max_stream_duration <= absl::ZeroDuration()) {
+    spdlog::error(
+        "bad serve flags: --max_inflight_calls, --max_queued_examples and --max_stream_seconds "
+        "must be > 0");
+    return 2;
+  }
   if (absl::Status s = distillery::ValidateTemperature(config.service.default_temperature);
       !s.ok() || config.batcher.max_batch_examples < 1 || config.service.max_message_bytes == 0) {
     spdlog::error("bad serve flags: {}",

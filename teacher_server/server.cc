@@ -51,6 +51,15 @@ absl::Status RunServer(const ServeConfig& config) {
   }
   spdlog::info("teacher {} ({}, {} parameters) from {}", identity.hash, identity.architecture,
                teacher->spec().ParameterCount(), config.checkpoint_path);
+  // The largest valid request: a full batch of float inputs (plus framing).
+  const uint64_t largest_request =
+      uint64_t{config.service.max_batch_examples} * teacher->input_size() * sizeof(float) + 4096;
+  if (largest_request > config.service.max_message_bytes) {
+    spdlog::warn(
+        "a request of --max_batch={} float inputs takes {} bytes, more than --max_message_mb "
+        "allows ({} bytes): such requests get RESOURCE_EXHAUSTED (uint8 pixels are 4x smaller)",
+        config.service.max_batch_examples, largest_request, config.service.max_message_bytes);
+  }
 
   std::unique_ptr<TransferSet> transfer_set;
   if (!config.data_dir.empty()) {
@@ -81,13 +90,23 @@ absl::Status RunServer(const ServeConfig& config) {
   TeacherServiceConfig service_config = config.service;
   service_config.max_batch_examples = static_cast<uint32_t>(
       std::min<int64_t>(service_config.max_batch_examples, config.batcher.max_batch_examples));
-  TeacherService service(service_config, identity, &batcher, transfer_set.get(), metrics.get());
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
+                   MakeServerCredentials(config.tls));
+  std::unique_ptr<BearerTokenAuth> auth;
+  if (!config.auth_token.empty()) {
+    auth = std::make_unique<BearerTokenAuth>(config.auth_token);
+    if (!config.tls.enabled()) {
+      spdlog::warn("a bearer token without TLS travels in clear text: set --tls_cert_file");
+    }
+  }
+  TeacherService service(service_config, identity, &batcher, transfer_set.get(), metrics.get(),
+                         auth.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(config.address, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(config.address, credentials, &port);
   builder.RegisterService(&service);
   const int max_message = static_cast<int>(
       std::min<uint64_t>(config.service.max_message_bytes, std::numeric_limits<int>::max()));
@@ -110,11 +129,32 @@ absl::Status RunServer(const ServeConfig& config) {
   }
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", config.address));
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", config.address,
+        config.tls.enabled() ? " (or the TLS certificate and key are not a valid PEM pair)" : ""));
   }
-  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
-  health->SetServingStatus(kServiceName, true);
-  health->SetServingStatus(true);
+  // The health-only plaintext server: no Teacher service, its own default
+  // health service, set alongside the main one.
+  std::unique_ptr<grpc::Server> health_server;
+  int health_port = 0;
+  if (!config.health_address.empty()) {
+    grpc::ServerBuilder health_builder;
+    health_builder.AddListeningPort(config.health_address, grpc::InsecureServerCredentials(),
+                                    &health_port);
+    health_server = health_builder.BuildAndStart();
+    if (health_server == nullptr || health_port == 0) {
+      server->Shutdown();
+      return absl::UnavailableError(absl::StrCat("cannot listen on ", config.health_address));
+    }
+  }
+  auto set_serving = [&](bool serving) {
+    for (grpc::Server* s : {server.get(), health_server.get()}) {
+      if (s == nullptr) continue;
+      s->GetHealthCheckService()->SetServingStatus(kServiceName, serving);
+      s->GetHealthCheckService()->SetServingStatus(serving);
+    }
+  };
+  set_serving(true);
   if (!config.port_file.empty()) {
     const std::string temp = config.port_file + ".tmp";
     std::ofstream out(temp);
@@ -122,6 +162,7 @@ absl::Status RunServer(const ServeConfig& config) {
     out.close();
     if (!out || std::rename(temp.c_str(), config.port_file.c_str()) != 0) {
       server->Shutdown();
+      if (health_server != nullptr) health_server->Shutdown();
       return absl::PermissionDeniedError(
           absl::StrCat("cannot write the port file ", config.port_file));
     }
@@ -129,14 +170,24 @@ absl::Status RunServer(const ServeConfig& config) {
   spdlog::info("serving {} on port {} (default T={}, largest batch {}, batching wait {})",
                kServiceName, port, service_config.default_temperature,
                service_config.max_batch_examples, absl::FormatDuration(config.batcher.max_wait));
+  spdlog::info("transport: {}, {}; plaintext health-only port: {}",
+               !config.tls.enabled()               ? "plaintext"
+               : config.tls.client_ca_file.empty() ? "TLS"
+                                                   : "mutual TLS (client certificates required)",
+               auth != nullptr ? "bearer token required" : "no token",
+               health_port != 0 ? absl::StrCat(health_port) : std::string("none"));
+  spdlog::info(
+      "limits: {} calls in flight, {} examples queued, messages of {} bytes, streams of {}",
+      service_config.max_inflight_calls, config.batcher.max_queued_examples,
+      service_config.max_message_bytes, absl::FormatDuration(service_config.max_stream_duration));
 
   const int signal = WaitForTerminationSignal(signals);
   spdlog::info("received {}: draining (deadline {})", signal == SIGTERM ? "SIGTERM" : "SIGINT",
                absl::FormatDuration(config.drain_deadline));
-  health->SetServingStatus(kServiceName, false);
-  health->SetServingStatus(false);
+  set_serving(false);
   service.StartDraining();
   server->Shutdown(absl::ToChronoTime(absl::Now() + config.drain_deadline));
+  if (health_server != nullptr) health_server->Shutdown();
   batcher.Stop();
   spdlog::info("drained; exiting");
   return absl::OkStatus();

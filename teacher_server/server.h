@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "teacher_server/auth.h"
 #include "teacher_server/dynamic_batcher.h"
 #include "teacher_server/teacher_service.h"
 
@@ -20,6 +21,15 @@ struct ServeConfig {
   std::string address = "0.0.0.0:50051";
   // When not empty, the chosen gRPC port is written here once serving.
   std::string port_file;
+  // TLS on `address` (mutual TLS with a client CA); plaintext without.
+  ServerTlsFiles tls;
+  // When not empty, every Teacher call must carry "authorization: Bearer
+  // <auth_token>" (the main port's health service stays open to probes).
+  std::string auth_token;
+  // When not empty, a second, plaintext port that serves only
+  // grpc.health.v1.Health (and reflection, which lists only that), in step
+  // with the main port's status (for probes that cannot speak TLS).
+  std::string health_address;
   // Prometheus metrics address ("" = no metrics endpoint).
   std::string metrics_address = "0.0.0.0:9464";
   // MNIST-format directory whose training images form the transfer set,

@@ -1,11 +1,13 @@
 #include "teacher_server/teacher_service.h"
 
 #include <cmath>
+#include <mutex>
 
 #include "absl/strings/str_cat.h"
 #include "common/softmax.h"
 #include "common/status_macros.h"
 #include "common/target_codec.h"
+#include "grpcpp/alarm.h"
 
 namespace distillery {
 namespace {
@@ -25,12 +27,23 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
 
 TeacherService::TeacherService(const TeacherServiceConfig& config, const TeacherIdentity& identity,
                                DynamicBatcher* batcher, const TransferSet* transfer_set,
-                               TeacherMetrics* metrics)
+                               TeacherMetrics* metrics, const BearerTokenAuth* auth)
     : config_(config),
       identity_(identity),
       batcher_(batcher),
       transfer_set_(transfer_set),
-      metrics_(metrics) {}
+      metrics_(metrics),
+      auth_(auth) {}
+
+absl::Status TeacherService::Authenticate(const grpc::CallbackServerContext& context,
+                                          const char* method) {
+  if (auth_ == nullptr) return absl::OkStatus();
+  absl::Status status = auth_->Check(context, method);
+  if (!status.ok() && metrics_ != nullptr) {
+    metrics_->RecordCall(method, absl::StatusCodeToString(status.code()), 0, 0);
+  }
+  return status;
+}
 
 absl::Status TeacherService::Admit() {
   if (draining_) return absl::UnavailableError("the teacher is draining; use another replica");
@@ -57,6 +70,10 @@ grpc::ServerUnaryReactor* TeacherService::GetModelInfo(
     grpc::CallbackServerContext* context, const distill::v1::GetModelInfoRequest* /*request*/,
     distill::v1::ModelInfo* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (absl::Status s = Authenticate(*context, "GetModelInfo"); !s.ok()) {
+    reactor->Finish(ToGrpcStatus(s));
+    return reactor;
+  }
   // Model information stays available while draining (it is cheap and lets
   // a student tell a draining teacher from a wrong one); it is counted in
   // the metrics like every call.
@@ -121,6 +138,10 @@ grpc::ServerUnaryReactor* TeacherService::GetSoftTargets(
     distill::v1::SoftTargetsResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const absl::Time started = absl::Now();
+  if (absl::Status s = Authenticate(*context, "GetSoftTargets"); !s.ok()) {
+    reactor->Finish(ToGrpcStatus(s));
+    return reactor;
+  }
   if (absl::Status admitted = Admit(); !admitted.ok()) {
     if (metrics_ != nullptr) {
       metrics_->RecordCall("GetSoftTargets", absl::StatusCodeToString(admitted.code()), 0, 0);
@@ -157,10 +178,20 @@ grpc::ServerUnaryReactor* TeacherService::GetSoftTargets(
 
 // Writes the batches of one shard of one epoch, one at a time: the next is
 // built and written only when gRPC has taken the previous (flow control).
+// After max_stream_duration the stream ends with RESOURCE_EXHAUSTED (the
+// student resumes at the next batch); a stream whose reader stalls so that
+// no write completes is cancelled kStallGrace later by an alarm.
 class TeacherService::TransferStream : public grpc::ServerWriteReactor<distill::v1::TransferBatch> {
  public:
-  TransferStream(TeacherService* service, const distill::v1::TransferSetRequest& request)
-      : service_(service), request_(request), started_(absl::Now()) {}
+  TransferStream(TeacherService* service, grpc::CallbackServerContext* context,
+                 const distill::v1::TransferSetRequest& request)
+      : service_(service),
+        request_(request),
+        started_(absl::Now()),
+        deadline_(started_ + service->config_.max_stream_duration),
+        guard_(std::make_shared<StallGuard>()) {
+    guard_->context = context;
+  }
 
   // Validates and starts writing, or finishes with the error.
   void Start() {
@@ -169,6 +200,14 @@ class TeacherService::TransferStream : public grpc::ServerWriteReactor<distill::
       Finish(status);
       return;
     }
+    // The alarm's callback may run after this reactor is gone: it holds the
+    // guard, which OnDone disarms.
+    std::shared_ptr<StallGuard> guard = guard_;
+    alarm_.Set(absl::ToChronoTime(deadline_ + kStallGrace), [guard](bool fired) {
+      if (!fired) return;
+      std::lock_guard<std::recursive_mutex> lock(guard->mutex);
+      if (guard->context != nullptr) guard->context->TryCancel();
+    });
     WriteNext();
   }
 
@@ -179,9 +218,22 @@ class TeacherService::TransferStream : public grpc::ServerWriteReactor<distill::
     }
     WriteNext();
   }
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    {
+      std::lock_guard<std::recursive_mutex> lock(guard_->mutex);
+      guard_->context = nullptr;
+    }
+    alarm_.Cancel();
+    delete this;
+  }
 
  private:
+  static constexpr absl::Duration kStallGrace = absl::Seconds(5);
+  struct StallGuard {
+    std::recursive_mutex mutex;                      // TryCancel might end the call inline
+    grpc::CallbackServerContext* context = nullptr;  // null once the call is done
+  };
+
   absl::Status Prepare() {
     const TransferSet* set = service_->transfer_set_;
     if (set == nullptr) {
@@ -211,6 +263,14 @@ class TeacherService::TransferStream : public grpc::ServerWriteReactor<distill::
   void WriteNext() {
     if (next_batch_ >= num_batches_) {
       Finish(absl::OkStatus());
+      return;
+    }
+    if (absl::Now() >= deadline_) {
+      Finish(absl::ResourceExhaustedError(
+          absl::StrCat("the stream reached the teacher's limit of ",
+                       absl::FormatDuration(service_->config_.max_stream_duration),
+                       " (--max_stream_seconds); ", next_batch_, " of ", num_batches_,
+                       " batches sent: resume with start_batch=", next_batch_)));
       return;
     }
     const TransferSet& set = *service_->transfer_set_;
@@ -253,6 +313,9 @@ class TeacherService::TransferStream : public grpc::ServerWriteReactor<distill::
   TeacherService* service_;
   const distill::v1::TransferSetRequest request_;
   const absl::Time started_;
+  const absl::Time deadline_;
+  std::shared_ptr<StallGuard> guard_;
+  grpc::Alarm alarm_;
   std::vector<int64_t> ids_;
   uint64_t num_batches_ = 0;
   uint64_t next_batch_ = 0;
@@ -263,17 +326,18 @@ class TeacherService::TransferStream : public grpc::ServerWriteReactor<distill::
 };
 
 grpc::ServerWriteReactor<distill::v1::TransferBatch>* TeacherService::StreamTransferSet(
-    grpc::CallbackServerContext* /*context*/, const distill::v1::TransferSetRequest* request) {
-  if (absl::Status admitted = Admit(); !admitted.ok()) {
-    // A reactor that only reports the refusal.
-    class Refusal : public grpc::ServerWriteReactor<distill::v1::TransferBatch> {
-     public:
-      explicit Refusal(const absl::Status& status) { Finish(ToGrpcStatus(status)); }
-      void OnDone() override { delete this; }
-    };
-    return new Refusal(admitted);
+    grpc::CallbackServerContext* context, const distill::v1::TransferSetRequest* request) {
+  // A reactor that only reports a refusal.
+  class Refusal : public grpc::ServerWriteReactor<distill::v1::TransferBatch> {
+   public:
+    explicit Refusal(const absl::Status& status) { Finish(ToGrpcStatus(status)); }
+    void OnDone() override { delete this; }
+  };
+  if (absl::Status s = Authenticate(*context, "StreamTransferSet"); !s.ok()) {
+    return new Refusal(s);
   }
-  auto* stream = new TransferStream(this, *request);
+  if (absl::Status admitted = Admit(); !admitted.ok()) return new Refusal(admitted);
+  auto* stream = new TransferStream(this, context, *request);
   stream->Start();
   return stream;
 }

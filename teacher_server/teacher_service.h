@@ -12,8 +12,10 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 #include "common/mlp.h"
 #include "distill/v1/teacher.grpc.pb.h"
+#include "teacher_server/auth.h"
 #include "teacher_server/dynamic_batcher.h"
 #include "teacher_server/metrics.h"
 #include "teacher_server/transfer_set.h"
@@ -25,10 +27,15 @@ struct TeacherServiceConfig {
   float default_temperature = 1.f;
   // Examples per request or per transfer-set batch at most.
   uint32_t max_batch_examples = 1024;
-  // Largest gRPC message in bytes (reported in ModelInfo).
-  uint64_t max_message_bytes = 64 << 20;
+  // Largest gRPC message in bytes (reported in ModelInfo). With the
+  // in-flight limit it bounds what calls can hold: 256 x 16 MiB = 4 GiB.
+  uint64_t max_message_bytes = 16 << 20;
   // Calls served at once at most; beyond, RESOURCE_EXHAUSTED.
   int64_t max_inflight_calls = 256;
+  // A transfer-set stream is ended with RESOURCE_EXHAUSTED after this long
+  // (the student resumes it at the next batch); one whose reader stalls is
+  // cancelled a few seconds later.
+  absl::Duration max_stream_duration = absl::Minutes(5);
 };
 
 // What the service knows about the teacher it serves.
@@ -45,9 +52,11 @@ class TeacherService final : public distill::v1::Teacher::CallbackService {
  public:
   // None of the pointers is owned; all must outlive the service.
   // `transfer_set` may be null (StreamTransferSet then answers
-  // FAILED_PRECONDITION).
+  // FAILED_PRECONDITION). With `auth`, every call must carry its bearer
+  // token (else UNAUTHENTICATED).
   TeacherService(const TeacherServiceConfig& config, const TeacherIdentity& identity,
-                 DynamicBatcher* batcher, const TransferSet* transfer_set, TeacherMetrics* metrics);
+                 DynamicBatcher* batcher, const TransferSet* transfer_set, TeacherMetrics* metrics,
+                 const BearerTokenAuth* auth = nullptr);
 
   // From now on new calls get UNAVAILABLE; calls in flight continue.
   void StartDraining() { draining_ = true; }
@@ -75,12 +84,16 @@ class TeacherService final : public distill::v1::Teacher::CallbackService {
   // Admission: UNAVAILABLE while draining, RESOURCE_EXHAUSTED over the
   // in-flight limit; on OK the caller must call CallFinished later.
   absl::Status Admit();
+  // The bearer-token check (OK without `auth_`); a refusal is counted in the
+  // metrics under `method`.
+  absl::Status Authenticate(const grpc::CallbackServerContext& context, const char* method);
 
   const TeacherServiceConfig config_;
   const TeacherIdentity identity_;
   DynamicBatcher* batcher_;
   const TransferSet* transfer_set_;
   TeacherMetrics* metrics_;
+  const BearerTokenAuth* auth_;
   std::atomic<bool> draining_{false};
   std::atomic<int64_t> inflight_{0};
 };

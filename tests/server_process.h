@@ -40,9 +40,10 @@ class ServerProcess {
  public:
   // Starts `binary` with `args` plus --address=127.0.0.1:<port> (0 = any
   // free port) and a port file, and waits up to `timeout` for it to serve.
-  // port() is 0 on failure.
+  // port() is 0 on failure. With `log_path`, its output goes there.
   bool Start(const std::string& binary, std::vector<std::string> args, const std::string& dir,
-             std::chrono::seconds timeout = std::chrono::seconds(60), int port = 0) {
+             std::chrono::seconds timeout = std::chrono::seconds(60), int port = 0,
+             const std::string& log_path = "") {
     port_file_ = dir + "/port." + std::to_string(getpid()) + "." + std::to_string(++counter_);
     std::remove(port_file_.c_str());
     args.insert(args.begin(), {binary, "serve"});
@@ -51,7 +52,16 @@ class ServerProcess {
     std::vector<char*> argv;
     for (std::string& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
-    if (posix_spawn(&pid_, binary.c_str(), nullptr, nullptr, argv.data(), environ) != 0) {
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    if (!log_path.empty()) {
+      posix_spawn_file_actions_addopen(&actions, 1, log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                       0644);
+      posix_spawn_file_actions_adddup2(&actions, 1, 2);
+    }
+    const int rc = posix_spawn(&pid_, binary.c_str(), &actions, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    if (rc != 0) {
       pid_ = 0;
       return false;
     }
@@ -70,6 +80,7 @@ class ServerProcess {
   }
 
   int port() const { return port_; }
+  pid_t pid() const { return pid_; }
   std::string target() const { return "127.0.0.1:" + std::to_string(port_); }
 
   // Sends `signal` and waits for the exit; returns the exit status as

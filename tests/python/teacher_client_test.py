@@ -521,6 +521,104 @@ class TeacherClientTest(unittest.TestCase):
         self.assertIn("distill_request_latency_seconds", text)
 
 
+class MutualTlsTeacherClientTest(unittest.TestCase):
+    """The same third-party client through mutual TLS and a bearer token
+    (certificates made by tests/make_test_certs.sh with openssl), using
+    python-grpcio's own TLS and call credentials."""
+
+    TOKEN = "py-client-token-8d41"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.proc = None
+        cls.tmp = tempfile.mkdtemp(prefix="teacher_client_tls_test.")
+        cls.addClassCleanup(cls._cleanup)
+        cls.pb2, cls.pb2_grpc = _generate_stubs(os.path.join(cls.tmp, "gen"))
+        certs = subprocess.run(["/bin/bash", os.path.join(_HERE, "..", "make_test_certs.sh"),
+                                cls.tmp], capture_output=True, text=True, timeout=60)
+        if certs.returncode != 0:
+            raise RuntimeError(f"make_test_certs.sh failed:\n{certs.stderr}")
+        cls.pem = {}
+        for name in ("ca.pem", "client.pem", "client.key", "other_client.pem",
+                     "other_client.key"):
+            with open(os.path.join(cls.tmp, name), "rb") as f:
+                cls.pem[name] = f.read()
+        token_file = os.path.join(cls.tmp, "token")
+        with open(token_file, "w") as f:
+            f.write(cls.TOKEN + "\n")
+        checkpoint = os.path.join(cls.tmp, "teacher.ckpt")
+        train = subprocess.run(
+            [SERVER_BINARY, "train", f"--data_dir={MNIST_DIR}", "--architecture=784-16-10",
+             "--epochs=1", "--train_range=0:1000", f"--checkpoint={checkpoint}", "--threads=1"],
+            capture_output=True, text=True, timeout=120)
+        if train.returncode != 0:
+            raise RuntimeError(f"teacher_server train failed:\n{train.stderr[-4000:]}")
+        port_file = os.path.join(cls.tmp, "port")
+        cls.server_log = os.path.join(cls.tmp, "serve.log")
+        with open(cls.server_log, "wb") as log:
+            cls.proc = subprocess.Popen(
+                [SERVER_BINARY, "serve", f"--checkpoint={checkpoint}", "--no_transfer_set",
+                 "--address=127.0.0.1:0", f"--port_file={port_file}", "--metrics_address=",
+                 "--threads=1", f"--tls_cert_file={cls.tmp}/server.pem",
+                 f"--tls_key_file={cls.tmp}/server.key", f"--tls_client_ca_file={cls.tmp}/ca.pem",
+                 f"--auth_token_file={token_file}"],
+                stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while not os.path.exists(port_file):
+            if cls.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the TLS teacher did not start:\n" + _tail(cls.server_log))
+            time.sleep(0.05)
+        with open(port_file) as f:  # written by rename: whole once it exists
+            cls.target = f"127.0.0.1:{int(f.read().strip())}"
+
+    @classmethod
+    def _cleanup(cls):
+        if cls.proc is not None and cls.proc.poll() is None:
+            cls.proc.send_signal(signal.SIGTERM)
+            try:
+                cls.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                cls.proc.kill()
+                cls.proc.wait()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def _stub(self, cert="client.pem", key="client.key", token=None):
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.pem["ca.pem"],
+            private_key=self.pem[key] if key else None,
+            certificate_chain=self.pem[cert] if cert else None)
+        if token is not None:
+            credentials = grpc.composite_channel_credentials(
+                credentials, grpc.access_token_call_credentials(token))
+        channel = grpc.secure_channel(self.target, credentials)
+        self.addCleanup(channel.close)
+        return self.pb2_grpc.TeacherStub(channel)
+
+    def _soft_targets(self, stub):
+        request = self.pb2.SoftTargetsRequest(num_examples=1, pixels_u8=bytes(784))
+        return stub.GetSoftTargets(request, timeout=RPC_TIMEOUT)
+
+    def test_client_certificate_and_token_are_served(self):
+        stub = self._stub(token=self.TOKEN)
+        self.assertEqual(stub.GetModelInfo(self.pb2.GetModelInfoRequest(),
+                                           timeout=RPC_TIMEOUT).architecture, "784-16-10")
+        self.assertEqual(self._soft_targets(stub).targets.num_examples, 1)
+
+    def test_wrong_or_missing_token_is_unauthenticated(self):
+        for stub in (self._stub(token="not-the-token"), self._stub(token=None)):
+            with self.assertRaises(grpc.RpcError) as raised:
+                self._soft_targets(stub)
+            self.assertEqual(raised.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+        self.assertEqual(self._soft_targets(self._stub(token=self.TOKEN)).targets.num_examples, 1)
+
+    def test_missing_or_foreign_client_certificate_is_refused(self):
+        for cert, key in ((None, None), ("other_client.pem", "other_client.key")):
+            with self.assertRaises(grpc.RpcError) as raised:
+                self._soft_targets(self._stub(cert=cert, key=key, token=self.TOKEN))
+            self.assertEqual(raised.exception.code(), grpc.StatusCode.UNAVAILABLE)
+        self.assertEqual(self._soft_targets(self._stub(token=self.TOKEN)).targets.num_examples, 1)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=False)
     parser.add_argument("--server", default=SERVER_BINARY, help="teacher_server binary")
