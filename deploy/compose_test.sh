@@ -113,11 +113,11 @@ log "Prometheus targets of job teacher: $targets"
 # (round_robin over the name's A records), as Prometheus scraped it.
 for s in "${students[@]}"; do
   for _ in $(seq 1 120); do
-    docker logs "$s" 2>&1 | grep -q 'epoch  *[0-9]*/' && break
+    docker logs "$s" 2>&1 | grep 'epoch  *[0-9]*/' >/dev/null && break
     [ "$(docker inspect --format '{{.State.Running}}' "$s")" = true ] || break
     sleep 1
   done
-  docker logs "$s" 2>&1 | grep -q 'epoch  *[0-9]*/' || fail "student $s logged no epoch"
+  docker logs "$s" 2>&1 | grep 'epoch  *[0-9]*/' >/dev/null || fail "student $s logged no epoch"
 done
 served_by_both() {
   prom 'query?query=sum%20by%20(instance)%20(distill_examples_total)' | python3 -c '
