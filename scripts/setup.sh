@@ -25,6 +25,10 @@ PACKAGES=(
   python3 python3-numpy python3-torch python3-grpcio python3-protobuf libopenblas0-openmp
   # pip, for the Python packages Debian 12 does not have (below).
   python3-pip
+  # Deployment (deploy/): the base image made with debootstrap (no image
+  # registry), the compose test's client and HTTP queries; Docker Engine itself
+  # comes with the machine.
+  debootstrap docker-compose curl
 )
 
 missing=()
@@ -46,11 +50,13 @@ fi
 # which is the interpreter ctest runs that test with. Only missing modules
 # are installed (an existing numpy is left alone).
 pip_packages=()
-for module in numpy onnx onnxruntime; do
+# kubernetes-validate (deploy/k8s/check_manifests.py) checks the Kubernetes
+# manifests against the API's schemas, which it bundles.
+for module in numpy onnx onnxruntime kubernetes_validate; do
   python3 -c "import $module" 2>/dev/null || pip_packages+=("$module")
 done
 if [ "${#pip_packages[@]}" -eq 0 ]; then
-  echo "setup: Python modules numpy, onnx, onnxruntime already installed for $(command -v python3)"
+  echo "setup: Python modules numpy, onnx, onnxruntime, kubernetes_validate already installed for $(command -v python3)"
 else
   echo "setup: installing ${pip_packages[*]} from PyPI for $(command -v python3)"
   pip_args=(--quiet)

@@ -9,3 +9,5 @@ cmake --build build -j2
 # Each test process gets an explicit thread count (see docs/architecture.md).
 export OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE
 ctest --test-dir build --output-on-failure -j2
+# The docker-compose deployment, end to end on this machine's Docker Engine.
+bash deploy/compose_test.sh

@@ -2,6 +2,7 @@
 //
 //   teacher_server train [--flags]   train a teacher, write its checkpoint
 //   teacher_server serve [--flags]   serve a trained teacher's soft targets
+//   teacher_server probe [--flags]   ask a server's gRPC health service (exit 0 = serving)
 //
 // `teacher_server --help` lists every flag.
 #include <string>
@@ -11,10 +12,13 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/time/time.h"
 #include "common/secret.h"
 #include "common/softmax.h"
 #include "common/trainer.h"
 #include "common/training_flags.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
 #include "spdlog/spdlog.h"
 #include "teacher_server/server.h"
 
@@ -61,6 +65,10 @@ ABSL_FLAG(double, drain_seconds, 10, "serve: after SIGTERM, calls in flight get 
 ABSL_FLAG(double, keepalive_seconds, 30, "serve: HTTP/2 keepalive ping interval");
 ABSL_FLAG(double, max_connection_age_seconds, 0,
           "serve: close connections after this age so clients rebalance (0 = never)");
+ABSL_FLAG(std::string, probe_target, "127.0.0.1:50051", "probe: gRPC address of the server");
+ABSL_FLAG(std::string, probe_service, "",
+          "probe: service whose health is asked (empty = the server as a whole)");
+ABSL_FLAG(double, probe_timeout_seconds, 3, "probe: deadline of the health check");
 
 namespace {
 
@@ -147,6 +155,34 @@ int Serve() {
   return 0;
 }
 
+// One grpc.health.v1.Health/Check call: the health check of docker-compose
+// and an exec probe anywhere, as Debian has no grpc_health_probe.
+int Probe() {
+  const std::string target = absl::GetFlag(FLAGS_probe_target);
+  auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+  auto stub = grpc::health::v1::Health::NewStub(channel);
+  grpc::ClientContext context;
+  context.set_deadline(
+      absl::ToChronoTime(absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_probe_timeout_seconds))));
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(absl::GetFlag(FLAGS_probe_service));
+  grpc::health::v1::HealthCheckResponse response;
+  const grpc::Status status = stub->Check(&context, request, &response);
+  if (!status.ok()) {
+    spdlog::error("probe {}: {} ({})", target, status.error_message(),
+                  static_cast<int>(status.error_code()));
+    return 1;
+  }
+  const std::string name =
+      grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status());
+  if (response.status() != grpc::health::v1::HealthCheckResponse::SERVING) {
+    spdlog::error("probe {}: {}", target, name);
+    return 1;
+  }
+  spdlog::info("probe {}: {}", target, name);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -160,6 +196,7 @@ int main(int argc, char** argv) {
   const std::string command = args[1];
   if (command == "train") return distillery::RunTrainingFromFlags("teacher");
   if (command == "serve") return Serve();
+  if (command == "probe") return Probe();
   spdlog::error("unknown command \"{}\"\n{}", command, kUsage);
   return 2;
 }
