@@ -147,6 +147,19 @@ TEST_F(CorruptCheckpointTest, FlippedBitInWeights) {
   ExpectDataLoss(bytes, "CRC mismatch");
 }
 
+TEST_F(CorruptCheckpointTest, DecodeCheckpointVerifiesBytesInMemory) {
+  absl::StatusOr<distill::v1::Checkpoint> decoded = DecodeCheckpoint("mem", good_);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(decoded->role(), "teacher");
+  std::string bytes = good_;
+  bytes[bytes.size() - 20] ^= 0x01;
+  decoded = DecodeCheckpoint("my-name", bytes);
+  ASSERT_FALSE(decoded.ok());
+  EXPECT_EQ(decoded.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(decoded.status().message().find("checkpoint my-name: CRC mismatch"), std::string::npos)
+      << decoded.status();
+}
+
 TEST_F(CorruptCheckpointTest, ValidFrameAroundInconsistentContents) {
   // A well-framed checkpoint whose tensors do not fit its architecture.
   distill::v1::Checkpoint checkpoint = MakeCheckpoint(*SmallNetwork(5), "teacher", 3, 4);
