@@ -23,6 +23,9 @@ PACKAGES=(
   python3 python3-numpy python3-torch python3-grpcio python3-protobuf libopenblas0-openmp
   # pip, for the Python packages Debian 12 does not have (below).
   python3-pip
+  # Fuzzing (scripts/fuzz.sh): clang with libFuzzer and the sanitizer
+  # runtimes, and clang's OpenMP runtime. (The sanitizer build uses gcc.)
+  clang-14 libclang-rt-14-dev libomp-14-dev
 )
 
 missing=()
