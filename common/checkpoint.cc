@@ -37,8 +37,12 @@ void FillTensor(const std::string& name, const Matrix& matrix, distill::v1::Tens
 }
 
 absl::StatusOr<Matrix> TensorToMatrix(const distill::v1::Tensor& tensor) {
+  // shape(0) * shape(1) == values_size(), without multiplying: the shape comes
+  // from the file and its product could overflow.
+  const int64_t values = tensor.values_size();
   if (tensor.shape_size() != 2 || tensor.shape(0) < 1 || tensor.shape(1) < 1 ||
-      tensor.shape(0) * tensor.shape(1) != tensor.values_size()) {
+      tensor.shape(0) > values || values % tensor.shape(0) != 0 ||
+      tensor.shape(1) != values / tensor.shape(0)) {
     return absl::DataLossError(absl::StrCat("tensor \"", tensor.name(), "\" has ",
                                             tensor.values_size(),
                                             " values, which does not fit its shape"));

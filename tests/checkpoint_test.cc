@@ -160,6 +160,18 @@ TEST_F(CorruptCheckpointTest, DecodeCheckpointVerifiesBytesInMemory) {
       << decoded.status();
 }
 
+TEST_F(CorruptCheckpointTest, TensorShapeWhoseProductOverflows) {
+  // 2^33 x 2^33 wraps to 0 in 64 bits, the number of values sent (found by
+  // fuzz/checkpoint_fuzzer; undefined behaviour before the fix).
+  distill::v1::Checkpoint checkpoint = MakeCheckpoint(*SmallNetwork(5), "teacher", 3, 4);
+  distill::v1::Tensor* state = checkpoint.mutable_training_state()->add_optimizer_state();
+  state->set_name("layer0.weight.momentum");
+  state->add_shape(int64_t{1} << 33);
+  state->add_shape(int64_t{1} << 33);
+  ASSERT_TRUE(SaveCheckpoint(path_, checkpoint).ok());
+  ExpectDataLoss(ReadBytes(path_), "does not fit its shape");
+}
+
 TEST_F(CorruptCheckpointTest, ValidFrameAroundInconsistentContents) {
   // A well-framed checkpoint whose tensors do not fit its architecture.
   distill::v1::Checkpoint checkpoint = MakeCheckpoint(*SmallNetwork(5), "teacher", 3, 4);
