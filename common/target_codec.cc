@@ -114,6 +114,15 @@ absl::Status EncodeTargets(const Matrix& logits, const distill::v1::SoftTargetCo
   const Matrix* values = &logits;
   if (contract.representation() == distill::v1::PROBABILITIES) {
     RETURN_IF_ERROR(softmax->Compute(logits, contract.temperature(), &probabilities));
+    // Finite logits over a tiny (but valid) temperature can overflow; NaN
+    // would also break the top-k sort below.
+    for (int64_t i = 0; i < probabilities.size(); ++i) {
+      if (!std::isfinite(probabilities.data()[i])) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("temperature ", contract.temperature(),
+                         " is too small for these logits: their softmax is not finite"));
+      }
+    }
     values = &probabilities;
   }
   const int64_t k = contract.top_k() > 0 ? contract.top_k() : classes;

@@ -135,5 +135,19 @@ TEST(TargetCodecTest, LogitsThatOverflowAtATinyTemperatureAreDataLoss) {
   EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;
 }
 
+TEST(TargetCodecTest, EncodingAtATemperatureTooSmallForTheLogitsIsInvalidArgument) {
+  // A teacher asked for probabilities at T = 6e-39 must refuse rather than
+  // send NaN (which a student refuses) or top-k-sort NaN.
+  TemperatureSoftmax softmax;
+  Matrix logits(1, 10);
+  for (int i = 0; i < 10; ++i) logits.data()[i] = static_cast<float>(i);
+  for (uint32_t top_k : {0u, 3u}) {
+    const auto contract = Contract(distill::v1::PROBABILITIES, distill::v1::FLOAT32, top_k, 6e-39f);
+    distill::v1::Targets targets;
+    const absl::Status status = EncodeTargets(logits, contract, &softmax, &targets);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  }
+}
+
 }  // namespace
 }  // namespace distillery
