@@ -9,3 +9,6 @@ cmake --build build -j2
 # Each test process gets an explicit thread count (see docs/architecture.md).
 export OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE
 ctest --test-dir build --output-on-failure -j2
+# Hardening (issue #8): the suite again under ASan+UBSan, then each fuzz target.
+bash scripts/sanitize_test.sh
+bash scripts/fuzz.sh
