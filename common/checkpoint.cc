@@ -37,8 +37,12 @@ void FillTensor(const std::string& name, const Matrix& matrix, distill::v1::Tens
 }
 
 absl::StatusOr<Matrix> TensorToMatrix(const distill::v1::Tensor& tensor) {
+  // shape(0) * shape(1) == values_size(), without multiplying: the shape comes
+  // from the file and its product could overflow.
+  const int64_t values = tensor.values_size();
   if (tensor.shape_size() != 2 || tensor.shape(0) < 1 || tensor.shape(1) < 1 ||
-      tensor.shape(0) * tensor.shape(1) != tensor.values_size()) {
+      tensor.shape(0) > values || values % tensor.shape(0) != 0 ||
+      tensor.shape(1) != values / tensor.shape(0)) {
     return absl::DataLossError(absl::StrCat("tensor \"", tensor.name(), "\" has ",
                                             tensor.values_size(),
                                             " values, which does not fit its shape"));
@@ -160,24 +164,30 @@ absl::Status SaveCheckpoint(const std::string& path, const distill::v1::Checkpoi
 absl::StatusOr<distill::v1::Checkpoint> LoadCheckpoint(const std::string& path) {
   std::ifstream file(path, std::ios::binary);
   if (!file) return absl::NotFoundError(absl::StrCat("cannot open checkpoint ", path));
-  std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(file)),
-                                   std::istreambuf_iterator<char>());
-  auto fail = [&path](const std::string& problem) {
-    return absl::DataLossError(absl::StrCat("checkpoint ", path, ": ", problem));
+  const std::string bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  return DecodeCheckpoint(path, bytes);
+}
+
+absl::StatusOr<distill::v1::Checkpoint> DecodeCheckpoint(const std::string& name,
+                                                         std::string_view file_bytes) {
+  const auto* bytes = reinterpret_cast<const unsigned char*>(file_bytes.data());
+  const size_t size = file_bytes.size();
+  auto fail = [&name](const std::string& problem) {
+    return absl::DataLossError(absl::StrCat("checkpoint ", name, ": ", problem));
   };
-  if (bytes.size() < kCheckpointHeaderSize) {
-    return fail(absl::StrCat("truncated: ", bytes.size(), " bytes, shorter than the header"));
+  if (size < kCheckpointHeaderSize) {
+    return fail(absl::StrCat("truncated: ", size, " bytes, shorter than the header"));
   }
-  if (std::memcmp(bytes.data(), kCheckpointMagic, sizeof(kCheckpointMagic)) != 0) {
+  if (std::memcmp(bytes, kCheckpointMagic, sizeof(kCheckpointMagic)) != 0) {
     return fail("not a Distillery checkpoint (wrong magic)");
   }
-  const uint64_t version = GetLittleEndian(bytes.data() + 8, 4);
+  const uint64_t version = GetLittleEndian(bytes + 8, 4);
   if (version != kCheckpointFrameVersion) {
     return fail(absl::StrCat("unsupported frame version ", version));
   }
-  const uint64_t expected_crc = GetLittleEndian(bytes.data() + 12, 4);
-  const uint64_t length = GetLittleEndian(bytes.data() + 16, 8);
-  const uint64_t available = bytes.size() - kCheckpointHeaderSize;
+  const uint64_t expected_crc = GetLittleEndian(bytes + 12, 4);
+  const uint64_t length = GetLittleEndian(bytes + 16, 8);
+  const uint64_t available = size - kCheckpointHeaderSize;
   if (length > kMaxCheckpointPayload) return fail(absl::StrCat("absurd payload length ", length));
   if (length > available) {
     return fail(absl::StrCat("truncated: header promises ", length, " payload bytes, file has ",
@@ -186,7 +196,7 @@ absl::StatusOr<distill::v1::Checkpoint> LoadCheckpoint(const std::string& path) 
   if (length < available) {
     return fail(absl::StrCat(available - length, " unexpected bytes after the payload"));
   }
-  const unsigned char* payload = bytes.data() + kCheckpointHeaderSize;
+  const unsigned char* payload = bytes + kCheckpointHeaderSize;
   const uLong crc = crc32(0L, payload, static_cast<uInt>(length));
   if (crc != expected_crc) {
     return fail(absl::StrFormat("CRC mismatch (stored %08x, computed %08x): the file is corrupt",

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "absl/status/statusor.h"
 #include "common/mlp.h"
@@ -48,6 +49,12 @@ absl::Status SaveCheckpoint(const std::string& path, const distill::v1::Checkpoi
 // payload, or contents that do not describe a valid network (missing or
 // misshapen tensors, non-finite weights).
 absl::StatusOr<distill::v1::Checkpoint> LoadCheckpoint(const std::string& path);
+
+// The same verification for the bytes of a checkpoint file already in memory
+// (LoadCheckpoint reads the file and calls it). `name` is used in error
+// messages only, in place of the path.
+absl::StatusOr<distill::v1::Checkpoint> DecodeCheckpoint(const std::string& name,
+                                                         std::string_view bytes);
 
 // Checks that a parsed checkpoint describes a network that can be built: a
 // supported payload version and activation, a valid architecture, every

@@ -144,11 +144,15 @@ absl::StatusOr<FilePtr> OpenForReading(const std::string& path) {
   return file;
 }
 
-// Inflates a .gz file, possibly made of several concatenated gzip members.
-// Every error is DataLoss and names the file.
+// Inflates a gzip stream, possibly made of several concatenated gzip members,
+// read from a file or from bytes in memory. Every error is DataLoss and names
+// the file.
 class GzipReader {
  public:
   GzipReader(std::string name, FilePtr file) : name_(std::move(name)), file_(std::move(file)) {}
+  // `bytes` must outlive the reader.
+  GzipReader(std::string name, const std::vector<uint8_t>& bytes)
+      : name_(std::move(name)), memory_(&bytes) {}
   ~GzipReader() {
     if (initialized_) inflateEnd(&stream_);
   }
@@ -203,7 +207,17 @@ class GzipReader {
 
  private:
   absl::Status Refill() {
-    const size_t got = std::fread(input_, 1, sizeof(input_), file_.get());
+    if (memory_ != nullptr) {
+      // zlib only reads through next_in; it is not const for historical reasons.
+      const size_t got = std::min(kGzipInputBytes, memory_->size() - memory_offset_);
+      if (got == 0) eof_ = true;
+      stream_.next_in = const_cast<uint8_t*>(memory_->data() + memory_offset_);
+      stream_.avail_in = static_cast<uInt>(got);
+      memory_offset_ += got;
+      compressed_bytes_ += got;
+      return absl::OkStatus();
+    }
+    const size_t got = std::fread(input_.data(), 1, input_.size(), file_.get());
     if (got == 0) {
       if (std::ferror(file_.get())) {
         return absl::DataLossError(absl::StrCat(name_, ": read error: ", std::strerror(errno)));
@@ -211,25 +225,28 @@ class GzipReader {
       eof_ = true;
     }
     compressed_bytes_ += got;
-    stream_.next_in = input_;
+    stream_.next_in = input_.data();
     stream_.avail_in = static_cast<uInt>(got);
     return absl::OkStatus();
   }
 
   std::string name_;
+  // The source: a file (read in chunks into input_) or bytes in memory.
   FilePtr file_;
+  const std::vector<uint8_t>* memory_ = nullptr;
+  size_t memory_offset_ = 0;
   z_stream stream_{};
   bool initialized_ = false;
   bool eof_ = false;
   bool member_ended_ = false;
   int members_ = 0;
   uint64_t compressed_bytes_ = 0;
-  uint8_t input_[kGzipInputBytes];
+  std::vector<uint8_t> input_ = std::vector<uint8_t>(memory_ == nullptr ? kGzipInputBytes : 0);
 };
 
-// Reads a gzip-compressed IDX file, header first, then the payload in chunks.
-absl::StatusOr<IdxArray> ReadGzipIdx(const std::string& path, FilePtr file) {
-  auto reader = std::make_unique<GzipReader>(path, std::move(file));
+// Decodes a gzip-compressed IDX stream, header first, then the payload in
+// chunks. `path` names it in messages.
+absl::StatusOr<IdxArray> ReadGzipIdx(const std::string& path, GzipReader* reader) {
   uint8_t prefix[kPrefixBytes];
   ASSIGN_OR_RETURN(size_t got, reader->Read(prefix, kPrefixBytes));
   if (got < kPrefixBytes) return TruncatedHeader(path, got, kPrefixBytes);
@@ -312,9 +329,18 @@ absl::StatusOr<IdxArray> ParseIdx(const std::string& name, const std::vector<uin
   return array;
 }
 
+absl::StatusOr<IdxArray> ParseGzipIdx(const std::string& name,
+                                      const std::vector<uint8_t>& compressed) {
+  GzipReader reader(name, compressed);
+  return ReadGzipIdx(name, &reader);
+}
+
 absl::StatusOr<IdxArray> ReadIdxFile(const std::string& path) {
   ASSIGN_OR_RETURN(FilePtr file, OpenForReading(path));
-  if (absl::EndsWith(path, ".gz")) return ReadGzipIdx(path, std::move(file));
+  if (absl::EndsWith(path, ".gz")) {
+    GzipReader reader(path, std::move(file));
+    return ReadGzipIdx(path, &reader);
+  }
   return ReadPlainIdx(path, std::move(file));
 }
 

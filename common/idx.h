@@ -36,6 +36,11 @@ absl::StatusOr<IdxArray> ReadIdxFile(const std::string& path);
 // Parses IDX bytes already in memory. `name` is used in error messages only.
 absl::StatusOr<IdxArray> ParseIdx(const std::string& name, const std::vector<uint8_t>& bytes);
 
+// Parses a gzip-compressed IDX file already in memory (ReadIdxFile decodes a
+// ".gz" file with the same code), with the same errors as ReadIdxFile.
+absl::StatusOr<IdxArray> ParseGzipIdx(const std::string& name,
+                                      const std::vector<uint8_t>& compressed);
+
 // Writes `array` as an uncompressed IDX file (used by tests and tools).
 absl::Status WriteIdxFile(const std::string& path, const IdxArray& array);
 

@@ -114,6 +114,15 @@ absl::Status EncodeTargets(const Matrix& logits, const distill::v1::SoftTargetCo
   const Matrix* values = &logits;
   if (contract.representation() == distill::v1::PROBABILITIES) {
     RETURN_IF_ERROR(softmax->Compute(logits, contract.temperature(), &probabilities));
+    // Finite logits over a tiny (but valid) temperature can overflow; NaN
+    // would also break the top-k sort below.
+    for (int64_t i = 0; i < probabilities.size(); ++i) {
+      if (!std::isfinite(probabilities.data()[i])) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("temperature ", contract.temperature(),
+                         " is too small for these logits: their softmax is not finite"));
+      }
+    }
     values = &probabilities;
   }
   const int64_t k = contract.top_k() > 0 ? contract.top_k() : classes;
@@ -162,22 +171,30 @@ absl::Status DecodeTargets(const distill::v1::Targets& targets,
     return absl::DataLossError(
         absl::StrCat("targets are ", width, " wide, the contract says ", expected_width));
   }
-  const int64_t count = rows * width;
+  // rows and width are below 2^32, so their product fits in 64 unsigned bits
+  // (not always in int64_t). It is compared with the number of values
+  // actually sent before anything is allocated.
+  const uint64_t expected_count = static_cast<uint64_t>(rows) * static_cast<uint64_t>(width);
+  const bool fp16 = contract.dtype() == distill::v1::FLOAT16;
+  const uint64_t sent_count =
+      fp16 ? targets.values_f16().size() / 2 : static_cast<uint64_t>(targets.values_size());
+  if (fp16 && (sent_count != expected_count || targets.values_f16().size() % 2 != 0)) {
+    return absl::DataLossError(absl::StrCat("expected ", expected_count, " fp16 targets (", rows,
+                                            " rows of ", width, "), got ",
+                                            targets.values_f16().size(), " bytes"));
+  }
+  if (!fp16 && sent_count != expected_count) {
+    return absl::DataLossError(absl::StrCat("expected ", expected_count, " target values (", rows,
+                                            " rows of ", width, "), got ", sent_count));
+  }
+  const int64_t count = static_cast<int64_t>(expected_count);
   std::vector<float> values(static_cast<size_t>(count));
-  if (contract.dtype() == distill::v1::FLOAT16) {
-    if (static_cast<int64_t>(targets.values_f16().size()) != 2 * count) {
-      return absl::DataLossError(absl::StrCat(
-          "expected ", 2 * count, " bytes of fp16 targets, got ", targets.values_f16().size()));
-    }
+  if (fp16) {
     const auto* bytes = reinterpret_cast<const unsigned char*>(targets.values_f16().data());
     for (int64_t i = 0; i < count; ++i) {
       values[i] = HalfToFloat(static_cast<uint16_t>(bytes[2 * i] | (bytes[2 * i + 1] << 8)));
     }
   } else {
-    if (targets.values_size() != count) {
-      return absl::DataLossError(
-          absl::StrCat("expected ", count, " target values, got ", targets.values_size()));
-    }
     std::copy(targets.values().begin(), targets.values().end(), values.begin());
   }
   for (float v : values) {
@@ -213,7 +230,17 @@ absl::Status DecodeTargets(const distill::v1::Targets& targets,
       out[c] = values[n * width + j];
     }
   }
-  if (logits) return softmax->Compute(full, contract.temperature(), probabilities);
+  if (logits) {
+    RETURN_IF_ERROR(softmax->Compute(full, contract.temperature(), probabilities));
+    // Finite logits over a tiny (but valid) temperature can still overflow.
+    for (int64_t i = 0; i < probabilities->size(); ++i) {
+      if (!std::isfinite(probabilities->data()[i])) {
+        return absl::DataLossError(absl::StrCat(
+            "the logits sent give non-finite probabilities at T=", contract.temperature()));
+      }
+    }
+    return absl::OkStatus();
+  }
   for (int64_t i = 0; i < full.size(); ++i) {
     if (full.data()[i] < 0.f) return absl::DataLossError("negative probability in targets");
   }

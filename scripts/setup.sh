@@ -29,6 +29,9 @@ PACKAGES=(
   # registry), the compose test's client and HTTP queries; Docker Engine itself
   # comes with the machine.
   debootstrap docker-compose curl
+  # Fuzzing (scripts/fuzz.sh): clang with libFuzzer and the sanitizer
+  # runtimes, and clang's OpenMP runtime. (The sanitizer build uses gcc.)
+  clang-14 libclang-rt-14-dev libomp-14-dev
 )
 
 missing=()

@@ -11,3 +11,6 @@ export OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE
 ctest --test-dir build --output-on-failure -j2
 # The docker-compose deployment, end to end on this machine's Docker Engine.
 bash deploy/compose_test.sh
+# Hardening (issue #8): the suite again under ASan+UBSan, then each fuzz target.
+bash scripts/sanitize_test.sh
+bash scripts/fuzz.sh

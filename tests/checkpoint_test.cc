@@ -147,6 +147,31 @@ TEST_F(CorruptCheckpointTest, FlippedBitInWeights) {
   ExpectDataLoss(bytes, "CRC mismatch");
 }
 
+TEST_F(CorruptCheckpointTest, DecodeCheckpointVerifiesBytesInMemory) {
+  absl::StatusOr<distill::v1::Checkpoint> decoded = DecodeCheckpoint("mem", good_);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(decoded->role(), "teacher");
+  std::string bytes = good_;
+  bytes[bytes.size() - 20] ^= 0x01;
+  decoded = DecodeCheckpoint("my-name", bytes);
+  ASSERT_FALSE(decoded.ok());
+  EXPECT_EQ(decoded.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(decoded.status().message().find("checkpoint my-name: CRC mismatch"), std::string::npos)
+      << decoded.status();
+}
+
+TEST_F(CorruptCheckpointTest, TensorShapeWhoseProductOverflows) {
+  // 2^33 x 2^33 wraps to 0 in 64 bits, the number of values sent (found by
+  // fuzz/checkpoint_fuzzer; undefined behaviour before the fix).
+  distill::v1::Checkpoint checkpoint = MakeCheckpoint(*SmallNetwork(5), "teacher", 3, 4);
+  distill::v1::Tensor* state = checkpoint.mutable_training_state()->add_optimizer_state();
+  state->set_name("layer0.weight.momentum");
+  state->add_shape(int64_t{1} << 33);
+  state->add_shape(int64_t{1} << 33);
+  ASSERT_TRUE(SaveCheckpoint(path_, checkpoint).ok());
+  ExpectDataLoss(ReadBytes(path_), "does not fit its shape");
+}
+
 TEST_F(CorruptCheckpointTest, ValidFrameAroundInconsistentContents) {
   // A well-framed checkpoint whose tensors do not fit its architecture.
   distill::v1::Checkpoint checkpoint = MakeCheckpoint(*SmallNetwork(5), "teacher", 3, 4);

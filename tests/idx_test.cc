@@ -161,6 +161,25 @@ TEST(IdxTest, ReadsConcatenatedGzipMembers) {
   EXPECT_EQ(read->data, Iota(20));
 }
 
+TEST(IdxTest, ParseGzipIdxDecodesCompressedBytesInMemory) {
+  const std::string path = TestDir() + "/mem.gz";
+  WriteGzip(path, IdxBytes({2, 3}, {1, 2, 3, 4, 5, 6}));
+  const std::vector<uint8_t> compressed = ReadBytes(path);
+  absl::StatusOr<IdxArray> parsed = ParseGzipIdx("mem", compressed);
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_THAT(parsed->dims, ElementsAre(2u, 3u));
+  EXPECT_THAT(parsed->data, ElementsAre(1, 2, 3, 4, 5, 6));
+  // Cut short: the same error as for a truncated file, with the given name.
+  const std::vector<uint8_t> cut(compressed.begin(), compressed.end() - 12);
+  absl::StatusOr<IdxArray> truncated = ParseGzipIdx("my-name", cut);
+  ASSERT_FALSE(truncated.ok());
+  EXPECT_EQ(truncated.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(truncated.status().message(), AllOf(HasSubstr("my-name"), HasSubstr("truncated")));
+  EXPECT_EQ(ParseGzipIdx("x", {}).status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(ParseGzipIdx("x", IdxBytes({2}, {1, 2})).status().code(),
+            absl::StatusCode::kDataLoss);  // plain bytes are not gzip
+}
+
 TEST(IdxTest, MissingFileIsNotFound) {
   const std::string dir = TestDir();
   ExpectRefused(dir + "/no-such-file", absl::StatusCode::kNotFound, "");

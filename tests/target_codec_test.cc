@@ -102,5 +102,52 @@ TEST(TargetCodecTest, InconsistentBlocksAreDataLoss) {
             absl::StatusCode::kDataLoss);
 }
 
+TEST(TargetCodecTest, HugeSizesAreDataLossWithoutAllocating) {
+  // 2^32 - 1 rows of 2^32 - 1 values: the count overflows int64_t and could
+  // not be allocated; only a few values are sent (undefined behaviour and a
+  // failed allocation before the fix).
+  TemperatureSoftmax softmax;
+  for (distill::v1::DType dtype : {distill::v1::FLOAT32, distill::v1::FLOAT16}) {
+    auto contract = Contract(distill::v1::PROBABILITIES, dtype, 0, 1.f);
+    contract.set_num_classes(0xFFFFFFFFu);
+    distill::v1::Targets targets;
+    targets.set_num_examples(0xFFFFFFFFu);
+    targets.set_width(0xFFFFFFFFu);
+    targets.add_values(1.f);
+    targets.set_values_f16(std::string(2, '\0'));
+    Matrix decoded;
+    const absl::Status status = DecodeTargets(targets, contract, &softmax, &decoded);
+    EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;
+  }
+}
+
+TEST(TargetCodecTest, LogitsThatOverflowAtATinyTemperatureAreDataLoss) {
+  // Found by fuzz/target_codec_fuzzer: a valid T of 6e-39 turned finite
+  // logits into infinities and the decoded probabilities into NaN.
+  TemperatureSoftmax softmax;
+  const auto contract = Contract(distill::v1::LOGITS, distill::v1::FLOAT32, 0, 6e-39f);
+  distill::v1::Targets targets;
+  targets.set_num_examples(1);
+  targets.set_width(10);
+  for (int i = 0; i < 10; ++i) targets.add_values(static_cast<float>(i));
+  Matrix decoded;
+  const absl::Status status = DecodeTargets(targets, contract, &softmax, &decoded);
+  EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;
+}
+
+TEST(TargetCodecTest, EncodingAtATemperatureTooSmallForTheLogitsIsInvalidArgument) {
+  // A teacher asked for probabilities at T = 6e-39 must refuse rather than
+  // send NaN (which a student refuses) or top-k-sort NaN.
+  TemperatureSoftmax softmax;
+  Matrix logits(1, 10);
+  for (int i = 0; i < 10; ++i) logits.data()[i] = static_cast<float>(i);
+  for (uint32_t top_k : {0u, 3u}) {
+    const auto contract = Contract(distill::v1::PROBABILITIES, distill::v1::FLOAT32, top_k, 6e-39f);
+    distill::v1::Targets targets;
+    const absl::Status status = EncodeTargets(logits, contract, &softmax, &targets);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  }
+}
+
 }  // namespace
 }  // namespace distillery
