@@ -127,7 +127,7 @@ absl::Status Mlp::Forward(const Matrix& input, bool training, uint64_t noise_ste
   return absl::OkStatus();
 }
 
-absl::Status Mlp::Backward(const Matrix& grad_logits, const ParametersReady& parameters_ready) {
+absl::Status Mlp::Backward(const Matrix& grad_logits) {
   if (input_ == nullptr) return absl::FailedPreconditionError("Backward called before Forward");
   const Matrix* grad_output = &grad_logits;
   // Layers before the first Linear have no parameters, and nothing needs the
@@ -139,11 +139,6 @@ absl::Status Mlp::Backward(const Matrix& grad_logits, const ParametersReady& par
             layers_[i]->Backward(layer_input, activations_[i], *grad_output, grad_input);
         !s.ok()) {
       return s;
-    }
-    // The layer's data gradient is computed: nothing reads its weights again.
-    if (parameters_ready) {
-      std::vector<Parameter*> layer_parameters = layers_[i]->Parameters();
-      if (!layer_parameters.empty()) parameters_ready(layer_parameters);
     }
     grad_output = grad_input;
   }

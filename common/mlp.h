@@ -11,7 +11,6 @@
 #ifndef DISTILLERY_COMMON_MLP_H_
 #define DISTILLERY_COMMON_MLP_H_
 
-#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -69,18 +68,9 @@ class Mlp {
     return Forward(input, false, 0, logits);
   }
 
-  // Called during Backward with one layer's parameters as soon as their
-  // gradients are final and back-propagation no longer reads their values.
-  using ParametersReady = std::function<void(const std::vector<Parameter*>& layer_parameters)>;
-
   // Back-propagates d(loss)/d(logits) (batch x num_classes) through the last
-  // Forward, overwriting every parameter's gradient. When `parameters_ready`
-  // is set it is called once per Linear layer, last layer first, so that an
-  // optimizer can update that layer while its weights and fresh gradients are
-  // still in cache (the update then reads a few MB from cache instead of the
-  // whole network's weights, velocities and gradients from memory).
-  absl::Status Backward(const Matrix& grad_logits,
-                        const ParametersReady& parameters_ready = nullptr);
+  // Forward, overwriting every parameter's gradient.
+  absl::Status Backward(const Matrix& grad_logits);
 
   // All trainable parameters in a fixed order (layer0.weight, layer0.bias,
   // layer1.weight, ...). Pointers stay valid for the network's lifetime.

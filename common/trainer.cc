@@ -176,6 +176,7 @@ absl::StatusOr<TrainingResult> Train(const TrainerConfig& config, BatchSource& s
     }
   }
 
+  std::vector<Parameter*> params = mlp.Parameters();
   CrossEntropyLoss cross_entropy;
   DistillationLoss distillation;
   Matrix grad_logits;
@@ -216,12 +217,9 @@ absl::StatusOr<TrainingResult> Train(const TrainerConfig& config, BatchSource& s
             " (learning rate ", learning_rate, "); try a lower learning rate or a warm-up"));
       }
       loss_sum += loss;
+      RETURN_IF_ERROR(mlp.Backward(grad_logits));
       learning_rate = schedule.At(step, total_steps, batches_per_epoch);
-      // Each layer is updated as soon as its gradients are ready (see
-      // Mlp::Backward); the arithmetic is the same as one Step after Backward.
-      RETURN_IF_ERROR(mlp.Backward(grad_logits, [&](const std::vector<Parameter*>& layer_params) {
-        optimizer->Step(layer_params, learning_rate, step);
-      }));
+      optimizer->Step(params, learning_rate, step);
       ++step;
       ++batches_done;
       return absl::OkStatus();

@@ -3,7 +3,6 @@
 #include "common/mlp.h"
 
 #include "common/losses.h"
-#include "common/optimizer.h"
 #include "tests/test_util.h"
 
 namespace distillery {
@@ -75,49 +74,6 @@ TEST(MlpTest, CloneHasTheSameOutputs) {
   ASSERT_TRUE(mlp->Predict(input, &a).ok());
   ASSERT_TRUE(copy->Predict(input, &b).ok());
   EXPECT_EQ(*a, *b);
-}
-
-// Updating each layer from inside Backward, as soon as its gradients are
-// ready, gives bit-for-bit the weights of one Step after the whole Backward,
-// and every layer is offered exactly once, last layer first.
-TEST(MlpTest, PerLayerUpdatesDuringBackwardEqualOneStepAfter) {
-  MlpSpec spec = *MlpSpec::Parse("12-9-7-4");
-  spec.input_dropout = 0.2f;
-  spec.hidden_dropout = 0.5f;
-  auto whole = *Mlp::Create(spec, 3), per_layer = *Mlp::Create(spec, 3);
-  SgdConfig config;
-  config.momentum_start = 0.5f;
-  config.momentum_ramp_steps = 4;
-  config.max_norm = 0.5f;
-  auto whole_sgd = MakeSgd(config), per_layer_sgd = MakeSgd(config);
-  const std::vector<int> labels = {0, 3, 1, 2, 2};
-  CrossEntropyLoss loss;
-  Matrix grad_logits;
-  for (int64_t step = 0; step < 6; ++step) {
-    const Matrix input = RandomMatrix(5, 12, 100 + step);
-    const Matrix* logits = nullptr;
-    ASSERT_TRUE(whole->Forward(input, true, step, &logits).ok());
-    ASSERT_TRUE(loss.Compute(*logits, labels, 2.f, &grad_logits).ok());
-    ASSERT_TRUE(whole->Backward(grad_logits).ok());
-    whole_sgd->Step(whole->Parameters(), 0.3f, step);
-
-    ASSERT_TRUE(per_layer->Forward(input, true, step, &logits).ok());
-    ASSERT_TRUE(loss.Compute(*logits, labels, 2.f, &grad_logits).ok());
-    std::vector<std::string> offered;
-    ASSERT_TRUE(per_layer
-                    ->Backward(grad_logits,
-                               [&](const std::vector<Parameter*>& layer_params) {
-                                 for (Parameter* p : layer_params) offered.push_back(p->name);
-                                 per_layer_sgd->Step(layer_params, 0.3f, step);
-                               })
-                    .ok());
-    EXPECT_EQ(offered, (std::vector<std::string>{"layer2.weight", "layer2.bias", "layer1.weight",
-                                                 "layer1.bias", "layer0.weight", "layer0.bias"}));
-  }
-  for (size_t i = 0; i < whole->Parameters().size(); ++i) {
-    EXPECT_EQ(whole->Parameters()[i]->value, per_layer->Parameters()[i]->value)
-        << whole->Parameters()[i]->name;
-  }
 }
 
 }  // namespace
