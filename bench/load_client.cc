@@ -25,11 +25,10 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "common/dnnl_context.h"
-#include "common/secret.h"
 #include "spdlog/spdlog.h"
 #include "student_trainer/teacher_client.h"
+#include "student_trainer/teacher_client_flags.h"
 
-ABSL_FLAG(std::string, teacher, "127.0.0.1:50051", "Teacher target");
 ABSL_FLAG(double, seconds, 20, "How long to send calls (warm-up included)");
 ABSL_FLAG(double, warmup_seconds, 0, "Calls in the first this many seconds are not recorded");
 ABSL_FLAG(int32_t, concurrency, 4, "Calls in flight at once (one caller thread each)");
@@ -38,12 +37,6 @@ ABSL_FLAG(double, temperature, 20, "Temperature of the soft targets asked for");
 ABSL_FLAG(uint64_t, seed, 1, "Seed of the random images");
 ABSL_FLAG(std::string, latencies_file, "",
           "Write every recorded latency here, in microseconds, one a line");
-ABSL_FLAG(std::string, tls_ca_file, "", "PEM CA of the teacher's certificate: TLS");
-ABSL_FLAG(std::string, tls_cert_file, "", "PEM client certificate (mutual TLS)");
-ABSL_FLAG(std::string, tls_key_file, "", "PEM key of --tls_cert_file");
-ABSL_FLAG(std::string, tls_server_name, "", "Name the teacher's certificate must carry");
-ABSL_FLAG(std::string, auth_token_file, "",
-          "Bearer token file (else $DISTILLERY_AUTH_TOKEN if set)");
 
 namespace distillery {
 namespace {
@@ -56,19 +49,12 @@ double Percentile(std::vector<int64_t> sorted, double p) {
 
 int Run() {
   SetComputeThreads(1);
-  TeacherClientConfig config;
-  config.target = absl::GetFlag(FLAGS_teacher);
-  config.tls_ca_file = absl::GetFlag(FLAGS_tls_ca_file);
-  config.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
-  config.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
-  config.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
-  auto token = ReadBearerToken(absl::GetFlag(FLAGS_auth_token_file));
-  if (!token.ok()) {
-    spdlog::error("{}", token.status().ToString());
+  absl::StatusOr<TeacherClientConfig> config = TeacherClientConfigFromFlags();
+  if (!config.ok()) {
+    spdlog::error("{}", config.status().ToString());
     return 2;
   }
-  config.auth_token = *token;
-  auto connected = TeacherClient::Connect(config);
+  auto connected = TeacherClient::Connect(*config);
   if (!connected.ok()) {
     spdlog::error("cannot connect: {}", connected.status().ToString());
     return 1;

@@ -31,21 +31,18 @@
 #include "common/dnnl_context.h"
 #include "common/evaluation.h"
 #include "common/onnx_export.h"
-#include "common/secret.h"
 #include "common/softmax.h"
 #include "common/status_macros.h"
 #include "common/trainer.h"
 #include "common/training_flags.h"
 #include "spdlog/spdlog.h"
 #include "student_trainer/distill.h"
+#include "student_trainer/teacher_client_flags.h"
 
 ABSL_DECLARE_FLAG(std::string, data_dir);
 ABSL_DECLARE_FLAG(std::string, train_range);
 ABSL_DECLARE_FLAG(std::string, checkpoint);
 
-ABSL_FLAG(std::string, teacher, "127.0.0.1:50051",
-          "distill: teacher replicas \"host:port,host:port\" or a gRPC target such as "
-          "dns:///teacher:50051 (balanced round_robin)");
 ABSL_FLAG(std::string, source, "local",
           "distill: local = own transfer set from --data_dir within --train_range, soft targets "
           "asked for its (jittered) inputs; teacher = pull the teacher's transfer set");
@@ -64,18 +61,6 @@ ABSL_FLAG(double, give_up_seconds, 120,
           "distill: stop with an error when no teacher answered for this long");
 ABSL_FLAG(bool, allow_teacher_change, false,
           "distill: keep training when the teacher's weights hash changes mid-run");
-ABSL_FLAG(std::string, tls_ca_file, "",
-          "distill: PEM CA certificates that signed the teacher's certificate: connect with TLS "
-          "(default: plaintext)");
-ABSL_FLAG(std::string, tls_cert_file, "",
-          "distill: PEM client certificate chain, for a teacher with mutual TLS");
-ABSL_FLAG(std::string, tls_key_file, "", "distill: PEM private key of --tls_cert_file");
-ABSL_FLAG(std::string, tls_server_name, "",
-          "distill: the name the teacher's certificate must carry, when not the host in "
-          "--teacher");
-ABSL_FLAG(std::string, auth_token_file, "",
-          "distill: file holding the bearer token sent with every call (needs TLS); without it, "
-          "$DISTILLERY_AUTH_TOKEN if set. Never pass a token on the command line");
 ABSL_FLAG(std::string, onnx, "", "export: path of the ONNX model to write");
 ABSL_FLAG(bool, softmax, false,
           "export: end the model with Softmax (output \"probabilities\") instead of "
@@ -115,26 +100,22 @@ int Distill() {
     spdlog::error("{}", trainer.status().ToString());
     return 2;
   }
+  absl::StatusOr<distillery::TeacherClientConfig> teacher =
+      distillery::TeacherClientConfigFromFlags();
+  if (!teacher.ok()) {
+    spdlog::error("{}", teacher.status().ToString());
+    return 2;
+  }
   distillery::DistillConfig config;
   config.trainer = *trainer;
+  config.teacher = *teacher;
   config.trainer.role = "student";
   config.trainer.distill_temperature = static_cast<float>(absl::GetFlag(FLAGS_distill_temperature));
   config.trainer.alpha = static_cast<float>(absl::GetFlag(FLAGS_alpha));
   config.trainer.prefetch_batches = absl::GetFlag(FLAGS_prefetch);
-  config.teacher.target = absl::GetFlag(FLAGS_teacher);
   config.teacher.call_deadline = absl::Seconds(absl::GetFlag(FLAGS_call_deadline_seconds));
   config.teacher.give_up_after = absl::Seconds(absl::GetFlag(FLAGS_give_up_seconds));
   config.teacher.allow_teacher_change = absl::GetFlag(FLAGS_allow_teacher_change);
-  config.teacher.tls_ca_file = absl::GetFlag(FLAGS_tls_ca_file);
-  config.teacher.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
-  config.teacher.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
-  config.teacher.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
-  if (auto token = distillery::ReadBearerToken(absl::GetFlag(FLAGS_auth_token_file)); token.ok()) {
-    config.teacher.auth_token = std::move(*token);
-  } else {
-    spdlog::error("{}", token.status().ToString());
-    return 2;
-  }
   config.source = absl::GetFlag(FLAGS_source);
   config.data_dir = absl::GetFlag(FLAGS_data_dir);
   config.transfer_range = absl::GetFlag(FLAGS_train_range);
