@@ -4,15 +4,16 @@
 // constant is tuned on a validation split of the training set (never on the
 // test set), then the test errors are reported before and after.
 //
-//   bias_tune --checkpoint=student.ckpt --data_dir=DIR --validation_range=50000:60000 --bias_class=3
+//   bias_tune --checkpoint=student.ckpt --data_dir=DIR --validation_range=50000:60000
+//   --bias_class=3
 #include <cstdio>
 
 #include "absl/flags/declare.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "common/checkpoint.h"
-#include "common/evaluation.h"
-#include "common/training_flags.h"
+#include "common/cli/training_flags.h"
+#include "common/formats/checkpoint.h"
+#include "common/train/evaluation.h"
 #include "spdlog/spdlog.h"
 
 // The student checkpoint and the data: --checkpoint and --data_dir, shared
@@ -53,7 +54,8 @@ int Run() {
   bias[c] = best_bias;
   const EvaluationResult after = *Evaluate(*student, data->test, 1000, bias);
   int64_t class_total = 0;
-  for (int p = 0; p < before.num_classes; ++p) class_total += before.confusion[c * before.num_classes + p];
+  for (int p = 0; p < before.num_classes; ++p)
+    class_total += before.confusion[c * before.num_classes + p];
   std::printf(
       "bias_tune class=%d tuned_bias=%.1f validation_errors=%ld test_errors_before=%ld "
       "class_errors_before=%ld test_errors_after=%ld class_errors_after=%ld class_examples=%ld\n",

@@ -24,7 +24,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "common/dnnl_context.h"
+#include "common/tensor/dnnl_context.h"
 #include "spdlog/spdlog.h"
 #include "student_trainer/teacher_client.h"
 #include "student_trainer/teacher_client_flags.h"
@@ -79,7 +79,7 @@ int Run() {
       std::string pixels(static_cast<size_t>(batch * client.input_size()), '\0');
       for (char& p : pixels) p = static_cast<char>(rng() & 0xFF);
       std::vector<int64_t> mine;
-      Matrix probabilities;
+      Tensor probabilities;
       while (std::chrono::steady_clock::now() < end) {
         pixels[rng() % pixels.size()] = static_cast<char>(rng() & 0xFF);  // no two alike
         const auto before = std::chrono::steady_clock::now();

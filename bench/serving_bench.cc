@@ -13,10 +13,10 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "common/checkpoint.h"
-#include "common/dnnl_context.h"
-#include "common/softmax.h"
-#include "common/target_codec.h"
+#include "common/formats/checkpoint.h"
+#include "common/formats/target_codec.h"
+#include "common/nn/softmax.h"
+#include "common/tensor/dnnl_context.h"
 #include "distill/v1/teacher.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "spdlog/spdlog.h"
@@ -39,11 +39,11 @@ double Seconds(Clock::time_point since) {
 
 // In-process: forward pass + softmax(z/T) on `batch` examples, repeated.
 double InProcessRate(Mlp& teacher, int64_t batch, double seconds) {
-  Matrix inputs(batch, teacher.input_size());
+  Tensor inputs(batch, teacher.input_size());
   for (int64_t i = 0; i < inputs.size(); ++i) inputs.data()[i] = static_cast<float>(i % 255) / 255;
   TemperatureSoftmax softmax;
-  Matrix probs;
-  const Matrix* logits = nullptr;
+  Tensor probs;
+  const Tensor* logits = nullptr;
   for (int i = 0; i < 3; ++i) (void)teacher.Predict(inputs, &logits);
   int64_t examples = 0;
   const auto start = Clock::now();

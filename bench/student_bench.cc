@@ -19,10 +19,10 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "common/checkpoint.h"
-#include "common/dnnl_context.h"
-#include "common/softmax.h"
-#include "common/trainer.h"
+#include "common/formats/checkpoint.h"
+#include "common/nn/softmax.h"
+#include "common/tensor/dnnl_context.h"
+#include "common/train/trainer.h"
 #include "spdlog/spdlog.h"
 #include "student_trainer/remote_sources.h"
 #include "tests/server_process.h"
@@ -40,9 +40,9 @@ namespace {
 // Soft targets from logits computed before training.
 class PrecomputedTargets : public SoftTargetSource {
  public:
-  PrecomputedTargets(const Matrix* logits, float t) : logits_(logits), t_(t) {}
-  absl::Status GetSoftTargets(int64_t, int64_t, absl::Span<const int64_t> ids, const Matrix&,
-                              Matrix* soft_targets) override {
+  PrecomputedTargets(const Tensor* logits, float t) : logits_(logits), t_(t) {}
+  absl::Status GetSoftTargets(int64_t, int64_t, absl::Span<const int64_t> ids, const Tensor&,
+                              Tensor* soft_targets) override {
     rows_.Resize(static_cast<int64_t>(ids.size()), logits_->cols());
     for (size_t r = 0; r < ids.size(); ++r) {
       std::copy(logits_->row(ids[r]), logits_->row(ids[r]) + logits_->cols(), rows_.row(r));
@@ -51,9 +51,9 @@ class PrecomputedTargets : public SoftTargetSource {
   }
 
  private:
-  const Matrix* logits_;
+  const Tensor* logits_;
   float t_;
-  Matrix rows_;
+  Tensor rows_;
   TemperatureSoftmax softmax_;
 };
 
@@ -86,14 +86,14 @@ int Run() {
   const Dataset no_test;
 
   // In-process, precomputed logits (not timed).
-  Matrix logits(transfer.num_examples, (*teacher)->num_classes());
+  Tensor logits(transfer.num_examples, (*teacher)->num_classes());
   {
     std::vector<int64_t> ids(1000);
-    Matrix inputs;
+    Tensor inputs;
     for (int64_t begin = 0; begin < transfer.num_examples; begin += 1000) {
       std::iota(ids.begin(), ids.end(), begin);
       GatherBatch(transfer, ids, 0, nullptr, &inputs, nullptr);
-      const Matrix* out = nullptr;
+      const Tensor* out = nullptr;
       (void)(*teacher)->Predict(inputs, &out);
       std::copy(out->data(), out->data() + out->size(), logits.row(begin));
     }
@@ -107,11 +107,11 @@ int Run() {
   const double in_process = Best(*local);
 
   ServerProcess server;
-  if (!server.Start(absl::GetFlag(FLAGS_server),
-                    {"--checkpoint=" + absl::GetFlag(FLAGS_checkpoint),
-                     "--data_dir=" + absl::GetFlag(FLAGS_mnist_dir), "--metrics_address=",
-                     "--threads=2"},
-                    "/tmp")) {
+  if (!server.Start(
+          absl::GetFlag(FLAGS_server),
+          {"--checkpoint=" + absl::GetFlag(FLAGS_checkpoint),
+           "--data_dir=" + absl::GetFlag(FLAGS_mnist_dir), "--metrics_address=", "--threads=2"},
+          "/tmp")) {
     spdlog::error("cannot start the server");
     return 1;
   }
@@ -135,10 +135,11 @@ int Run() {
   auto remote_own = Train(remote_config, transfer, no_test, &own_inputs);
   if (!remote_own.ok()) return 1;
   server.Stop();
-  std::printf("student arch=%s batch=128 in_process_examples_per_s=%.0f remote_examples_per_s=%.0f "
-              "remote_over_in_process=%.3f remote_own_inputs_examples_per_s=%.0f\n",
-              absl::GetFlag(FLAGS_architecture).c_str(), in_process, Best(*remote),
-              Best(*remote) / in_process, Best(*remote_own));
+  std::printf(
+      "student arch=%s batch=128 in_process_examples_per_s=%.0f remote_examples_per_s=%.0f "
+      "remote_over_in_process=%.3f remote_own_inputs_examples_per_s=%.0f\n",
+      absl::GetFlag(FLAGS_architecture).c_str(), in_process, Best(*remote),
+      Best(*remote) / in_process, Best(*remote_own));
   return 0;
 }
 

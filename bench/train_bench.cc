@@ -17,8 +17,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_split.h"
-#include "common/dnnl_context.h"
-#include "common/trainer.h"
+#include "common/tensor/dnnl_context.h"
+#include "common/train/trainer.h"
 #include "dnnl.hpp"
 #include "spdlog/spdlog.h"
 

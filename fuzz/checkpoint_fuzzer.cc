@@ -16,8 +16,8 @@
 #include <cstring>
 #include <string>
 
-#include "common/checkpoint.h"
-#include "common/optimizer.h"
+#include "common/formats/checkpoint.h"
+#include "common/nn/optimizer.h"
 
 namespace {
 

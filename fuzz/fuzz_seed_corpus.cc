@@ -14,12 +14,12 @@
 #include <string>
 #include <vector>
 
-#include "common/checkpoint.h"
-#include "common/idx.h"
-#include "common/mlp.h"
-#include "common/optimizer.h"
-#include "common/softmax.h"
-#include "common/target_codec.h"
+#include "common/data/idx.h"
+#include "common/formats/checkpoint.h"
+#include "common/formats/target_codec.h"
+#include "common/nn/mlp.h"
+#include "common/nn/optimizer.h"
+#include "common/nn/softmax.h"
 #include "distill/v1/teacher.pb.h"
 
 namespace distillery {
@@ -143,7 +143,7 @@ void ResponseSeed(const std::string& path, distill::v1::Representation represent
   absl::StatusOr<distill::v1::SoftTargetContract> contract =
       ResolveTargetOptions(options, 10, 1.f, "0123456789abcdef");
   if (!contract.ok()) Die(std::string(contract.status().message()));
-  Matrix logits(2, 10);
+  Tensor logits(2, 10);
   for (int64_t i = 0; i < logits.size(); ++i) logits.data()[i] = static_cast<float>(i % 7) - 3.f;
   distill::v1::SoftTargetsResponse response;
   *response.mutable_contract() = *contract;

@@ -8,7 +8,7 @@
 #include <cstdlib>
 #include <vector>
 
-#include "common/idx.h"
+#include "common/data/idx.h"
 
 namespace {
 

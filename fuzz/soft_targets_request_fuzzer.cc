@@ -11,8 +11,8 @@
 #include <cstdint>
 #include <cstdlib>
 
-#include "common/matrix.h"
-#include "common/target_codec.h"
+#include "common/formats/target_codec.h"
+#include "common/tensor/tensor.h"
 #include "distill/v1/teacher.pb.h"
 #include "teacher_server/teacher_service.h"
 
@@ -44,7 +44,7 @@ const distillery::TeacherService& Service() {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   distill::v1::SoftTargetsRequest request;
   if (!request.ParseFromArray(data, static_cast<int>(size))) return 0;
-  distillery::Matrix inputs;
+  distillery::Tensor inputs;
   if (!Service().DecodeInputs(request, &inputs).ok()) return 0;
   if (inputs.rows() != request.num_examples() || inputs.cols() != kRows * kCols) std::abort();
   for (int64_t i = 0; i < inputs.size(); ++i) {

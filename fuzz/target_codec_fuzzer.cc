@@ -14,9 +14,9 @@
 #include <cstdint>
 #include <cstdlib>
 
-#include "common/matrix.h"
-#include "common/softmax.h"
-#include "common/target_codec.h"
+#include "common/formats/target_codec.h"
+#include "common/nn/softmax.h"
+#include "common/tensor/tensor.h"
 #include "distill/v1/teacher.pb.h"
 
 namespace {
@@ -28,7 +28,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!response.ParseFromArray(data, static_cast<int>(size))) return 0;
   if (response.contract().num_classes() > kMaxClasses) return 0;
   static auto* softmax = new distillery::TemperatureSoftmax();
-  distillery::Matrix probabilities;
+  distillery::Tensor probabilities;
   if (!distillery::DecodeTargets(response.targets(), response.contract(), softmax, &probabilities)
            .ok()) {
     return 0;

@@ -4,8 +4,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "common/status_macros.h"
-#include "common/training_flags.h"
+#include "common/data/dataset.h"
+#include "common/util/status_macros.h"
 #include "spdlog/spdlog.h"
 #include "student_trainer/remote_sources.h"
 

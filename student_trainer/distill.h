@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "common/trainer.h"
+#include "common/train/trainer.h"
 #include "student_trainer/teacher_client.h"
 
 namespace distillery {

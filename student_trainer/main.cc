@@ -27,14 +27,14 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "common/checkpoint.h"
-#include "common/dnnl_context.h"
-#include "common/evaluation.h"
-#include "common/onnx_export.h"
-#include "common/softmax.h"
-#include "common/status_macros.h"
-#include "common/trainer.h"
-#include "common/training_flags.h"
+#include "common/cli/training_flags.h"
+#include "common/formats/checkpoint.h"
+#include "common/formats/onnx_export.h"
+#include "common/nn/softmax.h"
+#include "common/tensor/dnnl_context.h"
+#include "common/train/evaluation.h"
+#include "common/train/trainer.h"
+#include "common/util/status_macros.h"
 #include "spdlog/spdlog.h"
 #include "student_trainer/distill.h"
 #include "student_trainer/teacher_client_flags.h"
@@ -148,16 +148,16 @@ absl::Status DumpOutputs(distillery::Mlp& mlp, const distillery::Dataset& data, 
   }
   std::vector<int64_t> indices(static_cast<size_t>(count));
   std::iota(indices.begin(), indices.end(), 0);
-  distillery::Matrix inputs;
+  distillery::Tensor inputs;
   distillery::GatherBatch(data, indices, 0, nullptr, &inputs, nullptr);
-  const distillery::Matrix* logits = nullptr;
+  const distillery::Tensor* logits = nullptr;
   RETURN_IF_ERROR(mlp.Predict(inputs, &logits));
-  distillery::Matrix probabilities;
+  distillery::Tensor probabilities;
   if (softmax) {
     distillery::TemperatureSoftmax temperature_softmax;
     RETURN_IF_ERROR(temperature_softmax.Compute(*logits, 1.f, &probabilities));
   }
-  const distillery::Matrix& outputs = softmax ? probabilities : *logits;
+  const distillery::Tensor& outputs = softmax ? probabilities : *logits;
   std::string bytes;
   bytes.reserve(4 * static_cast<size_t>(outputs.size()));
   for (int64_t i = 0; i < outputs.size(); ++i) {

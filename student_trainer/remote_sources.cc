@@ -3,15 +3,15 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
-#include "common/softmax.h"
-#include "common/status_macros.h"
-#include "common/target_codec.h"
+#include "common/formats/target_codec.h"
+#include "common/nn/softmax.h"
+#include "common/util/status_macros.h"
 
 namespace distillery {
 
 absl::Status RemoteSoftTargets::GetSoftTargets(int64_t /*epoch*/, int64_t /*batch*/,
                                                absl::Span<const int64_t> /*ids*/,
-                                               const Matrix& inputs, Matrix* soft_targets) {
+                                               const Tensor& inputs, Tensor* soft_targets) {
   // The inputs are uint8 pixels (jittered or not) divided by 255: send the
   // exact pixels back, 4x smaller than floats on the wire.
   const float scale = 1.f / client_->info().input_scale();

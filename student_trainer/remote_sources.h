@@ -9,7 +9,7 @@
 #ifndef DISTILLERY_STUDENT_TRAINER_REMOTE_SOURCES_H_
 #define DISTILLERY_STUDENT_TRAINER_REMOTE_SOURCES_H_
 
-#include "common/trainer.h"
+#include "common/train/trainer.h"
 #include "student_trainer/teacher_client.h"
 
 namespace distillery {
@@ -20,7 +20,7 @@ class RemoteSoftTargets : public SoftTargetSource {
   RemoteSoftTargets(TeacherClient* client, float temperature)
       : client_(client), temperature_(temperature) {}
   absl::Status GetSoftTargets(int64_t epoch, int64_t batch, absl::Span<const int64_t> ids,
-                              const Matrix& inputs, Matrix* soft_targets) override;
+                              const Tensor& inputs, Tensor* soft_targets) override;
 
  private:
   TeacherClient* client_;

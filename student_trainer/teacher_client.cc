@@ -6,10 +6,10 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "common/secret.h"
-#include "common/softmax.h"
-#include "common/status_macros.h"
-#include "common/target_codec.h"
+#include "common/formats/target_codec.h"
+#include "common/nn/softmax.h"
+#include "common/security/secret.h"
+#include "common/util/status_macros.h"
 #include "spdlog/spdlog.h"
 
 namespace distillery {
@@ -223,7 +223,7 @@ absl::Status TeacherClient::CheckContract(const distill::v1::SoftTargetContract&
 }
 
 absl::Status TeacherClient::SoftTargets(const std::string& pixels, int64_t rows, float temperature,
-                                        Matrix* probabilities) {
+                                        Tensor* probabilities) {
   distill::v1::SoftTargetsRequest request;
   request.set_num_examples(static_cast<uint32_t>(rows));
   request.set_pixels_u8(pixels);

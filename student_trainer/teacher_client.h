@@ -34,7 +34,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "common/matrix.h"
+#include "common/tensor/tensor.h"
 #include "distill/v1/teacher.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 
@@ -84,7 +84,7 @@ class TeacherClient {
   // raw uint8 pixels are `pixels` (rows x input_size). `probabilities` is
   // resized to rows x num_classes.
   absl::Status SoftTargets(const std::string& pixels, int64_t rows, float temperature,
-                           Matrix* probabilities);
+                           Tensor* probabilities);
 
   // Streams batches [start_batch, end) of a transfer-set shard into `sink`
   // (which returns false to stop). On a failure it reconnects and resumes at

@@ -3,8 +3,8 @@
 #include <string>
 
 #include "absl/flags/flag.h"
-#include "common/secret.h"
-#include "common/status_macros.h"
+#include "common/security/secret.h"
+#include "common/util/status_macros.h"
 
 ABSL_FLAG(std::string, teacher, "127.0.0.1:50051",
           "Teacher replicas \"host:port,host:port\" or a gRPC target such as "

@@ -2,7 +2,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "common/secret.h"
+#include "common/security/secret.h"
 #include "grpcpp/security/server_credentials.h"
 #include "spdlog/spdlog.h"
 

@@ -21,7 +21,7 @@ void DynamicBatcher::Stop() {
   if (worker_.joinable()) worker_.join();
 }
 
-absl::Status DynamicBatcher::Submit(Matrix inputs, Callback done) {
+absl::Status DynamicBatcher::Submit(Tensor inputs, Callback done) {
   const int64_t rows = inputs.rows();
   if (rows < 1 || rows > config_.max_batch_examples) {
     return absl::InvalidArgumentError(
@@ -80,7 +80,7 @@ void DynamicBatcher::RunBatch(std::vector<Request>& batch) {
   int64_t rows = 0;
   for (const Request& r : batch) rows += r.inputs.rows();
   const int64_t width = network_->input_size();
-  const Matrix* inputs = &batch.front().inputs;
+  const Tensor* inputs = &batch.front().inputs;
   if (batch.size() > 1) {
     merged_.Resize(rows, width);
     int64_t offset = 0;
@@ -90,7 +90,7 @@ void DynamicBatcher::RunBatch(std::vector<Request>& batch) {
     }
     inputs = &merged_;
   }
-  const Matrix* logits = nullptr;
+  const Tensor* logits = nullptr;
   const absl::Status status = network_->Predict(*inputs, &logits);
   if (observer_.on_forward_pass) {
     observer_.on_forward_pass(rows, static_cast<int64_t>(batch.size()));

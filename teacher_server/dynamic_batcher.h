@@ -16,8 +16,8 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
-#include "common/matrix.h"
-#include "common/mlp.h"
+#include "common/nn/mlp.h"
+#include "common/tensor/tensor.h"
 
 namespace distillery {
 
@@ -41,7 +41,7 @@ class DynamicBatcher {
  public:
   // Called once per request with its logits (rows x classes, the request's
   // rows in order), or with an error status and null logits.
-  using Callback = std::function<void(const absl::Status& status, const Matrix* logits)>;
+  using Callback = std::function<void(const absl::Status& status, const Tensor* logits)>;
 
   // Takes ownership of `network` (used only by the worker thread) and starts
   // the worker.
@@ -53,14 +53,14 @@ class DynamicBatcher {
   // Queues `inputs` (rows x input_size, 1 <= rows <= max_batch_examples).
   // Returns RESOURCE_EXHAUSTED (queue full) or UNAVAILABLE (stopping)
   // without calling `done`; otherwise `done` is called exactly once later.
-  absl::Status Submit(Matrix inputs, Callback done);
+  absl::Status Submit(Tensor inputs, Callback done);
 
   // Stops accepting requests, finishes those queued, and joins the worker.
   void Stop();
 
  private:
   struct Request {
-    Matrix inputs;
+    Tensor inputs;
     Callback done;
     absl::Time arrival;
   };
@@ -76,8 +76,8 @@ class DynamicBatcher {
   int64_t queued_examples_ = 0;  // guarded by mutex_
   bool stopping_ = false;        // guarded by mutex_
   std::thread worker_;
-  Matrix merged_;  // worker thread only
-  Matrix slice_;   // worker thread only
+  Tensor merged_;  // worker thread only
+  Tensor slice_;   // worker thread only
 };
 
 }  // namespace distillery

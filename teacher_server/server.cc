@@ -4,10 +4,10 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
-#include "common/checkpoint.h"
-#include "common/dnnl_context.h"
-#include "common/status_macros.h"
-#include "common/training_flags.h"
+#include "common/data/dataset.h"
+#include "common/formats/checkpoint.h"
+#include "common/tensor/dnnl_context.h"
+#include "common/util/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"

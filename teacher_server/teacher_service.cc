@@ -4,9 +4,9 @@
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
-#include "common/softmax.h"
-#include "common/status_macros.h"
-#include "common/target_codec.h"
+#include "common/formats/target_codec.h"
+#include "common/nn/softmax.h"
+#include "common/util/status_macros.h"
 #include "grpcpp/alarm.h"
 
 namespace distillery {
@@ -96,7 +96,7 @@ grpc::ServerUnaryReactor* TeacherService::GetModelInfo(
 }
 
 absl::Status TeacherService::DecodeInputs(const distill::v1::SoftTargetsRequest& request,
-                                          Matrix* inputs) const {
+                                          Tensor* inputs) const {
   const int64_t n = request.num_examples();
   if (n < 1 || n > config_.max_batch_examples) {
     return absl::InvalidArgumentError(
@@ -154,7 +154,7 @@ grpc::ServerUnaryReactor* TeacherService::GetSoftTargets(
     reactor->Finish(ToGrpcStatus(status));
     return reactor;
   };
-  Matrix inputs;
+  Tensor inputs;
   if (absl::Status s = DecodeInputs(*request, &inputs); !s.ok()) return fail(s);
   absl::StatusOr<distill::v1::SoftTargetContract> contract = ResolveTargetOptions(
       request->options(), identity_.num_classes, config_.default_temperature, identity_.hash);
@@ -163,7 +163,7 @@ grpc::ServerUnaryReactor* TeacherService::GetSoftTargets(
   *response->mutable_contract() = *contract;
   absl::Status submitted =
       batcher_->Submit(std::move(inputs), [this, reactor, response, examples, started](
-                                              const absl::Status& status, const Matrix* logits) {
+                                              const absl::Status& status, const Tensor* logits) {
         absl::Status result = status;
         if (result.ok()) {
           result = EncodeTargets(*logits, response->contract(), &ThreadSoftmax(),
@@ -322,7 +322,7 @@ class TeacherService::TransferStream : public grpc::ServerWriteReactor<distill::
   int64_t examples_ = 0;
   distill::v1::SoftTargetContract contract_;
   distill::v1::TransferBatch message_;
-  Matrix logits_;
+  Tensor logits_;
 };
 
 grpc::ServerWriteReactor<distill::v1::TransferBatch>* TeacherService::StreamTransferSet(

@@ -13,7 +13,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
-#include "common/mlp.h"
+#include "common/nn/mlp.h"
 #include "distill/v1/teacher.grpc.pb.h"
 #include "teacher_server/auth.h"
 #include "teacher_server/dynamic_batcher.h"
@@ -73,7 +73,7 @@ class TeacherService final : public distill::v1::Teacher::CallbackService {
 
   // Validates a SoftTargetsRequest and decodes its inputs into `inputs`
   // (num_examples x input size, scaled). Public for tests and fuzzing.
-  absl::Status DecodeInputs(const distill::v1::SoftTargetsRequest& request, Matrix* inputs) const;
+  absl::Status DecodeInputs(const distill::v1::SoftTargetsRequest& request, Tensor* inputs) const;
 
   // Called by reactors when a call ends.
   void CallFinished(const char* method, const absl::Status& status, int64_t examples,

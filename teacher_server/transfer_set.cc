@@ -3,7 +3,7 @@
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
-#include "common/status_macros.h"
+#include "common/util/status_macros.h"
 
 namespace distillery {
 
@@ -13,8 +13,8 @@ absl::StatusOr<std::unique_ptr<TransferSet>> TransferSet::Create(Dataset data, M
                                                    " pixels, the teacher takes ",
                                                    teacher.input_size()));
   }
-  Matrix logits(data.num_examples, teacher.num_classes());
-  Matrix inputs;
+  Tensor logits(data.num_examples, teacher.num_classes());
+  Tensor inputs;
   std::vector<int64_t> ids;
   constexpr int64_t kBatch = 1000;
   for (int64_t begin = 0; begin < data.num_examples; begin += kBatch) {
@@ -22,7 +22,7 @@ absl::StatusOr<std::unique_ptr<TransferSet>> TransferSet::Create(Dataset data, M
     ids.resize(end - begin);
     std::iota(ids.begin(), ids.end(), begin);
     GatherBatch(data, ids, 0, nullptr, &inputs, nullptr);
-    const Matrix* batch_logits = nullptr;
+    const Tensor* batch_logits = nullptr;
     RETURN_IF_ERROR(teacher.Predict(inputs, &batch_logits));
     std::copy(batch_logits->data(), batch_logits->data() + batch_logits->size(), logits.row(begin));
   }

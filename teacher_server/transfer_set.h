@@ -15,9 +15,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "common/dataset.h"
-#include "common/matrix.h"
-#include "common/mlp.h"
+#include "common/data/dataset.h"
+#include "common/nn/mlp.h"
+#include "common/tensor/tensor.h"
 
 namespace distillery {
 
@@ -28,7 +28,7 @@ class TransferSet {
 
   const Dataset& data() const { return data_; }
   // size() x classes.
-  const Matrix& logits() const { return logits_; }
+  const Tensor& logits() const { return logits_; }
   int64_t size() const { return data_.num_examples; }
 
   // The example ids of shard `shard` of `num_shards` in `epoch`.
@@ -38,9 +38,9 @@ class TransferSet {
                                                      uint32_t num_shards) const;
 
  private:
-  TransferSet(Dataset data, Matrix logits) : data_(std::move(data)), logits_(std::move(logits)) {}
+  TransferSet(Dataset data, Tensor logits) : data_(std::move(data)), logits_(std::move(logits)) {}
   Dataset data_;
-  Matrix logits_;
+  Tensor logits_;
 };
 
 }  // namespace distillery

@@ -6,7 +6,7 @@
 #include <cstdlib>
 #include <fstream>
 
-#include "common/secret.h"
+#include "common/security/secret.h"
 #include "gtest/gtest.h"
 #include "tests/test_util.h"
 

@@ -1,6 +1,6 @@
 // Checkpoints: bit-exact round trips, atomic replacement, and refusal of
 // corrupt, truncated or inconsistent files with a DataLoss error.
-#include "common/checkpoint.h"
+#include "common/formats/checkpoint.h"
 
 #include <fstream>
 #include <iterator>

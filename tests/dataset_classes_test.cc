@@ -1,5 +1,5 @@
 // Dropping whole classes from a data set (the paper's "no 3s" transfer set).
-#include "common/dataset.h"
+#include "common/data/dataset.h"
 #include "gtest/gtest.h"
 
 namespace distillery {

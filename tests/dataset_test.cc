@@ -1,6 +1,6 @@
 // Tests of data set loading (synthetic IDX files and the real MNIST), slicing,
 // shuffling, image shifts and batch gathering.
-#include "common/dataset.h"
+#include "common/data/dataset.h"
 
 #include <zlib.h>
 
@@ -13,8 +13,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "common/idx.h"
-#include "common/matrix.h"
+#include "common/data/idx.h"
+#include "common/tensor/tensor.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -407,7 +407,7 @@ TEST(GatherBatchTest, ScalesPixelsAndGathersLabels) {
   data.image_cols = 3;
   data.pixels = {0, 255, 51, 1, 2, 3, 128, 64, 32};
   data.labels = {4, 5, 6};
-  Matrix inputs;
+  Tensor inputs;
   std::vector<int> labels = {9, 9, 9, 9, 9};
   std::vector<int> shifts;
   const std::vector<int64_t> indices = {2, 0, 2};
@@ -436,10 +436,10 @@ TEST(GatherBatchTest, NoShiftEqualsTheOriginalAndLeavesTheRngAlone) {
   const Dataset data = MakeDataset(8, 5, 5);
   std::mt19937_64 rng(123);
   const std::mt19937_64 before = rng;
-  Matrix inputs;
+  Tensor inputs;
   GatherBatch(data, std::vector<int64_t>{7, 3, 0}, /*max_shift=*/0, &rng, &inputs, nullptr);
   EXPECT_EQ(rng, before);
-  Matrix plain;
+  Tensor plain;
   GatherBatch(data, std::vector<int64_t>{7, 3, 0}, 0, nullptr, &plain, nullptr);
   EXPECT_EQ(inputs, plain);
   for (int p = 0; p < 25; ++p) EXPECT_EQ(inputs.at(0, p), data.image(7)[p] / 255.f);
@@ -450,7 +450,7 @@ TEST(GatherBatchTest, JitterFollowsTheDocumentedDrawsAndIsReproducible) {
   const std::vector<int64_t> indices = {0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5};
   constexpr int kMaxShift = 2;
   std::mt19937_64 rng(99);
-  Matrix inputs;
+  Tensor inputs;
   std::vector<int> shifts;
   GatherBatch(data, indices, kMaxShift, &rng, &inputs, nullptr, &shifts);
   ASSERT_EQ(shifts.size(), 2 * indices.size());
@@ -473,14 +473,14 @@ TEST(GatherBatchTest, JitterFollowsTheDocumentedDrawsAndIsReproducible) {
   EXPECT_EQ(rng, replay);
 
   std::mt19937_64 again(99);
-  Matrix inputs2;
+  Tensor inputs2;
   GatherBatch(data, indices, kMaxShift, &again, &inputs2, nullptr);
   EXPECT_EQ(inputs, inputs2);
 }
 
 TEST(GatherBatchDeathTest, OutOfRangeIndexAborts) {
   const Dataset data = MakeDataset(3, 2, 2);
-  Matrix inputs;
+  Tensor inputs;
   EXPECT_DEATH(GatherBatch(data, std::vector<int64_t>{3}, 0, nullptr, &inputs, nullptr),
                "index 3 outside");
 }

@@ -5,8 +5,8 @@
 #include <iterator>
 #include <thread>
 
-#include "common/checkpoint.h"
-#include "common/trainer.h"
+#include "common/formats/checkpoint.h"
+#include "common/train/trainer.h"
 #include "gtest/gtest.h"
 #include "tests/server_process.h"
 
@@ -69,8 +69,8 @@ class DistillationE2eTest : public testing::Test {
             "--metrics_csv=" + *dir_ + "/" + name + ".csv"};
   }
 
-  static std::vector<Matrix> Weights(const std::string& checkpoint_path) {
-    std::vector<Matrix> weights;
+  static std::vector<Tensor> Weights(const std::string& checkpoint_path) {
+    std::vector<Tensor> weights;
     auto checkpoint = LoadCheckpoint(checkpoint_path);
     EXPECT_TRUE(checkpoint.ok()) << checkpoint.status();
     if (!checkpoint.ok()) return weights;
@@ -124,7 +124,7 @@ TEST_F(DistillationE2eTest, TwoStudentsDistillAtOnce) {
 TEST_F(DistillationE2eTest, TeacherKilledAndRestartedMidRunChangesNothing) {
   const int port = PickFreePort();
   // The uninterrupted run.
-  std::vector<Matrix> reference;
+  std::vector<Tensor> reference;
   {
     ServerProcess teacher;
     ASSERT_TRUE(StartTeacher(&teacher, port));
@@ -156,7 +156,7 @@ TEST_F(DistillationE2eTest, TeacherKilledAndRestartedMidRunChangesNothing) {
   const std::string log = ReadFile(*dir_ + "/stormy.log");
   ASSERT_TRUE(ExitedZero(status)) << log;
   EXPECT_NE(log.find("retrying"), std::string::npos) << "the teacher was never missed:\n" << log;
-  const std::vector<Matrix> weights = Weights(checkpoint);
+  const std::vector<Tensor> weights = Weights(checkpoint);
   ASSERT_EQ(weights.size(), reference.size());
   for (size_t i = 0; i < weights.size(); ++i) EXPECT_EQ(weights[i], reference[i]) << "tensor " << i;
 }

@@ -1,6 +1,6 @@
 // Tests of the IDX reader and writer: round trips, plain and gzip, and every
 // refusal of a malformed file (status code and a message naming the file).
-#include "common/idx.h"
+#include "common/data/idx.h"
 
 #include <zlib.h>
 

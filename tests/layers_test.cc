@@ -2,10 +2,10 @@
 // semantics.
 #include <numeric>
 
-#include "common/dnnl_context.h"
-#include "common/dropout_layer.h"
-#include "common/linear_layer.h"
-#include "common/relu_layer.h"
+#include "common/nn/layers/dropout_layer.h"
+#include "common/nn/layers/linear_layer.h"
+#include "common/nn/layers/relu_layer.h"
+#include "common/tensor/dnnl_context.h"
 #include "tests/test_util.h"
 
 namespace distillery {
@@ -13,8 +13,8 @@ namespace {
 
 // The scalar loss sum(output .* weights) of a layer's forward pass; its
 // gradient with respect to the output is `weights`.
-double ProjectedOutput(Layer& layer, const Matrix& input, const Matrix& weights, bool training) {
-  Matrix output;
+double ProjectedOutput(Layer& layer, const Tensor& input, const Tensor& weights, bool training) {
+  Tensor output;
   EXPECT_TRUE(layer.Forward(input, training, &output).ok());
   double sum = 0;
   for (int64_t i = 0; i < output.size(); ++i) sum += double{output.data()[i]} * weights.data()[i];
@@ -29,11 +29,11 @@ TEST(LinearLayerTest, ForwardComputesAffineMap) {
   std::copy(w, w + 6, layer.weight().value.data());
   layer.bias().value.at(0, 0) = 0.5f;
   layer.bias().value.at(0, 1) = -0.5f;
-  Matrix input(1, 3);
+  Tensor input(1, 3);
   input.at(0, 0) = 1;
   input.at(0, 1) = 1;
   input.at(0, 2) = 2;
-  Matrix output;
+  Tensor output;
   ASSERT_TRUE(layer.Forward(input, false, &output).ok());
   ASSERT_EQ(output.rows(), 1);
   ASSERT_EQ(output.cols(), 2);
@@ -44,7 +44,7 @@ TEST(LinearLayerTest, ForwardComputesAffineMap) {
 TEST(LinearLayerTest, RejectsWrongInputWidth) {
   DnnlContext context;
   LinearLayer layer(0, 3, 2, false, &context);
-  Matrix input(4, 5), output;
+  Tensor input(4, 5), output;
   absl::Status s = layer.Forward(input, false, &output);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("5 features"), std::string::npos) << s;
@@ -55,12 +55,12 @@ TEST(LinearLayerTest, GradientsMatchFiniteDifferences) {
   LinearLayer layer(0, 7, 5, false, &context);
   layer.weight().value = RandomMatrix(5, 7, 1);
   layer.bias().value = RandomMatrix(1, 5, 2);
-  Matrix input = RandomMatrix(4, 7, 3);
-  const Matrix projection = RandomMatrix(4, 5, 4);
-  Matrix output, grad_input;
+  Tensor input = RandomMatrix(4, 7, 3);
+  const Tensor projection = RandomMatrix(4, 5, 4);
+  Tensor output, grad_input;
   ASSERT_TRUE(layer.Forward(input, true, &output).ok());
   ASSERT_TRUE(layer.Backward(input, output, projection, &grad_input).ok());
-  const Matrix grad_weight = layer.weight().grad, grad_bias = layer.bias().grad;
+  const Tensor grad_weight = layer.weight().grad, grad_bias = layer.bias().grad;
   auto loss = [&] { return ProjectedOutput(layer, input, projection, true); };
   ExpectGradientMatches(loss, &input, grad_input);
   ExpectGradientMatches(loss, &layer.weight().value, grad_weight);
@@ -71,10 +71,10 @@ TEST(LinearLayerTest, WorksAcrossBatchSizes) {
   DnnlContext context;
   LinearLayer layer(0, 4, 3, false, &context);
   layer.weight().value = RandomMatrix(3, 4, 5);
-  Matrix big = RandomMatrix(9, 4, 6), output;
+  Tensor big = RandomMatrix(9, 4, 6), output;
   ASSERT_TRUE(layer.Forward(big, false, &output).ok());
   const float first_row = output.at(0, 0);
-  Matrix small(1, 4);
+  Tensor small(1, 4);
   std::copy(big.row(0), big.row(0) + 4, small.data());
   ASSERT_TRUE(layer.Forward(small, false, &output).ok());
   EXPECT_EQ(output.rows(), 1);
@@ -84,18 +84,18 @@ TEST(LinearLayerTest, WorksAcrossBatchSizes) {
 TEST(ReluLayerTest, ForwardAndGradient) {
   DnnlContext context;
   ReluLayer layer(&context);
-  Matrix input = RandomMatrix(3, 6, 7);
+  Tensor input = RandomMatrix(3, 6, 7);
   // Keep inputs away from the kink at zero, where the derivative jumps.
   for (int64_t i = 0; i < input.size(); ++i) {
     float& v = input.data()[i];
     if (std::abs(v) < 0.1f) v = v < 0 ? -0.1f : 0.1f;
   }
-  Matrix output, grad_input;
+  Tensor output, grad_input;
   ASSERT_TRUE(layer.Forward(input, true, &output).ok());
   for (int64_t i = 0; i < input.size(); ++i) {
     EXPECT_FLOAT_EQ(output.data()[i], std::max(0.f, input.data()[i]));
   }
-  const Matrix projection = RandomMatrix(3, 6, 8);
+  const Tensor projection = RandomMatrix(3, 6, 8);
   ASSERT_TRUE(layer.Backward(input, output, projection, &grad_input).ok());
   auto loss = [&] { return ProjectedOutput(layer, input, projection, true); };
   ExpectGradientMatches(loss, &input, grad_input, 1e-3);
@@ -103,16 +103,16 @@ TEST(ReluLayerTest, ForwardAndGradient) {
 
 TEST(DropoutLayerTest, EvaluationIsIdentity) {
   DropoutLayer layer(0.5f, 42);
-  Matrix input = RandomMatrix(4, 10, 9), output;
+  Tensor input = RandomMatrix(4, 10, 9), output;
   ASSERT_TRUE(layer.Forward(input, false, &output).ok());
   EXPECT_EQ(output, input);
 }
 
 TEST(DropoutLayerTest, DropsAboutRateAndScalesSurvivors) {
   DropoutLayer layer(0.3f, 42);
-  Matrix input(100, 1000);
+  Tensor input(100, 1000);
   input.Fill(1.f);
-  Matrix output;
+  Tensor output;
   ASSERT_TRUE(layer.Forward(input, true, &output).ok());
   int64_t zeros = 0;
   for (int64_t i = 0; i < output.size(); ++i) {
@@ -127,9 +127,9 @@ TEST(DropoutLayerTest, DropsAboutRateAndScalesSurvivors) {
 
 TEST(DropoutLayerTest, MaskDependsOnStepAndIsReproducible) {
   DropoutLayer a(0.5f, 7), b(0.5f, 7);
-  Matrix input(8, 64);
+  Tensor input(8, 64);
   input.Fill(1.f);
-  Matrix out_a, out_b, out_c;
+  Tensor out_a, out_b, out_c;
   a.SetNoiseStep(3);
   b.SetNoiseStep(3);
   ASSERT_TRUE(a.Forward(input, true, &out_a).ok());
@@ -143,10 +143,10 @@ TEST(DropoutLayerTest, MaskDependsOnStepAndIsReproducible) {
 TEST(DropoutLayerTest, GradientMatchesFiniteDifferences) {
   DropoutLayer layer(0.4f, 11);
   layer.SetNoiseStep(5);
-  Matrix input = RandomMatrix(3, 20, 12);
-  Matrix output, grad_input;
+  Tensor input = RandomMatrix(3, 20, 12);
+  Tensor output, grad_input;
   ASSERT_TRUE(layer.Forward(input, true, &output).ok());
-  const Matrix projection = RandomMatrix(3, 20, 13);
+  const Tensor projection = RandomMatrix(3, 20, 13);
   ASSERT_TRUE(layer.Backward(input, output, projection, &grad_input).ok());
   // The mask is fixed by (seed, step), so the layer is linear in its input.
   auto loss = [&] { return ProjectedOutput(layer, input, projection, true); };

@@ -6,7 +6,7 @@
 
 #include <thread>
 
-#include "common/checkpoint.h"
+#include "common/formats/checkpoint.h"
 #include "distill/v1/teacher.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"

@@ -17,7 +17,7 @@
 #include <sstream>
 #include <thread>
 
-#include "common/checkpoint.h"
+#include "common/formats/checkpoint.h"
 #include "gtest/gtest.h"
 #include "tests/server_process.h"
 

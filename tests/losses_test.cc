@@ -1,10 +1,10 @@
 // Softmax at a temperature, and gradient checks of both losses at several
 // temperatures, including the closed form of the distillation gradient.
-#include "common/losses.h"
+#include "common/nn/losses.h"
 
 #include <numeric>
 
-#include "common/softmax.h"
+#include "common/nn/softmax.h"
 #include "tests/test_util.h"
 
 namespace distillery {
@@ -22,10 +22,10 @@ int64_t Argmax(const float* p, int64_t k) { return std::max_element(p, p + k) - 
 
 TEST(TemperatureSoftmaxTest, RowsSumToOneAndFlattenAsTemperatureGrows) {
   TemperatureSoftmax softmax;
-  const Matrix logits = RandomMatrix(6, 10, 1, 8.f);
-  Matrix previous;
+  const Tensor logits = RandomMatrix(6, 10, 1, 8.f);
+  Tensor previous;
   for (float t : {0.5f, 1.f, 2.f, 5.f, 20.f, 100.f}) {
-    Matrix probs, log_probs;
+    Tensor probs, log_probs;
     ASSERT_TRUE(softmax.Compute(logits, t, &probs, &log_probs).ok());
     for (int64_t n = 0; n < probs.rows(); ++n) {
       const float* p = probs.row(n);
@@ -46,11 +46,11 @@ TEST(TemperatureSoftmaxTest, RowsSumToOneAndFlattenAsTemperatureGrows) {
 
 TEST(TemperatureSoftmaxTest, MatchesTheFormula) {
   TemperatureSoftmax softmax;
-  Matrix logits(1, 3);
+  Tensor logits(1, 3);
   logits.at(0, 0) = 1;
   logits.at(0, 1) = 2;
   logits.at(0, 2) = 4;
-  Matrix probs;
+  Tensor probs;
   ASSERT_TRUE(softmax.Compute(logits, 2.f, &probs).ok());
   const double z = std::exp(0.5) + std::exp(1.0) + std::exp(2.0);
   // oneDNN's exp is accurate to a few ulp.
@@ -60,10 +60,10 @@ TEST(TemperatureSoftmaxTest, MatchesTheFormula) {
 
 TEST(TemperatureSoftmaxTest, StaysFiniteForHugeLogits) {
   TemperatureSoftmax softmax;
-  Matrix logits(1, 2);
+  Tensor logits(1, 2);
   logits.at(0, 0) = 1e4f;
   logits.at(0, 1) = -1e4f;
-  Matrix probs, log_probs;
+  Tensor probs, log_probs;
   ASSERT_TRUE(softmax.Compute(logits, 1.f, &probs, &log_probs).ok());
   EXPECT_NEAR(probs.at(0, 0), 1.f, 1e-5);
   EXPECT_TRUE(std::isfinite(log_probs.at(0, 1)));
@@ -71,7 +71,7 @@ TEST(TemperatureSoftmaxTest, StaysFiniteForHugeLogits) {
 
 TEST(TemperatureSoftmaxTest, RejectsBadTemperatures) {
   TemperatureSoftmax softmax;
-  Matrix logits = RandomMatrix(2, 3, 2), probs;
+  Tensor logits = RandomMatrix(2, 3, 2), probs;
   for (float t : {0.f, -1.f, std::nanf(""), INFINITY}) {
     EXPECT_EQ(softmax.Compute(logits, t, &probs).code(), absl::StatusCode::kInvalidArgument);
   }
@@ -80,12 +80,12 @@ TEST(TemperatureSoftmaxTest, RejectsBadTemperatures) {
 TEST(CrossEntropyLossTest, GradientMatchesFiniteDifferencesAtSeveralTemperatures) {
   for (float t : kTemperatures) {
     CrossEntropyLoss loss;
-    Matrix logits = RandomMatrix(4, 10, 3, 3.f);
+    Tensor logits = RandomMatrix(4, 10, 3, 3.f);
     const std::vector<int> labels = {3, 0, 9, 3};
-    Matrix grad;
+    Tensor grad;
     ASSERT_TRUE(loss.Compute(logits, labels, t, &grad).ok());
     auto value = [&] {
-      Matrix unused;
+      Tensor unused;
       return *loss.Compute(logits, labels, t, &unused);
     };
     SCOPED_TRACE(testing::Message() << "T=" << t);
@@ -95,8 +95,8 @@ TEST(CrossEntropyLossTest, GradientMatchesFiniteDifferencesAtSeveralTemperatures
 
 TEST(CrossEntropyLossTest, ValueIsNegativeLogLikelihood) {
   CrossEntropyLoss loss;
-  Matrix logits(1, 2);  // zeros: p = (0.5, 0.5)
-  Matrix grad;
+  Tensor logits(1, 2);  // zeros: p = (0.5, 0.5)
+  Tensor grad;
   absl::StatusOr<double> value = loss.Compute(logits, std::vector<int>{1}, 1.f, &grad);
   ASSERT_TRUE(value.ok());
   EXPECT_NEAR(*value, std::log(2.0), 1e-5);
@@ -105,7 +105,7 @@ TEST(CrossEntropyLossTest, ValueIsNegativeLogLikelihood) {
 
 TEST(CrossEntropyLossTest, RejectsBadLabels) {
   CrossEntropyLoss loss;
-  Matrix logits = RandomMatrix(2, 3, 4), grad;
+  Tensor logits = RandomMatrix(2, 3, 4), grad;
   EXPECT_EQ(loss.Compute(logits, std::vector<int>{0, 3}, 1.f, &grad).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(loss.Compute(logits, std::vector<int>{0}, 1.f, &grad).status().code(),
@@ -113,9 +113,9 @@ TEST(CrossEntropyLossTest, RejectsBadLabels) {
 }
 
 // Soft targets: a softmax of other random logits at temperature t.
-Matrix SoftTargets(int64_t rows, int64_t cols, uint64_t seed, float t) {
+Tensor SoftTargets(int64_t rows, int64_t cols, uint64_t seed, float t) {
   TemperatureSoftmax softmax;
-  Matrix probs;
+  Tensor probs;
   EXPECT_TRUE(softmax.Compute(RandomMatrix(rows, cols, seed, 5.f), t, &probs).ok());
   return probs;
 }
@@ -123,7 +123,7 @@ Matrix SoftTargets(int64_t rows, int64_t cols, uint64_t seed, float t) {
 // The distillation loss written out in double precision, straight from its
 // formula, as the reference for the finite differences: float rounding in
 // T^2-scaled values would otherwise swamp the differences at high T.
-double ReferenceDistillationLoss(const Matrix& logits, const Matrix& q,
+double ReferenceDistillationLoss(const Tensor& logits, const Tensor& q,
                                  const std::vector<int>& labels, double t, double alpha) {
   const int64_t n_rows = logits.rows(), k = logits.cols();
   double soft = 0, hard = 0;
@@ -151,11 +151,11 @@ TEST(DistillationLossTest, GradientMatchesFiniteDifferencesAtSeveralTemperatures
   for (float t : kTemperatures) {
     for (bool with_labels : {false, true}) {
       DistillationLoss loss;
-      Matrix logits = RandomMatrix(4, 10, 5, 3.f);
-      const Matrix q = SoftTargets(4, 10, 6, t);
+      Tensor logits = RandomMatrix(4, 10, 5, 3.f);
+      const Tensor q = SoftTargets(4, 10, 6, t);
       std::vector<int> labels;
       if (with_labels) labels = {1, 2, 3, 4};
-      Matrix grad;
+      Tensor grad;
       absl::StatusOr<DistillationLoss::Terms> terms =
           loss.Compute(logits, q, labels, t, 0.7f, &grad);
       ASSERT_TRUE(terms.ok());
@@ -165,8 +165,8 @@ TEST(DistillationLossTest, GradientMatchesFiniteDifferencesAtSeveralTemperatures
       // time (the perturbation is applied to a double copy).
       for (int64_t i = 0; i < logits.size(); ++i) {
         const double h = 1e-3;
-        Matrix plus = logits, minus = logits;
-        // Matrix holds floats; perturb by an exactly representable step.
+        Tensor plus = logits, minus = logits;
+        // Tensor holds floats; perturb by an exactly representable step.
         plus.data()[i] += static_cast<float>(h);
         minus.data()[i] -= static_cast<float>(h);
         const double actual_step = double{plus.data()[i]} - double{minus.data()[i]};
@@ -184,9 +184,9 @@ TEST(DistillationLossTest, GradientHasTheClosedForm) {
   // With no hard term, dL/dz = alpha T (p - q) / N exactly.
   for (float t : kTemperatures) {
     DistillationLoss loss;
-    const Matrix logits = RandomMatrix(5, 10, 7, 4.f);
-    const Matrix q = SoftTargets(5, 10, 8, t);
-    Matrix grad, p;
+    const Tensor logits = RandomMatrix(5, 10, 7, 4.f);
+    const Tensor q = SoftTargets(5, 10, 8, t);
+    Tensor grad, p;
     ASSERT_TRUE(loss.Compute(logits, q, {}, t, 1.f, &grad).ok());
     TemperatureSoftmax softmax;
     ASSERT_TRUE(softmax.Compute(logits, t, &p).ok());
@@ -198,7 +198,7 @@ TEST(DistillationLossTest, GradientHasTheClosedForm) {
     const float alpha = 0.6f;
     const std::vector<int> labels = {0, 1, 2, 3, 4};
     ASSERT_TRUE(loss.Compute(logits, q, labels, t, alpha, &grad).ok());
-    Matrix p1;
+    Tensor p1;
     ASSERT_TRUE(softmax.Compute(logits, 1.f, &p1).ok());
     for (int64_t n = 0; n < 5; ++n) {
       for (int64_t j = 0; j < 10; ++j) {
@@ -212,9 +212,9 @@ TEST(DistillationLossTest, GradientHasTheClosedForm) {
 
 TEST(DistillationLossTest, ValueCarriesTheTSquaredFactor) {
   DistillationLoss loss;
-  const Matrix logits = RandomMatrix(3, 10, 9);
-  const Matrix q = SoftTargets(3, 10, 10, 4.f);
-  Matrix grad;
+  const Tensor logits = RandomMatrix(3, 10, 9);
+  const Tensor q = SoftTargets(3, 10, 10, 4.f);
+  Tensor grad;
   absl::StatusOr<DistillationLoss::Terms> terms = loss.Compute(logits, q, {}, 4.f, 0.5f, &grad);
   ASSERT_TRUE(terms.ok());
   // Without labels alpha counts as 1.
@@ -224,13 +224,13 @@ TEST(DistillationLossTest, ValueCarriesTheTSquaredFactor) {
 
 TEST(DistillationLossTest, RejectsInvalidSoftTargets) {
   DistillationLoss loss;
-  const Matrix logits = RandomMatrix(2, 3, 11);
-  Matrix grad;
-  Matrix not_normalised(2, 3);
+  const Tensor logits = RandomMatrix(2, 3, 11);
+  Tensor grad;
+  Tensor not_normalised(2, 3);
   not_normalised.Fill(0.5f);
   EXPECT_EQ(loss.Compute(logits, not_normalised, {}, 2.f, 1.f, &grad).status().code(),
             absl::StatusCode::kInvalidArgument);
-  Matrix with_nan = SoftTargets(2, 3, 12, 1.f);
+  Tensor with_nan = SoftTargets(2, 3, 12, 1.f);
   with_nan.at(1, 1) = std::nanf("");
   EXPECT_EQ(loss.Compute(logits, with_nan, {}, 2.f, 1.f, &grad).status().code(),
             absl::StatusCode::kInvalidArgument);

@@ -1,8 +1,8 @@
 // The network as a whole: architecture parsing, seeded initialisation, and a
 // finite-difference check of back-propagation through every layer type.
-#include "common/mlp.h"
+#include "common/nn/mlp.h"
 
-#include "common/losses.h"
+#include "common/nn/losses.h"
 #include "tests/test_util.h"
 
 namespace distillery {
@@ -23,14 +23,14 @@ TEST(MlpTest, SameSeedSameWeightsWithinTheInitRange) {
   auto a = *Mlp::Create(spec, 9), b = *Mlp::Create(spec, 9), c = *Mlp::Create(spec, 10);
   EXPECT_EQ(a->Parameters()[0]->value, b->Parameters()[0]->value);
   EXPECT_FALSE(a->Parameters()[0]->value == c->Parameters()[0]->value);
-  const Matrix& w = a->Parameters()[0]->value;
+  const Tensor& w = a->Parameters()[0]->value;
   for (int64_t i = 0; i < w.size(); ++i) EXPECT_LE(std::abs(w.data()[i]), 0.25f);  // 1/sqrt(16)
 }
 
 TEST(MlpTest, RejectsInputOfTheWrongWidth) {
   auto mlp = *Mlp::Create(*MlpSpec::Parse("16-8-4"), 1);
-  Matrix input(2, 15);
-  const Matrix* logits = nullptr;
+  Tensor input(2, 15);
+  const Tensor* logits = nullptr;
   EXPECT_EQ(mlp->Predict(input, &logits).code(), absl::StatusCode::kInvalidArgument);
 }
 
@@ -42,21 +42,21 @@ TEST(MlpTest, BackpropagationMatchesFiniteDifferences) {
   spec.input_dropout = 0.2f;
   spec.hidden_dropout = 0.3f;
   auto mlp = *Mlp::Create(spec, 21);
-  const Matrix input = RandomMatrix(4, 6, 22);
+  const Tensor input = RandomMatrix(4, 6, 22);
   const std::vector<int> labels = {0, 2, 1, 2};
   CrossEntropyLoss loss;
   auto value = [&] {
-    const Matrix* logits = nullptr;
+    const Tensor* logits = nullptr;
     EXPECT_TRUE(mlp->Forward(input, true, 77, &logits).ok());
-    Matrix unused;
+    Tensor unused;
     return *loss.Compute(*logits, labels, 1.f, &unused);
   };
-  const Matrix* logits = nullptr;
+  const Tensor* logits = nullptr;
   ASSERT_TRUE(mlp->Forward(input, true, 77, &logits).ok());
-  Matrix grad_logits;
+  Tensor grad_logits;
   ASSERT_TRUE(loss.Compute(*logits, labels, 1.f, &grad_logits).ok());
   ASSERT_TRUE(mlp->Backward(grad_logits).ok());
-  std::vector<Matrix> grads;
+  std::vector<Tensor> grads;
   for (Parameter* p : mlp->Parameters()) grads.push_back(p->grad);
   std::vector<Parameter*> params = mlp->Parameters();
   for (size_t i = 0; i < params.size(); ++i) {
@@ -69,8 +69,8 @@ TEST(MlpTest, BackpropagationMatchesFiniteDifferences) {
 TEST(MlpTest, CloneHasTheSameOutputs) {
   auto mlp = *Mlp::Create(*MlpSpec::Parse("10-6-3"), 5);
   auto copy = *mlp->Clone();
-  const Matrix input = RandomMatrix(3, 10, 6);
-  const Matrix *a = nullptr, *b = nullptr;
+  const Tensor input = RandomMatrix(3, 10, 6);
+  const Tensor *a = nullptr, *b = nullptr;
   ASSERT_TRUE(mlp->Predict(input, &a).ok());
   ASSERT_TRUE(copy->Predict(input, &b).ok());
   EXPECT_EQ(*a, *b);

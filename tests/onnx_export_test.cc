@@ -3,7 +3,7 @@
 // graph interpreted here against the C++ forward pass, and clear errors for
 // unsupported or inconsistent checkpoints. tests/python/onnx_runtime_test.py
 // runs an exported model in ONNX Runtime.
-#include "common/onnx_export.h"
+#include "common/formats/onnx_export.h"
 
 #include <unistd.h>
 
@@ -14,7 +14,7 @@
 #include <map>
 #include <set>
 
-#include "common/checkpoint.h"
+#include "common/formats/checkpoint.h"
 #include "gmock/gmock.h"
 #include "tests/test_util.h"
 
@@ -226,13 +226,13 @@ TEST(OnnxExportTest, GraphComputesTheForwardPassOnRawPixels) {
   std::unique_ptr<Mlp> mlp = *MlpFromCheckpoint(checkpoint);
   constexpr int kBatch = 9;
   Value pixels{kBatch, 12, {}};
-  Matrix scaled(kBatch, 12);
+  Tensor scaled(kBatch, 12);
   for (int64_t i = 0; i < scaled.size(); ++i) {
     const int raw = static_cast<int>((i * 37 + 11) % 256);
     pixels.data.push_back(raw);
     scaled.data()[i] = static_cast<float>(raw) / 255.f;
   }
-  const Matrix* logits = nullptr;
+  const Tensor* logits = nullptr;
   ASSERT_TRUE(mlp->Predict(scaled, &logits).ok());
   for (const bool softmax : {false, true}) {
     OnnxExportOptions options;

@@ -1,12 +1,12 @@
 // Optimizer updates against their formulas, max-norm, and the schedules.
-#include "common/optimizer.h"
+#include "common/nn/optimizer.h"
 
 #include "tests/test_util.h"
 
 namespace distillery {
 namespace {
 
-Parameter MakeParameter(const std::string& name, Matrix value, Matrix grad, bool max_norm) {
+Parameter MakeParameter(const std::string& name, Tensor value, Tensor grad, bool max_norm) {
   Parameter p;
   p.name = name;
   p.value = std::move(value);
@@ -20,7 +20,7 @@ TEST(SgdTest, MomentumUpdateFollowsTheFormula) {
   config.momentum_start = config.momentum_end = 0.9f;
   auto sgd = MakeSgd(config);
   Parameter p = MakeParameter("w", RandomMatrix(2, 3, 1), RandomMatrix(2, 3, 2), false);
-  const Matrix w0 = p.value, g = p.grad;
+  const Tensor w0 = p.value, g = p.grad;
   sgd->Step({&p}, 0.1f, 0);  // d1 = -0.1 g
   sgd->Step({&p}, 0.1f, 1);  // d2 = 0.9 d1 - 0.1 g
   for (int64_t i = 0; i < w0.size(); ++i) {
@@ -36,7 +36,7 @@ TEST(SgdTest, DampenedFormScalesTheStepByOneMinusMomentum) {
   config.momentum_start = config.momentum_end = 0.5f;
   config.dampened = true;
   auto sgd = MakeSgd(config);
-  Parameter p = MakeParameter("w", Matrix(1, 1), Matrix(1, 1), false);
+  Parameter p = MakeParameter("w", Tensor(1, 1), Tensor(1, 1), false);
   p.grad.at(0, 0) = 2.f;
   sgd->Step({&p}, 1.f, 0);
   EXPECT_FLOAT_EQ(p.value.at(0, 0), -(1.f - 0.5f) * 1.f * 2.f);
@@ -57,13 +57,13 @@ TEST(SgdTest, MaxNormClipsOnlyFlaggedLongRows) {
   SgdConfig config;
   config.max_norm = 1.f;
   auto sgd = MakeSgd(config);
-  Matrix w(2, 2);
+  Tensor w(2, 2);
   w.at(0, 0) = 3.f;  // norm 5 -> clipped to 1
   w.at(0, 1) = 4.f;
   w.at(1, 0) = 0.3f;  // norm 0.5 -> untouched
   w.at(1, 1) = 0.4f;
-  Parameter hidden = MakeParameter("hidden", w, Matrix(2, 2), true);
-  Parameter output = MakeParameter("output", w, Matrix(2, 2), false);
+  Parameter hidden = MakeParameter("hidden", w, Tensor(2, 2), true);
+  Parameter output = MakeParameter("output", w, Tensor(2, 2), false);
   sgd->Step({&hidden, &output}, 0.1f, 0);
   EXPECT_NEAR(hidden.value.at(0, 0), 0.6f, 1e-6);
   EXPECT_NEAR(hidden.value.at(0, 1), 0.8f, 1e-6);
@@ -73,7 +73,7 @@ TEST(SgdTest, MaxNormClipsOnlyFlaggedLongRows) {
 
 TEST(AdamTest, FirstStepMovesEachWeightByTheLearningRate) {
   auto adam = MakeAdam(AdamConfig{});
-  Parameter p = MakeParameter("w", Matrix(1, 3), Matrix(1, 3), false);
+  Parameter p = MakeParameter("w", Tensor(1, 3), Tensor(1, 3), false);
   p.grad.at(0, 0) = 5.f;
   p.grad.at(0, 1) = -0.01f;
   p.grad.at(0, 2) = 0.f;
@@ -87,7 +87,7 @@ TEST(AdamTest, FirstStepMovesEachWeightByTheLearningRate) {
 
 TEST(AdamTest, MinimisesAQuadratic) {
   auto adam = MakeAdam(AdamConfig{});
-  Parameter p = MakeParameter("w", RandomMatrix(1, 4, 3, 5.f), Matrix(1, 4), false);
+  Parameter p = MakeParameter("w", RandomMatrix(1, 4, 3, 5.f), Tensor(1, 4), false);
   for (int step = 0; step < 2000; ++step) {
     for (int i = 0; i < 4; ++i) p.grad.data()[i] = 2.f * (p.value.data()[i] - 1.f);
     adam->Step({&p}, 0.05f, step);
@@ -102,7 +102,7 @@ TEST(OptimizerTest, RestoredStateContinuesIdentically) {
   a->Step({&pa}, 0.1f, 0);
   auto b = MakeSgd(config);
   Parameter pb = pa;
-  std::map<std::string, Matrix> state;
+  std::map<std::string, Tensor> state;
   for (auto& [name, m] : a->State()) state[name] = *m;
   b->RestoreState(state);
   a->Step({&pa}, 0.1f, 1);

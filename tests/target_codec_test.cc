@@ -1,5 +1,5 @@
 // fp16 conversion and the soft-target encodings round trip.
-#include "common/target_codec.h"
+#include "common/formats/target_codec.h"
 
 #include <cmath>
 
@@ -34,16 +34,16 @@ distill::v1::SoftTargetContract Contract(distill::v1::Representation representat
 }
 
 TEST(TargetCodecTest, EveryEncodingDecodesToTheSameProbabilities) {
-  const Matrix logits = RandomMatrix(5, 10, 1, 6.f);
+  const Tensor logits = RandomMatrix(5, 10, 1, 6.f);
   TemperatureSoftmax softmax;
-  Matrix reference;
+  Tensor reference;
   ASSERT_TRUE(softmax.Compute(logits, 2.5f, &reference).ok());
   for (auto representation : {distill::v1::PROBABILITIES, distill::v1::LOGITS}) {
     for (auto dtype : {distill::v1::FLOAT32, distill::v1::FLOAT16}) {
       const auto contract = Contract(representation, dtype, 0, 2.5f);
       distill::v1::Targets targets;
       ASSERT_TRUE(EncodeTargets(logits, contract, &softmax, &targets).ok());
-      Matrix decoded;
+      Tensor decoded;
       ASSERT_TRUE(DecodeTargets(targets, contract, &softmax, &decoded).ok());
       for (int64_t i = 0; i < reference.size(); ++i) {
         EXPECT_NEAR(decoded.data()[i], reference.data()[i], 5e-3 * reference.data()[i] + 1e-6)
@@ -54,15 +54,15 @@ TEST(TargetCodecTest, EveryEncodingDecodesToTheSameProbabilities) {
 }
 
 TEST(TargetCodecTest, TopKKeepsTheLargestAndSpreadsTheRest) {
-  const Matrix logits = RandomMatrix(3, 10, 2, 6.f);
+  const Tensor logits = RandomMatrix(3, 10, 2, 6.f);
   TemperatureSoftmax softmax;
-  Matrix reference;
+  Tensor reference;
   ASSERT_TRUE(softmax.Compute(logits, 1.f, &reference).ok());
   const auto contract = Contract(distill::v1::PROBABILITIES, distill::v1::FLOAT32, 4, 1.f);
   distill::v1::Targets targets;
   ASSERT_TRUE(EncodeTargets(logits, contract, &softmax, &targets).ok());
   EXPECT_EQ(targets.width(), 4u);
-  Matrix decoded;
+  Tensor decoded;
   ASSERT_TRUE(DecodeTargets(targets, contract, &softmax, &decoded).ok());
   for (int64_t n = 0; n < 3; ++n) {
     double sum = 0;
@@ -94,7 +94,7 @@ TEST(TargetCodecTest, InconsistentBlocksAreDataLoss) {
   targets.set_num_examples(2);
   targets.set_width(10);
   for (int i = 0; i < 19; ++i) targets.add_values(0.1f);
-  Matrix decoded;
+  Tensor decoded;
   EXPECT_EQ(DecodeTargets(targets, contract, &softmax, &decoded).code(),
             absl::StatusCode::kDataLoss);
   targets.add_values(std::nanf(""));
@@ -115,7 +115,7 @@ TEST(TargetCodecTest, HugeSizesAreDataLossWithoutAllocating) {
     targets.set_width(0xFFFFFFFFu);
     targets.add_values(1.f);
     targets.set_values_f16(std::string(2, '\0'));
-    Matrix decoded;
+    Tensor decoded;
     const absl::Status status = DecodeTargets(targets, contract, &softmax, &decoded);
     EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;
   }
@@ -130,7 +130,7 @@ TEST(TargetCodecTest, LogitsThatOverflowAtATinyTemperatureAreDataLoss) {
   targets.set_num_examples(1);
   targets.set_width(10);
   for (int i = 0; i < 10; ++i) targets.add_values(static_cast<float>(i));
-  Matrix decoded;
+  Tensor decoded;
   const absl::Status status = DecodeTargets(targets, contract, &softmax, &decoded);
   EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;
 }
@@ -139,7 +139,7 @@ TEST(TargetCodecTest, EncodingAtATemperatureTooSmallForTheLogitsIsInvalidArgumen
   // A teacher asked for probabilities at T = 6e-39 must refuse rather than
   // send NaN (which a student refuses) or top-k-sort NaN.
   TemperatureSoftmax softmax;
-  Matrix logits(1, 10);
+  Tensor logits(1, 10);
   for (int i = 0; i < 10; ++i) logits.data()[i] = static_cast<float>(i);
   for (uint32_t top_k : {0u, 3u}) {
     const auto contract = Contract(distill::v1::PROBABILITIES, distill::v1::FLOAT32, top_k, 6e-39f);

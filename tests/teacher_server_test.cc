@@ -6,10 +6,10 @@
 #include <set>
 #include <thread>
 
-#include "common/checkpoint.h"
-#include "common/softmax.h"
-#include "common/target_codec.h"
-#include "common/trainer.h"
+#include "common/formats/checkpoint.h"
+#include "common/formats/target_codec.h"
+#include "common/nn/softmax.h"
+#include "common/train/trainer.h"
 #include "distill/v1/teacher.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
@@ -76,22 +76,22 @@ class TeacherServerTest : public testing::Test {
   }
 
   // The teacher's own softmax(z / T) for test images [begin, begin + n).
-  static Matrix LocalProbabilities(int64_t begin, int64_t n, float t) {
+  static Tensor LocalProbabilities(int64_t begin, int64_t n, float t) {
     std::vector<int64_t> ids(n);
     std::iota(ids.begin(), ids.end(), begin);
-    Matrix inputs;
+    Tensor inputs;
     GatherBatch(*test_, ids, 0, nullptr, &inputs, nullptr);
-    const Matrix* logits = nullptr;
+    const Tensor* logits = nullptr;
     EXPECT_TRUE(teacher_->Predict(inputs, &logits).ok());
     TemperatureSoftmax softmax;
-    Matrix probs;
+    Tensor probs;
     EXPECT_TRUE(softmax.Compute(*logits, t, &probs).ok());
     return probs;
   }
 
-  static Matrix Decode(const SoftTargetsResponse& response) {
+  static Tensor Decode(const SoftTargetsResponse& response) {
     TemperatureSoftmax softmax;
-    Matrix probs;
+    Tensor probs;
     EXPECT_TRUE(DecodeTargets(response.targets(), response.contract(), &softmax, &probs).ok());
     return probs;
   }
@@ -138,8 +138,8 @@ TEST_F(TeacherServerTest, SoftTargetsMatchTheTeachersForwardPassAndFlattenWithT)
     EXPECT_FLOAT_EQ(response.contract().temperature(), t);
     EXPECT_EQ(response.contract().teacher_hash(), WeightsFingerprint(*teacher_));
     EXPECT_EQ(response.contract().representation(), distill::v1::PROBABILITIES);
-    const Matrix served = Decode(response);
-    const Matrix local = LocalProbabilities(10, 64, t);
+    const Tensor served = Decode(response);
+    const Tensor local = LocalProbabilities(10, 64, t);
     ASSERT_EQ(served.rows(), 64);
     double h = 0;
     for (int64_t n = 0; n < 64; ++n) {
@@ -164,7 +164,7 @@ TEST_F(TeacherServerTest, DefaultTemperatureAndFloatInputs) {
   SoftTargetsResponse response;
   ASSERT_TRUE(Call(request, &response).ok());
   EXPECT_FLOAT_EQ(response.contract().temperature(), 3.f);
-  const Matrix served = Decode(response), local = LocalProbabilities(0, 3, 3.f);
+  const Tensor served = Decode(response), local = LocalProbabilities(0, 3, 3.f);
   for (int64_t i = 0; i < served.size(); ++i) EXPECT_NEAR(served.data()[i], local.data()[i], 1e-6);
 }
 
@@ -173,14 +173,14 @@ TEST_F(TeacherServerTest, LogitsTopKAndFp16AgreeWithFullFp32) {
   base.mutable_options()->set_temperature(4.f);
   SoftTargetsResponse full;
   ASSERT_TRUE(Call(base, &full).ok());
-  const Matrix reference = Decode(full);
+  const Tensor reference = Decode(full);
 
   SoftTargetsRequest logits_request = base;
   logits_request.mutable_options()->set_representation(distill::v1::LOGITS);
   SoftTargetsResponse logits;
   ASSERT_TRUE(Call(logits_request, &logits).ok());
   EXPECT_EQ(logits.contract().representation(), distill::v1::LOGITS);
-  const Matrix from_logits = Decode(logits);
+  const Tensor from_logits = Decode(logits);
   for (int64_t i = 0; i < reference.size(); ++i) {
     EXPECT_NEAR(from_logits.data()[i], reference.data()[i], 1e-6);
   }
@@ -191,7 +191,7 @@ TEST_F(TeacherServerTest, LogitsTopKAndFp16AgreeWithFullFp32) {
   ASSERT_TRUE(Call(half_request, &half).ok());
   EXPECT_EQ(half.targets().values_size(), 0);
   EXPECT_EQ(half.targets().values_f16().size(), 32u * 10 * 2);
-  const Matrix from_half = Decode(half);
+  const Tensor from_half = Decode(half);
   for (int64_t i = 0; i < reference.size(); ++i) {
     // binary16 keeps 11 significant bits: relative error <= 2^-11.
     EXPECT_NEAR(from_half.data()[i], reference.data()[i], reference.data()[i] * 1e-3 + 1e-7);

@@ -10,7 +10,7 @@
 #include <random>
 #include <string>
 
-#include "common/matrix.h"
+#include "common/tensor/tensor.h"
 #include "gtest/gtest.h"
 
 namespace distillery {
@@ -22,10 +22,10 @@ inline std::string UniqueTempPath(const std::string& name) {
 }
 
 // A rows x cols matrix of uniform values in [-scale, scale].
-inline Matrix RandomMatrix(int64_t rows, int64_t cols, uint64_t seed, float scale = 1.f) {
+inline Tensor RandomMatrix(int64_t rows, int64_t cols, uint64_t seed, float scale = 1.f) {
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<float> uniform(-scale, scale);
-  Matrix m(rows, cols);
+  Tensor m(rows, cols);
   for (int64_t i = 0; i < m.size(); ++i) m.data()[i] = uniform(rng);
   return m;
 }
@@ -38,8 +38,8 @@ inline Matrix RandomMatrix(int64_t rows, int64_t cols, uint64_t seed, float scal
 // With `skip_kinks`, an element where the one-sided differences disagree
 // (a ReLU switching inside the step: the function is not differentiable
 // there) is skipped; at most a quarter of the elements may be.
-inline void ExpectGradientMatches(const std::function<double()>& loss, Matrix* x,
-                                  const Matrix& analytic, double step = 1e-2,
+inline void ExpectGradientMatches(const std::function<double()>& loss, Tensor* x,
+                                  const Tensor& analytic, double step = 1e-2,
                                   double tolerance = 2e-2, double floor = 1e-3,
                                   bool skip_kinks = false) {
   ASSERT_EQ(x->rows(), analytic.rows());

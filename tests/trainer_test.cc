@@ -1,11 +1,11 @@
 // The training loop on real MNIST data: it learns, it resumes exactly, it
 // distills from an in-process teacher, and it refuses bad set-ups clearly.
-#include "common/trainer.h"
+#include "common/train/trainer.h"
 
 #include <cstdio>
 #include <fstream>
 
-#include "common/checkpoint.h"
+#include "common/formats/checkpoint.h"
 #include "gtest/gtest.h"
 #include "tests/test_util.h"
 

@@ -9,8 +9,8 @@
 #include <future>
 #include <iterator>
 
-#include "common/checkpoint.h"
-#include "common/trainer.h"
+#include "common/formats/checkpoint.h"
+#include "common/train/trainer.h"
 #include "distill/v1/teacher.grpc.pb.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"

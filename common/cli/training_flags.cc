@@ -1,0 +1,142 @@
+#include "common/cli/training_flags.h"
+
+#include <chrono>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/tensor/dnnl_context.h"
+#include "common/util/status_macros.h"
+#include "spdlog/spdlog.h"
+
+ABSL_FLAG(std::string, data_dir, "/usr/share/datasets/fashion-mnist",
+          "MNIST-format directory (train-images-idx3-ubyte[.gz] etc.); the default is Debian's "
+          "dataset-fashion-mnist");
+ABSL_FLAG(std::string, train_range, "",
+          "Training examples to use, as begin:end (end exclusive); empty = the whole training "
+          "set. Splits the training set between the teacher and the transfer set.");
+ABSL_FLAG(std::string, architecture, "784-800-800-10", "Units per layer, input first");
+ABSL_FLAG(double, input_dropout, 0.0, "Dropout rate on the input units");
+ABSL_FLAG(double, hidden_dropout, 0.0, "Dropout rate after each hidden layer");
+ABSL_FLAG(double, max_norm, 0.0, "Max L2 norm of each hidden unit's incoming weights (0 = off)");
+ABSL_FLAG(int32_t, jitter, 0, "Shift each training image by up to this many pixels (0 = off)");
+ABSL_FLAG(double, temperature, 1.0, "Training temperature T of the hard-label loss softmax(z/T)");
+ABSL_FLAG(int64_t, epochs, 30, "Passes over the training data");
+ABSL_FLAG(int64_t, batch_size, 128, "Examples per update");
+ABSL_FLAG(std::string, optimizer, "sgd", "sgd or adam");
+ABSL_FLAG(double, lr, 0.1, "Peak learning rate");
+ABSL_FLAG(std::string, lr_schedule, "cosine", "constant, cosine or step");
+ABSL_FLAG(double, lr_final_fraction, 0.0, "Cosine floor as a fraction of --lr");
+ABSL_FLAG(double, warmup_epochs, 0.0, "Linear learning-rate warm-up, in epochs");
+ABSL_FLAG(double, lr_step_gamma, 0.1, "Step schedule: factor per drop");
+ABSL_FLAG(int64_t, lr_step_epochs, 30, "Step schedule: epochs between drops");
+ABSL_FLAG(double, momentum_start, 0.9, "SGD momentum at step 0");
+ABSL_FLAG(double, momentum_end, 0.9, "SGD momentum after the ramp");
+ABSL_FLAG(double, momentum_ramp_epochs, 0.0, "Epochs over which momentum ramps linearly");
+ABSL_FLAG(bool, dampened_momentum, false,
+          "Dropout-paper SGD form d <- p d - (1-p) lr g instead of d <- p d - lr g");
+ABSL_FLAG(uint64_t, seed, 1, "Seed for initialisation, data order, jitter and dropout");
+ABSL_FLAG(int64_t, eval_every, 1, "Evaluate on the test set every N epochs");
+ABSL_FLAG(std::string, checkpoint, "", "Checkpoint path, rewritten atomically every epoch");
+ABSL_FLAG(std::string, metrics_csv, "", "CSV of per-epoch metrics");
+ABSL_FLAG(bool, resume, false, "Continue from --checkpoint if it exists");
+ABSL_FLAG(int32_t, threads, 2, "Compute threads (set explicitly when processes share cores)");
+
+namespace distillery {
+
+void SetTrainingFlagDefaults(const TrainerConfig& d, double momentum_ramp_epochs) {
+  absl::SetFlag(&FLAGS_momentum_ramp_epochs, momentum_ramp_epochs);
+  absl::SetFlag(&FLAGS_architecture, d.architecture);
+  absl::SetFlag(&FLAGS_input_dropout, d.input_dropout);
+  absl::SetFlag(&FLAGS_hidden_dropout, d.hidden_dropout);
+  absl::SetFlag(&FLAGS_max_norm, d.sgd.max_norm);
+  absl::SetFlag(&FLAGS_jitter, d.max_shift);
+  absl::SetFlag(&FLAGS_temperature, d.temperature);
+  absl::SetFlag(&FLAGS_epochs, d.epochs);
+  absl::SetFlag(&FLAGS_batch_size, d.batch_size);
+  absl::SetFlag(&FLAGS_optimizer, d.optimizer);
+  absl::SetFlag(&FLAGS_lr, d.schedule.base);
+  absl::SetFlag(&FLAGS_momentum_start, d.sgd.momentum_start);
+  absl::SetFlag(&FLAGS_momentum_end, d.sgd.momentum_end);
+  absl::SetFlag(&FLAGS_dampened_momentum, d.sgd.dampened);
+  absl::SetFlag(&FLAGS_seed, d.seed);
+}
+
+absl::StatusOr<TrainerConfig> TrainerConfigFromFlags() {
+  TrainerConfig c;
+  c.architecture = absl::GetFlag(FLAGS_architecture);
+  c.input_dropout = static_cast<float>(absl::GetFlag(FLAGS_input_dropout));
+  c.hidden_dropout = static_cast<float>(absl::GetFlag(FLAGS_hidden_dropout));
+  c.sgd.max_norm = c.adam.max_norm = static_cast<float>(absl::GetFlag(FLAGS_max_norm));
+  c.max_shift = absl::GetFlag(FLAGS_jitter);
+  c.temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature));
+  c.epochs = absl::GetFlag(FLAGS_epochs);
+  c.batch_size = absl::GetFlag(FLAGS_batch_size);
+  c.optimizer = absl::GetFlag(FLAGS_optimizer);
+  c.schedule.base = static_cast<float>(absl::GetFlag(FLAGS_lr));
+  ASSIGN_OR_RETURN(c.schedule.kind,
+                   LearningRateSchedule::ParseKind(absl::GetFlag(FLAGS_lr_schedule)));
+  c.schedule.final_fraction = static_cast<float>(absl::GetFlag(FLAGS_lr_final_fraction));
+  c.schedule.step_gamma = static_cast<float>(absl::GetFlag(FLAGS_lr_step_gamma));
+  c.schedule.step_every_epochs = absl::GetFlag(FLAGS_lr_step_epochs);
+  c.sgd.momentum_start = static_cast<float>(absl::GetFlag(FLAGS_momentum_start));
+  c.sgd.momentum_end = static_cast<float>(absl::GetFlag(FLAGS_momentum_end));
+  c.sgd.dampened = absl::GetFlag(FLAGS_dampened_momentum);
+  c.seed = absl::GetFlag(FLAGS_seed);
+  c.eval_every = absl::GetFlag(FLAGS_eval_every);
+  c.checkpoint_path = absl::GetFlag(FLAGS_checkpoint);
+  c.metrics_csv_path = absl::GetFlag(FLAGS_metrics_csv);
+  c.resume = absl::GetFlag(FLAGS_resume);
+  c.warmup_epochs = absl::GetFlag(FLAGS_warmup_epochs);
+  c.momentum_ramp_epochs = absl::GetFlag(FLAGS_momentum_ramp_epochs);
+  return c;
+}
+
+int ThreadsFromFlags() { return absl::GetFlag(FLAGS_threads); }
+
+absl::StatusOr<MnistFormatData> LoadDataFromFlags() {
+  ASSIGN_OR_RETURN(MnistFormatData data, LoadMnistFormatDirectory(absl::GetFlag(FLAGS_data_dir)));
+  ASSIGN_OR_RETURN(auto range,
+                   ParseRange(absl::GetFlag(FLAGS_train_range), data.train.num_examples));
+  if (range.first != 0 || range.second != data.train.num_examples) {
+    ASSIGN_OR_RETURN(data.train, SliceDataset(data.train, range.first, range.second));
+  }
+  return data;
+}
+
+namespace {
+
+absl::Status RunTraining(const std::string& role) {
+  const auto start = std::chrono::steady_clock::now();
+  ASSIGN_OR_RETURN(TrainerConfig config, TrainerConfigFromFlags());
+  config.role = role;
+  SetComputeThreads(ThreadsFromFlags());
+  ASSIGN_OR_RETURN(MnistFormatData data, LoadDataFromFlags());
+  spdlog::info("{}: {} training images from {} (range {}), {} test images", role,
+               data.train.num_examples, absl::GetFlag(FLAGS_data_dir),
+               absl::GetFlag(FLAGS_train_range).empty() ? "all" : absl::GetFlag(FLAGS_train_range),
+               data.test.num_examples);
+  ASSIGN_OR_RETURN(TrainingResult result, Train(config, data.train, data.test));
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  spdlog::info("{} {} done: {} test errors out of {} ({:.2f}% accuracy), {} parameters, {:.0f} s",
+               role, config.architecture, result.final_evaluation.errors,
+               result.final_evaluation.examples, 100.0 * result.final_evaluation.accuracy,
+               result.network->spec().ParameterCount(), seconds);
+  if (!config.checkpoint_path.empty()) spdlog::info("checkpoint: {}", config.checkpoint_path);
+  if (!config.metrics_csv_path.empty()) spdlog::info("metrics: {}", config.metrics_csv_path);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int RunTrainingFromFlags(const std::string& role) {
+  if (absl::Status s = RunTraining(role); !s.ok()) {
+    spdlog::error("{} training failed: {}", role, s.ToString());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace distillery

@@ -1,0 +1,91 @@
+// The interface every layer implements, and the trainable parameter type.
+//
+// A layer maps an input tensor of shape (batch, ...) to an output tensor of
+// shape (batch, ...): (batch, features) for fully connected layers,
+// (batch, channels, rows, cols) for image layers (common/tensor/tensor.h).
+// The batch is always dimension 0 and never changes; OutputShape gives the
+// rest. Backward receives the same input and output the last Forward saw,
+// plus d(loss)/d(output), and produces d(loss)/d(input) while *overwriting*
+// the gradients of its parameters (one Backward per Forward; no accumulation).
+// Each layer's header states the shapes it takes and gives.
+//
+// Element types: layers take and give f32 tensors today; a layer that
+// computes in bf16 (the bf16 issue) converts at its edges, so that its
+// neighbours never see the difference, and keeps f32 master weights.
+//
+// Thread-safety: a layer keeps per-shape oneDNN primitives and scratch
+// buffers, so one layer is used by one thread at a time.
+#ifndef DISTILLERY_COMMON_NN_LAYER_H_
+#define DISTILLERY_COMMON_NN_LAYER_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/tensor/tensor.h"
+
+namespace distillery {
+
+// A trainable tensor and its gradient, of the same shape.
+struct Parameter {
+  std::string name;  // e.g. "layer0.weight"; stable, used in checkpoints
+  Tensor value;      // weights are (out_features, in_features) or (out_channels,
+                     // in_channels, kernel_rows, kernel_cols); biases (1, out)
+  Tensor grad;       // d(loss)/d(value) from the last Backward
+  // True for hidden layers' weights: each output unit's (or filter's)
+  // incoming weights, the value's rows in its 2-D reading, are clipped to a
+  // max L2 norm.
+  bool max_norm_applies;
+  // True for weights that L2 weight decay applies to (not biases, not
+  // batch-norm scales and shifts).
+  bool weight_decay_applies = false;
+};
+
+// A non-trainable tensor that a checkpoint must keep, such as batch
+// normalization's running mean and variance.
+struct Buffer {
+  std::string name;  // e.g. "layer1.running_mean"; stable, used in checkpoints
+  Tensor* value;     // owned by the layer
+};
+
+class Layer {
+ public:
+  virtual ~Layer() = default;
+
+  // A short description, e.g. "Linear(784->1200)".
+  virtual std::string Describe() const = 0;
+
+  // The shape of one example's output for one example's input shape (both
+  // without the batch dimension), e.g. (1, 28, 28) -> (32, 24, 24) for a
+  // 5x5 convolution with 32 filters. InvalidArgument, naming the layer and
+  // both shapes, when an input of that shape does not fit the layer. Networks
+  // call it for every layer before training starts.
+  virtual absl::StatusOr<Shape> OutputShape(const Shape& example_shape) const = 0;
+
+  // Computes `output` (resized here) from `input`. When `training` is false,
+  // stochastic layers (dropout) are the identity.
+  virtual absl::Status Forward(const Tensor& input, bool training, Tensor* output) = 0;
+
+  // Given the `input` and `output` of the last Forward and `grad_output`,
+  // writes d(loss)/d(input) into `grad_input` (resized here) unless it is
+  // null, and overwrites the parameters' gradients.
+  virtual absl::Status Backward(const Tensor& input, const Tensor& output,
+                                const Tensor& grad_output, Tensor* grad_input) = 0;
+
+  // The layer's trainable parameters, owned by the layer. Empty by default.
+  virtual std::vector<Parameter*> Parameters() { return {}; }
+
+  // The layer's non-trainable state kept in checkpoints. Empty by default.
+  virtual std::vector<Buffer> Buffers() { return {}; }
+
+  // Sets the step number that seeds the layer's randomness (dropout masks)
+  // for the next Forward, so that a run resumed at step s draws the same
+  // masks as an uninterrupted one. No-op for deterministic layers.
+  virtual void SetNoiseStep(uint64_t /*step*/) {}
+};
+
+}  // namespace distillery
+
+#endif  // DISTILLERY_COMMON_NN_LAYER_H_

@@ -1,0 +1,174 @@
+#include "common/nn/layers/linear_layer.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace distillery {
+namespace {
+
+// output[r][j] += bias[j] for every row r. Compiled for several instruction
+// sets; the best one the CPU has is picked at load time.
+__attribute__((target_clones("avx512f", "avx2", "default"))) void AddBias(const float* bias,
+                                                                          int64_t rows,
+                                                                          int64_t cols,
+                                                                          float* output) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = output + r * cols;
+    for (int64_t c = 0; c < cols; ++c) row[c] += bias[c];
+  }
+}
+
+}  // namespace
+
+using dnnl::memory;
+
+LinearLayer::LinearLayer(int index, int64_t in_features, int64_t out_features,
+                         bool max_norm_applies, DnnlContext* context)
+    : in_features_(in_features), out_features_(out_features), context_(context) {
+  weight_.name = absl::StrCat("layer", index, ".weight");
+  weight_.value = Tensor(out_features, in_features);
+  weight_.grad = Tensor(out_features, in_features);
+  weight_.max_norm_applies = max_norm_applies;
+  bias_.name = absl::StrCat("layer", index, ".bias");
+  bias_.value = Tensor(1, out_features);
+  bias_.grad = Tensor(1, out_features);
+  bias_.max_norm_applies = false;
+}
+
+std::string LinearLayer::Describe() const {
+  return absl::StrCat("Linear(", in_features_, "->", out_features_, ")");
+}
+
+absl::Status LinearLayer::GetPrimitives(int64_t batch, Primitives** primitives) {
+  auto it = primitives_by_batch_.find(batch);
+  if (it != primitives_by_batch_.end()) {
+    *primitives = &it->second;
+    return absl::OkStatus();
+  }
+  try {
+    const dnnl::engine& engine = context_->engine();
+    memory::desc src = PlainMatrixDesc(batch, in_features_);
+    memory::desc weights = PlainMatrixDesc(out_features_, in_features_);
+    memory::desc bias = PlainVectorDesc(out_features_);
+    memory::desc dst = PlainMatrixDesc(batch, out_features_);
+    dnnl::inner_product_forward::primitive_desc forward_pd(
+        dnnl::inner_product_forward::desc(dnnl::prop_kind::forward_training, src, weights, bias,
+                                          dst),
+        engine);
+    dnnl::inner_product_backward_data::primitive_desc backward_data_pd(
+        dnnl::inner_product_backward_data::desc(src, weights, dst), engine, forward_pd);
+    dnnl::inner_product_backward_weights::primitive_desc backward_weights_pd(
+        dnnl::inner_product_backward_weights::desc(src, weights, bias, dst), engine, forward_pd);
+    Primitives built;
+    built.forward = dnnl::inner_product_forward(forward_pd);
+    built.backward_data = dnnl::inner_product_backward_data(backward_data_pd);
+    built.backward_weights = dnnl::inner_product_backward_weights(backward_weights_pd);
+    // The matmul path: W (out x in) times input read as (in x batch).
+    const memory::desc input_transposed({in_features_, batch}, memory::data_type::f32,
+                                        memory::format_tag::ba);
+    const memory::desc product = PlainMatrixDesc(out_features_, batch);
+    dnnl::matmul::primitive_desc matmul_pd(dnnl::matmul::desc(weights, input_transposed, product),
+                                           engine);
+    if (std::string(matmul_pd.impl_info_str()).rfind("ref", 0) != 0) {
+      const memory::desc product_as_output({batch, out_features_}, memory::data_type::f32,
+                                           memory::format_tag::ba);
+      built.forward_matmul = dnnl::matmul(matmul_pd);
+      built.transpose =
+          dnnl::reorder(dnnl::reorder::primitive_desc(engine, product_as_output, engine, dst));
+      built.use_matmul = true;
+    }
+    *primitives = &primitives_by_batch_.emplace(batch, std::move(built)).first->second;
+  } catch (const dnnl::error& e) {
+    return DnnlErrorToStatus("building inner-product primitives", e);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Shape> LinearLayer::OutputShape(const Shape& example_shape) const {
+  if (ShapeSize(example_shape) != in_features_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Describe(), " takes ", in_features_, " inputs per example, got ",
+                     ShapeString(example_shape), " = ", ShapeSize(example_shape)));
+  }
+  return Shape{out_features_};
+}
+
+absl::Status LinearLayer::Forward(const Tensor& input, bool /*training*/, Tensor* output) {
+  if (input.cols() != in_features_) {
+    return absl::InvalidArgumentError(absl::StrCat(Describe(), ": input has ", input.cols(),
+                                                   " features, expected ", in_features_));
+  }
+  const int64_t batch = input.rows();
+  Primitives* p = nullptr;
+  if (absl::Status s = GetPrimitives(batch, &p); !s.ok()) return s;
+  output->Resize(batch, out_features_);
+  const dnnl::engine& engine = context_->engine();
+  memory weights(PlainMatrixDesc(out_features_, in_features_), engine, weight_.value.data());
+  if (p->use_matmul) {
+    transposed_output_.Resize(out_features_, batch);
+    memory input_transposed(
+        memory::desc({in_features_, batch}, memory::data_type::f32, memory::format_tag::ba), engine,
+        const_cast<float*>(input.data()));
+    memory product(PlainMatrixDesc(out_features_, batch), engine, transposed_output_.data());
+    if (absl::Status s = context_->Execute("matmul forward", p->forward_matmul,
+                                           {{DNNL_ARG_SRC, weights},
+                                            {DNNL_ARG_WEIGHTS, input_transposed},
+                                            {DNNL_ARG_DST, product}});
+        !s.ok()) {
+      return s;
+    }
+    memory product_as_output(
+        memory::desc({batch, out_features_}, memory::data_type::f32, memory::format_tag::ba),
+        engine, transposed_output_.data());
+    memory dst(PlainMatrixDesc(batch, out_features_), engine, output->data());
+    if (absl::Status s = context_->Execute(
+            "transpose", p->transpose, {{DNNL_ARG_FROM, product_as_output}, {DNNL_ARG_TO, dst}});
+        !s.ok()) {
+      return s;
+    }
+    AddBias(bias_.value.data(), batch, out_features_, output->data());
+    return absl::OkStatus();
+  }
+  memory src(PlainMatrixDesc(batch, in_features_), engine, const_cast<float*>(input.data()));
+  memory bias(PlainVectorDesc(out_features_), engine, bias_.value.data());
+  memory dst(PlainMatrixDesc(batch, out_features_), engine, output->data());
+  return context_->Execute("inner-product forward", p->forward,
+                           {{DNNL_ARG_SRC, src},
+                            {DNNL_ARG_WEIGHTS, weights},
+                            {DNNL_ARG_BIAS, bias},
+                            {DNNL_ARG_DST, dst}});
+}
+
+absl::Status LinearLayer::Backward(const Tensor& input, const Tensor& /*output*/,
+                                   const Tensor& grad_output, Tensor* grad_input) {
+  const int64_t batch = input.rows();
+  if (grad_output.rows() != batch || grad_output.cols() != out_features_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Describe(), ": gradient shape ", grad_output.rows(), "x", grad_output.cols(),
+                     " does not match output ", batch, "x", out_features_));
+  }
+  Primitives* p = nullptr;
+  if (absl::Status s = GetPrimitives(batch, &p); !s.ok()) return s;
+  const dnnl::engine& engine = context_->engine();
+  memory src(PlainMatrixDesc(batch, in_features_), engine, const_cast<float*>(input.data()));
+  memory diff_dst(PlainMatrixDesc(batch, out_features_), engine,
+                  const_cast<float*>(grad_output.data()));
+  memory diff_weights(PlainMatrixDesc(out_features_, in_features_), engine, weight_.grad.data());
+  memory diff_bias(PlainVectorDesc(out_features_), engine, bias_.grad.data());
+  if (absl::Status s = context_->Execute("inner-product backward (weights)", p->backward_weights,
+                                         {{DNNL_ARG_SRC, src},
+                                          {DNNL_ARG_DIFF_DST, diff_dst},
+                                          {DNNL_ARG_DIFF_WEIGHTS, diff_weights},
+                                          {DNNL_ARG_DIFF_BIAS, diff_bias}});
+      !s.ok()) {
+    return s;
+  }
+  if (grad_input == nullptr) return absl::OkStatus();
+  grad_input->Reshape(input.shape());
+  memory weights(PlainMatrixDesc(out_features_, in_features_), engine, weight_.value.data());
+  memory diff_src(PlainMatrixDesc(batch, in_features_), engine, grad_input->data());
+  return context_->Execute(
+      "inner-product backward (data)", p->backward_data,
+      {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DIFF_SRC, diff_src}});
+}
+
+}  // namespace distillery

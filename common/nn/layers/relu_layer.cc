@@ -1,0 +1,64 @@
+#include "common/nn/layers/relu_layer.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace distillery {
+
+using dnnl::memory;
+
+absl::Status ReluLayer::GetPrimitives(int64_t rows, int64_t cols, Primitives** primitives) {
+  auto key = std::make_pair(rows, cols);
+  auto it = primitives_by_shape_.find(key);
+  if (it != primitives_by_shape_.end()) {
+    *primitives = &it->second;
+    return absl::OkStatus();
+  }
+  try {
+    const dnnl::engine& engine = context_->engine();
+    memory::desc data = PlainMatrixDesc(rows, cols);
+    const auto algorithm = dnnl::algorithm::eltwise_relu_use_dst_for_bwd;
+    dnnl::eltwise_forward::primitive_desc forward_pd(
+        dnnl::eltwise_forward::desc(dnnl::prop_kind::forward_training, algorithm, data, 0.f),
+        engine);
+    dnnl::eltwise_backward::primitive_desc backward_pd(
+        dnnl::eltwise_backward::desc(algorithm, data, data, 0.f), engine, forward_pd);
+    Primitives built{dnnl::eltwise_forward(forward_pd), dnnl::eltwise_backward(backward_pd)};
+    *primitives = &primitives_by_shape_.emplace(key, std::move(built)).first->second;
+  } catch (const dnnl::error& e) {
+    return DnnlErrorToStatus("building ReLU primitives", e);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ReluLayer::Forward(const Tensor& input, bool /*training*/, Tensor* output) {
+  Primitives* p = nullptr;
+  if (absl::Status s = GetPrimitives(input.rows(), input.cols(), &p); !s.ok()) return s;
+  output->Reshape(input.shape());
+  const memory::desc desc = PlainMatrixDesc(input.rows(), input.cols());
+  memory src(desc, context_->engine(), const_cast<float*>(input.data()));
+  memory dst(desc, context_->engine(), output->data());
+  return context_->Execute("ReLU forward", p->forward, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}});
+}
+
+absl::Status ReluLayer::Backward(const Tensor& /*input*/, const Tensor& output,
+                                 const Tensor& grad_output, Tensor* grad_input) {
+  if (grad_input == nullptr) return absl::OkStatus();
+  if (grad_output.rows() != output.rows() || grad_output.cols() != output.cols()) {
+    return absl::InvalidArgumentError(absl::StrCat("ReLU: gradient shape ", grad_output.rows(), "x",
+                                                   grad_output.cols(), " != output shape ",
+                                                   output.rows(), "x", output.cols()));
+  }
+  Primitives* p = nullptr;
+  if (absl::Status s = GetPrimitives(output.rows(), output.cols(), &p); !s.ok()) return s;
+  grad_input->Reshape(output.shape());
+  const memory::desc desc = PlainMatrixDesc(output.rows(), output.cols());
+  const dnnl::engine& engine = context_->engine();
+  memory dst(desc, engine, const_cast<float*>(output.data()));
+  memory diff_dst(desc, engine, const_cast<float*>(grad_output.data()));
+  memory diff_src(desc, engine, grad_input->data());
+  return context_->Execute(
+      "ReLU backward", p->backward,
+      {{DNNL_ARG_DST, dst}, {DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_DIFF_SRC, diff_src}});
+}
+
+}  // namespace distillery

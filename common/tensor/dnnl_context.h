@@ -1,0 +1,49 @@
+// The one place where oneDNN (v2.6 API) is touched directly, and where its
+// exceptions stop: everything above this wrapper sees absl::Status.
+//
+// Thread-safety: a DnnlContext (engine + stream) belongs to one thread at a
+// time; give each concurrently used network its own context.
+#ifndef DISTILLERY_COMMON_TENSOR_DNNL_CONTEXT_H_
+#define DISTILLERY_COMMON_TENSOR_DNNL_CONTEXT_H_
+
+#include <unordered_map>
+
+#include "absl/status/status.h"
+#include "dnnl.hpp"
+
+namespace distillery {
+
+class DnnlContext {
+ public:
+  // A CPU engine and an in-order stream on it.
+  DnnlContext();
+
+  dnnl::engine& engine() { return engine_; }
+  dnnl::stream& stream() { return stream_; }
+
+  // Executes `primitive` with `args` and waits for it, converting any oneDNN
+  // error into an Internal status naming `what`.
+  absl::Status Execute(const char* what, const dnnl::primitive& primitive,
+                       const std::unordered_map<int, dnnl::memory>& args);
+
+ private:
+  dnnl::engine engine_;
+  dnnl::stream stream_;
+};
+
+// A plain row-major (rows x cols) f32 memory descriptor: oneDNN's `ab` layout,
+// which is both `nc` for activations and `oi` for weights.
+dnnl::memory::desc PlainMatrixDesc(int64_t rows, int64_t cols);
+// A plain vector of `n` f32 values (layout `a`), for biases.
+dnnl::memory::desc PlainVectorDesc(int64_t n);
+
+// Converts a oneDNN error thrown while doing `what` into a Status.
+absl::Status DnnlErrorToStatus(const char* what, const dnnl::error& e);
+
+// Sets the number of threads oneDNN (OpenMP) uses in this process. 0 keeps
+// the OpenMP default.
+void SetComputeThreads(int threads);
+
+}  // namespace distillery
+
+#endif  // DISTILLERY_COMMON_TENSOR_DNNL_CONTEXT_H_

@@ -1,0 +1,153 @@
+// A dense tensor with a shape and an element type: the one value type that
+// layers, losses and optimizers pass to each other.
+//
+// Shape: dimensions outermost first, at least one. Activations are
+// (batch, features) for fully connected layers and (batch, channels, rows,
+// cols) for image layers; weights are (out_features, in_features) or
+// (out_channels, in_channels, kernel_rows, kernel_cols); biases (1, out).
+// Elements are stored plain and row-major: the last dimension varies
+// fastest. That is oneDNN's `ab`/`nc`/`oi` layout for rank 2 and `abcd` =
+// `nchw`/`oihw` for rank 4, and PyTorch's and ONNX's layout too, so a
+// (batch, channels, rows, cols) tensor read as (batch, channels*rows*cols)
+// is the flattening every framework uses.
+//
+// Element types: f32 (IEEE binary32), the default, and bf16 (bfloat16, the
+// upper 16 bits of a binary32), for the bf16 compute path. data() is the f32
+// view and bf16_data() the bf16 one; using the view of the other type is a
+// programming error (checked in debug builds).
+//
+// "rows" and "cols" are the 2-D reading every tensor has: rows = dim(0)
+// (the batch), cols = everything else (features per example).
+//
+// Thread-safety: a Tensor is a value; concurrent reads are safe, any write
+// needs external synchronisation.
+#ifndef DISTILLERY_COMMON_TENSOR_TENSOR_H_
+#define DISTILLERY_COMMON_TENSOR_TENSOR_H_
+
+#include <algorithm>
+#include <cassert>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace distillery {
+
+enum class DataType : uint8_t {
+  kF32 = 0,
+  kBF16 = 1,
+};
+
+// "f32" or "bf16".
+const char* DataTypeName(DataType type);
+
+// Dimensions, outermost first.
+using Shape = std::vector<int64_t>;
+
+// The product of the dimensions (1 for an empty shape).
+inline int64_t ShapeSize(const Shape& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+// "(128, 1, 28, 28)".
+std::string ShapeString(const Shape& shape);
+
+class Tensor {
+ public:
+  Tensor() = default;
+  // A rows x cols f32 tensor filled with zeros.
+  Tensor(int64_t rows, int64_t cols) { Reshape({rows, cols}); }
+  // A tensor of `shape` and `type` filled with zeros.
+  explicit Tensor(const Shape& shape, DataType type = DataType::kF32) { Reshape(shape, type); }
+
+  const Shape& shape() const { return shape_; }
+  int rank() const { return static_cast<int>(shape_.size()); }
+  int64_t dim(int i) const { return shape_[static_cast<size_t>(i)]; }
+  DataType dtype() const { return dtype_; }
+
+  // The 2-D reading: rows = dim(0), cols = the product of the others.
+  int64_t rows() const { return shape_.empty() ? 0 : shape_[0]; }
+  int64_t cols() const {
+    int64_t n = 1;
+    for (size_t i = 1; i < shape_.size(); ++i) n *= shape_[i];
+    return shape_.empty() ? 0 : n;
+  }
+  int64_t size() const { return size_; }
+
+  float* data() {
+    assert(dtype_ == DataType::kF32);
+    return f32_.data();
+  }
+  const float* data() const {
+    assert(dtype_ == DataType::kF32);
+    return f32_.data();
+  }
+  uint16_t* bf16_data() {
+    assert(dtype_ == DataType::kBF16);
+    return bf16_.data();
+  }
+  const uint16_t* bf16_data() const {
+    assert(dtype_ == DataType::kBF16);
+    return bf16_.data();
+  }
+  // The storage whatever the type, for oneDNN memory objects.
+  void* raw_data() {
+    return dtype_ == DataType::kF32 ? static_cast<void*>(f32_.data()) : bf16_.data();
+  }
+  const void* raw_data() const {
+    return dtype_ == DataType::kF32 ? static_cast<const void*>(f32_.data()) : bf16_.data();
+  }
+
+  float* row(int64_t r) { return data() + r * cols(); }
+  const float* row(int64_t r) const { return data() + r * cols(); }
+  float& at(int64_t r, int64_t c) { return data()[r * cols() + c]; }
+  float at(int64_t r, int64_t c) const { return data()[r * cols() + c]; }
+
+  // Changes the shape (and type). Keeps the storage when the element count
+  // does not grow, so reshaping to a smaller last batch costs nothing.
+  // Contents are unspecified afterwards.
+  void Reshape(const Shape& shape, DataType type = DataType::kF32) {
+    shape_ = shape;
+    dtype_ = type;
+    size_ = ShapeSize(shape);
+    const size_t n = static_cast<size_t>(size_);
+    if (type == DataType::kF32) {
+      if (f32_.size() < n) f32_.resize(n);
+    } else if (bf16_.size() < n) {
+      bf16_.resize(n);
+    }
+  }
+  // Reshape to a rows x cols f32 tensor.
+  void Resize(int64_t rows, int64_t cols) { Reshape({rows, cols}); }
+  // Gives the same elements another shape of the same size (a flatten, or
+  // its inverse); contents are kept. Returns false, changing nothing, when
+  // the sizes differ.
+  bool Reinterpret(const Shape& shape) {
+    if (ShapeSize(shape) != size_) return false;
+    shape_ = shape;
+    return true;
+  }
+  // Sets every element to `value` (f32 tensors).
+  void Fill(float value) { std::fill(data(), data() + size_, value); }
+
+  // Same shape, type and element bits.
+  bool operator==(const Tensor& other) const {
+    if (shape_ != other.shape_ || dtype_ != other.dtype_) return false;
+    if (dtype_ == DataType::kF32) {
+      return std::equal(data(), data() + size_, other.data());
+    }
+    return std::equal(bf16_data(), bf16_data() + size_, other.bf16_data());
+  }
+
+ private:
+  Shape shape_;
+  DataType dtype_ = DataType::kF32;
+  int64_t size_ = 0;
+  std::vector<float> f32_;
+  std::vector<uint16_t> bf16_;
+};
+
+}  // namespace distillery
+
+#endif  // DISTILLERY_COMMON_TENSOR_TENSOR_H_

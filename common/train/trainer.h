@@ -1,0 +1,191 @@
+// The training loop shared by the teacher and the students: mini-batch SGD
+// (or Adam) over a data set, with jitter, dropout and max-norm, evaluation on
+// a test set after every epoch, a CSV of per-epoch metrics, and a checkpoint
+// (with the optimizer's state) after every epoch for --resume.
+//
+// Targets are the hard labels (CrossEntropyLoss at `temperature`) or, when a
+// SoftTargetSource is given, the teacher's soft targets (DistillationLoss).
+// Everything random is keyed by the seed: the example order by
+// (seed, epoch), jitter by (seed, epoch), dropout masks by (seed, step), so a
+// resumed run ends with the same weights as an uninterrupted one.
+#ifndef DISTILLERY_COMMON_TRAIN_TRAINER_H_
+#define DISTILLERY_COMMON_TRAIN_TRAINER_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "common/data/dataset.h"
+#include "common/nn/mlp.h"
+#include "common/nn/optimizer.h"
+#include "common/nn/softmax.h"
+#include "common/train/evaluation.h"
+
+namespace distillery {
+
+struct TrainerConfig {
+  // Network: units per layer, input first and classes last.
+  std::string architecture = "784-800-800-10";
+  // Dropout on the input units and after every hidden layer (0 = off).
+  float input_dropout = 0.f;
+  float hidden_dropout = 0.f;
+  // Jitter: each time an image is drawn it is shifted by a uniform integer
+  // number of pixels in [-max_shift, max_shift] in x and y (0 = off).
+  int max_shift = 0;
+  // Epochs over the training data and examples per update.
+  int64_t epochs = 30;
+  int64_t batch_size = 128;
+  // "sgd" or "adam".
+  std::string optimizer = "sgd";
+  // Learning rate over time (per step). SGD's momentum and max-norm are in
+  // `sgd`; Adam's betas in `adam`.
+  LearningRateSchedule schedule;
+  SgdConfig sgd;
+  AdamConfig adam;
+  // The same warm-up and momentum ramp in epochs of the batch source; when
+  // > 0 they replace schedule.warmup_steps and sgd.momentum_ramp_steps.
+  double warmup_epochs = 0;
+  double momentum_ramp_epochs = 0;
+  // Hard-label training: cross-entropy of softmax(z / temperature).
+  float temperature = 1.f;
+  // Distillation (when a SoftTargetSource is given): the temperature of the
+  // soft targets and the weight of the soft term; 1 - alpha weighs the hard
+  // labels when the data has them.
+  float distill_temperature = 20.f;
+  float alpha = 0.9f;
+  // Keys initialisation, example order, jitter and dropout.
+  uint64_t seed = 1;
+  // Evaluate on the test set every this many epochs (and after the last).
+  int64_t eval_every = 1;
+  // Outputs; empty = not written. The checkpoint is rewritten atomically
+  // after every epoch; the CSV gets one row per epoch.
+  std::string checkpoint_path;
+  std::string metrics_csv_path;
+  // "teacher" or "student", recorded in the checkpoint.
+  std::string role = "student";
+  // Continue from checkpoint_path if it exists (its architecture must match).
+  bool resume = false;
+  // Print a line per epoch (spdlog info).
+  bool log_progress = true;
+  // Batches prepared ahead of training (gathering, jitter and the teacher's
+  // soft targets) by a producer thread, through a bounded queue, so that the
+  // data and a remote teacher stay off the critical path. 0 = inline.
+  int64_t prefetch_batches = 0;
+};
+
+// One row of the metrics CSV.
+struct EpochMetrics {
+  int64_t epoch = 0;               // 1-based
+  double train_loss = 0;           // mean loss over the epoch's batches
+  double learning_rate = 0;        // at the epoch's last step
+  double examples_per_second = 0;  // training only, evaluation excluded
+  double epoch_seconds = 0;
+  int64_t test_errors = -1;  // -1 when not evaluated this epoch
+  int64_t test_examples = 0;
+};
+
+// One batch, ready to train on.
+struct TrainingBatch {
+  std::vector<int64_t> ids;  // example ids in the source's data
+  Tensor inputs;             // rows x input size, pixels scaled to [0, 1]
+  std::vector<int> labels;   // rows labels, or empty (unlabeled transfer set)
+  Tensor soft_targets;       // rows x classes probabilities at the distillation
+                             // temperature, or empty (hard-label training)
+};
+
+// Where training batches come from. A source gives the same batches for the
+// same epoch every time it is asked (that is what makes --resume exact).
+class BatchSource {
+ public:
+  virtual ~BatchSource() = default;
+  virtual int64_t input_size() const = 0;
+  virtual int image_rows() const = 0;
+  virtual int image_cols() const = 0;
+  virtual int64_t BatchesPerEpoch() const = 0;
+  virtual int64_t ExamplesPerEpoch() const = 0;
+  // Produces the batches of `epoch` (0-based) in order, handing each to
+  // `sink`; stops early, returning OK, when `sink` returns false.
+  virtual absl::Status ProduceEpoch(int64_t epoch,
+                                    const std::function<bool(TrainingBatch&&)>& sink) = 0;
+};
+
+// Supplies the soft targets of the batch about to be trained on.
+class SoftTargetSource {
+ public:
+  virtual ~SoftTargetSource() = default;
+  // Fills `soft_targets` (ids.size() x classes; rows are probabilities at the
+  // trainer's distill_temperature) for the training examples `ids`, whose
+  // network inputs (jittered when jitter is on) are `inputs`. `epoch` and
+  // `batch` (both 0-based) identify the batch within the deterministic plan.
+  virtual absl::Status GetSoftTargets(int64_t epoch, int64_t batch, absl::Span<const int64_t> ids,
+                                      const Tensor& inputs, Tensor* soft_targets) = 0;
+};
+
+struct TrainingResult {
+  std::unique_ptr<Mlp> network;
+  std::vector<EpochMetrics> history;  // this run's epochs (not resumed ones)
+  EvaluationResult final_evaluation;  // on the test set, after the last epoch
+};
+
+// The batches of a local data set: examples in the order of
+// ShuffledIndices(n, seed, epoch), jittered with an RNG keyed by (seed,
+// epoch), with soft targets from `soft_targets` when it is not null.
+class LocalBatchSource : public BatchSource {
+ public:
+  // `data` and `soft_targets` are not owned and must outlive the source.
+  LocalBatchSource(const Dataset& data, int64_t batch_size, int max_shift, uint64_t seed,
+                   SoftTargetSource* soft_targets = nullptr);
+  int64_t input_size() const override { return data_.input_size(); }
+  int image_rows() const override { return data_.image_rows; }
+  int image_cols() const override { return data_.image_cols; }
+  int64_t BatchesPerEpoch() const override;
+  int64_t ExamplesPerEpoch() const override { return data_.num_examples; }
+  absl::Status ProduceEpoch(int64_t epoch,
+                            const std::function<bool(TrainingBatch&&)>& sink) override;
+
+ private:
+  const Dataset& data_;
+  const int64_t batch_size_;
+  const int max_shift_;
+  const uint64_t seed_;
+  SoftTargetSource* soft_targets_;
+};
+
+// Trains a network on the batches of `source` and evaluates it on `test`
+// (which may be empty: no evaluation). Batches with soft targets train with
+// the DistillationLoss (their labels, when present, weigh 1 - alpha);
+// batches without train on their labels with the CrossEntropyLoss.
+absl::StatusOr<TrainingResult> Train(const TrainerConfig& config, BatchSource& source,
+                                     const Dataset& test);
+
+// Trains a network on `train` and evaluates it on `test` (which may be
+// empty: no evaluation). Hard labels are required without a soft-target
+// source. Errors: InvalidArgument for bad configuration or data that does not
+// fit the architecture; Aborted when the loss stops being finite (the message
+// says at which epoch and step and suggests a lower learning rate); any
+// error of the soft-target source or of writing the outputs.
+absl::StatusOr<TrainingResult> Train(const TrainerConfig& config, const Dataset& train,
+                                     const Dataset& test, SoftTargetSource* soft_targets = nullptr);
+
+// A SoftTargetSource that runs a teacher network in this process: the
+// teacher's softmax(z / T) on exactly the inputs the student sees.
+class InProcessTeacher : public SoftTargetSource {
+ public:
+  // `teacher` is not owned and must outlive this object.
+  InProcessTeacher(Mlp* teacher, float temperature);
+  absl::Status GetSoftTargets(int64_t epoch, int64_t batch, absl::Span<const int64_t> ids,
+                              const Tensor& inputs, Tensor* soft_targets) override;
+
+ private:
+  Mlp* teacher_;
+  float temperature_;
+  TemperatureSoftmax softmax_;
+};
+
+}  // namespace distillery
+
+#endif  // DISTILLERY_COMMON_TRAIN_TRAINER_H_
