@@ -16,11 +16,12 @@
 #include "common/train/evaluation.h"
 #include "spdlog/spdlog.h"
 
-// The student checkpoint and the data: --checkpoint and --data_dir, shared
-// with the training flags (common/training_flags.cc).
+// The student checkpoint, the data and the examples the bias is tuned on:
+// --checkpoint, --data_dir and --validation_range, shared with the training
+// flags (common/cli/training_flags.cc).
 ABSL_DECLARE_FLAG(std::string, checkpoint);
 ABSL_DECLARE_FLAG(std::string, data_dir);
-ABSL_FLAG(std::string, validation_range, "50000:60000", "Training examples used to tune the bias");
+ABSL_DECLARE_FLAG(std::string, validation_range);
 ABSL_FLAG(int32_t, bias_class, 3, "The class that the transfer set lacked");
 ABSL_FLAG(double, max_bias, 10, "Largest bias tried (steps of 0.1)");
 
@@ -37,7 +38,7 @@ int Run() {
   auto range = ParseRange(absl::GetFlag(FLAGS_validation_range), data->train.num_examples);
   if (!range.ok()) return 1;
   const Dataset validation = *SliceDataset(data->train, range->first, range->second);
-  auto student = *MlpFromCheckpoint(*checkpoint);
+  auto student = *NetworkFromCheckpoint(*checkpoint);
   const int c = absl::GetFlag(FLAGS_bias_class);
   std::vector<float> bias(student->num_classes(), 0.f);
   float best_bias = 0.f;

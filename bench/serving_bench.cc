@@ -38,7 +38,7 @@ double Seconds(Clock::time_point since) {
 }
 
 // In-process: forward pass + softmax(z/T) on `batch` examples, repeated.
-double InProcessRate(Mlp& teacher, int64_t batch, double seconds) {
+double InProcessRate(Network& teacher, int64_t batch, double seconds) {
   Tensor inputs(batch, teacher.input_size());
   for (int64_t i = 0; i < inputs.size(); ++i) inputs.data()[i] = static_cast<float>(i % 255) / 255;
   TemperatureSoftmax softmax;
@@ -102,7 +102,7 @@ int Run() {
     spdlog::error("{}", checkpoint.status().ToString());
     return 1;
   }
-  auto teacher = MlpFromCheckpoint(*checkpoint);
+  auto teacher = NetworkFromCheckpoint(*checkpoint);
   if (!teacher.ok()) return 1;
   const int64_t input_size = (*teacher)->input_size();
   std::printf("# teacher %s, %d compute threads, %.0f s per measurement\n",

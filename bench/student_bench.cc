@@ -81,7 +81,7 @@ int Run() {
     spdlog::error("cannot load the data or the checkpoint");
     return 1;
   }
-  auto teacher = MlpFromCheckpoint(*checkpoint);
+  auto teacher = NetworkFromCheckpoint(*checkpoint);
   const Dataset transfer = WithoutLabels(mnist->train);
   const Dataset no_test;
 

@@ -69,10 +69,11 @@ struct PeakEstimate {
 // forward (batch x in) * (in x out), a weight gradient (out x batch) *
 // (batch x in), and a data gradient (batch x out) * (out x in) except for the
 // first layer.
-PeakEstimate MatmulPeak(const MlpSpec& spec, int64_t batch) {
+PeakEstimate MatmulPeak(const NetworkSpec& spec, int64_t batch) {
+  const std::vector<int64_t> sizes = spec.MlpLayerSizes();
   double flops = 0, seconds = 0;
-  for (size_t i = 0; i + 1 < spec.layer_sizes.size(); ++i) {
-    const int64_t in = spec.layer_sizes[i], out = spec.layer_sizes[i + 1];
+  for (size_t i = 0; i + 1 < sizes.size(); ++i) {
+    const int64_t in = sizes[i], out = sizes[i + 1];
     const double gemm_flops = 2.0 * batch * in * out;
     flops += 2 * gemm_flops;
     seconds += MatmulSeconds(batch, out, in, true) + MatmulSeconds(out, in, batch, false);

@@ -6,7 +6,7 @@
 //     at the frame. So when the input starts with the magic, its CRC and
 //     length fields are recomputed for the bytes after the header and it is
 //     decoded again: that reaches the protobuf parser and ValidateCheckpoint.
-// A checkpoint that passes must build its network (MlpFromCheckpoint) and
+// A checkpoint that passes must build its network (NetworkFromCheckpoint) and
 // restore its optimizer state, if any, into an optimizer of its kind.
 #include <zlib.h>
 
@@ -27,7 +27,8 @@ void PutLittleEndian(uint64_t value, int bytes, char* out) {
 
 void CheckAccepted(const distill::v1::Checkpoint& checkpoint) {
   if (!distillery::ValidateCheckpoint(checkpoint).ok()) std::abort();
-  absl::StatusOr<std::unique_ptr<distillery::Mlp>> mlp = distillery::MlpFromCheckpoint(checkpoint);
+  absl::StatusOr<std::unique_ptr<distillery::Network>> mlp =
+      distillery::NetworkFromCheckpoint(checkpoint);
   if (!mlp.ok()) std::abort();  // validated, so it must build
   distillery::WeightsFingerprint(**mlp);
   if (checkpoint.has_training_state()) {

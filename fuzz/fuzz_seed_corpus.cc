@@ -17,7 +17,7 @@
 #include "common/data/idx.h"
 #include "common/formats/checkpoint.h"
 #include "common/formats/target_codec.h"
-#include "common/nn/mlp.h"
+#include "common/nn/network.h"
 #include "common/nn/optimizer.h"
 #include "common/nn/softmax.h"
 #include "distill/v1/teacher.pb.h"
@@ -85,13 +85,12 @@ void IdxSeeds(const std::string& dir) {
 // A 6-4-3 network's checkpoint, with the state of `optimizer` after one step
 // when it is not null.
 void CheckpointSeed(const std::string& path, Optimizer* optimizer) {
-  absl::StatusOr<MlpSpec> spec = MlpSpec::Parse("6-4-3");
+  absl::StatusOr<NetworkSpec> spec = NetworkSpec::Parse("6-4-3", {1, 2, 3});
   if (!spec.ok()) Die(std::string(spec.status().message()));
-  absl::StatusOr<std::unique_ptr<Mlp>> mlp = Mlp::Create(*spec, /*seed=*/1);
+  absl::StatusOr<std::unique_ptr<Network>> mlp = Network::Create(*spec, /*seed=*/1);
   if (!mlp.ok()) Die(std::string(mlp.status().message()));
   if (optimizer != nullptr) optimizer->Step((*mlp)->Parameters(), 0.1f, 0);
-  const distill::v1::Checkpoint checkpoint =
-      MakeCheckpoint(**mlp, "teacher", 2, 3, optimizer, 1, 1, 7);
+  const distill::v1::Checkpoint checkpoint = MakeCheckpoint(**mlp, "teacher", optimizer, 1, 1, 7);
   if (absl::Status s = SaveCheckpoint(path, checkpoint); !s.ok()) Die(std::string(s.message()));
 }
 

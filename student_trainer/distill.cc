@@ -13,26 +13,39 @@ namespace distillery {
 
 absl::Status RunDistillation(const DistillConfig& config) {
   const auto start = std::chrono::steady_clock::now();
-  ASSIGN_OR_RETURN(MlpSpec spec, MlpSpec::Parse(config.trainer.architecture));
   ASSIGN_OR_RETURN(std::unique_ptr<TeacherClient> client, TeacherClient::Connect(config.teacher));
   const distill::v1::ModelInfo& info = client->info();
-  spdlog::info("teacher {} ({}) at {}: {}x{} inputs, {} classes, transfer set of {}",
-               info.teacher_hash(), info.architecture(), config.teacher.target, info.image_rows(),
-               info.image_cols(), info.num_classes(), info.transfer_set_size());
-  if (client->input_size() != spec.layer_sizes.front()) {
+  const Shape teacher_shape = client->example_shape();
+  spdlog::info("teacher {} ({}) at {}: {} inputs, {} classes, transfer set of {}",
+               info.teacher_hash(), info.architecture(), config.teacher.target,
+               ShapeString(teacher_shape), info.num_classes(), info.transfer_set_size());
+  absl::StatusOr<NetworkSpec> spec =
+      NetworkSpec::Parse(config.trainer.architecture, teacher_shape, config.trainer.input_dropout,
+                         config.trainer.hidden_dropout);
+  if (!spec.ok()) {
     return absl::FailedPreconditionError(
-        absl::StrCat("the teacher takes ", info.image_rows(), "x", info.image_cols(), " = ",
-                     client->input_size(), " inputs; the student ", spec.ArchitectureString(),
-                     " takes ", spec.layer_sizes.front()));
+        absl::StrCat("the student does not fit the teacher's inputs: ", spec.status().message()));
   }
-  if (info.num_classes() != spec.layer_sizes.back()) {
+  // Built once here so that a student that does not fit the teacher's input
+  // shape or classes is refused before any training.
+  absl::StatusOr<std::unique_ptr<Network>> probe = Network::Create(*spec, config.trainer.seed);
+  if (!probe.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the student does not fit the teacher's inputs ", ShapeString(teacher_shape),
+                     ": ", probe.status().message()));
+  }
+  if (info.num_classes() != (*probe)->num_classes()) {
     return absl::FailedPreconditionError(
         absl::StrCat("the teacher has ", info.num_classes(), " classes; the student ",
-                     spec.ArchitectureString(), " has ", spec.layer_sizes.back()));
+                     spec->ArchitectureString(), " has ", (*probe)->num_classes()));
   }
+  const int64_t student_parameters = (*probe)->ParameterCount();
+  probe->reset();
   ASSIGN_OR_RETURN(MnistFormatData data, LoadMnistFormatDirectory(config.data_dir));
-  if (data.test.input_size() != client->input_size()) {
-    return absl::FailedPreconditionError("the test images do not have the teacher's input shape");
+  if (data.test.example_shape() != teacher_shape) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the test images are ", ShapeString(data.test.example_shape()),
+                     "; the teacher takes ", ShapeString(teacher_shape)));
   }
 
   absl::StatusOr<TrainingResult> result;
@@ -81,8 +94,9 @@ absl::Status RunDistillation(const DistillConfig& config) {
   spdlog::info(
       "distilled student {} done: {} test errors out of {} ({:.2f}% accuracy), {} parameters, "
       "{:.0f} s, {} calls retried",
-      spec.ArchitectureString(), result->final_evaluation.errors, result->final_evaluation.examples,
-      100.0 * result->final_evaluation.accuracy, spec.ParameterCount(), seconds, client->retries());
+      spec->ArchitectureString(), result->final_evaluation.errors,
+      result->final_evaluation.examples, 100.0 * result->final_evaluation.accuracy,
+      student_parameters, seconds, client->retries());
   if (!config.trainer.checkpoint_path.empty()) {
     spdlog::info("checkpoint: {}", config.trainer.checkpoint_path);
   }

@@ -140,7 +140,7 @@ int Distill() {
 
 // Writes the outputs of `mlp` (softmax'ed when `softmax`) for the first
 // `count` examples of `data` to `path` as raw little-endian float32.
-absl::Status DumpOutputs(distillery::Mlp& mlp, const distillery::Dataset& data, int64_t count,
+absl::Status DumpOutputs(distillery::Network& mlp, const distillery::Dataset& data, int64_t count,
                          bool softmax, const std::string& path) {
   if (count < 1 || count > data.num_examples) {
     return absl::InvalidArgumentError(
@@ -187,21 +187,23 @@ absl::Status ExportCommand() {
     return absl::InternalError(absl::StrCat("cannot stat ", onnx_path));
   }
   distillery::SetComputeThreads(distillery::ThreadsFromFlags());
-  ASSIGN_OR_RETURN(std::unique_ptr<distillery::Mlp> mlp, distillery::MlpFromCheckpoint(checkpoint));
-  const distillery::MlpSpec& spec = mlp->spec();
+  ASSIGN_OR_RETURN(std::unique_ptr<distillery::Network> mlp,
+                   distillery::NetworkFromCheckpoint(checkpoint));
+  const distillery::NetworkSpec& spec = mlp->spec();
   const std::string role = checkpoint.role().empty() ? "network" : checkpoint.role();
   const char* output =
       options.softmax ? distillery::kOnnxProbabilitiesName : distillery::kOnnxLogitsName;
   absl::PrintF("ONNX export of %s %s: %s\n", role, spec.ArchitectureString(), onnx_path);
   absl::PrintF(
-      "  graph:             opset %d, %s [batch, %d] raw pixels (x %g in the graph) -> %s "
+      "  graph:             opset %d, %s [batch, %s] raw pixels (x %g in the graph) -> %s "
       "[batch, %d]\n",
-      distillery::kOnnxOpsetVersion, distillery::kOnnxInputName, mlp->input_size(),
-      checkpoint.architecture().input_scale(), output, mlp->num_classes());
-  absl::PrintF("  parameters:        %d\n", spec.ParameterCount());
+      distillery::kOnnxOpsetVersion, distillery::kOnnxInputName,
+      distillery::ShapeString(mlp->input_shape()), checkpoint.architecture().input_scale(), output,
+      mlp->num_classes());
+  absl::PrintF("  parameters:        %d\n", mlp->ParameterCount());
   absl::PrintF("  file size:         %d bytes (%.2f MiB)\n", file_stat.st_size,
                static_cast<double>(file_stat.st_size) / (1 << 20));
-  absl::PrintF("  multiply-adds:     %d per image\n", spec.ForwardMacsPerExample());
+  absl::PrintF("  multiply-adds:     %d per image\n", mlp->ForwardMacsPerExample());
   const std::string data_dir = absl::GetFlag(FLAGS_data_dir);
   if (data_dir.empty()) {
     absl::PrintF("  test errors (T=1): not evaluated (no --data_dir)\n");

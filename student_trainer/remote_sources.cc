@@ -12,9 +12,10 @@ namespace distillery {
 absl::Status RemoteSoftTargets::GetSoftTargets(int64_t /*epoch*/, int64_t /*batch*/,
                                                absl::Span<const int64_t> /*ids*/,
                                                const Tensor& inputs, Tensor* soft_targets) {
-  // The inputs are uint8 pixels (jittered or not) divided by 255: send the
-  // exact pixels back, 4x smaller than floats on the wire.
-  const float scale = 1.f / client_->info().input_scale();
+  // The inputs are uint8 pixels (jittered or not) times the student's own
+  // scale, 1/255 (GatherBatch): send the exact pixels back, 4x smaller than
+  // floats on the wire; the teacher applies its own preprocessing.
+  const float scale = 1.f / kPixelScale;
   std::string pixels(static_cast<size_t>(inputs.size()), '\0');
   for (int64_t i = 0; i < inputs.size(); ++i) {
     pixels[i] = static_cast<char>(static_cast<uint8_t>(std::lround(inputs.data()[i] * scale)));
@@ -59,8 +60,8 @@ absl::Status TransferStreamSource::ProduceEpoch(int64_t epoch,
   request.set_batch_size(options_.batch_size);
   request.set_include_labels(options_.include_labels);
   request.mutable_options()->set_temperature(options_.temperature);
-  const float input_scale = client_->info().input_scale();
   const int64_t width = input_size();
+  Shape shape = example_shape();
   thread_local TemperatureSoftmax softmax;
   absl::Status decode_status;
   RETURN_IF_ERROR(
@@ -74,9 +75,13 @@ absl::Status TransferStreamSource::ProduceEpoch(int64_t epoch,
           return false;
         }
         batch.ids.assign(message.example_ids().begin(), message.example_ids().end());
-        batch.inputs.Resize(rows, width);
+        shape.insert(shape.begin(), rows);
+        batch.inputs.Reshape(shape);
+        shape.erase(shape.begin());
+        // The student's inputs are its own pixels / 255, whatever the
+        // teacher's preprocessing.
         const auto* pixels = reinterpret_cast<const unsigned char*>(message.pixels_u8().data());
-        for (int64_t i = 0; i < rows * width; ++i) batch.inputs.data()[i] = pixels[i] * input_scale;
+        for (int64_t i = 0; i < rows * width; ++i) batch.inputs.data()[i] = pixels[i] * kPixelScale;
         if (options_.include_labels) {
           for (unsigned char label : message.labels()) batch.labels.push_back(label);
         }

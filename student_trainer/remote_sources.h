@@ -43,9 +43,7 @@ class TransferStreamSource : public BatchSource {
   static absl::StatusOr<std::unique_ptr<TransferStreamSource>> Create(TeacherClient* client,
                                                                       const Options& options);
 
-  int64_t input_size() const override { return client_->input_size(); }
-  int image_rows() const override { return static_cast<int>(client_->info().image_rows()); }
-  int image_cols() const override { return static_cast<int>(client_->info().image_cols()); }
+  Shape example_shape() const override { return client_->example_shape(); }
   int64_t BatchesPerEpoch() const override;
   int64_t ExamplesPerEpoch() const override { return shard_size_; }
   absl::Status ProduceEpoch(int64_t epoch,

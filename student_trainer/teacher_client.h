@@ -78,7 +78,13 @@ class TeacherClient {
 
   // The information read at connection time.
   const distill::v1::ModelInfo& info() const { return info_; }
-  int64_t input_size() const { return int64_t{info_.image_rows()} * info_.image_cols(); }
+  // One example's shape, (channels, rows, cols); a release-1 teacher, which
+  // does not send its channels, has one.
+  Shape example_shape() const {
+    const int64_t channels = info_.image_channels() == 0 ? 1 : info_.image_channels();
+    return {channels, info_.image_rows(), info_.image_cols()};
+  }
+  int64_t input_size() const { return ShapeSize(example_shape()); }
 
   // Soft targets (probabilities at `temperature`) for `rows` examples whose
   // raw uint8 pixels are `pixels` (rows x input_size). `probabilities` is

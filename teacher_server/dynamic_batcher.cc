@@ -4,7 +4,7 @@
 
 namespace distillery {
 
-DynamicBatcher::DynamicBatcher(std::unique_ptr<Mlp> network, const BatcherConfig& config,
+DynamicBatcher::DynamicBatcher(std::unique_ptr<Network> network, const BatcherConfig& config,
                                BatcherObserver observer)
     : network_(std::move(network)), config_(config), observer_(std::move(observer)) {
   worker_ = std::thread([this] { WorkerLoop(); });
@@ -79,10 +79,11 @@ void DynamicBatcher::WorkerLoop() {
 void DynamicBatcher::RunBatch(std::vector<Request>& batch) {
   int64_t rows = 0;
   for (const Request& r : batch) rows += r.inputs.rows();
-  const int64_t width = network_->input_size();
   const Tensor* inputs = &batch.front().inputs;
   if (batch.size() > 1) {
-    merged_.Resize(rows, width);
+    Shape shape = network_->input_shape();
+    shape.insert(shape.begin(), rows);
+    merged_.Reshape(shape);
     int64_t offset = 0;
     for (const Request& r : batch) {
       std::copy(r.inputs.data(), r.inputs.data() + r.inputs.size(), merged_.row(offset));

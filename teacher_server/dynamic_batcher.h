@@ -16,7 +16,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
-#include "common/nn/mlp.h"
+#include "common/nn/network.h"
 #include "common/tensor/tensor.h"
 
 namespace distillery {
@@ -45,7 +45,7 @@ class DynamicBatcher {
 
   // Takes ownership of `network` (used only by the worker thread) and starts
   // the worker.
-  DynamicBatcher(std::unique_ptr<Mlp> network, const BatcherConfig& config,
+  DynamicBatcher(std::unique_ptr<Network> network, const BatcherConfig& config,
                  BatcherObserver observer = {});
   // Stops the worker; requests still queued get UNAVAILABLE.
   ~DynamicBatcher();
@@ -67,7 +67,7 @@ class DynamicBatcher {
   void WorkerLoop();
   void RunBatch(std::vector<Request>& batch);
 
-  std::unique_ptr<Mlp> network_;
+  std::unique_ptr<Network> network_;
   const BatcherConfig config_;
   BatcherObserver observer_;
   std::mutex mutex_;

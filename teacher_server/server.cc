@@ -37,28 +37,32 @@ absl::Status RunServer(const ServeConfig& config) {
 
   SetComputeThreads(config.threads);
   ASSIGN_OR_RETURN(distill::v1::Checkpoint checkpoint, LoadCheckpoint(config.checkpoint_path));
-  ASSIGN_OR_RETURN(std::unique_ptr<Mlp> teacher, MlpFromCheckpoint(checkpoint));
+  ASSIGN_OR_RETURN(std::unique_ptr<Network> teacher, NetworkFromCheckpoint(checkpoint));
   TeacherIdentity identity;
   identity.hash = WeightsFingerprint(*teacher);
   identity.architecture = teacher->spec().ArchitectureString();
+  identity.image_channels =
+      static_cast<uint32_t>(std::max(1, checkpoint.architecture().image_channels()));
   identity.image_rows = static_cast<uint32_t>(checkpoint.architecture().image_rows());
   identity.image_cols = static_cast<uint32_t>(checkpoint.architecture().image_cols());
   identity.num_classes = static_cast<uint32_t>(teacher->num_classes());
   identity.input_scale = checkpoint.architecture().input_scale();
-  if (int64_t{identity.image_rows} * identity.image_cols != teacher->input_size()) {
+  if (int64_t{identity.image_channels} * identity.image_rows * identity.image_cols !=
+      teacher->input_size()) {
     return absl::DataLossError(absl::StrCat("checkpoint ", config.checkpoint_path,
                                             ": image shape does not match the input layer"));
   }
   spdlog::info("teacher {} ({}, {} parameters) from {}", identity.hash, identity.architecture,
-               teacher->spec().ParameterCount(), config.checkpoint_path);
+               teacher->ParameterCount(), config.checkpoint_path);
   // The largest valid request: a full batch of float inputs (plus framing).
   const uint64_t largest_request =
       uint64_t{config.service.max_batch_examples} * teacher->input_size() * sizeof(float) + 4096;
   if (largest_request > config.service.max_message_bytes) {
-    spdlog::warn(
-        "a request of --max_batch={} float inputs takes {} bytes, more than --max_message_mb "
-        "allows ({} bytes): such requests get RESOURCE_EXHAUSTED (uint8 pixels are 4x smaller)",
-        config.service.max_batch_examples, largest_request, config.service.max_message_bytes);
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a request of --max_batch=", config.service.max_batch_examples, " float inputs of ",
+        ShapeString(teacher->input_shape()), " takes ", largest_request,
+        " bytes, more than --max_message_mb allows (", config.service.max_message_bytes,
+        " bytes): lower --max_batch or raise --max_message_mb"));
   }
 
   std::unique_ptr<TransferSet> transfer_set;
@@ -85,7 +89,7 @@ absl::Status RunServer(const ServeConfig& config) {
     metrics_ptr->RecordForwardPass(examples, requests);
   };
   observer.on_queue_depth = [metrics_ptr](int64_t depth) { metrics_ptr->SetQueueDepth(depth); };
-  ASSIGN_OR_RETURN(std::unique_ptr<Mlp> batcher_network, teacher->Clone());
+  ASSIGN_OR_RETURN(std::unique_ptr<Network> batcher_network, teacher->Clone());
   DynamicBatcher batcher(std::move(batcher_network), config.batcher, observer);
   TeacherServiceConfig service_config = config.service;
   service_config.max_batch_examples = static_cast<uint32_t>(

@@ -80,6 +80,7 @@ grpc::ServerUnaryReactor* TeacherService::GetModelInfo(
   if (metrics_ != nullptr) metrics_->RecordCall("GetModelInfo", "OK", 0, 0);
   response->set_teacher_hash(identity_.hash);
   response->set_architecture(identity_.architecture);
+  response->set_image_channels(identity_.image_channels);
   response->set_image_rows(identity_.image_rows);
   response->set_image_cols(identity_.image_cols);
   response->set_input_scale(identity_.input_scale);
@@ -102,7 +103,8 @@ absl::Status TeacherService::DecodeInputs(const distill::v1::SoftTargetsRequest&
     return absl::InvalidArgumentError(
         absl::StrCat("num_examples must be in [1, ", config_.max_batch_examples, "], got ", n));
   }
-  const int64_t width = int64_t{identity_.image_rows} * identity_.image_cols;
+  const int64_t width =
+      int64_t{identity_.image_channels} * identity_.image_rows * identity_.image_cols;
   const bool has_pixels = !request.pixels_u8().empty();
   const bool has_floats = request.inputs_f32_size() > 0;
   if (has_pixels == has_floats) {
@@ -111,11 +113,12 @@ absl::Status TeacherService::DecodeInputs(const distill::v1::SoftTargetsRequest&
   const int64_t got = has_pixels ? static_cast<int64_t>(request.pixels_u8().size())
                                  : static_cast<int64_t>(request.inputs_f32_size());
   if (got != n * width) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        has_pixels ? "pixels_u8" : "inputs_f32", " holds ", got, " values; ", n, " examples of ",
-        identity_.image_rows, "x", identity_.image_cols, " need ", n * width));
+    return absl::InvalidArgumentError(
+        absl::StrCat(has_pixels ? "pixels_u8" : "inputs_f32", " holds ", got, " values; ", n,
+                     " examples of ", identity_.image_channels, "x", identity_.image_rows, "x",
+                     identity_.image_cols, " (channels x rows x cols) need ", n * width));
   }
-  inputs->Resize(n, width);
+  inputs->Reshape({n, identity_.image_channels, identity_.image_rows, identity_.image_cols});
   float* out = inputs->data();
   if (has_pixels) {
     const auto* pixels = reinterpret_cast<const unsigned char*>(request.pixels_u8().data());

@@ -13,7 +13,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
-#include "common/nn/mlp.h"
+#include "common/nn/network.h"
 #include "distill/v1/teacher.grpc.pb.h"
 #include "teacher_server/auth.h"
 #include "teacher_server/dynamic_batcher.h"
@@ -42,6 +42,7 @@ struct TeacherServiceConfig {
 struct TeacherIdentity {
   std::string hash;          // WeightsFingerprint
   std::string architecture;  // "784-1200-1200-10"
+  uint32_t image_channels = 1;
   uint32_t image_rows = 0;
   uint32_t image_cols = 0;
   uint32_t num_classes = 0;

@@ -7,7 +7,7 @@
 
 namespace distillery {
 
-absl::StatusOr<std::unique_ptr<TransferSet>> TransferSet::Create(Dataset data, Mlp& teacher) {
+absl::StatusOr<std::unique_ptr<TransferSet>> TransferSet::Create(Dataset data, Network& teacher) {
   if (data.input_size() != teacher.input_size()) {
     return absl::InvalidArgumentError(absl::StrCat("transfer-set images have ", data.input_size(),
                                                    " pixels, the teacher takes ",

@@ -16,7 +16,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/data/dataset.h"
-#include "common/nn/mlp.h"
+#include "common/nn/network.h"
 #include "common/tensor/tensor.h"
 
 namespace distillery {
@@ -24,7 +24,7 @@ namespace distillery {
 class TransferSet {
  public:
   // Runs `teacher` over every image of `data` (batches of 1000, no jitter).
-  static absl::StatusOr<std::unique_ptr<TransferSet>> Create(Dataset data, Mlp& teacher);
+  static absl::StatusOr<std::unique_ptr<TransferSet>> Create(Dataset data, Network& teacher);
 
   const Dataset& data() const { return data_; }
   // size() x classes.

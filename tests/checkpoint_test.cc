@@ -21,10 +21,8 @@ void WriteBytes(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
 }
 
-std::unique_ptr<Mlp> SmallNetwork(uint64_t seed) {
-  MlpSpec spec = *MlpSpec::Parse("12-7-5-3");
-  spec.hidden_dropout = 0.5f;
-  return *Mlp::Create(spec, seed);
+std::unique_ptr<Network> SmallNetwork(uint64_t seed) {
+  return *Network::Create(*NetworkSpec::Parse("12-7-5-3", {1, 3, 4}, 0.f, 0.5f), seed);
 }
 
 TEST(CheckpointTest, RoundTripIsBitExact) {
@@ -35,15 +33,23 @@ TEST(CheckpointTest, RoundTripIsBitExact) {
   w->value.at(0, 1) = -0.f;
   w->value.at(0, 2) = 3.4e38f;
   const std::string path = TempPath("roundtrip.ckpt");
-  ASSERT_TRUE(SaveCheckpoint(path, MakeCheckpoint(*mlp, "teacher", 3, 4)).ok());
+  ASSERT_TRUE(SaveCheckpoint(path, MakeCheckpoint(*mlp, "teacher")).ok());
   absl::StatusOr<distill::v1::Checkpoint> loaded = LoadCheckpoint(path);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ(loaded->role(), "teacher");
   EXPECT_EQ(loaded->architecture().image_rows(), 3);
-  absl::StatusOr<std::unique_ptr<Mlp>> restored = MlpFromCheckpoint(*loaded);
+  absl::StatusOr<std::unique_ptr<Network>> restored = NetworkFromCheckpoint(*loaded);
   ASSERT_TRUE(restored.ok()) << restored.status();
   EXPECT_EQ((*restored)->spec().ArchitectureString(), "12-7-5-3");
-  EXPECT_FLOAT_EQ((*restored)->spec().hidden_dropout, 0.5f);
+  // Dropout after both hidden layers survives the round trip.
+  int dropouts = 0;
+  for (const LayerSpec& layer : (*restored)->spec().layers) {
+    if (layer.kind == LayerSpec::Kind::kDropout) {
+      EXPECT_FLOAT_EQ(layer.rate, 0.5f);
+      ++dropouts;
+    }
+  }
+  EXPECT_EQ(dropouts, 2);
   std::vector<Parameter*> a = mlp->Parameters(), b = (*restored)->Parameters();
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i) {
@@ -69,8 +75,7 @@ TEST(CheckpointTest, OptimizerStateRoundTrips) {
     p->grad = RandomMatrix(p->value.rows(), p->value.cols(), 9);
   sgd->Step(mlp->Parameters(), 0.1f, 0);
   const std::string path = TempPath("state.ckpt");
-  ASSERT_TRUE(
-      SaveCheckpoint(path, MakeCheckpoint(*mlp, "student", 3, 4, sgd.get(), 2, 17, 5)).ok());
+  ASSERT_TRUE(SaveCheckpoint(path, MakeCheckpoint(*mlp, "student", sgd.get(), 2, 17, 5)).ok());
   auto loaded = LoadCheckpoint(path);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ(loaded->training_state().epochs_completed(), 2);
@@ -82,18 +87,19 @@ TEST(CheckpointTest, OptimizerStateRoundTrips) {
     EXPECT_EQ(*other->State().at(name), *m);
   }
   // State that belongs to another network is refused.
-  auto wider = *Mlp::Create(*MlpSpec::Parse("12-8-5-3"), 1);
+  auto wider = *Network::Create(*NetworkSpec::Parse("12-8-5-3", {1, 3, 4}), 1);
   EXPECT_EQ(RestoreOptimizerState(*loaded, *wider, other.get()).code(),
             absl::StatusCode::kDataLoss);
 }
 
 TEST(CheckpointTest, SaveReplacesAtomicallyAndLeavesNoTemporaryFile) {
   const std::string path = TempPath("atomic.ckpt");
-  ASSERT_TRUE(SaveCheckpoint(path, MakeCheckpoint(*SmallNetwork(1), "student", 3, 4)).ok());
-  ASSERT_TRUE(SaveCheckpoint(path, MakeCheckpoint(*SmallNetwork(2), "student", 3, 4)).ok());
+  ASSERT_TRUE(SaveCheckpoint(path, MakeCheckpoint(*SmallNetwork(1), "student")).ok());
+  ASSERT_TRUE(SaveCheckpoint(path, MakeCheckpoint(*SmallNetwork(2), "student")).ok());
   auto loaded = LoadCheckpoint(path);
   ASSERT_TRUE(loaded.ok());
-  EXPECT_EQ(WeightsFingerprint(**MlpFromCheckpoint(*loaded)), WeightsFingerprint(*SmallNetwork(2)));
+  EXPECT_EQ(WeightsFingerprint(**NetworkFromCheckpoint(*loaded)),
+            WeightsFingerprint(*SmallNetwork(2)));
   std::ifstream temp(path + ".tmp." + std::to_string(getpid()));
   EXPECT_FALSE(temp.good());
   EXPECT_FALSE(SaveCheckpoint("/nonexistent-dir/x.ckpt", *loaded).ok());
@@ -103,7 +109,7 @@ class CorruptCheckpointTest : public testing::Test {
  protected:
   void SetUp() override {
     path_ = TempPath("corrupt.ckpt");
-    ASSERT_TRUE(SaveCheckpoint(path_, MakeCheckpoint(*SmallNetwork(5), "teacher", 3, 4)).ok());
+    ASSERT_TRUE(SaveCheckpoint(path_, MakeCheckpoint(*SmallNetwork(5), "teacher")).ok());
     good_ = ReadBytes(path_);
   }
   // Loads `bytes` written to the file and expects DataLoss mentioning
@@ -163,7 +169,7 @@ TEST_F(CorruptCheckpointTest, DecodeCheckpointVerifiesBytesInMemory) {
 TEST_F(CorruptCheckpointTest, TensorShapeWhoseProductOverflows) {
   // 2^33 x 2^33 wraps to 0 in 64 bits, the number of values sent (found by
   // fuzz/checkpoint_fuzzer; undefined behaviour before the fix).
-  distill::v1::Checkpoint checkpoint = MakeCheckpoint(*SmallNetwork(5), "teacher", 3, 4);
+  distill::v1::Checkpoint checkpoint = MakeCheckpoint(*SmallNetwork(5), "teacher");
   distill::v1::Tensor* state = checkpoint.mutable_training_state()->add_optimizer_state();
   state->set_name("layer0.weight.momentum");
   state->add_shape(int64_t{1} << 33);
@@ -174,12 +180,12 @@ TEST_F(CorruptCheckpointTest, TensorShapeWhoseProductOverflows) {
 
 TEST_F(CorruptCheckpointTest, ValidFrameAroundInconsistentContents) {
   // A well-framed checkpoint whose tensors do not fit its architecture.
-  distill::v1::Checkpoint checkpoint = MakeCheckpoint(*SmallNetwork(5), "teacher", 3, 4);
-  checkpoint.mutable_architecture()->set_layer_sizes(1, 8);
+  distill::v1::Checkpoint checkpoint = MakeCheckpoint(*SmallNetwork(5), "teacher");
+  checkpoint.mutable_architecture()->mutable_layers(0)->set_units(8);
   ASSERT_TRUE(SaveCheckpoint(path_, checkpoint).ok());
   ExpectDataLoss(ReadBytes(path_), "layer0.weight");
   // Non-finite weights.
-  checkpoint = MakeCheckpoint(*SmallNetwork(5), "teacher", 3, 4);
+  checkpoint = MakeCheckpoint(*SmallNetwork(5), "teacher");
   checkpoint.mutable_parameters(2)->set_values(0, std::nanf(""));
   ASSERT_TRUE(SaveCheckpoint(path_, checkpoint).ok());
   ExpectDataLoss(ReadBytes(path_), "non-finite");

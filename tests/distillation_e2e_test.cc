@@ -74,7 +74,7 @@ class DistillationE2eTest : public testing::Test {
     auto checkpoint = LoadCheckpoint(checkpoint_path);
     EXPECT_TRUE(checkpoint.ok()) << checkpoint.status();
     if (!checkpoint.ok()) return weights;
-    auto mlp = MlpFromCheckpoint(*checkpoint);
+    auto mlp = NetworkFromCheckpoint(*checkpoint);
     for (Parameter* p : (*mlp)->Parameters()) weights.push_back(p->value);
     return weights;
   }
@@ -110,7 +110,7 @@ TEST_F(DistillationE2eTest, TwoStudentsDistillAtOnce) {
     EXPECT_NE(log.find("test errors out of 10000"), std::string::npos) << log;
     auto checkpoint = LoadCheckpoint(*dir_ + "/" + name + ".ckpt");
     ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
-    auto student = MlpFromCheckpoint(*checkpoint);
+    auto student = NetworkFromCheckpoint(*checkpoint);
     ASSERT_TRUE(student.ok());
     // Evaluated on its own at T = 1, each student classifies far better
     // than chance (9,000 errors).
@@ -212,9 +212,9 @@ TEST_F(DistillationE2eTest, KilledStudentResumesToTheSameWeights) {
 
 TEST_F(DistillationE2eTest, StudentRefusesAMismatchedTeacher) {
   // A teacher of 14x14 images: the student's 784 inputs do not fit.
-  auto small = *Mlp::Create(*MlpSpec::Parse("196-16-10"), 1);
+  auto small = *Network::Create(*NetworkSpec::Parse("196-16-10", {1, 14, 14}), 1);
   const std::string small_checkpoint = *dir_ + "/small_teacher.ckpt";
-  ASSERT_TRUE(SaveCheckpoint(small_checkpoint, MakeCheckpoint(*small, "teacher", 14, 14)).ok());
+  ASSERT_TRUE(SaveCheckpoint(small_checkpoint, MakeCheckpoint(*small, "teacher")).ok());
   ServerProcess server;
   ASSERT_TRUE(server.Start(DISTILLERY_TEACHER_SERVER_BINARY,
                            {"--checkpoint=" + small_checkpoint, "--no_transfer_set",
@@ -224,8 +224,9 @@ TEST_F(DistillationE2eTest, StudentRefusesAMismatchedTeacher) {
       ServerProcess::Run(DISTILLERY_STUDENT_TRAINER_BINARY,
                          StudentArgs(server, "misfit", "784-32-10", 2.f), *dir_ + "/misfit.log");
   EXPECT_FALSE(ExitedZero(status));
-  EXPECT_NE(ReadFile(*dir_ + "/misfit.log").find("the teacher takes 14x14 = 196 inputs"),
-            std::string::npos)
+  EXPECT_NE(
+      ReadFile(*dir_ + "/misfit.log").find("the data's examples have (1, 14, 14) = 196 values"),
+      std::string::npos)
       << ReadFile(*dir_ + "/misfit.log");
   // Wrong class count.
   ServerProcess teacher;
@@ -238,9 +239,9 @@ TEST_F(DistillationE2eTest, StudentRefusesAMismatchedTeacher) {
 
 TEST_F(DistillationE2eTest, StudentRefusesATeacherWhoseHashChanged) {
   const int port = PickFreePort();
-  auto other = *Mlp::Create(*MlpSpec::Parse("784-16-10"), 99);
+  auto other = *Network::Create(*NetworkSpec::Parse("784-16-10", {1, 28, 28}), 99);
   const std::string other_checkpoint = *dir_ + "/other_teacher.ckpt";
-  ASSERT_TRUE(SaveCheckpoint(other_checkpoint, MakeCheckpoint(*other, "teacher", 28, 28)).ok());
+  ASSERT_TRUE(SaveCheckpoint(other_checkpoint, MakeCheckpoint(*other, "teacher")).ok());
   ServerProcess teacher;
   ASSERT_TRUE(StartTeacher(&teacher, port));
   const std::string checkpoint = *dir_ + "/loyal.ckpt";

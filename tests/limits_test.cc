@@ -25,8 +25,8 @@ class LimitsTest : public testing::Test {
  protected:
   static void SetUpTestSuite() {
     checkpoint_ = new std::string(UniqueTempPath("limits_teacher.ckpt"));
-    auto mlp = *Mlp::Create(*MlpSpec::Parse("784-32-10"), 1);
-    ASSERT_TRUE(SaveCheckpoint(*checkpoint_, MakeCheckpoint(*mlp, "teacher", 28, 28)).ok());
+    auto mlp = *Network::Create(*NetworkSpec::Parse("784-32-10", {1, 28, 28}), 1);
+    ASSERT_TRUE(SaveCheckpoint(*checkpoint_, MakeCheckpoint(*mlp, "teacher")).ok());
   }
   static void TearDownTestSuite() { delete checkpoint_; }
 
@@ -67,12 +67,22 @@ class LimitsTest : public testing::Test {
 std::string* LimitsTest::checkpoint_ = nullptr;
 
 TEST_F(LimitsTest, LargestMessageIsResourceExhausted) {
-  StartTeacher({"--max_message_mb=1", "--max_batch=4096", "--transfer_range=0:100"});
+  // 256 float inputs of 784 values are 0.8 MB: the largest valid request fits.
+  StartTeacher({"--max_message_mb=1", "--max_batch=256", "--transfer_range=0:100"});
   // 2000 images of 784 bytes: 1.5 MiB, over the 1 MiB limit.
   const grpc::Status status = Call(Request(2000));
   EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
-  EXPECT_TRUE(Call(Request(1000)).ok());  // 0.75 MiB fits
+  EXPECT_TRUE(Call(Request(256)).ok());
   ExpectStillServing();
+}
+
+TEST_F(LimitsTest, MaxBatchThatCannotFitTheMessageLimitIsRefusedAtStart) {
+  // 4096 float inputs of 784 values take 12.8 MB, more than 1 MiB.
+  ServerProcess server;
+  EXPECT_FALSE(server.Start(DISTILLERY_TEACHER_SERVER_BINARY,
+                            {"--checkpoint=" + *checkpoint_, "--metrics_address=", "--threads=1",
+                             "--max_message_mb=1", "--max_batch=4096"},
+                            testing::TempDir()));
 }
 
 TEST_F(LimitsTest, LargestBatchIsInvalidArgument) {

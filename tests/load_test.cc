@@ -60,9 +60,9 @@ TEST(LoadTest, EightStudentsFourCallsInFlightEachNoFailuresSteadyMemory) {
       << ReadFile(dir + "/certs.log");
   std::ofstream(dir + "/token") << "load-test-token\n";
   // Random weights cost the same as trained ones.
-  auto mlp = *Mlp::Create(*MlpSpec::Parse("784-1200-1200-10"), 1);
+  auto mlp = *Network::Create(*NetworkSpec::Parse("784-1200-1200-10", {1, 28, 28}), 1);
   const std::string checkpoint = dir + "/teacher.ckpt";
-  ASSERT_TRUE(SaveCheckpoint(checkpoint, MakeCheckpoint(*mlp, "teacher", 28, 28)).ok());
+  ASSERT_TRUE(SaveCheckpoint(checkpoint, MakeCheckpoint(*mlp, "teacher")).ok());
 
   setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
   setenv("OMP_NUM_THREADS", "2", 1);

@@ -34,10 +34,10 @@ bool FileExists(const std::string& path) { return access(path.c_str(), F_OK) == 
 
 // A 12-7-5-3 network on 3x4 images with random weights.
 distill::v1::Checkpoint SmallCheckpoint(const std::string& role = "student", uint64_t seed = 3) {
-  MlpSpec spec = *MlpSpec::Parse("12-7-5-3");
-  spec.hidden_dropout = 0.5f;  // training only: must leave no trace in the graph
-  std::unique_ptr<Mlp> mlp = *Mlp::Create(spec, seed);
-  return MakeCheckpoint(*mlp, role, 3, 4);
+  // Dropout is training only: it must leave no trace in the graph.
+  NetworkSpec spec = *NetworkSpec::Parse("12-7-5-3", {1, 3, 4}, 0.f, 0.5f);
+  std::unique_ptr<Network> mlp = *Network::Create(spec, seed);
+  return MakeCheckpoint(*mlp, role);
 }
 
 onnx::ModelProto ExportAndParse(const distill::v1::Checkpoint& checkpoint,
@@ -223,7 +223,7 @@ TEST(OnnxExportTest, WritesOpset13GemmReluGraphWithScaledPixelInput) {
 
 TEST(OnnxExportTest, GraphComputesTheForwardPassOnRawPixels) {
   const distill::v1::Checkpoint checkpoint = SmallCheckpoint("teacher", 11);
-  std::unique_ptr<Mlp> mlp = *MlpFromCheckpoint(checkpoint);
+  std::unique_ptr<Network> mlp = *NetworkFromCheckpoint(checkpoint);
   constexpr int kBatch = 9;
   Value pixels{kBatch, 12, {}};
   Tensor scaled(kBatch, 12);
@@ -310,29 +310,33 @@ void ExpectRefused(const distill::v1::Checkpoint& checkpoint, absl::StatusCode c
   EXPECT_FALSE(FileExists(path));
 }
 
-TEST(OnnxExportTest, UnsupportedCheckpointsAreInvalidArgument) {
+TEST(OnnxExportTest, UnsupportedCheckpointsAreRefused) {
   distill::v1::Checkpoint c = SmallCheckpoint();
-  c.mutable_architecture()->set_activation("tanh");
-  ExpectRefused(c, absl::StatusCode::kInvalidArgument, "unsupported activation \"tanh\"");
+  c.mutable_architecture()->mutable_layers(1)->set_kind("tanh");
+  ExpectRefused(c, absl::StatusCode::kDataLoss, "unknown layer kind \"tanh\"");
 
   c = SmallCheckpoint();
-  c.set_format_version(2);
-  ExpectRefused(c, absl::StatusCode::kInvalidArgument, "unsupported checkpoint payload version 2");
+  c.set_format_version(3);
+  ExpectRefused(c, absl::StatusCode::kDataLoss,
+                "format version 3 is not one this release reads (1 to 2; it was written by a "
+                "newer release)");
 }
 
 TEST(OnnxExportTest, InconsistentCheckpointsAreDataLoss) {
   const absl::StatusCode kDataLoss = absl::StatusCode::kDataLoss;
   distill::v1::Checkpoint c = SmallCheckpoint();
   c.mutable_parameters()->RemoveLast();
-  ExpectRefused(c, kDataLoss, "needs 6 tensors, found 5");
+  ExpectRefused(c, kDataLoss, "the network needs 6 parameter tensors, found 5");
 
   c = SmallCheckpoint();
   c.mutable_parameters(2)->set_name("layer1.gamma");
-  ExpectRefused(c, kDataLoss, "tensor 2 (\"layer1.gamma\") is not layer1.weight of shape 5x7");
+  ExpectRefused(
+      c, kDataLoss,
+      "parameter tensor 2 (\"layer1.gamma\" (5, 7)) is not layer1.weight of shape (5, 7)");
 
   c = SmallCheckpoint();
   c.mutable_parameters(0)->set_shape(1, 13);
-  ExpectRefused(c, kDataLoss, "is not layer0.weight of shape 7x12");
+  ExpectRefused(c, kDataLoss, "is not layer0.weight of shape (7, 12)");
 
   c = SmallCheckpoint();
   c.mutable_parameters(3)->mutable_values()->RemoveLast();
@@ -343,18 +347,18 @@ TEST(OnnxExportTest, InconsistentCheckpointsAreDataLoss) {
   ExpectRefused(c, kDataLoss, "tensor \"layer2.weight\" holds a non-finite value at 6");
 
   c = SmallCheckpoint();
-  c.mutable_architecture()->set_layer_sizes(1, 0);
+  c.mutable_architecture()->mutable_layers(0)->set_units(0);
   ExpectRefused(c, kDataLoss, "invalid architecture");
 
   c = SmallCheckpoint();
   c.mutable_architecture()->set_image_cols(5);
-  ExpectRefused(c, kDataLoss, "image shape 3x5 does not fit the 12 inputs");
+  ExpectRefused(c, kDataLoss, "is not layer0.weight of shape (7, 15)");
 
   c = SmallCheckpoint();
   c.mutable_architecture()->set_input_scale(0.f);
   ExpectRefused(c, kDataLoss, "input scale 0 is not a finite number > 0");
 
-  ExpectRefused(distill::v1::Checkpoint(), absl::StatusCode::kInvalidArgument, "payload version 0");
+  ExpectRefused(distill::v1::Checkpoint(), kDataLoss, "format version 0");
 }
 
 TEST(OnnxExportTest, UnwritablePathIsAnError) {

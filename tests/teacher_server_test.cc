@@ -102,14 +102,14 @@ class TeacherServerTest : public testing::Test {
   }
 
   static Dataset* test_;
-  static Mlp* teacher_;
+  static Network* teacher_;
   static std::string* checkpoint_path_;
   static ServerProcess* server_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<Teacher::Stub> stub_;
 };
 Dataset* TeacherServerTest::test_ = nullptr;
-Mlp* TeacherServerTest::teacher_ = nullptr;
+Network* TeacherServerTest::teacher_ = nullptr;
 std::string* TeacherServerTest::checkpoint_path_ = nullptr;
 ServerProcess* TeacherServerTest::server_ = nullptr;
 
@@ -366,9 +366,9 @@ TEST_F(TeacherServerTest, BadTransferRequestsAreRefused) {
 TEST(TeacherServerDrainTest, OverloadIsRefusedAndDrainFinishesCallsInFlight) {
   auto mnist = LoadMnistFormatDirectory(DISTILLERY_MNIST_DIR);
   ASSERT_TRUE(mnist.ok());
-  auto mlp = *Mlp::Create(*MlpSpec::Parse("784-32-10"), 1);
+  auto mlp = *Network::Create(*NetworkSpec::Parse("784-32-10", {1, 28, 28}), 1);
   const std::string checkpoint = UniqueTempPath("drain_teacher.ckpt");
-  ASSERT_TRUE(SaveCheckpoint(checkpoint, MakeCheckpoint(*mlp, "teacher", 28, 28)).ok());
+  ASSERT_TRUE(SaveCheckpoint(checkpoint, MakeCheckpoint(*mlp, "teacher")).ok());
   ServerProcess server;
   ASSERT_TRUE(server.Start(DISTILLERY_TEACHER_SERVER_BINARY,
                            {"--checkpoint=" + checkpoint, "--no_transfer_set",

@@ -60,7 +60,7 @@ TEST_F(TrainerTest, ShortRunOnMnistReachesStatedAccuracy) {
   EXPECT_EQ(lines, 4);
   auto checkpoint = LoadCheckpoint(config.checkpoint_path);
   ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
-  auto reloaded = MlpFromCheckpoint(*checkpoint);
+  auto reloaded = NetworkFromCheckpoint(*checkpoint);
   ASSERT_TRUE(reloaded.ok());
   EXPECT_EQ(Evaluate(**reloaded, *test_)->errors, result->final_evaluation.errors);
 }

@@ -16,9 +16,23 @@ ABSL_FLAG(std::string, data_dir, "/usr/share/datasets/fashion-mnist",
 ABSL_FLAG(std::string, train_range, "",
           "Training examples to use, as begin:end (end exclusive); empty = the whole training "
           "set. Splits the training set between the teacher and the transfer set.");
-ABSL_FLAG(std::string, architecture, "784-800-800-10", "Units per layer, input first");
+ABSL_FLAG(std::string, architecture, "784-800-800-10",
+          "The network: units per layer, input first (\"784-800-800-10\"), or a list of "
+          "layers such as \"conv5x5:32,pool2,conv5x5:64,pool2,fc:1024,fc:10\" (tokens: "
+          "conv<R>x<C>:<channels>[/s<stride>][/p<pad>|/same][+bn][:relu|:none], "
+          "fc:<units>[+bn][:relu|:none], maxpool<K>[/s<S>][/p<P>], avgpool<K>[...][/inclpad], "
+          "bn, relu, dropout:<rate>, flatten; conv and fc are followed by relu except the last "
+          "fc; the input shape comes from the data)");
 ABSL_FLAG(double, input_dropout, 0.0, "Dropout rate on the input units");
 ABSL_FLAG(double, hidden_dropout, 0.0, "Dropout rate after each hidden layer");
+ABSL_FLAG(double, weight_decay, 0.0,
+          "L2 weight decay of the weights (not biases or batch-norm terms), both optimizers");
+ABSL_FLAG(std::string, validation_range, "",
+          "begin:end of the training set held out for validation (evaluated every epoch "
+          "beside the test set; empty = none); must lie within --train_range");
+ABSL_FLAG(std::string, best_checkpoint, "",
+          "With --validation_range: keep the checkpoint of the epoch with the fewest "
+          "validation errors here (early stopping; never chosen by the test set)");
 ABSL_FLAG(double, max_norm, 0.0, "Max L2 norm of each hidden unit's incoming weights (0 = off)");
 ABSL_FLAG(int32_t, jitter, 0, "Shift each training image by up to this many pixels (0 = off)");
 ABSL_FLAG(double, temperature, 1.0, "Training temperature T of the hard-label loss softmax(z/T)");
@@ -88,6 +102,8 @@ absl::StatusOr<TrainerConfig> TrainerConfigFromFlags() {
   c.checkpoint_path = absl::GetFlag(FLAGS_checkpoint);
   c.metrics_csv_path = absl::GetFlag(FLAGS_metrics_csv);
   c.resume = absl::GetFlag(FLAGS_resume);
+  c.weight_decay = static_cast<float>(absl::GetFlag(FLAGS_weight_decay));
+  c.best_checkpoint_path = absl::GetFlag(FLAGS_best_checkpoint);
   c.warmup_epochs = absl::GetFlag(FLAGS_warmup_epochs);
   c.momentum_ramp_epochs = absl::GetFlag(FLAGS_momentum_ramp_epochs);
   return c;
@@ -95,13 +111,36 @@ absl::StatusOr<TrainerConfig> TrainerConfigFromFlags() {
 
 int ThreadsFromFlags() { return absl::GetFlag(FLAGS_threads); }
 
-absl::StatusOr<MnistFormatData> LoadDataFromFlags() {
-  ASSIGN_OR_RETURN(MnistFormatData data, LoadMnistFormatDirectory(absl::GetFlag(FLAGS_data_dir)));
-  ASSIGN_OR_RETURN(auto range,
-                   ParseRange(absl::GetFlag(FLAGS_train_range), data.train.num_examples));
-  if (range.first != 0 || range.second != data.train.num_examples) {
-    ASSIGN_OR_RETURN(data.train, SliceDataset(data.train, range.first, range.second));
+absl::StatusOr<TrainingData> LoadDataFromFlags() {
+  ASSIGN_OR_RETURN(MnistFormatData files, LoadMnistFormatDirectory(absl::GetFlag(FLAGS_data_dir)));
+  const int64_t n = files.train.num_examples;
+  ASSIGN_OR_RETURN(auto range, ParseRange(absl::GetFlag(FLAGS_train_range), n));
+  TrainingData data;
+  data.test = std::move(files.test);
+  const std::string validation_text = absl::GetFlag(FLAGS_validation_range);
+  if (validation_text.empty()) {
+    ASSIGN_OR_RETURN(data.train, SliceDataset(files.train, range.first, range.second));
+    return data;
   }
+  ASSIGN_OR_RETURN(auto held_out, ParseRange(validation_text, n));
+  if (held_out.first < range.first || held_out.second > range.second ||
+      (held_out.first == range.first && held_out.second == range.second)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--validation_range=", validation_text, " must lie within the training range [",
+        range.first, ", ", range.second, ") and leave examples to train on"));
+  }
+  ASSIGN_OR_RETURN(data.validation, SliceDataset(files.train, held_out.first, held_out.second));
+  // The training part is the range without the held-out examples.
+  std::vector<Dataset> parts;
+  if (held_out.first > range.first) {
+    ASSIGN_OR_RETURN(parts.emplace_back(), SliceDataset(files.train, range.first, held_out.first));
+  }
+  if (held_out.second < range.second) {
+    ASSIGN_OR_RETURN(parts.emplace_back(),
+                     SliceDataset(files.train, held_out.second, range.second));
+  }
+  data.train = std::move(parts[0]);
+  if (parts.size() == 2) AppendDataset(parts[1], &data.train);
   return data;
 }
 
@@ -112,18 +151,27 @@ absl::Status RunTraining(const std::string& role) {
   ASSIGN_OR_RETURN(TrainerConfig config, TrainerConfigFromFlags());
   config.role = role;
   SetComputeThreads(ThreadsFromFlags());
-  ASSIGN_OR_RETURN(MnistFormatData data, LoadDataFromFlags());
-  spdlog::info("{}: {} training images from {} (range {}), {} test images", role,
-               data.train.num_examples, absl::GetFlag(FLAGS_data_dir),
+  ASSIGN_OR_RETURN(TrainingData data, LoadDataFromFlags());
+  spdlog::info("{}: {} training images of {} from {} (range {}), {} validation, {} test images",
+               role, data.train.num_examples, ShapeString(data.train.example_shape()),
+               absl::GetFlag(FLAGS_data_dir),
                absl::GetFlag(FLAGS_train_range).empty() ? "all" : absl::GetFlag(FLAGS_train_range),
-               data.test.num_examples);
-  ASSIGN_OR_RETURN(TrainingResult result, Train(config, data.train, data.test));
+               data.validation.num_examples, data.test.num_examples);
+  ASSIGN_OR_RETURN(TrainingResult result,
+                   Train(config, data.train, data.test, nullptr, data.validation));
+  if (result.best_validation_epoch > 0) {
+    spdlog::info("best validation epoch {}: {} errors of {}{}", result.best_validation_epoch,
+                 result.best_validation_errors, data.validation.num_examples,
+                 config.best_checkpoint_path.empty()
+                     ? ""
+                     : absl::StrCat(", checkpoint ", config.best_checkpoint_path));
+  }
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   spdlog::info("{} {} done: {} test errors out of {} ({:.2f}% accuracy), {} parameters, {:.0f} s",
                role, config.architecture, result.final_evaluation.errors,
                result.final_evaluation.examples, 100.0 * result.final_evaluation.accuracy,
-               result.network->spec().ParameterCount(), seconds);
+               result.network->ParameterCount(), seconds);
   if (!config.checkpoint_path.empty()) spdlog::info("checkpoint: {}", config.checkpoint_path);
   if (!config.metrics_csv_path.empty()) spdlog::info("metrics: {}", config.metrics_csv_path);
   return absl::OkStatus();

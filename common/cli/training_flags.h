@@ -20,10 +20,15 @@ void SetTrainingFlagDefaults(const TrainerConfig& defaults, double momentum_ramp
 // The TrainerConfig the flags describe. InvalidArgument for malformed values.
 absl::StatusOr<TrainerConfig> TrainerConfigFromFlags();
 
-// The data the flags name: --data_dir (an MNIST-format directory), with the
+// The data the flags name: --data_dir (an MNIST-format directory), the
 // training part restricted to --train_range ("begin:end", end exclusive;
-// empty = all of it).
-absl::StatusOr<MnistFormatData> LoadDataFromFlags();
+// empty = all of it) less the --validation_range held out for validation.
+struct TrainingData {
+  Dataset train;
+  Dataset validation;  // empty without --validation_range
+  Dataset test;
+};
+absl::StatusOr<TrainingData> LoadDataFromFlags();
 
 // The value of --threads (compute threads for oneDNN/OpenMP).
 int ThreadsFromFlags();

@@ -75,6 +75,32 @@ absl::StatusOr<std::string> FindMnistFile(const std::string& dir, const std::str
       absl::StrCat(dir, ": neither ", stem, " nor ", stem, ".gz found in this directory"));
 }
 
+// Interleaved (count, rows, cols, channels) pixels in `data`'s shape, as
+// planar (count, channels, rows, cols).
+std::vector<uint8_t> ToPlanar(const std::vector<uint8_t>& interleaved, const Dataset& data) {
+  std::vector<uint8_t> planar(interleaved.size());
+  const int64_t plane = int64_t{data.image_rows} * data.image_cols;
+  const int channels = data.channels;
+  for (int64_t i = 0; i < data.num_examples; ++i) {
+    const uint8_t* src = interleaved.data() + i * plane * channels;
+    uint8_t* dst = planar.data() + i * plane * channels;
+    for (int64_t p = 0; p < plane; ++p) {
+      for (int c = 0; c < channels; ++c) dst[c * plane + p] = src[p * channels + c];
+    }
+  }
+  return planar;
+}
+
+// A dataset with `data`'s image shape and classes and no examples.
+Dataset EmptyLike(const Dataset& data) {
+  Dataset empty;
+  empty.channels = data.channels;
+  empty.image_rows = data.image_rows;
+  empty.image_cols = data.image_cols;
+  empty.num_classes = data.num_classes;
+  return empty;
+}
+
 }  // namespace
 
 absl::StatusOr<Dataset> LoadIdxDataset(const std::string& images_path,
@@ -84,23 +110,28 @@ absl::StatusOr<Dataset> LoadIdxDataset(const std::string& images_path,
         absl::StrCat("num_classes ", num_classes, " must be in [1, 256] for uint8 labels"));
   }
   ASSIGN_OR_RETURN(IdxArray images, ReadIdxFile(images_path));
-  if (images.dims.size() != 3) {
+  if (images.dims.size() != 3 && images.dims.size() != 4) {
     return absl::InvalidArgumentError(absl::StrCat(
-        images_path, ": an images file must have rank 3 (count, rows, cols), this one has rank ",
+        images_path,
+        ": an images file must have rank 3 (count, rows, cols) or 4 (count, rows, cols, "
+        "channels), this one has rank ",
         images.dims.size(), " with dimensions ", DimsString(images.dims)));
   }
-  // ReadIdxFile bounds the element count by 2^31, so count * rows * cols fits
-  // int64; rows and cols must also fit int.
+  // ReadIdxFile bounds the element count by 2^31, so the product fits int64;
+  // rows, cols and channels must also fit int.
   constexpr uint32_t kIntMax = std::numeric_limits<int>::max();
-  if (images.dims[1] > kIntMax || images.dims[2] > kIntMax) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(images_path, ": image size ", DimsString(images.dims), " too large"));
+  for (size_t d = 1; d < images.dims.size(); ++d) {
+    if (images.dims[d] > kIntMax) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(images_path, ": image size ", DimsString(images.dims), " too large"));
+    }
   }
   Dataset data;
   data.num_examples = images.dims[0];
   data.image_rows = static_cast<int>(images.dims[1]);
   data.image_cols = static_cast<int>(images.dims[2]);
-  data.pixels = std::move(images.data);
+  data.channels = images.dims.size() == 4 ? static_cast<int>(images.dims[3]) : 1;
+  data.pixels = data.channels == 1 ? std::move(images.data) : ToPlanar(images.data, data);
   data.num_classes = num_classes;
   if (labels_path.empty()) return data;
 
@@ -134,11 +165,10 @@ absl::StatusOr<MnistFormatData> LoadMnistFormatDirectory(const std::string& dir)
   MnistFormatData result;
   ASSIGN_OR_RETURN(result.train, LoadIdxDataset(train_images, train_labels));
   ASSIGN_OR_RETURN(result.test, LoadIdxDataset(test_images, test_labels));
-  if (result.train.image_rows != result.test.image_rows ||
-      result.train.image_cols != result.test.image_cols) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        dir, ": train images are ", result.train.image_rows, "x", result.train.image_cols,
-        " but test images are ", result.test.image_rows, "x", result.test.image_cols));
+  if (result.train.example_shape() != result.test.example_shape()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(dir, ": train images are ", ShapeString(result.train.example_shape()),
+                     " but test images are ", ShapeString(result.test.example_shape())));
   }
   return result;
 }
@@ -148,11 +178,8 @@ absl::StatusOr<Dataset> SliceDataset(const Dataset& data, int64_t begin, int64_t
     return absl::InvalidArgumentError(absl::StrCat(
         "slice [", begin, ", ", end, ") is empty or outside [0, ", data.num_examples, ")"));
   }
-  Dataset slice;
+  Dataset slice = EmptyLike(data);
   slice.num_examples = end - begin;
-  slice.image_rows = data.image_rows;
-  slice.image_cols = data.image_cols;
-  slice.num_classes = data.num_classes;
   slice.pixels.assign(data.image(begin), data.image(end));
   if (data.has_labels())
     slice.labels.assign(data.labels.begin() + begin, data.labels.begin() + end);
@@ -163,10 +190,7 @@ absl::StatusOr<Dataset> WithoutClasses(const Dataset& data, const std::vector<in
   if (!data.has_labels()) {
     return absl::InvalidArgumentError("cannot drop classes from unlabeled data");
   }
-  Dataset kept;
-  kept.image_rows = data.image_rows;
-  kept.image_cols = data.image_cols;
-  kept.num_classes = data.num_classes;
+  Dataset kept = EmptyLike(data);
   for (int64_t i = 0; i < data.num_examples; ++i) {
     if (std::find(classes.begin(), classes.end(), data.labels[i]) != classes.end()) continue;
     kept.pixels.insert(kept.pixels.end(), data.image(i), data.image(i) + data.input_size());
@@ -176,12 +200,19 @@ absl::StatusOr<Dataset> WithoutClasses(const Dataset& data, const std::vector<in
   return kept;
 }
 
+void AppendDataset(const Dataset& more, Dataset* data) {
+  if (more.example_shape() != data->example_shape() || more.num_classes != data->num_classes ||
+      more.has_labels() != data->has_labels()) {
+    FailPrecondition("AppendDataset: the data sets differ in shape, classes or labeling");
+  }
+  data->pixels.insert(data->pixels.end(), more.pixels.begin(), more.pixels.end());
+  data->labels.insert(data->labels.end(), more.labels.begin(), more.labels.end());
+  data->num_examples += more.num_examples;
+}
+
 Dataset WithoutLabels(const Dataset& data) {
-  Dataset copy;
+  Dataset copy = EmptyLike(data);
   copy.num_examples = data.num_examples;
-  copy.image_rows = data.image_rows;
-  copy.image_cols = data.image_cols;
-  copy.num_classes = data.num_classes;
   copy.pixels = data.pixels;
   return copy;
 }
@@ -234,7 +265,7 @@ void GatherBatch(const Dataset& data, absl::Span<const int64_t> indices, int max
   if (max_shift > 0 && rng == nullptr) FailPrecondition("GatherBatch: max_shift > 0, rng null");
   const int64_t batch = static_cast<int64_t>(indices.size());
   const int64_t input_size = data.input_size();
-  inputs->Resize(batch, input_size);
+  inputs->Reshape({batch, data.channels, data.image_rows, data.image_cols});
   if (shifts != nullptr) shifts->assign(2 * indices.size(), 0);
   if (labels != nullptr) {
     labels->clear();
@@ -258,7 +289,11 @@ void GatherBatch(const Dataset& data, absl::Span<const int64_t> indices, int max
         (*shifts)[2 * k] = dx;
         (*shifts)[2 * k + 1] = dy;
       }
-      ShiftImage(image, data.image_rows, data.image_cols, dx, dy, shifted.data());
+      const int64_t plane = int64_t{data.image_rows} * data.image_cols;
+      for (int c = 0; c < data.channels; ++c) {
+        ShiftImage(image + c * plane, data.image_rows, data.image_cols, dx, dy,
+                   shifted.data() + c * plane);
+      }
       image = shifted.data();
     }
     float* row = inputs->row(k);

@@ -17,22 +17,34 @@
 
 namespace distillery {
 
-// A set of equally sized grayscale images with optional labels.
+// The scale from uint8 pixels to the engine's inputs: p / 255, in [0, 1].
+// Every network trained here takes its inputs so (its checkpoint records it).
+inline constexpr float kPixelScale = 1.f / 255.f;
+
+// A set of equally sized images with optional labels. Each image is
+// channels x image_rows x image_cols uint8 pixels in planar order: all of
+// channel 0 row by row, then channel 1, ... (the (channels, rows, cols)
+// row-major layout the engine's tensors use).
 struct Dataset {
   int64_t num_examples = 0;
+  int channels = 1;             // 1 for grayscale (MNIST), 3 for RGB
   int image_rows = 0;           // 28 for MNIST
   int image_cols = 0;           // 28 for MNIST
-  std::vector<uint8_t> pixels;  // num_examples * image_rows * image_cols, row-major
+  std::vector<uint8_t> pixels;  // num_examples * input_size(), planar per image
   std::vector<uint8_t> labels;  // num_examples class ids, or empty when unlabeled
   int num_classes = 10;         // labels are in [0, num_classes)
 
-  int64_t input_size() const { return int64_t{image_rows} * image_cols; }
+  int64_t input_size() const { return int64_t{channels} * image_rows * image_cols; }
+  // One example's shape: (channels, rows, cols).
+  Shape example_shape() const { return {channels, image_rows, image_cols}; }
   bool has_labels() const { return !labels.empty(); }
   const uint8_t* image(int64_t i) const { return pixels.data() + i * input_size(); }
 };
 
-// Loads an images file (rank 3) and, when `labels_path` is non-empty, a labels
-// file (rank 1). Refused with a message naming the file: a labels count that
+// Loads an images file, of rank 3 (count, rows, cols: one channel) or rank 4
+// (count, rows, cols, channels: interleaved channels, converted here to the
+// planar layout), and, when `labels_path` is non-empty, a labels file
+// (rank 1). Refused with a message naming the file: a labels count that
 // differs from the images count, a label >= num_classes, plus every error of
 // ReadIdxFile.
 absl::StatusOr<Dataset> LoadIdxDataset(const std::string& images_path,
@@ -56,6 +68,10 @@ absl::StatusOr<Dataset> SliceDataset(const Dataset& data, int64_t begin, int64_t
 // gives [0, size).
 absl::StatusOr<std::pair<int64_t, int64_t>> ParseRange(const std::string& text, int64_t size);
 
+// Appends the examples of `more` to `data`. Aborts unless both have the same
+// image shape, classes and labeling (a programming error).
+void AppendDataset(const Dataset& more, Dataset* data);
+
 // A copy of `data` without its labels (a transfer set needs none).
 Dataset WithoutLabels(const Dataset& data);
 
@@ -68,16 +84,16 @@ absl::StatusOr<Dataset> WithoutClasses(const Dataset& data, const std::vector<in
 // hand-written Fisher-Yates, not std::shuffle, whose algorithm is unspecified).
 std::vector<int64_t> ShuffledIndices(int64_t n, uint64_t seed, int64_t epoch);
 
-// Copies one rows x cols image shifted by (dx, dy) pixels (positive dx moves
+// Copies one rows x cols image plane shifted by (dx, dy) pixels (positive dx moves
 // the content right, positive dy down), filling uncovered pixels with zero.
 void ShiftImage(const uint8_t* src, int rows, int cols, int dx, int dy, uint8_t* dst);
 
-// Gathers the examples `indices` of `data` into `inputs` (resized to
-// indices.size() x input_size, pixels scaled by 1/255) and, when the data is
+// Gathers the examples `indices` of `data` into `inputs` (reshaped to
+// (indices.size(), channels, rows, cols), pixels scaled by 1/255) and, when the data is
 // labeled and `labels` is not null, their labels. When `max_shift` > 0 each
 // image gets an independent uniform integer shift in [-max_shift, max_shift]
-// in x and y drawn from `rng`; `shifts`, when not null, receives the
-// (dx, dy) pairs drawn, in order, so another process can reproduce the view.
+// in x and y drawn from `rng`, the same for every channel of the image; `shifts`, when not null,
+// receives the (dx, dy) pairs drawn, in order, so another process can reproduce the view.
 void GatherBatch(const Dataset& data, absl::Span<const int64_t> indices, int max_shift,
                  std::mt19937_64* rng, Tensor* inputs, std::vector<int>* labels,
                  std::vector<int>* shifts = nullptr);

@@ -13,8 +13,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/util/file_util.h"
 #include "common/util/random.h"
+#include "common/util/status_macros.h"
 
 namespace distillery {
 namespace {
@@ -29,115 +31,198 @@ uint64_t GetLittleEndian(const unsigned char* p, int bytes) {
   return value;
 }
 
-void FillTensor(const std::string& name, const Tensor& matrix, distill::v1::Tensor* tensor) {
+void FillTensor(const std::string& name, const Tensor& value, distill::v1::Tensor* tensor) {
   tensor->set_name(name);
-  tensor->add_shape(matrix.rows());
-  tensor->add_shape(matrix.cols());
-  tensor->mutable_values()->Assign(matrix.data(), matrix.data() + matrix.size());
+  for (int64_t d : value.shape()) tensor->add_shape(d);
+  tensor->mutable_values()->Assign(value.data(), value.data() + value.size());
 }
 
-absl::StatusOr<Tensor> TensorToMatrix(const distill::v1::Tensor& tensor) {
-  // shape(0) * shape(1) == values_size(), without multiplying: the shape comes
-  // from the file and its product could overflow.
-  const int64_t values = tensor.values_size();
-  if (tensor.shape_size() != 2 || tensor.shape(0) < 1 || tensor.shape(1) < 1 ||
-      tensor.shape(0) > values || values % tensor.shape(0) != 0 ||
-      tensor.shape(1) != values / tensor.shape(0)) {
+absl::StatusOr<Tensor> TensorFromProto(const distill::v1::Tensor& tensor) {
+  // The product of the shape must equal values_size(), checked by division:
+  // the shape comes from the file and its product could overflow.
+  int64_t remaining = tensor.values_size();
+  bool fits = tensor.shape_size() >= 1 && tensor.shape_size() <= 4 && remaining > 0;
+  Shape shape;
+  for (int i = 0; fits && i < tensor.shape_size(); ++i) {
+    const int64_t d = tensor.shape(i);
+    fits = d >= 1 && d <= remaining && remaining % d == 0;
+    if (fits) remaining /= d;
+    shape.push_back(d);
+  }
+  if (!fits || remaining != 1) {
     return absl::DataLossError(absl::StrCat("tensor \"", tensor.name(), "\" has ",
                                             tensor.values_size(),
                                             " values, which does not fit its shape"));
   }
-  Tensor matrix(tensor.shape(0), tensor.shape(1));
+  Tensor value(shape);
   for (int i = 0; i < tensor.values_size(); ++i) {
     const float v = tensor.values(i);
     if (!std::isfinite(v)) {
       return absl::DataLossError(
           absl::StrCat("tensor \"", tensor.name(), "\" holds a non-finite value at ", i));
     }
-    matrix.data()[i] = v;
+    value.data()[i] = v;
   }
-  return matrix;
+  return value;
 }
 
-MlpSpec SpecOf(const distill::v1::Architecture& arch) {
-  MlpSpec spec;
-  spec.layer_sizes.assign(arch.layer_sizes().begin(), arch.layer_sizes().end());
-  spec.input_dropout = arch.input_dropout();
-  spec.hidden_dropout = arch.hidden_dropout();
+void FillLayer(const LayerSpec& spec, distill::v1::Layer* layer) {
+  layer->set_kind(LayerKindName(spec.kind));
+  layer->set_units(spec.units);
+  layer->set_kernel_rows(spec.kernel_rows);
+  layer->set_kernel_cols(spec.kernel_cols);
+  layer->set_stride_rows(spec.stride_rows);
+  layer->set_stride_cols(spec.stride_cols);
+  layer->set_pad_rows(spec.pad_rows);
+  layer->set_pad_cols(spec.pad_cols);
+  layer->set_dilation(spec.dilation);
+  layer->set_groups(spec.groups);
+  layer->set_count_include_pad(spec.count_include_pad);
+  layer->set_rate(spec.rate);
+  layer->set_seed_salt(spec.seed_salt);
+  layer->set_max_norm(spec.max_norm);
+}
+
+absl::StatusOr<LayerSpec> LayerFromProto(const distill::v1::Layer& layer) {
+  LayerSpec spec;
+  ASSIGN_OR_RETURN(spec.kind, LayerKindFromName(layer.kind()));
+  spec.units = layer.units();
+  spec.kernel_rows = layer.kernel_rows();
+  spec.kernel_cols = layer.kernel_cols();
+  spec.stride_rows = layer.stride_rows();
+  spec.stride_cols = layer.stride_cols();
+  spec.pad_rows = layer.pad_rows();
+  spec.pad_cols = layer.pad_cols();
+  spec.dilation = layer.dilation();
+  spec.groups = layer.groups();
+  spec.count_include_pad = layer.count_include_pad();
+  spec.rate = layer.rate();
+  spec.seed_salt = layer.seed_salt();
+  spec.max_norm = layer.max_norm();
   return spec;
+}
+
+// The network a checkpoint's architecture describes (either format).
+absl::StatusOr<NetworkSpec> SpecFromArchitecture(uint32_t format_version,
+                                                 const distill::v1::Architecture& arch) {
+  const int channels = format_version == 1 ? 1 : arch.image_channels();
+  if (channels < 1 || arch.image_rows() < 1 || arch.image_cols() < 1 || channels > 4096 ||
+      arch.image_rows() > 65536 || arch.image_cols() > 65536) {
+    return absl::InvalidArgumentError(absl::StrCat("invalid input shape ", channels, "x",
+                                                   arch.image_rows(), "x", arch.image_cols()));
+  }
+  const Shape input = {channels, arch.image_rows(), arch.image_cols()};
+  if (format_version == 1) {
+    if (arch.activation() != "relu") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unsupported activation \"", arch.activation(), "\""));
+    }
+    return NetworkSpec::Parse(absl::StrJoin(arch.layer_sizes(), "-"), input, arch.input_dropout(),
+                              arch.hidden_dropout());
+  }
+  NetworkSpec spec;
+  spec.input_shape = input;
+  spec.mlp_form = arch.mlp_form();
+  for (const distill::v1::Layer& layer : arch.layers()) {
+    ASSIGN_OR_RETURN(LayerSpec layer_spec, LayerFromProto(layer));
+    spec.layers.push_back(layer_spec);
+  }
+  return spec;
+}
+
+// Checks that `stored` are exactly `expected`'s names and shapes, in order.
+absl::Status CheckTensors(const char* what,
+                          const google::protobuf::RepeatedPtrField<distill::v1::Tensor>& stored,
+                          const std::vector<std::pair<std::string, const Tensor*>>& expected) {
+  if (static_cast<size_t>(stored.size()) != expected.size()) {
+    return absl::DataLossError(absl::StrCat("the network needs ", expected.size(), " ", what,
+                                            " tensors, found ", stored.size()));
+  }
+  for (size_t i = 0; i < expected.size(); ++i) {
+    const distill::v1::Tensor& tensor = stored[static_cast<int>(i)];
+    const Shape shape(tensor.shape().begin(), tensor.shape().end());
+    if (tensor.name() != expected[i].first || shape != expected[i].second->shape()) {
+      return absl::DataLossError(absl::StrCat(
+          what, " tensor ", i, " (\"", tensor.name(), "\" ", ShapeString(shape), ") is not ",
+          expected[i].first, " of shape ", ShapeString(expected[i].second->shape())));
+    }
+    RETURN_IF_ERROR(TensorFromProto(tensor).status());
+  }
+  return absl::OkStatus();
+}
+
+// Builds the checkpoint's network with fresh weights; DataLoss naming the
+// problem when the architecture is invalid.
+absl::StatusOr<std::unique_ptr<Network>> BuildNetwork(const distill::v1::Checkpoint& checkpoint,
+                                                      uint64_t seed) {
+  const uint32_t version = checkpoint.format_version();
+  if (version < 1 || version > kCheckpointFormatVersion) {
+    return absl::DataLossError(absl::StrCat(
+        "format version ", version, " is not one this release reads (1 to ",
+        kCheckpointFormatVersion,
+        version > kCheckpointFormatVersion ? "; it was written by a newer release)" : ")"));
+  }
+  absl::StatusOr<NetworkSpec> spec = SpecFromArchitecture(version, checkpoint.architecture());
+  absl::StatusOr<std::unique_ptr<Network>> network =
+      spec.ok() ? Network::Create(*spec, seed) : spec.status();
+  if (!network.ok()) {
+    return absl::DataLossError(absl::StrCat("invalid architecture: ", network.status().message()));
+  }
+  return network;
+}
+
+std::vector<std::pair<std::string, const Tensor*>> Named(Network& network) {
+  std::vector<std::pair<std::string, const Tensor*>> named;
+  for (Parameter* p : network.Parameters()) named.emplace_back(p->name, &p->value);
+  return named;
+}
+
+std::vector<std::pair<std::string, const Tensor*>> NamedBuffers(Network& network) {
+  std::vector<std::pair<std::string, const Tensor*>> named;
+  for (const Buffer& b : network.Buffers()) named.emplace_back(b.name, b.value);
+  return named;
 }
 
 }  // namespace
 
 absl::Status ValidateCheckpoint(const distill::v1::Checkpoint& checkpoint) {
-  if (checkpoint.format_version() != 1) {
-    return absl::DataLossError(
-        absl::StrCat("unsupported payload version ", checkpoint.format_version()));
-  }
-  const MlpSpec spec = SpecOf(checkpoint.architecture());
-  if (absl::Status s = spec.Validate(); !s.ok()) {
-    return absl::DataLossError(absl::StrCat("invalid architecture: ", s.message()));
-  }
-  if (checkpoint.architecture().activation() != "relu") {
-    return absl::DataLossError(
-        absl::StrCat("unsupported activation \"", checkpoint.architecture().activation(), "\""));
-  }
-  const size_t layers = spec.layer_sizes.size() - 1;
-  if (static_cast<size_t>(checkpoint.parameters_size()) != 2 * layers) {
-    return absl::DataLossError(absl::StrCat("architecture ", spec.ArchitectureString(), " needs ",
-                                            2 * layers, " tensors, found ",
-                                            checkpoint.parameters_size()));
-  }
-  for (size_t i = 0; i < layers; ++i) {
-    const int64_t rows = spec.layer_sizes[i + 1], cols = spec.layer_sizes[i];
-    const auto& weight = checkpoint.parameters(2 * i);
-    const auto& bias = checkpoint.parameters(2 * i + 1);
-    if (weight.name() != absl::StrCat("layer", i, ".weight") || weight.shape_size() != 2 ||
-        weight.shape(0) != rows || weight.shape(1) != cols) {
-      return absl::DataLossError(absl::StrCat("tensor ", 2 * i, " (\"", weight.name(),
-                                              "\") is not layer", i, ".weight of shape ", rows, "x",
-                                              cols));
-    }
-    if (bias.name() != absl::StrCat("layer", i, ".bias") || bias.shape_size() != 2 ||
-        bias.shape(0) != 1 || bias.shape(1) != rows) {
-      return absl::DataLossError(absl::StrCat("tensor ", 2 * i + 1, " (\"", bias.name(),
-                                              "\") is not layer", i, ".bias of shape 1x", rows));
-    }
-  }
-  // Every tensor must hold exactly its shape's worth of finite values.
-  for (const distill::v1::Tensor& tensor : checkpoint.parameters()) {
-    if (absl::StatusOr<Tensor> m = TensorToMatrix(tensor); !m.ok()) return m.status();
-  }
+  ASSIGN_OR_RETURN(std::unique_ptr<Network> network, BuildNetwork(checkpoint, 0));
+  RETURN_IF_ERROR(CheckTensors("parameter", checkpoint.parameters(), Named(*network)));
+  RETURN_IF_ERROR(CheckTensors("buffer", checkpoint.buffers(), NamedBuffers(*network)));
   for (const distill::v1::Tensor& tensor : checkpoint.training_state().optimizer_state()) {
-    if (absl::StatusOr<Tensor> m = TensorToMatrix(tensor); !m.ok()) return m.status();
+    RETURN_IF_ERROR(TensorFromProto(tensor).status());
   }
   return absl::OkStatus();
 }
 
-distill::v1::Checkpoint MakeCheckpoint(Mlp& mlp, const std::string& role, int image_rows,
-                                       int image_cols, Optimizer* optimizer,
-                                       int64_t epochs_completed, int64_t steps_completed,
-                                       uint64_t seed) {
+distill::v1::Checkpoint MakeCheckpoint(Network& network, const std::string& role,
+                                       Optimizer* optimizer, int64_t epochs_completed,
+                                       int64_t steps_completed, uint64_t seed) {
   distill::v1::Checkpoint checkpoint;
-  checkpoint.set_format_version(1);
+  checkpoint.set_format_version(kCheckpointFormatVersion);
   checkpoint.set_role(role);
   distill::v1::Architecture* arch = checkpoint.mutable_architecture();
-  for (int64_t size : mlp.spec().layer_sizes) arch->add_layer_sizes(size);
-  arch->set_activation("relu");
-  arch->set_input_dropout(mlp.spec().input_dropout);
-  arch->set_hidden_dropout(mlp.spec().hidden_dropout);
-  arch->set_image_rows(image_rows);
-  arch->set_image_cols(image_cols);
+  const NetworkSpec& spec = network.spec();
+  for (const LayerSpec& layer : spec.layers) FillLayer(layer, arch->add_layers());
+  arch->set_mlp_form(spec.mlp_form);
+  // The input is (channels, rows, cols); a vector input reads as 1 x 1 x n.
+  const Shape& in = spec.input_shape;
+  arch->set_image_channels(in.size() == 3 ? static_cast<int32_t>(in[0]) : 1);
+  arch->set_image_rows(in.size() == 3 ? static_cast<int32_t>(in[1]) : 1);
+  arch->set_image_cols(static_cast<int32_t>(in.back()));
   arch->set_input_scale(1.f / 255.f);
-  for (Parameter* p : mlp.Parameters()) FillTensor(p->name, p->value, checkpoint.add_parameters());
+  for (Parameter* p : network.Parameters()) {
+    FillTensor(p->name, p->value, checkpoint.add_parameters());
+  }
+  for (const Buffer& b : network.Buffers()) FillTensor(b.name, *b.value, checkpoint.add_buffers());
   if (optimizer != nullptr) {
     distill::v1::TrainingState* state = checkpoint.mutable_training_state();
     state->set_epochs_completed(epochs_completed);
     state->set_steps_completed(steps_completed);
     state->set_optimizer(optimizer->Describe());
     state->set_seed(seed);
-    for (const auto& [name, matrix] : optimizer->State()) {
-      FillTensor(name, *matrix, state->add_optimizer_state());
+    for (const auto& [name, value] : optimizer->State()) {
+      FillTensor(name, *value, state->add_optimizer_state());
     }
   }
   return checkpoint;
@@ -211,21 +296,23 @@ absl::StatusOr<distill::v1::Checkpoint> DecodeCheckpoint(const std::string& name
   return checkpoint;
 }
 
-absl::StatusOr<std::unique_ptr<Mlp>> MlpFromCheckpoint(const distill::v1::Checkpoint& checkpoint,
-                                                       uint64_t seed) {
-  if (absl::Status s = ValidateCheckpoint(checkpoint); !s.ok()) return s;
-  absl::StatusOr<std::unique_ptr<Mlp>> mlp = Mlp::Create(SpecOf(checkpoint.architecture()), seed);
-  if (!mlp.ok()) return mlp.status();
-  std::vector<Parameter*> params = (*mlp)->Parameters();
+absl::StatusOr<std::unique_ptr<Network>> NetworkFromCheckpoint(
+    const distill::v1::Checkpoint& checkpoint, uint64_t seed) {
+  ASSIGN_OR_RETURN(std::unique_ptr<Network> network, BuildNetwork(checkpoint, seed));
+  RETURN_IF_ERROR(CheckTensors("parameter", checkpoint.parameters(), Named(*network)));
+  RETURN_IF_ERROR(CheckTensors("buffer", checkpoint.buffers(), NamedBuffers(*network)));
+  std::vector<Parameter*> params = network->Parameters();
   for (size_t i = 0; i < params.size(); ++i) {
-    absl::StatusOr<Tensor> value = TensorToMatrix(checkpoint.parameters(static_cast<int>(i)));
-    if (!value.ok()) return value.status();
-    params[i]->value = *std::move(value);
+    ASSIGN_OR_RETURN(params[i]->value, TensorFromProto(checkpoint.parameters(static_cast<int>(i))));
   }
-  return mlp;
+  std::vector<Buffer> buffers = network->Buffers();
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    ASSIGN_OR_RETURN(*buffers[i].value, TensorFromProto(checkpoint.buffers(static_cast<int>(i))));
+  }
+  return network;
 }
 
-absl::Status RestoreOptimizerState(const distill::v1::Checkpoint& checkpoint, Mlp& mlp,
+absl::Status RestoreOptimizerState(const distill::v1::Checkpoint& checkpoint, Network& mlp,
                                    Optimizer* optimizer) {
   if (!checkpoint.has_training_state()) {
     return absl::FailedPreconditionError("the checkpoint holds no training state to resume from");
@@ -234,12 +321,11 @@ absl::Status RestoreOptimizerState(const distill::v1::Checkpoint& checkpoint, Ml
   for (Parameter* p : mlp.Parameters()) shapes[p->name] = &p->value;
   std::map<std::string, Tensor> state;
   for (const distill::v1::Tensor& tensor : checkpoint.training_state().optimizer_state()) {
-    absl::StatusOr<Tensor> value = TensorToMatrix(tensor);
+    absl::StatusOr<Tensor> value = TensorFromProto(tensor);
     if (!value.ok()) return value.status();
     const std::string::size_type dot = tensor.name().find_last_of('.');
     auto it = shapes.find(tensor.name().substr(0, dot == std::string::npos ? 0 : dot));
-    if (it == shapes.end() || it->second->rows() != value->rows() ||
-        it->second->cols() != value->cols()) {
+    if (it == shapes.end() || it->second->shape() != value->shape()) {
       return absl::DataLossError(absl::StrCat("optimizer state \"", tensor.name(),
                                               "\" does not match any parameter of the network"));
     }
@@ -249,17 +335,26 @@ absl::Status RestoreOptimizerState(const distill::v1::Checkpoint& checkpoint, Ml
   return absl::OkStatus();
 }
 
-std::string WeightsFingerprint(Mlp& mlp) {
+std::string WeightsFingerprint(Network& network) {
   uint64_t hash = SplitMix64(0x44697374696C6CULL);  // "Distill"
-  for (int64_t size : mlp.spec().layer_sizes) hash = HashCombine(hash, static_cast<uint64_t>(size));
-  for (Parameter* p : mlp.Parameters()) {
-    const float* v = p->value.data();
-    for (int64_t i = 0; i < p->value.size(); ++i) {
+  const NetworkSpec& spec = network.spec();
+  if (spec.mlp_form) {
+    // Release 0.1's hash of an MLP: its units per layer, then the weights.
+    for (int64_t size : spec.MlpLayerSizes()) hash = HashCombine(hash, static_cast<uint64_t>(size));
+  } else {
+    for (int64_t d : spec.input_shape) hash = HashCombine(hash, static_cast<uint64_t>(d));
+    for (char c : spec.ArchitectureString()) hash = HashCombine(hash, static_cast<uint8_t>(c));
+  }
+  auto add = [&hash](const Tensor& value) {
+    const float* v = value.data();
+    for (int64_t i = 0; i < value.size(); ++i) {
       uint32_t bits;
       std::memcpy(&bits, &v[i], sizeof(bits));
       hash = HashCombine(hash, bits);
     }
-  }
+  };
+  for (Parameter* p : network.Parameters()) add(p->value);
+  for (const Buffer& b : network.Buffers()) add(*b.value);
   return absl::StrFormat("%016x", hash);
 }
 

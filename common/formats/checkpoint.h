@@ -20,7 +20,7 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
-#include "common/nn/mlp.h"
+#include "common/nn/network.h"
 #include "common/nn/optimizer.h"
 #include "distill/v1/checkpoint.pb.h"
 
@@ -32,13 +32,16 @@ inline constexpr size_t kCheckpointHeaderSize = 24;
 // Refuse payloads over 2 GiB (protobuf's own limit) before reading them.
 inline constexpr uint64_t kMaxCheckpointPayload = (uint64_t{1} << 31) - 1;
 
-// Builds a checkpoint of `mlp`'s weights. `optimizer` may be null; when not,
-// its state and `epochs_completed`/`steps_completed`/`seed` are included so
-// training can resume.
-distill::v1::Checkpoint MakeCheckpoint(Mlp& mlp, const std::string& role, int image_rows,
-                                       int image_cols, Optimizer* optimizer = nullptr,
-                                       int64_t epochs_completed = 0, int64_t steps_completed = 0,
-                                       uint64_t seed = 0);
+// The payload schema version MakeCheckpoint writes (Checkpoint.format_version):
+// 2, a list of typed layers. Version 1 (release 0.1's MLPs) is still read.
+inline constexpr uint32_t kCheckpointFormatVersion = 2;
+
+// Builds a checkpoint of `network`'s weights and buffers. `optimizer` may be
+// null; when not, its state and `epochs_completed`/`steps_completed`/`seed`
+// are included so training can resume.
+distill::v1::Checkpoint MakeCheckpoint(Network& network, const std::string& role,
+                                       Optimizer* optimizer = nullptr, int64_t epochs_completed = 0,
+                                       int64_t steps_completed = 0, uint64_t seed = 0);
 
 // Writes `checkpoint` to `path` atomically (see the format above).
 absl::Status SaveCheckpoint(const std::string& path, const distill::v1::Checkpoint& checkpoint);
@@ -57,25 +60,26 @@ absl::StatusOr<distill::v1::Checkpoint> DecodeCheckpoint(const std::string& name
                                                          std::string_view bytes);
 
 // Checks that a parsed checkpoint describes a network that can be built: a
-// supported payload version and activation, a valid architecture, every
-// tensor present with its exact shape, every value finite. DataLoss naming
+// payload version this release reads (a newer one is refused, naming it), a
+// valid architecture whose layers fit its input shape, every parameter and
+// buffer present with its exact name and shape, every value finite. DataLoss naming
 // the problem otherwise. (LoadCheckpoint already calls it.)
 absl::Status ValidateCheckpoint(const distill::v1::Checkpoint& checkpoint);
 
 // The network a verified checkpoint describes, with its weights.
-absl::StatusOr<std::unique_ptr<Mlp>> MlpFromCheckpoint(const distill::v1::Checkpoint& checkpoint,
-                                                       uint64_t seed = 0);
+absl::StatusOr<std::unique_ptr<Network>> NetworkFromCheckpoint(
+    const distill::v1::Checkpoint& checkpoint, uint64_t seed = 0);
 
 // Loads the optimizer state of a checkpoint into `optimizer` (which must be
 // of the same kind that wrote it) for the parameters of `mlp`.
 // FailedPrecondition when the checkpoint holds no training state; DataLoss
 // when a state tensor names no parameter of `mlp` or has another shape.
-absl::Status RestoreOptimizerState(const distill::v1::Checkpoint& checkpoint, Mlp& mlp,
+absl::Status RestoreOptimizerState(const distill::v1::Checkpoint& checkpoint, Network& mlp,
                                    Optimizer* optimizer);
 
 // A 64-bit fingerprint of a network's architecture and exact weight bits,
 // printed as 16 hex digits: the teacher's identity on the wire.
-std::string WeightsFingerprint(Mlp& mlp);
+std::string WeightsFingerprint(Network& mlp);
 
 }  // namespace distillery
 

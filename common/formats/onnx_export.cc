@@ -10,8 +10,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/formats/checkpoint.h"
-#include "common/nn/mlp.h"
+#include "common/nn/network.h"
 #include "common/util/file_util.h"
+#include "common/util/status_macros.h"
 
 namespace distillery {
 namespace {
@@ -20,26 +21,9 @@ namespace {
 // that its contents are consistent (see BuildOnnxModel).
 absl::Status ValidateForExport(const distill::v1::Checkpoint& checkpoint,
                                const OnnxExportOptions& options) {
-  if (checkpoint.format_version() != 1) {
-    return absl::InvalidArgumentError(absl::StrCat("unsupported checkpoint payload version ",
-                                                   checkpoint.format_version(),
-                                                   " (the ONNX export reads version 1)"));
-  }
+  // Layers, tensors, shapes and finiteness: as for any checkpoint.
+  RETURN_IF_ERROR(ValidateCheckpoint(checkpoint));
   const distill::v1::Architecture& arch = checkpoint.architecture();
-  if (arch.activation() != "relu") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unsupported activation \"", arch.activation(),
-                     "\": the ONNX export supports relu hidden layers only"));
-  }
-  // Sizes, tensors, shapes and finiteness: as for any checkpoint.
-  if (absl::Status s = ValidateCheckpoint(checkpoint); !s.ok()) return s;
-  const int64_t inputs = arch.layer_sizes(0);
-  if (arch.image_rows() < 0 || arch.image_cols() < 0 ||
-      (arch.image_rows() != 0 && int64_t{arch.image_rows()} * arch.image_cols() != inputs)) {
-    return absl::DataLossError(absl::StrCat("image shape ", arch.image_rows(), "x",
-                                            arch.image_cols(), " does not fit the ", inputs,
-                                            " inputs"));
-  }
   if (options.scale_input && !(std::isfinite(arch.input_scale()) && arch.input_scale() > 0.f)) {
     return absl::DataLossError(
         absl::StrCat("input scale ", arch.input_scale(), " is not a finite number > 0"));
@@ -66,15 +50,15 @@ void AddFloatInitializer(const std::string& name, std::vector<int64_t> dims, con
   AppendFloatsLittleEndian(values, count, tensor->mutable_raw_data());
 }
 
-// A float tensor of shape [batch, features] with a symbolic batch size.
-void SetBatchTensorType(const std::string& name, int64_t features, const std::string& doc,
+// A float tensor of shape [batch, dims...] with a symbolic batch size.
+void SetBatchTensorType(const std::string& name, const Shape& dims, const std::string& doc,
                         onnx::ValueInfoProto* value) {
   value->set_name(name);
   value->set_doc_string(doc);
   onnx::TypeProto::Tensor* tensor = value->mutable_type()->mutable_tensor_type();
   tensor->set_elem_type(onnx::TensorProto::FLOAT);
   tensor->mutable_shape()->add_dim()->set_dim_param("batch");
-  tensor->mutable_shape()->add_dim()->set_dim_value(features);
+  for (int64_t d : dims) tensor->mutable_shape()->add_dim()->set_dim_value(d);
 }
 
 onnx::NodeProto* AddNode(const std::string& op_type, const std::string& name,
@@ -95,6 +79,103 @@ void AddIntAttribute(const std::string& name, int64_t value, onnx::NodeProto* no
   attribute->set_i(value);
 }
 
+void AddIntsAttribute(const std::string& name, std::vector<int64_t> values, onnx::NodeProto* node) {
+  onnx::AttributeProto* attribute = node->add_attribute();
+  attribute->set_name(name);
+  attribute->set_type(onnx::AttributeProto::INTS);
+  for (int64_t v : values) attribute->add_ints(v);
+}
+
+void AddFloatAttribute(const std::string& name, float value, onnx::NodeProto* node) {
+  onnx::AttributeProto* attribute = node->add_attribute();
+  attribute->set_name(name);
+  attribute->set_type(onnx::AttributeProto::FLOAT);
+  attribute->set_f(value);
+}
+
+void AddTensorInitializer(const std::string& name, const Tensor& value, const Shape& dims,
+                          onnx::GraphProto* graph) {
+  AddFloatInitializer(name, dims, value.data(), value.size(), graph);
+}
+
+// Whether the network takes images (batch, channels, rows, cols) rather
+// than flat vectors: its first layer that is not dropout is an image layer.
+bool TakesImages(const NetworkSpec& spec) {
+  for (const LayerSpec& layer : spec.layers) {
+    if (layer.kind == LayerSpec::Kind::kDropout) continue;
+    return layer.kind != LayerSpec::Kind::kLinear && layer.kind != LayerSpec::Kind::kRelu &&
+           spec.input_shape.size() == 3;
+  }
+  return false;
+}
+
+// Appends the nodes of one layer, reading `current` and writing its output
+// name back; `params` and `buffers` are the layer's own.
+void AddLayerNodes(const LayerSpec& layer, int index, bool last, std::vector<Parameter*> params,
+                   std::vector<Buffer> buffers, std::string* current, onnx::GraphProto* graph) {
+  using Kind = LayerSpec::Kind;
+  const std::string prefix = absl::StrCat("node", index);
+  const std::string out = last ? std::string(kOnnxLogitsName) : prefix;
+  auto window = [&layer](onnx::NodeProto* node) {
+    AddIntsAttribute("kernel_shape", {layer.kernel_rows, layer.kernel_cols}, node);
+    AddIntsAttribute("strides", {layer.stride_rows, layer.stride_cols}, node);
+    AddIntsAttribute("pads", {layer.pad_rows, layer.pad_cols, layer.pad_rows, layer.pad_cols},
+                     node);
+  };
+  switch (layer.kind) {
+    case Kind::kLinear: {
+      AddTensorInitializer(params[0]->name, params[0]->value, params[0]->value.shape(), graph);
+      AddTensorInitializer(params[1]->name, params[1]->value, {params[1]->value.size()}, graph);
+      onnx::NodeProto* gemm = AddNode("Gemm", prefix + ".gemm",
+                                      {*current, params[0]->name, params[1]->name}, out, graph);
+      AddIntAttribute("transB", 1, gemm);
+      break;
+    }
+    case Kind::kConv2d: {
+      AddTensorInitializer(params[0]->name, params[0]->value, params[0]->value.shape(), graph);
+      AddTensorInitializer(params[1]->name, params[1]->value, {params[1]->value.size()}, graph);
+      onnx::NodeProto* conv = AddNode("Conv", prefix + ".conv",
+                                      {*current, params[0]->name, params[1]->name}, out, graph);
+      window(conv);
+      AddIntsAttribute("dilations", {layer.dilation, layer.dilation}, conv);
+      AddIntAttribute("group", layer.groups, conv);
+      break;
+    }
+    case Kind::kMaxPool2d:
+      window(AddNode("MaxPool", prefix + ".maxpool", {*current}, out, graph));
+      break;
+    case Kind::kAvgPool2d: {
+      onnx::NodeProto* pool = AddNode("AveragePool", prefix + ".avgpool", {*current}, out, graph);
+      window(pool);
+      AddIntAttribute("count_include_pad", layer.count_include_pad ? 1 : 0, pool);
+      break;
+    }
+    case Kind::kBatchNorm: {
+      std::vector<std::string> inputs = {*current};
+      for (Parameter* p : params) {
+        AddTensorInitializer(p->name, p->value, {p->value.size()}, graph);
+        inputs.push_back(p->name);
+      }
+      for (const Buffer& b : buffers) {
+        AddTensorInitializer(b.name, *b.value, {b.value->size()}, graph);
+        inputs.push_back(b.name);
+      }
+      AddFloatAttribute("epsilon", kBatchNormEpsilon,
+                        AddNode("BatchNormalization", prefix + ".batchnorm", inputs, out, graph));
+      break;
+    }
+    case Kind::kFlatten:
+      AddIntAttribute("axis", 1, AddNode("Flatten", prefix + ".flatten", {*current}, out, graph));
+      break;
+    case Kind::kRelu:
+      AddNode("Relu", prefix + ".relu", {*current}, out, graph);
+      break;
+    case Kind::kDropout:
+      return;  // the identity at inference: no node
+  }
+  *current = out;
+}
+
 void AddMetadata(const std::string& key, const std::string& value, onnx::ModelProto* model) {
   onnx::StringStringEntryProto* entry = model->add_metadata_props();
   entry->set_key(key);
@@ -105,17 +186,18 @@ void AddMetadata(const std::string& key, const std::string& value, onnx::ModelPr
 
 absl::StatusOr<onnx::ModelProto> BuildOnnxModel(const distill::v1::Checkpoint& checkpoint,
                                                 const OnnxExportOptions& options) {
-  if (absl::Status s = ValidateForExport(checkpoint, options); !s.ok()) return s;
+  RETURN_IF_ERROR(ValidateForExport(checkpoint, options));
+  ASSIGN_OR_RETURN(std::unique_ptr<Network> network, NetworkFromCheckpoint(checkpoint));
+  const NetworkSpec& spec = network->spec();
   const distill::v1::Architecture& arch = checkpoint.architecture();
-  MlpSpec spec;
-  spec.layer_sizes.assign(arch.layer_sizes().begin(), arch.layer_sizes().end());
-  const int64_t inputs = spec.layer_sizes.front();
-  const int64_t classes = spec.layer_sizes.back();
-  const size_t layers = spec.layer_sizes.size() - 1;
+  const std::string architecture = spec.ArchitectureString();
   const std::string role = checkpoint.role().empty() ? "network" : checkpoint.role();
   const std::string output_name = options.softmax ? kOnnxProbabilitiesName : kOnnxLogitsName;
   const std::string image_shape =
-      arch.image_rows() > 0 ? absl::StrCat(arch.image_rows(), "x", arch.image_cols()) : "";
+      arch.image_channels() > 1
+          ? absl::StrCat(arch.image_channels(), "x", arch.image_rows(), "x", arch.image_cols())
+          : absl::StrCat(arch.image_rows(), "x", arch.image_cols());
+  const bool images_in = TakesImages(spec);
 
   onnx::ModelProto model;
   model.set_ir_version(kOnnxIrVersion);
@@ -123,10 +205,9 @@ absl::StatusOr<onnx::ModelProto> BuildOnnxModel(const distill::v1::Checkpoint& c
   opset->set_domain("");
   opset->set_version(kOnnxOpsetVersion);
   model.set_producer_name(kOnnxProducerName);
-  model.set_doc_string(absl::StrCat("Distillery ", role, " ", spec.ArchitectureString(),
-                                    " (fully connected, relu hidden layers)"));
+  model.set_doc_string(absl::StrCat("Distillery ", role, " ", architecture));
   AddMetadata("distillery.role", checkpoint.role(), &model);
-  AddMetadata("distillery.architecture", spec.ArchitectureString(), &model);
+  AddMetadata("distillery.architecture", architecture, &model);
   AddMetadata("distillery.image_shape", image_shape, &model);
   AddMetadata("distillery.input_scale", absl::StrCat(arch.input_scale()), &model);
   AddMetadata("distillery.input", options.scale_input ? "raw pixels" : "scaled pixels", &model);
@@ -139,16 +220,17 @@ absl::StatusOr<onnx::ModelProto> BuildOnnxModel(const distill::v1::Checkpoint& c
   for (const auto& [key, value] : metadata) AddMetadata("checkpoint." + key, value, &model);
 
   onnx::GraphProto* graph = model.mutable_graph();
-  graph->set_name(options.graph_name.empty() ? absl::StrCat(role, "_", spec.ArchitectureString())
+  graph->set_name(options.graph_name.empty() ? absl::StrCat(role, "_", architecture)
                                              : options.graph_name);
-  const std::string images = image_shape.empty() ? "images" : absl::StrCat(image_shape, " images");
-  SetBatchTensorType(kOnnxInputName, inputs,
-                     options.scale_input ? absl::StrCat("raw pixel values (0..255) of ", images,
-                                                        ", flattened row-major")
-                                         : absl::StrCat("pixel values times ", arch.input_scale(),
-                                                        " of ", images, ", flattened row-major"),
-                     graph->add_input());
-  SetBatchTensorType(output_name, classes,
+  const std::string images = absl::StrCat(image_shape, " images");
+  const std::string layout = images_in ? "planar (channels, rows, cols)" : "flattened row-major";
+  SetBatchTensorType(
+      kOnnxInputName, images_in ? network->input_shape() : Shape{network->input_size()},
+      options.scale_input
+          ? absl::StrCat("raw pixel values (0..255) of ", images, ", ", layout)
+          : absl::StrCat("pixel values times ", arch.input_scale(), " of ", images, ", ", layout),
+      graph->add_input());
+  SetBatchTensorType(output_name, {network->num_classes()},
                      options.softmax ? "class probabilities, softmax(logits) at T = 1"
                                      : "class logits (softmax at T = 1 gives probabilities)",
                      graph->add_output());
@@ -160,25 +242,26 @@ absl::StatusOr<onnx::ModelProto> BuildOnnxModel(const distill::v1::Checkpoint& c
     AddNode("Mul", "scale_input", {current, "input_scale"}, "scaled_pixels", graph);
     current = "scaled_pixels";
   }
-  for (size_t i = 0; i < layers; ++i) {
-    const distill::v1::Tensor& weight = checkpoint.parameters(static_cast<int>(2 * i));
-    const distill::v1::Tensor& bias = checkpoint.parameters(static_cast<int>(2 * i + 1));
-    AddFloatInitializer(weight.name(), {weight.shape(0), weight.shape(1)}, weight.values().data(),
-                        weight.values_size(), graph);
-    AddFloatInitializer(bias.name(), {bias.shape(1)}, bias.values().data(), bias.values_size(),
-                        graph);
-    const bool last = i + 1 == layers;
-    const std::string linear =
-        last ? std::string(kOnnxLogitsName) : absl::StrCat("layer", i, ".linear");
-    onnx::NodeProto* gemm = AddNode("Gemm", absl::StrCat("layer", i, ".gemm"),
-                                    {current, weight.name(), bias.name()}, linear, graph);
-    AddIntAttribute("transB", 1, gemm);
-    current = linear;
-    if (!last) {
-      const std::string relu = absl::StrCat("layer", i, ".relu");
-      AddNode("Relu", relu, {current}, relu, graph);
-      current = relu;
-    }
+  // The last layer that leaves a node writes "logits".
+  size_t last = spec.layers.size();
+  while (last > 0 && spec.layers[last - 1].kind == LayerSpec::Kind::kDropout) --last;
+  std::vector<Parameter*> params = network->Parameters();
+  std::vector<Buffer> buffers = network->Buffers();
+  size_t next_param = 0, next_buffer = 0;
+  for (size_t i = 0; i < spec.layers.size(); ++i) {
+    const LayerSpec& layer = spec.layers[i];
+    const size_t num_params = layer.kind == LayerSpec::Kind::kLinear ||
+                                      layer.kind == LayerSpec::Kind::kConv2d ||
+                                      layer.kind == LayerSpec::Kind::kBatchNorm
+                                  ? 2
+                                  : 0;
+    const size_t num_buffers = layer.kind == LayerSpec::Kind::kBatchNorm ? 2 : 0;
+    AddLayerNodes(layer, static_cast<int>(i), i + 1 == last,
+                  {params.begin() + next_param, params.begin() + next_param + num_params},
+                  {buffers.begin() + next_buffer, buffers.begin() + next_buffer + num_buffers},
+                  &current, graph);
+    next_param += num_params;
+    next_buffer += num_buffers;
   }
   if (options.softmax) {
     onnx::NodeProto* softmax =

@@ -23,11 +23,11 @@ inline void ClipRow(float max_norm, float squared, float* row, int64_t n) {
 // norm of the updated row. Compiled for several instruction sets.
 __attribute__((target_clones("avx512f", "avx2", "default"))) float SgdRow(
     float* __restrict__ w, float* __restrict__ d, const float* __restrict__ g, int64_t n,
-    float momentum, float rate) {
+    float momentum, float rate, float decay) {
   float squared = 0;
 #pragma omp simd reduction(+ : squared)
   for (int64_t c = 0; c < n; ++c) {
-    d[c] = momentum * d[c] - rate * g[c];
+    d[c] = momentum * d[c] - rate * (g[c] + decay * w[c]);
     w[c] += d[c];
     squared += w[c] * w[c];
   }
@@ -39,10 +39,11 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) float SgdRow(
 __attribute__((target_clones("avx512f", "avx2", "default"))) void AdamRow(
     float* __restrict__ w, float* __restrict__ m, float* __restrict__ v,
     const float* __restrict__ g, int64_t n, float b1, float b2, float step_size,
-    float inverse_sqrt_c2, float eps) {
+    float inverse_sqrt_c2, float eps, float decay) {
   for (int64_t c = 0; c < n; ++c) {
-    m[c] = b1 * m[c] + (1.f - b1) * g[c];
-    v[c] = b2 * v[c] + (1.f - b2) * g[c] * g[c];
+    const float gc = g[c] + decay * w[c];
+    m[c] = b1 * m[c] + (1.f - b1) * gc;
+    v[c] = b2 * v[c] + (1.f - b2) * gc * gc;
     w[c] -= step_size * m[c] / (std::sqrt(v[c]) * inverse_sqrt_c2 + eps);
   }
 }
@@ -60,7 +61,7 @@ class SlotStore {
  public:
   Tensor& Get(const std::string& key, const Tensor& like) {
     auto it = slots_.find(key);
-    if (it == slots_.end()) it = slots_.emplace(key, Tensor(like.rows(), like.cols())).first;
+    if (it == slots_.end()) it = slots_.emplace(key, Tensor(like.shape())).first;
     return it->second;
   }
   void Replace(std::map<std::string, Tensor> slots) { slots_ = std::move(slots); }
@@ -85,10 +86,12 @@ class Sgd : public Optimizer {
       Tensor& velocity = slots_.Get(p->name + ".velocity", p->value);
       const int64_t rows = p->value.rows(), cols = p->value.cols();
       const bool clip = p->max_norm_applies && config_.max_norm > 0.f;
+      const float decay = p->weight_decay_applies ? config_.weight_decay : 0.f;
 #pragma omp parallel for schedule(static)
       for (int64_t r = 0; r < rows; ++r) {
         float* w = p->value.row(r);
-        const float squared = SgdRow(w, velocity.row(r), p->grad.row(r), cols, momentum, rate);
+        const float squared =
+            SgdRow(w, velocity.row(r), p->grad.row(r), cols, momentum, rate, decay);
         if (clip) ClipRow(config_.max_norm, squared, w, cols);
       }
     }
@@ -98,9 +101,12 @@ class Sgd : public Optimizer {
     slots_.Replace(std::move(state));
   }
   std::string Describe() const override {
-    return absl::StrCat("SGD(momentum ", config_.momentum_start, "->", config_.momentum_end,
-                        " over ", config_.momentum_ramp_steps, " steps",
-                        config_.dampened ? ", dampened" : "", ", max-norm ", config_.max_norm, ")");
+    return absl::StrCat(
+        "SGD(momentum ", config_.momentum_start, "->", config_.momentum_end, " over ",
+        config_.momentum_ramp_steps, " steps", config_.dampened ? ", dampened" : "", ", max-norm ",
+        config_.max_norm,
+        config_.weight_decay > 0.f ? absl::StrCat(", weight decay ", config_.weight_decay) : "",
+        ")");
   }
 
  private:
@@ -124,11 +130,12 @@ class Adam : public Optimizer {
       Tensor& v = slots_.Get(p->name + ".adam_v", p->value);
       const int64_t rows = p->value.rows(), cols = p->value.cols();
       const bool clip = p->max_norm_applies && config_.max_norm > 0.f;
+      const float decay = p->weight_decay_applies ? config_.weight_decay : 0.f;
 #pragma omp parallel for schedule(static)
       for (int64_t r = 0; r < rows; ++r) {
         float* w = p->value.row(r);
         AdamRow(w, m.row(r), v.row(r), p->grad.row(r), cols, b1, b2, step_size, inverse_sqrt_c2,
-                eps);
+                eps, decay);
         if (clip) ClipRow(config_.max_norm, SquaredNorm(w, cols), w, cols);
       }
     }
@@ -138,8 +145,10 @@ class Adam : public Optimizer {
     slots_.Replace(std::move(state));
   }
   std::string Describe() const override {
-    return absl::StrCat("Adam(beta1 ", config_.beta1, ", beta2 ", config_.beta2, ", max-norm ",
-                        config_.max_norm, ")");
+    return absl::StrCat(
+        "Adam(beta1 ", config_.beta1, ", beta2 ", config_.beta2, ", max-norm ", config_.max_norm,
+        config_.weight_decay > 0.f ? absl::StrCat(", weight decay ", config_.weight_decay) : "",
+        ")");
   }
 
  private:

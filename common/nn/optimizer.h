@@ -74,14 +74,18 @@ struct SgdConfig {
   bool dampened = false;
   // Max L2 norm of each hidden unit's incoming weights (0 = unconstrained).
   float max_norm = 0.f;
+  // L2 weight decay: g <- g + weight_decay * w for the weights it applies
+  // to (Parameter::weight_decay_applies: not biases or batch-norm terms).
+  float weight_decay = 0.f;
 };
 
 struct AdamConfig {
   float beta1 = 0.9f;
   float beta2 = 0.999f;
   float epsilon = 1e-8f;
-  // As in SgdConfig.
+  // As in SgdConfig (L2 added to the gradient, PyTorch's Adam weight_decay).
   float max_norm = 0.f;
+  float weight_decay = 0.f;
 };
 
 // Stochastic gradient descent with momentum: d <- p d - lr' g; w <- w + d.

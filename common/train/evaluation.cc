@@ -31,7 +31,7 @@ std::string EvaluationResult::ConfusionTable() const {
   return out;
 }
 
-absl::StatusOr<EvaluationResult> Evaluate(Mlp& mlp, const Dataset& data, int64_t batch_size,
+absl::StatusOr<EvaluationResult> Evaluate(Network& mlp, const Dataset& data, int64_t batch_size,
                                           const std::vector<float>& class_bias) {
   if (!data.has_labels()) return absl::InvalidArgumentError("cannot evaluate on unlabeled data");
   if (data.input_size() != mlp.input_size()) {

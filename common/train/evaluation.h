@@ -9,7 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/data/dataset.h"
-#include "common/nn/mlp.h"
+#include "common/nn/network.h"
 
 namespace distillery {
 
@@ -32,7 +32,8 @@ struct EvaluationResult {
 // is added to the logits first (one value per class; the paper's "raise the
 // bias of class 3" experiment). InvalidArgument when the data is unlabeled
 // or its shape does not fit the network.
-absl::StatusOr<EvaluationResult> Evaluate(Mlp& mlp, const Dataset& data, int64_t batch_size = 1000,
+absl::StatusOr<EvaluationResult> Evaluate(Network& mlp, const Dataset& data,
+                                          int64_t batch_size = 1000,
                                           const std::vector<float>& class_bias = {});
 
 }  // namespace distillery

@@ -55,6 +55,10 @@ absl::Status ValidateConfig(const TrainerConfig& c) {
     return absl::InvalidArgumentError(absl::StrCat("alpha must be in [0, 1], got ", c.alpha));
   }
   if (c.eval_every < 1) return absl::InvalidArgumentError("eval_every must be at least 1");
+  if (!(c.weight_decay >= 0.f && c.weight_decay < 1.f)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("weight decay must be in [0, 1), got ", c.weight_decay));
+  }
   return absl::OkStatus();
 }
 
@@ -63,13 +67,265 @@ absl::Status AppendCsvRow(const std::string& path, const EpochMetrics& m, bool w
   if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot write metrics to ", path));
   if (write_header) {
     out << "epoch,train_loss,learning_rate,examples_per_second,epoch_seconds,test_errors,"
-           "test_examples\n";
+           "test_examples,validation_errors,validation_examples\n";
   }
-  out << absl::StrFormat("%d,%.6f,%.6g,%.1f,%.3f,%d,%d\n", m.epoch, m.train_loss, m.learning_rate,
-                         m.examples_per_second, m.epoch_seconds, m.test_errors, m.test_examples);
+  out << absl::StrFormat("%d,%.6f,%.6g,%.1f,%.3f,%d,%d,%d,%d\n", m.epoch, m.train_loss,
+                         m.learning_rate, m.examples_per_second, m.epoch_seconds, m.test_errors,
+                         m.test_examples, m.validation_errors, m.validation_examples);
   out.flush();
   if (!out) return absl::DataLossError(absl::StrCat("writing metrics to ", path, " failed"));
   return absl::OkStatus();
+}
+
+std::string ErrorsText(int64_t errors, int64_t examples) {
+  return errors < 0 ? std::string("-") : absl::StrCat(errors, "/", examples);
+}
+
+// One run of Train: the network, its optimizer and where training stands.
+class TrainingRun {
+ public:
+  TrainingRun(const TrainerConfig& config, BatchSource& source, const Dataset& test,
+              const Dataset& validation)
+      : config_(config), source_(source), test_(test), validation_(validation) {}
+
+  absl::StatusOr<TrainingResult> Run();
+
+ private:
+  absl::Status Setup();
+  absl::Status Resume();
+  absl::Status RunEpoch(int64_t epoch, EpochMetrics* metrics);
+  absl::Status TrainStep(TrainingBatch& batch, int64_t epoch, double* loss);
+  absl::Status FinishEpoch(int64_t epoch, EpochMetrics& metrics);
+  absl::Status SaveBestCheckpoint(const EpochMetrics& metrics);
+
+  const TrainerConfig& config_;
+  BatchSource& source_;
+  const Dataset& test_;
+  const Dataset& validation_;
+  TrainingResult result_;
+  NetworkSpec spec_;
+  LearningRateSchedule schedule_;
+  std::unique_ptr<Optimizer> optimizer_;
+  std::vector<Parameter*> params_;
+  int64_t batches_per_epoch_ = 0;
+  int64_t total_steps_ = 0;
+  int64_t start_epoch_ = 0;
+  int64_t step_ = 0;
+  float learning_rate_ = 0;
+  CrossEntropyLoss cross_entropy_;
+  DistillationLoss distillation_;
+  Tensor grad_logits_;
+};
+
+absl::Status TrainingRun::Setup() {
+  RETURN_IF_ERROR(ValidateConfig(config_));
+  if (source_.ExamplesPerEpoch() < 1)
+    return absl::InvalidArgumentError("the training set is empty");
+  ASSIGN_OR_RETURN(spec_, NetworkSpec::Parse(config_.architecture, source_.example_shape(),
+                                             config_.input_dropout, config_.hidden_dropout));
+  for (const Dataset* eval : {&test_, &validation_}) {
+    if (eval->num_examples > 0 && eval->example_shape() != source_.example_shape()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("evaluation images are ", ShapeString(eval->example_shape()),
+                       " but training images are ", ShapeString(source_.example_shape())));
+    }
+  }
+  batches_per_epoch_ = source_.BatchesPerEpoch();
+  total_steps_ = batches_per_epoch_ * config_.epochs;
+  schedule_ = config_.schedule;
+  SgdConfig sgd = config_.sgd;
+  AdamConfig adam = config_.adam;
+  sgd.weight_decay = adam.weight_decay = config_.weight_decay;
+  if (config_.warmup_epochs > 0) {
+    schedule_.warmup_steps = std::llround(config_.warmup_epochs * batches_per_epoch_);
+  }
+  if (config_.momentum_ramp_epochs > 0) {
+    sgd.momentum_ramp_steps = std::llround(config_.momentum_ramp_epochs * batches_per_epoch_);
+  }
+  ASSIGN_OR_RETURN(result_.network, Network::Create(spec_, config_.seed));
+  optimizer_ = config_.optimizer == "adam" ? MakeAdam(adam) : MakeSgd(sgd);
+  if (config_.resume && !config_.checkpoint_path.empty() &&
+      std::ifstream(config_.checkpoint_path).good()) {
+    RETURN_IF_ERROR(Resume());
+  }
+  params_ = result_.network->Parameters();
+  return absl::OkStatus();
+}
+
+absl::Status TrainingRun::Resume() {
+  ASSIGN_OR_RETURN(distill::v1::Checkpoint checkpoint, LoadCheckpoint(config_.checkpoint_path));
+  ASSIGN_OR_RETURN(std::unique_ptr<Network> restored,
+                   NetworkFromCheckpoint(checkpoint, config_.seed));
+  Network& network = *result_.network;
+  if (restored->spec().ArchitectureString() != spec_.ArchitectureString() ||
+      restored->input_shape() != network.input_shape()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cannot resume: ", config_.checkpoint_path, " holds ",
+        restored->spec().ArchitectureString(), " on ", ShapeString(restored->input_shape()),
+        ", not ", spec_.ArchitectureString(), " on ", ShapeString(network.input_shape())));
+  }
+  std::vector<Parameter*> from = restored->Parameters(), to = network.Parameters();
+  for (size_t i = 0; i < to.size(); ++i) to[i]->value = from[i]->value;
+  std::vector<Buffer> from_b = restored->Buffers(), to_b = network.Buffers();
+  for (size_t i = 0; i < to_b.size(); ++i) *to_b[i].value = *from_b[i].value;
+  RETURN_IF_ERROR(RestoreOptimizerState(checkpoint, network, optimizer_.get()));
+  start_epoch_ = checkpoint.training_state().epochs_completed();
+  step_ = checkpoint.training_state().steps_completed();
+  if (config_.log_progress) {
+    spdlog::info("resuming from {} after epoch {} (step {})", config_.checkpoint_path, start_epoch_,
+                 step_);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TrainingRun::TrainStep(TrainingBatch& batch, int64_t epoch, double* loss) {
+  Network& network = *result_.network;
+  const Tensor* logits = nullptr;
+  RETURN_IF_ERROR(
+      network.Forward(batch.inputs, /*training=*/true, static_cast<uint64_t>(step_), &logits));
+  if (batch.soft_targets.size() == 0) {
+    if (batch.labels.empty()) {
+      return absl::InvalidArgumentError("a batch has neither labels nor soft targets");
+    }
+    ASSIGN_OR_RETURN(
+        *loss, cross_entropy_.Compute(*logits, batch.labels, config_.temperature, &grad_logits_));
+  } else {
+    ASSIGN_OR_RETURN(
+        DistillationLoss::Terms terms,
+        distillation_.Compute(*logits, batch.soft_targets, batch.labels,
+                              config_.distill_temperature, config_.alpha, &grad_logits_));
+    *loss = terms.total;
+  }
+  if (!std::isfinite(*loss)) {
+    return absl::AbortedError(absl::StrCat(
+        "training diverged: the loss is ", *loss, " at epoch ", epoch + 1, ", step ", step_,
+        " (learning rate ", learning_rate_, "); try a lower learning rate or a warm-up"));
+  }
+  RETURN_IF_ERROR(network.Backward(grad_logits_));
+  learning_rate_ = schedule_.At(step_, total_steps_, batches_per_epoch_);
+  optimizer_->Step(params_, learning_rate_, step_);
+  ++step_;
+  return absl::OkStatus();
+}
+
+absl::Status TrainingRun::RunEpoch(int64_t epoch, EpochMetrics* metrics) {
+  const auto epoch_start = Clock::now();
+  double loss_sum = 0;
+  int64_t batches_done = 0;
+  absl::Status train_status, produce_status;
+  auto train = [&](TrainingBatch& batch) {
+    double loss = 0;
+    train_status = TrainStep(batch, epoch, &loss);
+    loss_sum += loss;
+    ++batches_done;
+    return train_status.ok();
+  };
+  if (config_.prefetch_batches > 0) {
+    BoundedQueue<TrainingBatch> queue(static_cast<size_t>(config_.prefetch_batches));
+    std::thread producer([&] {
+      produce_status = source_.ProduceEpoch(
+          epoch, [&queue](TrainingBatch&& batch) { return queue.Push(std::move(batch)); });
+      queue.Close();
+    });
+    while (std::optional<TrainingBatch> batch = queue.Pop()) {
+      if (!train(*batch)) break;
+    }
+    queue.Close();  // unblocks the producer if training stopped early
+    producer.join();
+  } else {
+    produce_status =
+        source_.ProduceEpoch(epoch, [&](TrainingBatch&& batch) { return train(batch); });
+  }
+  RETURN_IF_ERROR(train_status);
+  RETURN_IF_ERROR(produce_status);
+  if (batches_done != batches_per_epoch_) {
+    return absl::DataLossError(absl::StrCat("epoch ", epoch + 1, " delivered ", batches_done,
+                                            " batches instead of ", batches_per_epoch_));
+  }
+  metrics->epoch = epoch + 1;
+  metrics->train_loss = loss_sum / static_cast<double>(batches_per_epoch_);
+  metrics->learning_rate = learning_rate_;
+  metrics->epoch_seconds = std::chrono::duration<double>(Clock::now() - epoch_start).count();
+  metrics->examples_per_second =
+      static_cast<double>(source_.ExamplesPerEpoch()) / metrics->epoch_seconds;
+  return absl::OkStatus();
+}
+
+absl::Status TrainingRun::SaveBestCheckpoint(const EpochMetrics& metrics) {
+  if (metrics.validation_errors < 0) return absl::OkStatus();
+  if (result_.best_validation_errors >= 0 &&
+      metrics.validation_errors >= result_.best_validation_errors) {
+    return absl::OkStatus();
+  }
+  result_.best_validation_errors = metrics.validation_errors;
+  result_.best_validation_epoch = metrics.epoch;
+  if (config_.best_checkpoint_path.empty()) return absl::OkStatus();
+  distill::v1::Checkpoint best = MakeCheckpoint(*result_.network, config_.role);
+  (*best.mutable_metadata())["epoch"] = absl::StrCat(metrics.epoch);
+  (*best.mutable_metadata())["validation_errors"] = absl::StrCat(metrics.validation_errors);
+  (*best.mutable_metadata())["validation_examples"] = absl::StrCat(metrics.validation_examples);
+  return SaveCheckpoint(config_.best_checkpoint_path, best);
+}
+
+absl::Status TrainingRun::FinishEpoch(int64_t epoch, EpochMetrics& metrics) {
+  Network& network = *result_.network;
+  const bool last = epoch + 1 == config_.epochs;
+  if (last || (epoch + 1) % config_.eval_every == 0) {
+    if (test_.num_examples > 0) {
+      ASSIGN_OR_RETURN(EvaluationResult eval, Evaluate(network, test_));
+      metrics.test_errors = eval.errors;
+      metrics.test_examples = eval.examples;
+      if (last) result_.final_evaluation = eval;
+    }
+    if (validation_.num_examples > 0) {
+      ASSIGN_OR_RETURN(EvaluationResult eval, Evaluate(network, validation_));
+      metrics.validation_errors = eval.errors;
+      metrics.validation_examples = eval.examples;
+    }
+  }
+  if (config_.log_progress) {
+    spdlog::info(
+        "epoch {:>4}/{}  loss {:.4f}  lr {:.4g}  {:.0f} examples/s  test errors {}{}",
+        metrics.epoch, config_.epochs, metrics.train_loss, metrics.learning_rate,
+        metrics.examples_per_second, ErrorsText(metrics.test_errors, metrics.test_examples),
+        validation_.num_examples > 0
+            ? absl::StrCat("  validation errors ",
+                           ErrorsText(metrics.validation_errors, metrics.validation_examples))
+            : "");
+  }
+  RETURN_IF_ERROR(SaveBestCheckpoint(metrics));
+  if (!config_.checkpoint_path.empty()) {
+    distill::v1::Checkpoint checkpoint =
+        MakeCheckpoint(network, config_.role, optimizer_.get(), epoch + 1, step_, config_.seed);
+    (*checkpoint.mutable_metadata())["test_errors"] = absl::StrCat(metrics.test_errors);
+    RETURN_IF_ERROR(SaveCheckpoint(config_.checkpoint_path, checkpoint));
+  }
+  if (!config_.metrics_csv_path.empty()) {
+    RETURN_IF_ERROR(AppendCsvRow(config_.metrics_csv_path, metrics,
+                                 /*write_header=*/epoch == start_epoch_ && start_epoch_ == 0));
+  }
+  result_.history.push_back(metrics);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TrainingResult> TrainingRun::Run() {
+  RETURN_IF_ERROR(Setup());
+  Network& network = *result_.network;
+  if (config_.log_progress) {
+    spdlog::info("training {} ({} parameters) on {} examples of {} for {} epochs, batch {}, {}",
+                 spec_.ArchitectureString(), network.ParameterCount(), source_.ExamplesPerEpoch(),
+                 ShapeString(source_.example_shape()), config_.epochs, config_.batch_size,
+                 optimizer_->Describe());
+  }
+  for (int64_t epoch = start_epoch_; epoch < config_.epochs; ++epoch) {
+    EpochMetrics metrics;
+    RETURN_IF_ERROR(RunEpoch(epoch, &metrics));
+    RETURN_IF_ERROR(FinishEpoch(epoch, metrics));
+  }
+  if (start_epoch_ >= config_.epochs && test_.num_examples > 0) {
+    ASSIGN_OR_RETURN(result_.final_evaluation, Evaluate(network, test_));
+  }
+  return std::move(result_);
 }
 
 }  // namespace
@@ -108,7 +364,8 @@ absl::Status LocalBatchSource::ProduceEpoch(int64_t epoch,
 }
 
 absl::StatusOr<TrainingResult> Train(const TrainerConfig& config, const Dataset& train,
-                                     const Dataset& test, SoftTargetSource* soft_targets) {
+                                     const Dataset& test, SoftTargetSource* soft_targets,
+                                     const Dataset& validation) {
   if (soft_targets == nullptr && !train.has_labels()) {
     return absl::InvalidArgumentError(
         "the training set has no labels and no teacher supplies soft targets");
@@ -116,181 +373,15 @@ absl::StatusOr<TrainingResult> Train(const TrainerConfig& config, const Dataset&
   if (train.num_examples < 1) return absl::InvalidArgumentError("the training set is empty");
   if (config.batch_size < 1) return absl::InvalidArgumentError("batch size must be at least 1");
   LocalBatchSource source(train, config.batch_size, config.max_shift, config.seed, soft_targets);
-  return Train(config, source, test);
+  return Train(config, source, test, validation);
 }
 
 absl::StatusOr<TrainingResult> Train(const TrainerConfig& config, BatchSource& source,
-                                     const Dataset& test) {
-  RETURN_IF_ERROR(ValidateConfig(config));
-  ASSIGN_OR_RETURN(MlpSpec spec, MlpSpec::Parse(config.architecture));
-  spec.input_dropout = config.input_dropout;
-  spec.hidden_dropout = config.hidden_dropout;
-  RETURN_IF_ERROR(spec.Validate());
-  if (source.ExamplesPerEpoch() < 1) return absl::InvalidArgumentError("the training set is empty");
-  if (source.input_size() != spec.layer_sizes.front()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "architecture ", spec.ArchitectureString(), " takes ", spec.layer_sizes.front(),
-        " inputs but the training images have ", source.input_size(), " pixels"));
-  }
-  if (test.num_examples > 0 && test.input_size() != source.input_size()) {
-    return absl::InvalidArgumentError("test images and training images differ in size");
-  }
-
-  const int64_t n = source.ExamplesPerEpoch();
-  const int64_t batches_per_epoch = source.BatchesPerEpoch();
-  const int64_t total_steps = batches_per_epoch * config.epochs;
-  LearningRateSchedule schedule = config.schedule;
-  SgdConfig sgd = config.sgd;
-  if (config.warmup_epochs > 0) {
-    schedule.warmup_steps = std::llround(config.warmup_epochs * batches_per_epoch);
-  }
-  if (config.momentum_ramp_epochs > 0) {
-    sgd.momentum_ramp_steps = std::llround(config.momentum_ramp_epochs * batches_per_epoch);
-  }
-
-  TrainingResult result;
-  ASSIGN_OR_RETURN(result.network, Mlp::Create(spec, config.seed));
-  Mlp& mlp = *result.network;
-  std::unique_ptr<Optimizer> optimizer =
-      config.optimizer == "adam" ? MakeAdam(config.adam) : MakeSgd(sgd);
-
-  int64_t start_epoch = 0;
-  int64_t step = 0;
-  if (config.resume && !config.checkpoint_path.empty() &&
-      std::ifstream(config.checkpoint_path).good()) {
-    ASSIGN_OR_RETURN(distill::v1::Checkpoint checkpoint, LoadCheckpoint(config.checkpoint_path));
-    ASSIGN_OR_RETURN(std::unique_ptr<Mlp> restored, MlpFromCheckpoint(checkpoint, config.seed));
-    if (restored->spec().layer_sizes != spec.layer_sizes) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("cannot resume: ", config.checkpoint_path, " holds ",
-                       restored->spec().ArchitectureString(), ", not ", spec.ArchitectureString()));
-    }
-    std::vector<Parameter*> from = restored->Parameters(), to = mlp.Parameters();
-    for (size_t i = 0; i < to.size(); ++i) to[i]->value = from[i]->value;
-    RETURN_IF_ERROR(RestoreOptimizerState(checkpoint, mlp, optimizer.get()));
-    start_epoch = checkpoint.training_state().epochs_completed();
-    step = checkpoint.training_state().steps_completed();
-    if (config.log_progress) {
-      spdlog::info("resuming from {} after epoch {} (step {})", config.checkpoint_path, start_epoch,
-                   step);
-    }
-  }
-
-  std::vector<Parameter*> params = mlp.Parameters();
-  CrossEntropyLoss cross_entropy;
-  DistillationLoss distillation;
-  Tensor grad_logits;
-  const bool write_csv = !config.metrics_csv_path.empty();
-
-  if (config.log_progress) {
-    spdlog::info("training {} ({} parameters) on {} examples for {} epochs, batch {}, {}",
-                 spec.ArchitectureString(), spec.ParameterCount(), n, config.epochs,
-                 config.batch_size, optimizer->Describe());
-  }
-  for (int64_t epoch = start_epoch; epoch < config.epochs; ++epoch) {
-    const auto epoch_start = Clock::now();
-    double loss_sum = 0;
-    float learning_rate = 0;
-    int64_t batches_done = 0;
-    // One update on one batch.
-    auto train_step = [&](TrainingBatch& batch) -> absl::Status {
-      const Tensor* logits = nullptr;
-      RETURN_IF_ERROR(
-          mlp.Forward(batch.inputs, /*training=*/true, static_cast<uint64_t>(step), &logits));
-      double loss = 0;
-      if (batch.soft_targets.size() == 0) {
-        if (batch.labels.empty()) {
-          return absl::InvalidArgumentError("a batch has neither labels nor soft targets");
-        }
-        ASSIGN_OR_RETURN(
-            loss, cross_entropy.Compute(*logits, batch.labels, config.temperature, &grad_logits));
-      } else {
-        ASSIGN_OR_RETURN(
-            DistillationLoss::Terms terms,
-            distillation.Compute(*logits, batch.soft_targets, batch.labels,
-                                 config.distill_temperature, config.alpha, &grad_logits));
-        loss = terms.total;
-      }
-      if (!std::isfinite(loss)) {
-        return absl::AbortedError(absl::StrCat(
-            "training diverged: the loss is ", loss, " at epoch ", epoch + 1, ", step ", step,
-            " (learning rate ", learning_rate, "); try a lower learning rate or a warm-up"));
-      }
-      loss_sum += loss;
-      RETURN_IF_ERROR(mlp.Backward(grad_logits));
-      learning_rate = schedule.At(step, total_steps, batches_per_epoch);
-      optimizer->Step(params, learning_rate, step);
-      ++step;
-      ++batches_done;
-      return absl::OkStatus();
-    };
-    absl::Status train_status, produce_status;
-    if (config.prefetch_batches > 0) {
-      BoundedQueue<TrainingBatch> queue(static_cast<size_t>(config.prefetch_batches));
-      std::thread producer([&] {
-        produce_status = source.ProduceEpoch(
-            epoch, [&queue](TrainingBatch&& batch) { return queue.Push(std::move(batch)); });
-        queue.Close();
-      });
-      while (std::optional<TrainingBatch> batch = queue.Pop()) {
-        train_status = train_step(*batch);
-        if (!train_status.ok()) break;
-      }
-      queue.Close();  // unblocks the producer if training stopped early
-      producer.join();
-    } else {
-      produce_status = source.ProduceEpoch(epoch, [&](TrainingBatch&& batch) {
-        train_status = train_step(batch);
-        return train_status.ok();
-      });
-    }
-    RETURN_IF_ERROR(train_status);
-    RETURN_IF_ERROR(produce_status);
-    if (batches_done != batches_per_epoch) {
-      return absl::DataLossError(absl::StrCat("epoch ", epoch + 1, " delivered ", batches_done,
-                                              " batches instead of ", batches_per_epoch));
-    }
-    EpochMetrics metrics;
-    metrics.epoch = epoch + 1;
-    metrics.train_loss = loss_sum / static_cast<double>(batches_per_epoch);
-    metrics.learning_rate = learning_rate;
-    metrics.epoch_seconds = std::chrono::duration<double>(Clock::now() - epoch_start).count();
-    metrics.examples_per_second = static_cast<double>(n) / metrics.epoch_seconds;
-    const bool last = epoch + 1 == config.epochs;
-    if (test.num_examples > 0 && (last || (epoch + 1) % config.eval_every == 0)) {
-      ASSIGN_OR_RETURN(EvaluationResult eval, Evaluate(mlp, test));
-      metrics.test_errors = eval.errors;
-      metrics.test_examples = eval.examples;
-      if (last) result.final_evaluation = eval;
-    }
-    if (config.log_progress) {
-      spdlog::info("epoch {:>4}/{}  loss {:.4f}  lr {:.4g}  {:.0f} examples/s  test errors {}",
-                   metrics.epoch, config.epochs, metrics.train_loss, metrics.learning_rate,
-                   metrics.examples_per_second,
-                   metrics.test_errors < 0
-                       ? std::string("-")
-                       : absl::StrCat(metrics.test_errors, "/", metrics.test_examples));
-    }
-    if (write_csv) {
-      RETURN_IF_ERROR(AppendCsvRow(config.metrics_csv_path, metrics,
-                                   /*write_header=*/epoch == start_epoch && start_epoch == 0));
-    }
-    if (!config.checkpoint_path.empty()) {
-      distill::v1::Checkpoint checkpoint =
-          MakeCheckpoint(mlp, config.role, source.image_rows(), source.image_cols(),
-                         optimizer.get(), epoch + 1, step, config.seed);
-      (*checkpoint.mutable_metadata())["test_errors"] = absl::StrCat(metrics.test_errors);
-      RETURN_IF_ERROR(SaveCheckpoint(config.checkpoint_path, checkpoint));
-    }
-    result.history.push_back(metrics);
-  }
-  if (start_epoch >= config.epochs && test.num_examples > 0) {
-    ASSIGN_OR_RETURN(result.final_evaluation, Evaluate(mlp, test));
-  }
-  return result;
+                                     const Dataset& test, const Dataset& validation) {
+  return TrainingRun(config, source, test, validation).Run();
 }
 
-InProcessTeacher::InProcessTeacher(Mlp* teacher, float temperature)
+InProcessTeacher::InProcessTeacher(Network* teacher, float temperature)
     : teacher_(teacher), temperature_(temperature) {}
 
 absl::Status InProcessTeacher::GetSoftTargets(int64_t /*epoch*/, int64_t /*batch*/,

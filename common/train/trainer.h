@@ -20,15 +20,19 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "common/data/dataset.h"
-#include "common/nn/mlp.h"
+#include "common/nn/network.h"
 #include "common/nn/optimizer.h"
 #include "common/nn/softmax.h"
+#include "common/tensor/tensor.h"
 #include "common/train/evaluation.h"
 
 namespace distillery {
 
 struct TrainerConfig {
-  // Network: units per layer, input first and classes last.
+  // Network, in the architecture syntax of common/nn/network_spec.h: the
+  // MLP form "784-800-800-10" or a layer list such as
+  // "conv5x5:32,pool2,conv5x5:64,pool2,fc:1024,fc:10". The input shape comes
+  // from the data.
   std::string architecture = "784-800-800-10";
   // Dropout on the input units and after every hidden layer (0 = off).
   float input_dropout = 0.f;
@@ -46,6 +50,9 @@ struct TrainerConfig {
   LearningRateSchedule schedule;
   SgdConfig sgd;
   AdamConfig adam;
+  // L2 weight decay of both optimizers (weights only; 0 = off). Copied into
+  // sgd.weight_decay and adam.weight_decay.
+  float weight_decay = 0.f;
   // The same warm-up and momentum ramp in epochs of the batch source; when
   // > 0 they replace schedule.warmup_steps and sgd.momentum_ramp_steps.
   double warmup_epochs = 0;
@@ -65,6 +72,10 @@ struct TrainerConfig {
   // after every epoch; the CSV gets one row per epoch.
   std::string checkpoint_path;
   std::string metrics_csv_path;
+  // With a validation set: the checkpoint of the epoch with the fewest
+  // validation errors so far (the earliest on ties), for early stopping.
+  // Chosen by the validation set only, never by the test set.
+  std::string best_checkpoint_path;
   // "teacher" or "student", recorded in the checkpoint.
   std::string role = "student";
   // Continue from checkpoint_path if it exists (its architecture must match).
@@ -86,12 +97,15 @@ struct EpochMetrics {
   double epoch_seconds = 0;
   int64_t test_errors = -1;  // -1 when not evaluated this epoch
   int64_t test_examples = 0;
+  int64_t validation_errors = -1;  // -1 without a validation set
+  int64_t validation_examples = 0;
 };
 
 // One batch, ready to train on.
 struct TrainingBatch {
   std::vector<int64_t> ids;  // example ids in the source's data
-  Tensor inputs;             // rows x input size, pixels scaled to [0, 1]
+  Tensor inputs;             // (rows, channels, image rows, image cols), pixels
+                             // scaled to [0, 1]
   std::vector<int> labels;   // rows labels, or empty (unlabeled transfer set)
   Tensor soft_targets;       // rows x classes probabilities at the distillation
                              // temperature, or empty (hard-label training)
@@ -102,9 +116,9 @@ struct TrainingBatch {
 class BatchSource {
  public:
   virtual ~BatchSource() = default;
-  virtual int64_t input_size() const = 0;
-  virtual int image_rows() const = 0;
-  virtual int image_cols() const = 0;
+  // One example's shape, (channels, rows, cols).
+  virtual Shape example_shape() const = 0;
+  int64_t input_size() const { return ShapeSize(example_shape()); }
   virtual int64_t BatchesPerEpoch() const = 0;
   virtual int64_t ExamplesPerEpoch() const = 0;
   // Produces the batches of `epoch` (0-based) in order, handing each to
@@ -126,9 +140,13 @@ class SoftTargetSource {
 };
 
 struct TrainingResult {
-  std::unique_ptr<Mlp> network;
+  std::unique_ptr<Network> network;
   std::vector<EpochMetrics> history;  // this run's epochs (not resumed ones)
   EvaluationResult final_evaluation;  // on the test set, after the last epoch
+  // The best validation epoch (1-based) and its errors; 0 and -1 without a
+  // validation set.
+  int64_t best_validation_epoch = 0;
+  int64_t best_validation_errors = -1;
 };
 
 // The batches of a local data set: examples in the order of
@@ -139,9 +157,7 @@ class LocalBatchSource : public BatchSource {
   // `data` and `soft_targets` are not owned and must outlive the source.
   LocalBatchSource(const Dataset& data, int64_t batch_size, int max_shift, uint64_t seed,
                    SoftTargetSource* soft_targets = nullptr);
-  int64_t input_size() const override { return data_.input_size(); }
-  int image_rows() const override { return data_.image_rows; }
-  int image_cols() const override { return data_.image_cols; }
+  Shape example_shape() const override { return data_.example_shape(); }
   int64_t BatchesPerEpoch() const override;
   int64_t ExamplesPerEpoch() const override { return data_.num_examples; }
   absl::Status ProduceEpoch(int64_t epoch,
@@ -156,11 +172,12 @@ class LocalBatchSource : public BatchSource {
 };
 
 // Trains a network on the batches of `source` and evaluates it on `test`
-// (which may be empty: no evaluation). Batches with soft targets train with
-// the DistillationLoss (their labels, when present, weigh 1 - alpha);
-// batches without train on their labels with the CrossEntropyLoss.
+// (which may be empty: no evaluation) and on `validation` (likewise) after
+// every eval_every epochs. Batches with soft targets train with the
+// DistillationLoss (their labels, when present, weigh 1 - alpha); batches
+// without train on their labels with the CrossEntropyLoss.
 absl::StatusOr<TrainingResult> Train(const TrainerConfig& config, BatchSource& source,
-                                     const Dataset& test);
+                                     const Dataset& test, const Dataset& validation = Dataset());
 
 // Trains a network on `train` and evaluates it on `test` (which may be
 // empty: no evaluation). Hard labels are required without a soft-target
@@ -169,19 +186,20 @@ absl::StatusOr<TrainingResult> Train(const TrainerConfig& config, BatchSource& s
 // says at which epoch and step and suggests a lower learning rate); any
 // error of the soft-target source or of writing the outputs.
 absl::StatusOr<TrainingResult> Train(const TrainerConfig& config, const Dataset& train,
-                                     const Dataset& test, SoftTargetSource* soft_targets = nullptr);
+                                     const Dataset& test, SoftTargetSource* soft_targets = nullptr,
+                                     const Dataset& validation = Dataset());
 
 // A SoftTargetSource that runs a teacher network in this process: the
 // teacher's softmax(z / T) on exactly the inputs the student sees.
 class InProcessTeacher : public SoftTargetSource {
  public:
   // `teacher` is not owned and must outlive this object.
-  InProcessTeacher(Mlp* teacher, float temperature);
+  InProcessTeacher(Network* teacher, float temperature);
   absl::Status GetSoftTargets(int64_t epoch, int64_t batch, absl::Span<const int64_t> ids,
                               const Tensor& inputs, Tensor* soft_targets) override;
 
  private:
-  Mlp* teacher_;
+  Network* teacher_;
   float temperature_;
   TemperatureSoftmax softmax_;
 };

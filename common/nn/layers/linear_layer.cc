@@ -28,6 +28,7 @@ LinearLayer::LinearLayer(int index, int64_t in_features, int64_t out_features,
   weight_.value = Tensor(out_features, in_features);
   weight_.grad = Tensor(out_features, in_features);
   weight_.max_norm_applies = max_norm_applies;
+  weight_.weight_decay_applies = true;
   bias_.name = absl::StrCat("layer", index, ".bias");
   bias_.value = Tensor(1, out_features);
   bias_.grad = Tensor(1, out_features);

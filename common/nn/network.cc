@@ -1,0 +1,165 @@
+#include "common/nn/network.h"
+
+#include <cmath>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/nn/layer_factory.h"
+#include "common/util/random.h"
+#include "common/util/status_macros.h"
+
+namespace distillery {
+
+using Kind = LayerSpec::Kind;
+
+Network::Network(const NetworkSpec& spec, uint64_t seed)
+    : spec_(spec), seed_(seed), context_(std::make_unique<DnnlContext>()) {}
+
+absl::Status Network::BuildLayers() {
+  Shape shape = spec_.input_shape;
+  int parameter_index = 0;
+  first_trainable_ = spec_.layers.size();
+  for (size_t i = 0; i < spec_.layers.size(); ++i) {
+    const LayerSpec& layer_spec = spec_.layers[i];
+    const int64_t count = LayerParameterCount(layer_spec, shape);
+    if (count < 0 || count > kMaxNetworkParameters - parameter_count_) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "architecture \"", spec_.ArchitectureString(), "\" has more than ", kMaxNetworkParameters,
+          " parameters (at layer ", i + 1, ", ", layer_spec.Token(), ")"));
+    }
+    ASSIGN_OR_RETURN(std::unique_ptr<Layer> layer,
+                     MakeLayer(layer_spec, parameter_index, shape, seed_, context_.get()));
+    absl::StatusOr<Shape> next = layer->OutputShape(shape);
+    if (!next.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("architecture \"", spec_.ArchitectureString(),
+                                                     "\", layer ", i + 1, " (", layer_spec.Token(),
+                                                     "): ", next.status().message()));
+    }
+    forward_macs_ += LayerMacsPerExample(layer_spec, shape, *next);
+    if (!layer->Parameters().empty()) {
+      ++parameter_index;
+      if (first_trainable_ == spec_.layers.size()) first_trainable_ = i;
+      for (Parameter* p : layer->Parameters()) parameter_count_ += p->value.size();
+    }
+    shape = *next;
+    layer_shapes_.push_back(shape);
+    layers_.push_back(std::move(layer));
+  }
+  if (layers_.empty() || shape.size() != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("architecture \"", spec_.ArchitectureString(), "\" gives ", ShapeString(shape),
+                     " per example, not a vector of classes: end it with fc:<classes>"));
+  }
+  num_classes_ = shape[0];
+  activations_.resize(layers_.size());
+  gradients_.resize(2);
+  return absl::OkStatus();
+}
+
+void Network::InitializeParameters() {
+  std::mt19937_64 rng(HashCombine(seed_, 7));
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const LayerSpec& layer_spec = spec_.layers[i];
+    if (layer_spec.kind != Kind::kLinear && layer_spec.kind != Kind::kConv2d) continue;
+    std::vector<Parameter*> params = layers_[i]->Parameters();
+    // fan_in: the weight's elements per output unit (its 2-D reading).
+    const float bound = 1.f / std::sqrt(static_cast<float>(params[0]->value.cols()));
+    for (Parameter* p : params) {
+      float* v = p->value.data();
+      for (int64_t j = 0; j < p->value.size(); ++j) v[j] = (2.f * UnitFloat(rng()) - 1.f) * bound;
+    }
+  }
+}
+
+absl::StatusOr<std::unique_ptr<Network>> Network::Create(const NetworkSpec& spec, uint64_t seed) {
+  if (spec.input_shape.empty() || ShapeSize(spec.input_shape) < 1) {
+    return absl::InvalidArgumentError("the network's input shape is empty");
+  }
+  std::unique_ptr<Network> network;
+  try {
+    network.reset(new Network(spec, seed));
+  } catch (const dnnl::error& e) {
+    return DnnlErrorToStatus("creating the CPU engine", e);
+  }
+  RETURN_IF_ERROR(network->BuildLayers());
+  network->InitializeParameters();
+  return network;
+}
+
+absl::Status Network::Forward(const Tensor& input, bool training, uint64_t noise_step,
+                              const Tensor** logits) {
+  if (input.cols() != input_size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "network ", spec_.ArchitectureString(), " takes ", input_size(), " inputs per example (",
+        ShapeString(spec_.input_shape), "), got ", input.cols()));
+  }
+  // Layers see the input in the network's shape: (batch, channels, rows,
+  // cols) for images, whatever 2-D or 4-D reading the caller gave.
+  Shape shape = {input.rows()};
+  shape.insert(shape.end(), spec_.input_shape.begin(), spec_.input_shape.end());
+  if (input.shape() != shape) {
+    shaped_input_ = input;
+    shaped_input_.Reinterpret(shape);
+    input_ = &shaped_input_;
+  } else {
+    input_ = &input;
+  }
+  const Tensor* current = input_;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    if (training) layers_[i]->SetNoiseStep(noise_step);
+    RETURN_IF_ERROR(layers_[i]->Forward(*current, training, &activations_[i]));
+    current = &activations_[i];
+  }
+  *logits = current;
+  return absl::OkStatus();
+}
+
+absl::Status Network::Backward(const Tensor& grad_logits) {
+  if (input_ == nullptr) return absl::FailedPreconditionError("Backward called before Forward");
+  const Tensor* grad_output = &grad_logits;
+  // Layers before the first trainable one have no parameters, and nothing
+  // needs the gradient of the input: stop there and skip its data pass.
+  for (size_t i = layers_.size(); i-- > first_trainable_;) {
+    const Tensor& layer_input = i == 0 ? *input_ : activations_[i - 1];
+    Tensor* grad_input = i == first_trainable_ ? nullptr : &gradients_[i % 2];
+    RETURN_IF_ERROR(layers_[i]->Backward(layer_input, activations_[i], *grad_output, grad_input));
+    grad_output = grad_input;
+  }
+  return absl::OkStatus();
+}
+
+std::vector<Parameter*> Network::Parameters() {
+  std::vector<Parameter*> params;
+  for (const auto& layer : layers_) {
+    for (Parameter* p : layer->Parameters()) params.push_back(p);
+  }
+  return params;
+}
+
+std::vector<Buffer> Network::Buffers() {
+  std::vector<Buffer> buffers;
+  for (const auto& layer : layers_) {
+    for (const Buffer& b : layer->Buffers()) buffers.push_back(b);
+  }
+  return buffers;
+}
+
+absl::StatusOr<std::unique_ptr<Network>> Network::Clone() const {
+  ASSIGN_OR_RETURN(std::unique_ptr<Network> copy, Create(spec_, seed_));
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    std::vector<Parameter*> from = layers_[i]->Parameters(), to = copy->layers_[i]->Parameters();
+    for (size_t j = 0; j < from.size(); ++j) to[j]->value = from[j]->value;
+    std::vector<Buffer> from_b = layers_[i]->Buffers(), to_b = copy->layers_[i]->Buffers();
+    for (size_t j = 0; j < from_b.size(); ++j) *to_b[j].value = *from_b[j].value;
+  }
+  return copy;
+}
+
+std::string Network::Describe() const {
+  std::vector<std::string> parts;
+  for (const auto& layer : layers_) parts.push_back(layer->Describe());
+  return absl::StrJoin(parts, " -> ");
+}
+
+}  // namespace distillery

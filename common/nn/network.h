@@ -1,0 +1,104 @@
+// A feed-forward network: a NetworkSpec's layers in order, the network type
+// of both the teacher and the students (multilayer perceptrons and
+// convolutional networks alike).
+//
+//   input (batch, input_shape...) -> layer 0 -> layer 1 -> ... -> logits
+//   (batch, num_classes)
+//
+// Create checks every layer's shapes against the input shape before anything
+// trains (Layer::OutputShape), and that the output is a vector of classes.
+//
+// Thread-safety: a Network keeps its activations between Forward and
+// Backward, so it is used by one thread at a time. Forward-only users on
+// several threads each need their own copy (Clone()).
+#ifndef DISTILLERY_COMMON_NN_NETWORK_H_
+#define DISTILLERY_COMMON_NN_NETWORK_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/nn/layer.h"
+#include "common/nn/network_spec.h"
+#include "common/tensor/dnnl_context.h"
+#include "common/tensor/tensor.h"
+
+namespace distillery {
+
+class Network {
+ public:
+  // A network with weights and biases drawn uniformly from +-1/sqrt(fan_in)
+  // (PyTorch's default for Linear and Conv2d) using `seed`, batch
+  // normalization at scale 1 and shift 0; the same seed gives the same
+  // weights on every machine. `seed` also keys the dropout masks.
+  // InvalidArgument (naming the layer and the shapes) when a layer does not
+  // fit the shape it gets, or the output is not a vector.
+  static absl::StatusOr<std::unique_ptr<Network>> Create(const NetworkSpec& spec, uint64_t seed);
+
+  const NetworkSpec& spec() const { return spec_; }
+  // Values per example (the product of the input shape).
+  int64_t input_size() const { return ShapeSize(spec_.input_shape); }
+  const Shape& input_shape() const { return spec_.input_shape; }
+  int64_t num_classes() const { return num_classes_; }
+  // Weights plus biases (trainable values; not batch-norm statistics).
+  int64_t ParameterCount() const { return parameter_count_; }
+  // Multiply-adds of one example's forward pass in Linear and Conv2d layers.
+  int64_t ForwardMacsPerExample() const { return forward_macs_; }
+  // The shape each layer gives, per example (layer_shapes()[i] is layer i's).
+  const std::vector<Shape>& layer_shapes() const { return layer_shapes_; }
+
+  // Runs the network on `input` (batch x input_size values; any shape whose
+  // 2-D reading is that, e.g. (batch, 784) or (batch, 1, 28, 28)) and points
+  // `*logits` at the result (batch, num_classes), owned by the network and
+  // valid until the next Forward. `input` must stay alive and unchanged
+  // until Backward. `training` turns dropout on and makes batch
+  // normalization use (and update) batch statistics; `noise_step` keys the
+  // dropout masks.
+  absl::Status Forward(const Tensor& input, bool training, uint64_t noise_step,
+                       const Tensor** logits);
+  // Inference convenience: Forward with training off.
+  absl::Status Predict(const Tensor& input, const Tensor** logits) {
+    return Forward(input, false, 0, logits);
+  }
+
+  // Back-propagates d(loss)/d(logits) (batch x num_classes) through the last
+  // Forward, overwriting every parameter's gradient.
+  absl::Status Backward(const Tensor& grad_logits);
+
+  // All trainable parameters in a fixed order (layer0.weight, layer0.bias,
+  // layer1.weight, ...). Pointers stay valid for the network's lifetime.
+  std::vector<Parameter*> Parameters();
+  // All checkpointed non-trainable tensors (batch-norm running statistics),
+  // in a fixed order.
+  std::vector<Buffer> Buffers();
+
+  // A deep copy with the same weights and buffers (fresh primitives).
+  absl::StatusOr<std::unique_ptr<Network>> Clone() const;
+
+  // One line per layer, for logs.
+  std::string Describe() const;
+
+ private:
+  Network(const NetworkSpec& spec, uint64_t seed);
+  absl::Status BuildLayers();
+  void InitializeParameters();
+
+  NetworkSpec spec_;
+  uint64_t seed_;
+  std::unique_ptr<DnnlContext> context_;
+  std::vector<std::unique_ptr<Layer>> layers_;
+  std::vector<Shape> layer_shapes_;
+  int64_t num_classes_ = 0;
+  int64_t parameter_count_ = 0;
+  int64_t forward_macs_ = 0;
+  size_t first_trainable_ = 0;       // index in layers_ of the first layer with parameters
+  const Tensor* input_ = nullptr;    // the last Forward's input, not owned
+  Tensor shaped_input_;              // a copy of it, when its shape was another reading
+  std::vector<Tensor> activations_;  // activations_[i] is layer i's output
+  std::vector<Tensor> gradients_;    // scratch for back-propagation
+};
+
+}  // namespace distillery
+
+#endif  // DISTILLERY_COMMON_NN_NETWORK_H_

@@ -1,0 +1,115 @@
+// Checkpoints written by release 0.1 (format version 1, multilayer
+// perceptrons only) still load, compute and serve the same outputs.
+//
+// tests/data/mlp_release1.ckpt was written by release 0.1 (commit f8124b6):
+//   student_trainer baseline --data_dir=MNIST --train_range=0:5000
+//       --architecture=784-32-10 --input_dropout=0.2 --hidden_dropout=0.5
+//       --epochs=1 --seed=3 --threads=2 --checkpoint=mlp_release1.ckpt
+// and mlp_release1.logits / .probabilities are that release's outputs for the
+// first 100 MNIST test images (student_trainer export --dump_outputs=...,
+// without and with --softmax): 100 x 10 little-endian float32.
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <numeric>
+
+#include "common/formats/checkpoint.h"
+#include "common/formats/target_codec.h"
+#include "common/nn/softmax.h"
+#include "common/train/trainer.h"
+#include "distill/v1/teacher.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "tests/server_process.h"
+
+namespace distillery {
+namespace {
+
+constexpr int kExamples = 100;
+constexpr int kClasses = 10;
+
+std::string DataPath(const std::string& name) {
+  return std::string(DISTILLERY_TEST_DATA_DIR) + "/" + name;
+}
+
+std::vector<float> ReadFloats(const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  std::vector<float> values(bytes.size() / 4);
+  std::memcpy(values.data(), bytes.data(), values.size() * 4);
+  return values;
+}
+
+Dataset TestImages() {
+  absl::StatusOr<MnistFormatData> mnist = LoadMnistFormatDirectory(DISTILLERY_MNIST_DIR);
+  EXPECT_TRUE(mnist.ok()) << mnist.status();
+  return *SliceDataset(mnist->test, 0, kExamples);
+}
+
+void ExpectNear(const float* actual, const std::vector<float>& expected, const char* what) {
+  ASSERT_EQ(expected.size(), size_t{kExamples * kClasses});
+  for (size_t i = 0; i < expected.size(); ++i) {
+    ASSERT_NEAR(actual[i], expected[i], 1e-6) << what << " value " << i;
+  }
+}
+
+TEST(CompatTest, Release1CheckpointLoadsAndComputesTheSameOutputs) {
+  absl::StatusOr<distill::v1::Checkpoint> checkpoint =
+      LoadCheckpoint(DataPath("mlp_release1.ckpt"));
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  EXPECT_EQ(checkpoint->format_version(), 1u);
+  absl::StatusOr<std::unique_ptr<Network>> network = NetworkFromCheckpoint(*checkpoint);
+  ASSERT_TRUE(network.ok()) << network.status();
+  EXPECT_EQ((*network)->spec().ArchitectureString(), "784-32-10");
+  EXPECT_EQ((*network)->input_shape(), (Shape{1, 28, 28}));
+
+  const Dataset test = TestImages();
+  std::vector<int64_t> ids(kExamples);
+  std::iota(ids.begin(), ids.end(), 0);
+  Tensor inputs;
+  GatherBatch(test, ids, 0, nullptr, &inputs, nullptr);
+  const Tensor* logits = nullptr;
+  ASSERT_TRUE((*network)->Predict(inputs, &logits).ok());
+  ExpectNear(logits->data(), ReadFloats(DataPath("mlp_release1.logits")), "logits");
+  TemperatureSoftmax softmax;
+  Tensor probabilities;
+  ASSERT_TRUE(softmax.Compute(*logits, 1.f, &probabilities).ok());
+  ExpectNear(probabilities.data(), ReadFloats(DataPath("mlp_release1.probabilities")),
+             "probabilities");
+
+  // Rewritten by this release (format version 2), it stays the same network.
+  distill::v1::Checkpoint rewritten = MakeCheckpoint(**network, checkpoint->role());
+  EXPECT_EQ(rewritten.format_version(), kCheckpointFormatVersion);
+  absl::StatusOr<std::unique_ptr<Network>> again = NetworkFromCheckpoint(rewritten);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(WeightsFingerprint(**again), WeightsFingerprint(**network));
+}
+
+TEST(CompatTest, Release1CheckpointServesTheSameSoftTargets) {
+  ServerProcess server;
+  ASSERT_TRUE(server.Start(DISTILLERY_TEACHER_SERVER_BINARY,
+                           {"--checkpoint=" + DataPath("mlp_release1.ckpt"),
+                            "--metrics_address=", "--threads=1", "--default_temperature=1"},
+                           testing::TempDir()));
+  auto stub = distill::v1::Teacher::NewStub(
+      grpc::CreateChannel(server.target(), grpc::InsecureChannelCredentials()));
+  const Dataset test = TestImages();
+  distill::v1::SoftTargetsRequest request;
+  request.set_num_examples(kExamples);
+  request.set_pixels_u8(
+      std::string(reinterpret_cast<const char*>(test.pixels.data()), test.pixels.size()));
+  distill::v1::SoftTargetsResponse response;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  const grpc::Status status = stub->GetSoftTargets(&context, request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  Tensor probabilities;
+  TemperatureSoftmax softmax;
+  ASSERT_TRUE(
+      DecodeTargets(response.targets(), response.contract(), &softmax, &probabilities).ok());
+  ExpectNear(probabilities.data(), ReadFloats(DataPath("mlp_release1.probabilities")),
+             "served probabilities");
+}
+
+}  // namespace
+}  // namespace distillery

@@ -1,0 +1,161 @@
+// The network as a whole: architecture parsing, seeded initialisation, and a
+// finite-difference check of back-propagation through every layer type.
+#include "common/nn/network.h"
+
+#include "common/nn/losses.h"
+#include "tests/test_util.h"
+
+namespace distillery {
+namespace {
+
+TEST(NetworkSpecTest, ParsesTheMlpFormAndCounts) {
+  absl::StatusOr<NetworkSpec> spec = NetworkSpec::Parse("784-1200-1200-10", {1, 28, 28});
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->ArchitectureString(), "784-1200-1200-10");
+  auto network = *Network::Create(*spec, 1);
+  EXPECT_EQ(network->ParameterCount(), 784 * 1200 + 1200 + 1200 * 1200 + 1200 + 1200 * 10 + 10);
+  EXPECT_EQ(network->ForwardMacsPerExample(), 784 * 1200 + 1200 * 1200 + 1200 * 10);
+  EXPECT_EQ(network->num_classes(), 10);
+  for (const char* bad : {"", "784", "784-x-10", "784-0-10", "784--10", "784-100000-10"}) {
+    EXPECT_EQ(NetworkSpec::Parse(bad, {1, 28, 28}).status().code(),
+              absl::StatusCode::kInvalidArgument)
+        << bad;
+  }
+  // The first size must be the data's.
+  absl::Status wrong = NetworkSpec::Parse("784-10", {3, 28, 28}).status();
+  EXPECT_EQ(wrong.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(wrong.message().find("(3, 28, 28) = 2352"), std::string::npos) << wrong;
+}
+
+TEST(NetworkSpecTest, ParsesTheLayerListForm) {
+  absl::StatusOr<NetworkSpec> spec = NetworkSpec::Parse(
+      "conv5x5:32/same+bn,pool2,conv3x3:64/s2:none,avgpool2/inclpad,fc:128,dropout:0.5,fc:10",
+      {1, 28, 28});
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  using Kind = LayerSpec::Kind;
+  std::vector<Kind> kinds;
+  for (const LayerSpec& layer : spec->layers) kinds.push_back(layer.kind);
+  EXPECT_EQ(kinds,
+            (std::vector<Kind>{Kind::kConv2d, Kind::kBatchNorm, Kind::kRelu, Kind::kMaxPool2d,
+                               Kind::kConv2d, Kind::kAvgPool2d, Kind::kFlatten, Kind::kLinear,
+                               Kind::kRelu, Kind::kDropout, Kind::kLinear}));
+  const LayerSpec& conv = spec->layers[0];
+  EXPECT_EQ(conv.units, 32);
+  EXPECT_EQ(conv.kernel_rows, 5);
+  EXPECT_EQ(conv.pad_rows, 2);
+  EXPECT_TRUE(conv.max_norm);
+  EXPECT_EQ(spec->layers[3].stride_rows, 2);  // pool stride defaults to its window
+  EXPECT_EQ(spec->layers[4].stride_rows, 2);
+  EXPECT_TRUE(spec->layers[5].count_include_pad);
+  EXPECT_FALSE(spec->layers.back().max_norm);
+  // The canonical text parses back to the same layers.
+  const std::string canonical = spec->ArchitectureString();
+  absl::StatusOr<NetworkSpec> again = NetworkSpec::Parse(canonical, {1, 28, 28});
+  ASSERT_TRUE(again.ok()) << canonical << ": " << again.status();
+  EXPECT_EQ(again->ArchitectureString(), canonical);
+  ASSERT_EQ(again->layers.size(), spec->layers.size());
+  for (size_t i = 0; i < spec->layers.size(); ++i) {
+    EXPECT_EQ(again->layers[i].Token(), spec->layers[i].Token()) << canonical;
+  }
+}
+
+TEST(NetworkSpecTest, RefusesTextThatDoesNotParseNamingTheToken) {
+  for (const auto& [text, token] : std::vector<std::pair<std::string, std::string>>{
+           {"conv5x5,fc:10", "conv5x5"},
+           {"conv5x5:0,fc:10", "conv5x5:0"},
+           {"convAxB:3,fc:10", "convAxB:3"},
+           {"conv3x3:8/q2,fc:10", "conv3x3:8/q2"},
+           {"conv4x4:8/same,fc:10", "conv4x4:8/same"},
+           {"pool0,fc:10", "pool0"},
+           {"maxpool2/inclpad,fc:10", "maxpool2/inclpad"},
+           {"fc:10:softmax", "fc:10:softmax"},
+           {"dropout:1.5,fc:10", "dropout:1.5"},
+           {"lstm:32,fc:10", "lstm:32"},
+           {"fc:10,,fc:10", ""},
+       }) {
+    absl::Status s = NetworkSpec::Parse(text, {1, 28, 28}).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << text;
+    EXPECT_NE(s.message().find("\"" + token + "\""), std::string::npos) << text << ": " << s;
+  }
+}
+
+TEST(NetworkTest, ShapesThatDoNotFitAreRefusedBeforeTraining) {
+  // A 28x28 image cannot take a pooling window of 32, and a network must end
+  // in a vector of classes.
+  for (const char* text : {"maxpool32,fc:10", "fc:64,relu"}) {
+    NetworkSpec spec = *NetworkSpec::Parse(text, {1, 28, 28});
+    absl::StatusOr<std::unique_ptr<Network>> network = Network::Create(spec, 1);
+    if (std::string(text) == "fc:64,relu") {
+      // fc:64 is the last fc, so it gives logits: 64 classes is a valid network.
+      ASSERT_TRUE(network.ok()) << network.status();
+      EXPECT_EQ((*network)->num_classes(), 64);
+      continue;
+    }
+    EXPECT_EQ(network.status().code(), absl::StatusCode::kInvalidArgument) << text;
+    EXPECT_NE(network.status().message().find("layer 1"), std::string::npos) << network.status();
+  }
+  // Absurd sizes are refused before anything is allocated.
+  NetworkSpec huge = *NetworkSpec::Parse("fc:65536,fc:65536,fc:10", {1, 28, 28});
+  absl::Status s = Network::Create(huge, 1).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("parameters"), std::string::npos) << s;
+}
+
+TEST(MlpTest, SameSeedSameWeightsWithinTheInitRange) {
+  NetworkSpec spec = *NetworkSpec::Parse("16-8-4", {16});
+  auto a = *Network::Create(spec, 9), b = *Network::Create(spec, 9), c = *Network::Create(spec, 10);
+  EXPECT_EQ(a->Parameters()[0]->value, b->Parameters()[0]->value);
+  EXPECT_FALSE(a->Parameters()[0]->value == c->Parameters()[0]->value);
+  const Tensor& w = a->Parameters()[0]->value;
+  for (int64_t i = 0; i < w.size(); ++i) EXPECT_LE(std::abs(w.data()[i]), 0.25f);  // 1/sqrt(16)
+}
+
+TEST(MlpTest, RejectsInputOfTheWrongWidth) {
+  auto mlp = *Network::Create(*NetworkSpec::Parse("16-8-4", {16}), 1);
+  Tensor input(2, 15);
+  const Tensor* logits = nullptr;
+  EXPECT_EQ(mlp->Predict(input, &logits).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// d(loss)/d(weights) of the whole network, through Linear, ReLU and dropout
+// (masks fixed by the noise step), against central differences. The step is
+// 1e-2: oneDNN's log-softmax is accurate to ~2e-6, too coarse for smaller ones.
+TEST(MlpTest, BackpropagationMatchesFiniteDifferences) {
+  NetworkSpec spec = *NetworkSpec::Parse("6-5-4-3", {1, 2, 3}, 0.2f, 0.3f);
+  auto mlp = *Network::Create(spec, 21);
+  const Tensor input = RandomMatrix(4, 6, 22);
+  const std::vector<int> labels = {0, 2, 1, 2};
+  CrossEntropyLoss loss;
+  auto value = [&] {
+    const Tensor* logits = nullptr;
+    EXPECT_TRUE(mlp->Forward(input, true, 77, &logits).ok());
+    Tensor unused;
+    return *loss.Compute(*logits, labels, 1.f, &unused);
+  };
+  const Tensor* logits = nullptr;
+  ASSERT_TRUE(mlp->Forward(input, true, 77, &logits).ok());
+  Tensor grad_logits;
+  ASSERT_TRUE(loss.Compute(*logits, labels, 1.f, &grad_logits).ok());
+  ASSERT_TRUE(mlp->Backward(grad_logits).ok());
+  std::vector<Tensor> grads;
+  for (Parameter* p : mlp->Parameters()) grads.push_back(p->grad);
+  std::vector<Parameter*> params = mlp->Parameters();
+  for (size_t i = 0; i < params.size(); ++i) {
+    SCOPED_TRACE(params[i]->name);
+    ExpectGradientMatches(value, &params[i]->value, grads[i], 1e-2, 3e-2, 1e-4,
+                          /*skip_kinks=*/true);
+  }
+}
+
+TEST(MlpTest, CloneHasTheSameOutputs) {
+  auto mlp = *Network::Create(*NetworkSpec::Parse("10-6-3", {10}), 5);
+  auto copy = *mlp->Clone();
+  const Tensor input = RandomMatrix(3, 10, 6);
+  const Tensor *a = nullptr, *b = nullptr;
+  ASSERT_TRUE(mlp->Predict(input, &a).ok());
+  ASSERT_TRUE(copy->Predict(input, &b).ok());
+  EXPECT_EQ(*a, *b);
+}
+
+}  // namespace
+}  // namespace distillery
