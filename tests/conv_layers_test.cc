@@ -178,7 +178,19 @@ void ExpectNear(const Tensor& actual, const Tensor& expected, double tolerance) 
   }
 }
 
-const ConvLayout kLayouts[] = {ConvLayout::kPlain, ConvLayout::kBlocked};
+const ConvLayout kLayouts[] = {ConvLayout::kPlain, ConvLayout::kBlocked, ConvLayout::kAuto};
+
+const char* LayoutName(ConvLayout layout) {
+  switch (layout) {
+    case ConvLayout::kPlain:
+      return "plain";
+    case ConvLayout::kBlocked:
+      return "blocked";
+    case ConvLayout::kAuto:
+      return "auto";
+  }
+  return "?";
+}
 
 // ---- Convolution ----
 
@@ -226,7 +238,7 @@ TEST(Conv2dLayerTest, ForwardMatchesDirectLoops) {
   uint64_t seed = 100;
   for (const ConvCase& c : ConvCases()) {
     for (ConvLayout layout : kLayouts) {
-      SCOPED_TRACE(std::string(c.name) + (layout == ConvLayout::kPlain ? " plain" : " blocked"));
+      SCOPED_TRACE(std::string(c.name) + " " + LayoutName(layout));
       Conv2dOptions o = c.options;
       o.layout = layout;
       Conv2dLayer layer(0, o, &context);
@@ -250,7 +262,7 @@ TEST(Conv2dLayerTest, GradientsMatchFiniteDifferences) {
   uint64_t seed = 200;
   for (const ConvCase& c : ConvCases()) {
     for (ConvLayout layout : kLayouts) {
-      SCOPED_TRACE(std::string(c.name) + (layout == ConvLayout::kPlain ? " plain" : " blocked"));
+      SCOPED_TRACE(std::string(c.name) + " " + LayoutName(layout));
       Conv2dOptions o = c.options;
       o.layout = layout;
       Conv2dLayer layer(3, o, &context);
@@ -718,7 +730,7 @@ TEST(SmallConvNetTest, ShapesChainThroughOutputShape) {
 
 TEST(SmallConvNetTest, GradientsThroughTheWholeChainMatchFiniteDifferences) {
   for (ConvLayout layout : kLayouts) {
-    SCOPED_TRACE(layout == ConvLayout::kPlain ? "plain" : "blocked");
+    SCOPED_TRACE(LayoutName(layout));
     DnnlContext context;
     SmallConvNet net(&context, layout);
     Tensor input = RandomTensor({3, 2, 6, 6}, 7);

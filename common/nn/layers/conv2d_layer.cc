@@ -1,5 +1,8 @@
 #include "common/nn/layers/conv2d_layer.h"
 
+#include <initializer_list>
+#include <utility>
+
 #include "absl/strings/str_cat.h"
 
 namespace distillery {
@@ -128,26 +131,64 @@ absl::Status Conv2dLayer::GetPrimitives(const Tensor& input, Primitives** primit
                                 o.kernel_rows, o.kernel_cols},
                                memory::data_type::f32, memory::format_tag::goihw);
     }
-    const bool any = o.layout == ConvLayout::kBlocked;
-    auto maybe_any = [any](const memory::desc& plain) {
-      return any ? memory::desc(plain.dims(), memory::data_type::f32, memory::format_tag::any)
-                 : plain;
-    };
-    const memory::desc src = maybe_any(p.src), weights = maybe_any(p.weights),
-                       dst = maybe_any(p.dst);
     const auto algorithm = dnnl::algorithm::convolution_direct;
-    dnnl::convolution_forward::primitive_desc forward_pd(
-        dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training, algorithm, src, weights,
-                                        p.bias, dst, strides, dilates, padding, padding),
-        engine);
-    dnnl::convolution_backward_data::primitive_desc data_pd(
-        dnnl::convolution_backward_data::desc(algorithm, src, weights, dst, strides, dilates,
-                                              padding, padding),
-        engine, forward_pd);
-    dnnl::convolution_backward_weights::primitive_desc weights_pd(
-        dnnl::convolution_backward_weights::desc(algorithm, src, weights, p.bias, dst, strides,
-                                                 dilates, padding, padding),
-        engine, forward_pd);
+    const auto any_desc = [](const memory::desc& plain) {
+      return memory::desc(plain.dims(), memory::data_type::f32, memory::format_tag::any);
+    };
+    const memory::desc any_src = any_desc(p.src), any_weights = any_desc(p.weights),
+                       any_dst = any_desc(p.dst);
+    using ForwardPd = dnnl::convolution_forward::primitive_desc;
+    using DataPd = dnnl::convolution_backward_data::primitive_desc;
+    using WeightsPd = dnnl::convolution_backward_weights::primitive_desc;
+    auto forward_of = [&](const memory::desc& src, const memory::desc& weights,
+                          const memory::desc& dst) {
+      return ForwardPd(
+          dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training, algorithm, src,
+                                          weights, p.bias, dst, strides, dilates, padding, padding),
+          engine);
+    };
+    auto data_of = [&](const memory::desc& src, const memory::desc& weights,
+                       const memory::desc& dst, const ForwardPd& hint) {
+      return DataPd(dnnl::convolution_backward_data::desc(algorithm, src, weights, dst, strides,
+                                                          dilates, padding, padding),
+                    engine, hint);
+    };
+    auto weights_of = [&](const memory::desc& src, const memory::desc& weights,
+                          const memory::desc& dst, const ForwardPd& hint) {
+      return WeightsPd(
+          dnnl::convolution_backward_weights::desc(algorithm, src, weights, p.bias, dst, strides,
+                                                   dilates, padding, padding),
+          engine, hint);
+    };
+    // Whether oneDNN's chosen layouts pad no tensor beyond 1.5x its plain size.
+    auto compact = [](std::initializer_list<std::pair<memory::desc, memory::desc>> chosen) {
+      for (const auto& [inner, plain] : chosen) {
+        if (inner.get_size() * 2 > plain.get_size() * 3) return false;
+      }
+      return true;
+    };
+    const bool any = o.layout != ConvLayout::kPlain;
+    ForwardPd forward_pd =
+        any ? forward_of(any_src, any_weights, any_dst) : forward_of(p.src, p.weights, p.dst);
+    if (o.layout == ConvLayout::kAuto && !compact({{forward_pd.src_desc(), p.src},
+                                                   {forward_pd.weights_desc(), p.weights},
+                                                   {forward_pd.dst_desc(), p.dst}})) {
+      forward_pd = forward_of(p.src, p.weights, p.dst);
+    }
+    DataPd data_pd = any ? data_of(any_src, any_weights, any_dst, forward_pd)
+                         : data_of(p.src, p.weights, p.dst, forward_pd);
+    if (o.layout == ConvLayout::kAuto && !compact({{data_pd.diff_src_desc(), p.src},
+                                                   {data_pd.weights_desc(), p.weights},
+                                                   {data_pd.diff_dst_desc(), p.dst}})) {
+      data_pd = data_of(p.src, p.weights, p.dst, forward_pd);
+    }
+    WeightsPd weights_pd = any ? weights_of(any_src, any_weights, any_dst, forward_pd)
+                               : weights_of(p.src, p.weights, p.dst, forward_pd);
+    if (o.layout == ConvLayout::kAuto && !compact({{weights_pd.src_desc(), p.src},
+                                                   {weights_pd.diff_weights_desc(), p.weights},
+                                                   {weights_pd.diff_dst_desc(), p.dst}})) {
+      weights_pd = weights_of(p.src, p.weights, p.dst, forward_pd);
+    }
     p.forward = dnnl::convolution_forward(forward_pd);
     p.backward_data = dnnl::convolution_backward_data(data_pd);
     p.backward_weights = dnnl::convolution_backward_weights(weights_pd);

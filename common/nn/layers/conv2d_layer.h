@@ -44,6 +44,13 @@ enum class ConvLayout : uint8_t {
   // and OIhw16i16o on AVX-512) and the layer reorders activations, weights
   // and gradients to and from plain at every call.
   kBlocked = 1,
+  // Per primitive (forward, backward data, backward weights): oneDNN's own
+  // layouts, unless one of them pads a tensor to more than 1.5 times its
+  // plain size (the 16-channel blocks of a 1-channel image), then plain.
+  // For LeNet's 5x5 1->32 that is blocked forward and weight gradient but
+  // plain data gradient; for 32->64 all blocked. The choice depends only on
+  // the shapes and the CPU, never on timing, so runs are reproducible.
+  kAuto = 2,
 };
 
 struct Conv2dOptions {
@@ -59,9 +66,9 @@ struct Conv2dOptions {
   int64_t dilation_cols = 1;
   int64_t groups = 1;  // in_channels and out_channels must be multiples
   bool max_norm_applies = false;
-  // kPlain measured fastest on the shapes of bench/conv_bench.cc (see
-  // there); kBlocked is kept for comparison.
-  ConvLayout layout = ConvLayout::kPlain;
+  // kAuto measured fastest on the shapes of bench/conv_bench.cc (see there);
+  // kPlain and kBlocked are kept for comparison.
+  ConvLayout layout = ConvLayout::kAuto;
 };
 
 class Conv2dLayer : public Layer {
