@@ -22,6 +22,12 @@
 //   dL/db[o]   = sum over n, y, x of dL/doutput[n][o][y][x]
 // Max-norm, when it applies, clips each filter's incoming weights: the rows
 // of W read as (out_channels, in_channels / groups * kernel_rows * kernel_cols).
+//
+// Cost: with blocked layouts (ConvLayout) every call reorders its
+// activations and gradients between plain NCHW and oneDNN's layout, and the
+// weights each call (they change every step). Backward reuses Forward's
+// reordered input when it is the same tensor (the Layer contract), and keeps
+// one scratch buffer per reordered tensor and input shape.
 #ifndef DISTILLERY_COMMON_NN_LAYERS_CONV2D_LAYER_H_
 #define DISTILLERY_COMMON_NN_LAYERS_CONV2D_LAYER_H_
 
