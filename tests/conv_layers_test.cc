@@ -13,6 +13,7 @@
 #include "common/nn/layers/linear_layer.h"
 #include "common/nn/layers/pool2d_layer.h"
 #include "common/nn/layers/relu_layer.h"
+#include "common/nn/optimizer.h"
 #include "common/tensor/dnnl_context.h"
 #include "gmock/gmock.h"
 #include "tests/test_util.h"
@@ -311,6 +312,32 @@ TEST(Conv2dLayerTest, ParametersAreNamedAndFlagged) {
   EXPECT_EQ(params[1]->value.shape(), (Shape{1, 8}));
   EXPECT_FALSE(params[1]->max_norm_applies);
   EXPECT_FALSE(params[1]->weight_decay_applies);
+}
+
+TEST(Conv2dLayerTest, MaxNormClipsEachFiltersIncomingWeights) {
+  DnnlContext context;
+  Conv2dOptions o;
+  o.in_channels = 4;
+  o.out_channels = 3;
+  o.kernel_rows = o.kernel_cols = 3;
+  o.groups = 2;
+  o.max_norm_applies = true;
+  Conv2dLayer layer(0, o, &context);
+  Tensor& w = layer.weight().value;
+  w = RandomTensor(w.shape(), 5);
+  // Filter 1 short enough to keep, the others longer than the limit.
+  for (int64_t j = 0; j < w.cols(); ++j) w.at(1, j) *= 0.01f;
+  const Tensor before = w;
+  ApplyMaxNorm(1.f, &w);
+  ASSERT_EQ(w.cols(), 2 * 3 * 3);  // a filter's incoming weights
+  for (int64_t f = 0; f < 3; ++f) {
+    double norm = 0, norm_before = 0;
+    for (int64_t j = 0; j < w.cols(); ++j) {
+      norm += double{w.at(f, j)} * w.at(f, j);
+      norm_before += double{before.at(f, j)} * before.at(f, j);
+    }
+    EXPECT_NEAR(std::sqrt(norm), std::min(1.0, std::sqrt(norm_before)), 1e-5) << "filter " << f;
+  }
 }
 
 TEST(Conv2dLayerTest, OutputShapeAndDescribe) {
