@@ -1,0 +1,200 @@
+#include "common/nn/layers/batch_norm_layer.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace distillery {
+
+using dnnl::memory;
+
+BatchNormLayer::BatchNormLayer(int index, int64_t channels, DnnlContext* context)
+    : channels_(channels), context_(context) {
+  gamma_.name = absl::StrCat("layer", index, ".weight");
+  gamma_.value = Tensor(1, channels);
+  gamma_.value.Fill(1.f);
+  gamma_.grad = Tensor(1, channels);
+  gamma_.max_norm_applies = false;
+  gamma_.weight_decay_applies = false;
+  beta_.name = absl::StrCat("layer", index, ".bias");
+  beta_.value = Tensor(1, channels);
+  beta_.grad = Tensor(1, channels);
+  beta_.max_norm_applies = false;
+  beta_.weight_decay_applies = false;
+  running_mean_name_ = absl::StrCat("layer", index, ".running_mean");
+  running_var_name_ = absl::StrCat("layer", index, ".running_var");
+  running_mean_ = Tensor(1, channels);
+  running_var_ = Tensor(1, channels);
+  running_var_.Fill(1.f);
+  batch_mean_ = Tensor(1, channels);
+  batch_var_ = Tensor(1, channels);
+}
+
+std::string BatchNormLayer::Describe() const { return absl::StrCat("BatchNorm(", channels_, ")"); }
+
+absl::StatusOr<Shape> BatchNormLayer::OutputShape(const Shape& example_shape) const {
+  const bool fits = (example_shape.size() == 3 || example_shape.size() == 1) &&
+                    example_shape[0] == channels_ && ShapeSize(example_shape) > 0;
+  if (!fits) {
+    return absl::InvalidArgumentError(absl::StrCat(Describe(), " takes examples of shape (",
+                                                   channels_, ", rows, cols) or (", channels_,
+                                                   "), got ", ShapeString(example_shape)));
+  }
+  return example_shape;
+}
+
+absl::Status BatchNormLayer::CheckInput(const char* what, const Tensor& input) const {
+  if (input.rank() != 4 && input.rank() != 2) {
+    return absl::InvalidArgumentError(absl::StrCat(Describe(), " ", what,
+                                                   ": input must be (batch, C, rows, cols) or "
+                                                   "(batch, C), got ",
+                                                   ShapeString(input.shape())));
+  }
+  Shape example(input.shape().begin() + 1, input.shape().end());
+  absl::Status s = OutputShape(example).status();
+  if (!s.ok()) return s;
+  if (input.dim(0) < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(Describe(), " ", what, ": empty batch"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status BatchNormLayer::GetPrimitives(const Tensor& input, Primitives** primitives) {
+  const ShapeKey key = {input.dim(0), input.rank() == 4 ? input.dim(2) : 1,
+                        input.rank() == 4 ? input.dim(3) : 1};
+  auto it = primitives_by_shape_.find(key);
+  if (it != primitives_by_shape_.end()) {
+    *primitives = &it->second;
+    return absl::OkStatus();
+  }
+  try {
+    const dnnl::engine& engine = context_->engine();
+    Primitives p;
+    p.data = memory::desc({key[0], channels_, key[1], key[2]}, memory::data_type::f32,
+                          memory::format_tag::nchw);
+    p.stats = PlainVectorDesc(channels_);
+    using flags = dnnl::normalization_flags;
+    const flags affine = flags::use_scale | flags::use_shift;
+    const flags global = affine | flags::use_global_stats;
+    dnnl::batch_normalization_forward::primitive_desc training_pd(
+        dnnl::batch_normalization_forward::desc(dnnl::prop_kind::forward_training, p.data, kEpsilon,
+                                                affine),
+        engine);
+    dnnl::batch_normalization_forward::primitive_desc inference_pd(
+        dnnl::batch_normalization_forward::desc(dnnl::prop_kind::forward_inference, p.data,
+                                                kEpsilon, global),
+        engine);
+    // The backward pass after an inference Forward needs a training-kind
+    // forward hint with global statistics.
+    dnnl::batch_normalization_forward::primitive_desc global_training_pd(
+        dnnl::batch_normalization_forward::desc(dnnl::prop_kind::forward_training, p.data, kEpsilon,
+                                                global),
+        engine);
+    dnnl::batch_normalization_backward::primitive_desc backward_training_pd(
+        dnnl::batch_normalization_backward::desc(dnnl::prop_kind::backward, p.data, p.data,
+                                                 kEpsilon, affine),
+        engine, training_pd);
+    dnnl::batch_normalization_backward::primitive_desc backward_inference_pd(
+        dnnl::batch_normalization_backward::desc(dnnl::prop_kind::backward, p.data, p.data,
+                                                 kEpsilon, global),
+        engine, global_training_pd);
+    p.forward_training = dnnl::batch_normalization_forward(training_pd);
+    p.forward_inference = dnnl::batch_normalization_forward(inference_pd);
+    p.backward_training = dnnl::batch_normalization_backward(backward_training_pd);
+    p.backward_inference = dnnl::batch_normalization_backward(backward_inference_pd);
+    *primitives = &primitives_by_shape_.emplace(key, std::move(p)).first->second;
+  } catch (const dnnl::error& e) {
+    return DnnlErrorToStatus("building batch-normalization primitives", e);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status BatchNormLayer::Forward(const Tensor& input, bool training, Tensor* output) {
+  if (absl::Status s = CheckInput("Forward", input); !s.ok()) return s;
+  const int64_t per_channel = input.size() / channels_;
+  if (training && per_channel < 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        Describe(), " Forward: training needs more than one value per channel, got input ",
+        ShapeString(input.shape())));
+  }
+  Primitives* p = nullptr;
+  if (absl::Status s = GetPrimitives(input, &p); !s.ok()) return s;
+  output->Reshape(input.shape());
+  const dnnl::engine& engine = context_->engine();
+  memory src(p->data, engine, const_cast<float*>(input.data()));
+  memory dst(p->data, engine, output->data());
+  memory scale(p->stats, engine, gamma_.value.data());
+  memory shift(p->stats, engine, beta_.value.data());
+  last_forward_training_ = training;
+  if (!training) {
+    memory mean(p->stats, engine, running_mean_.data());
+    memory variance(p->stats, engine, running_var_.data());
+    return context_->Execute("batch-normalization forward (inference)", p->forward_inference,
+                             {{DNNL_ARG_SRC, src},
+                              {DNNL_ARG_DST, dst},
+                              {DNNL_ARG_SCALE, scale},
+                              {DNNL_ARG_SHIFT, shift},
+                              {DNNL_ARG_MEAN, mean},
+                              {DNNL_ARG_VARIANCE, variance}});
+  }
+  memory mean(p->stats, engine, batch_mean_.data());
+  memory variance(p->stats, engine, batch_var_.data());
+  if (absl::Status s =
+          context_->Execute("batch-normalization forward (training)", p->forward_training,
+                            {{DNNL_ARG_SRC, src},
+                             {DNNL_ARG_DST, dst},
+                             {DNNL_ARG_SCALE, scale},
+                             {DNNL_ARG_SHIFT, shift},
+                             {DNNL_ARG_MEAN, mean},
+                             {DNNL_ARG_VARIANCE, variance}});
+      !s.ok()) {
+    return s;
+  }
+  const float unbias = static_cast<float>(static_cast<double>(per_channel) / (per_channel - 1));
+  for (int64_t c = 0; c < channels_; ++c) {
+    float& rm = running_mean_.data()[c];
+    float& rv = running_var_.data()[c];
+    rm = (1.f - kMomentum) * rm + kMomentum * batch_mean_.data()[c];
+    rv = (1.f - kMomentum) * rv + kMomentum * batch_var_.data()[c] * unbias;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status BatchNormLayer::Backward(const Tensor& input, const Tensor& /*output*/,
+                                      const Tensor& grad_output, Tensor* grad_input) {
+  if (absl::Status s = CheckInput("Backward", input); !s.ok()) return s;
+  if (grad_output.shape() != input.shape()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Describe(), " Backward: gradient shape ", ShapeString(grad_output.shape()),
+                     " does not match output ", ShapeString(input.shape())));
+  }
+  Primitives* p = nullptr;
+  if (absl::Status s = GetPrimitives(input, &p); !s.ok()) return s;
+  // oneDNN always computes the data gradient.
+  Tensor* diff_src_tensor = grad_input != nullptr ? grad_input : &scratch_grad_input_;
+  diff_src_tensor->Reshape(input.shape());
+  const dnnl::engine& engine = context_->engine();
+  memory src(p->data, engine, const_cast<float*>(input.data()));
+  memory diff_dst(p->data, engine, const_cast<float*>(grad_output.data()));
+  memory diff_src(p->data, engine, diff_src_tensor->data());
+  memory scale(p->stats, engine, gamma_.value.data());
+  // oneDNN 2.6's backward pass checks for the shift too (it does not use it).
+  memory shift(p->stats, engine, beta_.value.data());
+  memory diff_scale(p->stats, engine, gamma_.grad.data());
+  memory diff_shift(p->stats, engine, beta_.grad.data());
+  Tensor& mean_tensor = last_forward_training_ ? batch_mean_ : running_mean_;
+  Tensor& var_tensor = last_forward_training_ ? batch_var_ : running_var_;
+  memory mean(p->stats, engine, mean_tensor.data());
+  memory variance(p->stats, engine, var_tensor.data());
+  return context_->Execute("batch-normalization backward",
+                           last_forward_training_ ? p->backward_training : p->backward_inference,
+                           {{DNNL_ARG_SRC, src},
+                            {DNNL_ARG_MEAN, mean},
+                            {DNNL_ARG_VARIANCE, variance},
+                            {DNNL_ARG_DIFF_DST, diff_dst},
+                            {DNNL_ARG_SCALE, scale},
+                            {DNNL_ARG_SHIFT, shift},
+                            {DNNL_ARG_DIFF_SRC, diff_src},
+                            {DNNL_ARG_DIFF_SCALE, diff_scale},
+                            {DNNL_ARG_DIFF_SHIFT, diff_shift}});
+}
+
+}  // namespace distillery

@@ -1,0 +1,93 @@
+// Batch normalization over channels on oneDNN batch-normalization
+// primitives (f32), with PyTorch's conventions.
+//
+// Shapes:
+//   input (batch, C, rows, cols) or (batch, C) (read as (batch, C, 1, 1));
+//   output the input's shape; gamma ("weight"), beta ("bias"), running_mean
+//   and running_var (1, C).
+// Forward, for channel c over its m = batch * rows * cols elements x:
+//   training:  mean = sum(x) / m,  var = sum((x - mean)^2) / m  (biased)
+//              output = gamma[c] * (x - mean) / sqrt(var + eps) + beta[c]
+//              running_mean = (1 - momentum) * running_mean + momentum * mean
+//              running_var  = (1 - momentum) * running_var
+//                             + momentum * var * m / (m - 1)   (unbiased)
+//              (m must be at least 2)
+//   inference: output = gamma[c] * (x - running_mean) / sqrt(running_var + eps)
+//                       + beta[c]
+// eps = 1e-5, momentum = 0.1. The statistics of the last training Forward
+// are kept for Backward.
+// Backward, with xhat = (x - mean) / sqrt(var + eps) and g = dL/doutput:
+//   dL/dbeta  = sum(g)
+//   dL/dgamma = sum(g * xhat)
+//   dL/dinput = gamma / sqrt(var + eps) * (g - dL/dbeta / m - xhat * dL/dgamma / m)
+//   after a training Forward; after an inference Forward the statistics are
+//   constants: dL/dinput = gamma / sqrt(running_var + eps) * g, and
+//   dL/dgamma uses xhat from the running statistics.
+#ifndef DISTILLERY_COMMON_NN_LAYERS_BATCH_NORM_LAYER_H_
+#define DISTILLERY_COMMON_NN_LAYERS_BATCH_NORM_LAYER_H_
+
+#include <array>
+#include <map>
+
+#include "common/nn/layer.h"
+#include "common/tensor/dnnl_context.h"
+
+namespace distillery {
+
+class BatchNormLayer : public Layer {
+ public:
+  static constexpr float kEpsilon = 1e-5f;
+  static constexpr float kMomentum = 0.1f;
+
+  // gamma starts at 1, beta at 0, running_mean at 0 and running_var at 1.
+  // `index` names the parameters "layer<index>.weight" (gamma) and
+  // "layer<index>.bias" (beta), and the buffers "layer<index>.running_mean"
+  // and "layer<index>.running_var". `context` is not owned and must outlive
+  // the layer.
+  BatchNormLayer(int index, int64_t channels, DnnlContext* context);
+
+  // "BatchNorm(32)".
+  std::string Describe() const override;
+  // Takes (C, rows, cols) or (C) and gives the same shape.
+  absl::StatusOr<Shape> OutputShape(const Shape& example_shape) const override;
+  absl::Status Forward(const Tensor& input, bool training, Tensor* output) override;
+  absl::Status Backward(const Tensor& input, const Tensor& output, const Tensor& grad_output,
+                        Tensor* grad_input) override;
+  std::vector<Parameter*> Parameters() override { return {&gamma_, &beta_}; }
+  std::vector<Buffer> Buffers() override {
+    return {{running_mean_name_, &running_mean_}, {running_var_name_, &running_var_}};
+  }
+
+  int64_t channels() const { return channels_; }
+  Parameter& gamma() { return gamma_; }
+  Parameter& beta() { return beta_; }
+  Tensor& running_mean() { return running_mean_; }
+  Tensor& running_var() { return running_var_; }
+
+ private:
+  struct Primitives {
+    dnnl::memory::desc data, stats;
+    dnnl::batch_normalization_forward forward_training;
+    dnnl::batch_normalization_forward forward_inference;  // use_global_stats
+    dnnl::batch_normalization_backward backward_training;
+    dnnl::batch_normalization_backward backward_inference;  // use_global_stats
+  };
+  using ShapeKey = std::array<int64_t, 3>;  // batch, rows, cols
+  absl::Status CheckInput(const char* what, const Tensor& input) const;
+  absl::Status GetPrimitives(const Tensor& input, Primitives** primitives);
+
+  int64_t channels_;
+  DnnlContext* context_;
+  Parameter gamma_;
+  Parameter beta_;
+  std::string running_mean_name_, running_var_name_;
+  Tensor running_mean_, running_var_;
+  Tensor batch_mean_, batch_var_;  // (1, C), from the last training Forward
+  Tensor scratch_grad_input_;      // when Backward is not asked for it
+  bool last_forward_training_ = false;
+  std::map<ShapeKey, Primitives> primitives_by_shape_;
+};
+
+}  // namespace distillery
+
+#endif  // DISTILLERY_COMMON_NN_LAYERS_BATCH_NORM_LAYER_H_

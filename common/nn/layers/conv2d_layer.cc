@@ -1,0 +1,369 @@
+#include "common/nn/layers/conv2d_layer.h"
+
+#include <initializer_list>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace distillery {
+
+using dnnl::memory;
+
+namespace {
+
+// "5" or "5x3".
+std::string Pair(int64_t rows, int64_t cols) {
+  return rows == cols ? absl::StrCat(rows) : absl::StrCat(rows, "x", cols);
+}
+
+int64_t OutputSize(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
+  return (in + 2 * pad - dilation * (kernel - 1) - 1) / stride + 1;
+}
+
+memory::desc Nchw(const memory::dims& dims) {
+  return memory::desc(dims, memory::data_type::f32, memory::format_tag::nchw);
+}
+
+}  // namespace
+
+Conv2dLayer::Conv2dLayer(int index, const Conv2dOptions& options, DnnlContext* context)
+    : options_(options), context_(context) {
+  const int64_t per_group = options.groups > 0 ? options.in_channels / options.groups : 0;
+  const Shape weight_shape = {options.out_channels, per_group, options.kernel_rows,
+                              options.kernel_cols};
+  weight_.name = absl::StrCat("layer", index, ".weight");
+  weight_.value = Tensor(weight_shape);
+  weight_.grad = Tensor(weight_shape);
+  weight_.max_norm_applies = options.max_norm_applies;
+  weight_.weight_decay_applies = true;
+  bias_.name = absl::StrCat("layer", index, ".bias");
+  bias_.value = Tensor(1, options.out_channels);
+  bias_.grad = Tensor(1, options.out_channels);
+  bias_.max_norm_applies = false;
+}
+
+std::string Conv2dLayer::Describe() const {
+  const Conv2dOptions& o = options_;
+  std::string s = absl::StrCat("Conv2d(", o.in_channels, "->", o.out_channels, ", ", o.kernel_rows,
+                               "x", o.kernel_cols, ", stride ", Pair(o.stride_rows, o.stride_cols),
+                               ", pad ", Pair(o.pad_rows, o.pad_cols));
+  if (o.dilation_rows != 1 || o.dilation_cols != 1) {
+    absl::StrAppend(&s, ", dilation ", Pair(o.dilation_rows, o.dilation_cols));
+  }
+  if (o.groups != 1) absl::StrAppend(&s, ", groups ", o.groups);
+  return s + ")";
+}
+
+absl::Status Conv2dLayer::CheckOptions() const {
+  const Conv2dOptions& o = options_;
+  if (o.in_channels < 1 || o.out_channels < 1 || o.kernel_rows < 1 || o.kernel_cols < 1 ||
+      o.stride_rows < 1 || o.stride_cols < 1 || o.dilation_rows < 1 || o.dilation_cols < 1 ||
+      o.pad_rows < 0 || o.pad_cols < 0 || o.groups < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Describe(),
+                     ": channels, kernel, stride, dilation and groups must be at "
+                     "least 1 and padding at least 0"));
+  }
+  if (o.in_channels % o.groups != 0 || o.out_channels % o.groups != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        Describe(), ": in_channels and out_channels must be multiples of groups ", o.groups));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Shape> Conv2dLayer::OutputShape(const Shape& example_shape) const {
+  if (absl::Status s = CheckOptions(); !s.ok()) return s;
+  const Conv2dOptions& o = options_;
+  if (example_shape.size() != 3 || example_shape[0] != o.in_channels) {
+    return absl::InvalidArgumentError(absl::StrCat(Describe(), " takes examples of shape (",
+                                                   o.in_channels, ", rows, cols), got ",
+                                                   ShapeString(example_shape)));
+  }
+  const int64_t rows = example_shape[1], cols = example_shape[2];
+  const int64_t span_rows = o.dilation_rows * (o.kernel_rows - 1) + 1;
+  const int64_t span_cols = o.dilation_cols * (o.kernel_cols - 1) + 1;
+  if (rows < 1 || cols < 1 || rows + 2 * o.pad_rows < span_rows ||
+      cols + 2 * o.pad_cols < span_cols) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Describe(), ": a ", span_rows, "x", span_cols,
+                     " kernel span does not fit in the padded image of example shape ",
+                     ShapeString(example_shape)));
+  }
+  return Shape{o.out_channels,
+               OutputSize(rows, o.kernel_rows, o.stride_rows, o.pad_rows, o.dilation_rows),
+               OutputSize(cols, o.kernel_cols, o.stride_cols, o.pad_cols, o.dilation_cols)};
+}
+
+absl::Status Conv2dLayer::CheckInput(const char* what, const Tensor& input) const {
+  if (input.rank() != 4) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Describe(), " ", what, ": input must be (batch, ", options_.in_channels,
+                     ", rows, cols), got ", ShapeString(input.shape())));
+  }
+  return OutputShape({input.dim(1), input.dim(2), input.dim(3)}).status();
+}
+
+absl::Status Conv2dLayer::GetPrimitives(const Tensor& input, Primitives** primitives) {
+  const ShapeKey key = {input.dim(0), input.dim(2), input.dim(3)};
+  auto it = primitives_by_shape_.find(key);
+  if (it != primitives_by_shape_.end()) {
+    *primitives = &it->second;
+    return absl::OkStatus();
+  }
+  absl::StatusOr<Shape> out = OutputShape({input.dim(1), input.dim(2), input.dim(3)});
+  if (!out.ok()) return out.status();
+  const Conv2dOptions& o = options_;
+  const memory::dims strides = {o.stride_rows, o.stride_cols};
+  const memory::dims dilates = {o.dilation_rows - 1, o.dilation_cols - 1};  // oneDNN: 0 = none
+  const memory::dims padding = {o.pad_rows, o.pad_cols};
+  try {
+    const dnnl::engine& engine = context_->engine();
+    Primitives p;
+    p.src = Nchw({key[0], o.in_channels, key[1], key[2]});
+    p.dst = Nchw({key[0], o.out_channels, (*out)[1], (*out)[2]});
+    p.bias = PlainVectorDesc(o.out_channels);
+    if (o.groups == 1) {
+      p.weights = Nchw({o.out_channels, o.in_channels, o.kernel_rows, o.kernel_cols});
+    } else {
+      // (groups, out/groups, in/groups, kr, kc) in goihw: the same bytes as
+      // the plain (out, in/groups, kr, kc) tensor.
+      p.weights = memory::desc({o.groups, o.out_channels / o.groups, o.in_channels / o.groups,
+                                o.kernel_rows, o.kernel_cols},
+                               memory::data_type::f32, memory::format_tag::goihw);
+    }
+    const auto algorithm = dnnl::algorithm::convolution_direct;
+    const auto any_desc = [](const memory::desc& plain) {
+      return memory::desc(plain.dims(), memory::data_type::f32, memory::format_tag::any);
+    };
+    const memory::desc any_src = any_desc(p.src), any_weights = any_desc(p.weights),
+                       any_dst = any_desc(p.dst);
+    using ForwardPd = dnnl::convolution_forward::primitive_desc;
+    using DataPd = dnnl::convolution_backward_data::primitive_desc;
+    using WeightsPd = dnnl::convolution_backward_weights::primitive_desc;
+    auto forward_of = [&](const memory::desc& src, const memory::desc& weights,
+                          const memory::desc& dst) {
+      return ForwardPd(
+          dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training, algorithm, src,
+                                          weights, p.bias, dst, strides, dilates, padding, padding),
+          engine);
+    };
+    auto data_of = [&](const memory::desc& src, const memory::desc& weights,
+                       const memory::desc& dst, const ForwardPd& hint) {
+      return DataPd(dnnl::convolution_backward_data::desc(algorithm, src, weights, dst, strides,
+                                                          dilates, padding, padding),
+                    engine, hint);
+    };
+    auto weights_of = [&](const memory::desc& src, const memory::desc& weights,
+                          const memory::desc& dst, const ForwardPd& hint) {
+      return WeightsPd(
+          dnnl::convolution_backward_weights::desc(algorithm, src, weights, p.bias, dst, strides,
+                                                   dilates, padding, padding),
+          engine, hint);
+    };
+    // Whether oneDNN's chosen layouts pad no tensor beyond 1.5x its plain size.
+    auto compact = [](std::initializer_list<std::pair<memory::desc, memory::desc>> chosen) {
+      for (const auto& [inner, plain] : chosen) {
+        if (inner.get_size() * 2 > plain.get_size() * 3) return false;
+      }
+      return true;
+    };
+    const bool any = o.layout != ConvLayout::kPlain;
+    ForwardPd forward_pd =
+        any ? forward_of(any_src, any_weights, any_dst) : forward_of(p.src, p.weights, p.dst);
+    if (o.layout == ConvLayout::kAuto && !compact({{forward_pd.src_desc(), p.src},
+                                                   {forward_pd.weights_desc(), p.weights},
+                                                   {forward_pd.dst_desc(), p.dst}})) {
+      forward_pd = forward_of(p.src, p.weights, p.dst);
+    }
+    DataPd data_pd = any ? data_of(any_src, any_weights, any_dst, forward_pd)
+                         : data_of(p.src, p.weights, p.dst, forward_pd);
+    if (o.layout == ConvLayout::kAuto && !compact({{data_pd.diff_src_desc(), p.src},
+                                                   {data_pd.weights_desc(), p.weights},
+                                                   {data_pd.diff_dst_desc(), p.dst}})) {
+      data_pd = data_of(p.src, p.weights, p.dst, forward_pd);
+    }
+    WeightsPd weights_pd = any ? weights_of(any_src, any_weights, any_dst, forward_pd)
+                               : weights_of(p.src, p.weights, p.dst, forward_pd);
+    if (o.layout == ConvLayout::kAuto && !compact({{weights_pd.src_desc(), p.src},
+                                                   {weights_pd.diff_weights_desc(), p.weights},
+                                                   {weights_pd.diff_dst_desc(), p.dst}})) {
+      weights_pd = weights_of(p.src, p.weights, p.dst, forward_pd);
+    }
+    p.forward = dnnl::convolution_forward(forward_pd);
+    p.backward_data = dnnl::convolution_backward_data(data_pd);
+    p.backward_weights = dnnl::convolution_backward_weights(weights_pd);
+    // A bridge from (to_inner) or to the plain layout.
+    auto bridge = [&engine](const memory::desc& plain, const memory::desc& inner, bool to_inner) {
+      Bridge b;
+      b.inner = inner;
+      b.needed = inner != plain;
+      if (b.needed) {
+        b.buffer = memory(inner, engine);
+        b.reorder =
+            to_inner ? dnnl::reorder(dnnl::reorder::primitive_desc(engine, plain, engine, inner))
+                     : dnnl::reorder(dnnl::reorder::primitive_desc(engine, inner, engine, plain));
+      }
+      return b;
+    };
+    p.forward_src = bridge(p.src, forward_pd.src_desc(), true);
+    p.forward_weights = bridge(p.weights, forward_pd.weights_desc(), true);
+    p.forward_dst = bridge(p.dst, forward_pd.dst_desc(), false);
+    p.data_diff_dst = bridge(p.dst, data_pd.diff_dst_desc(), true);
+    p.data_weights = bridge(p.weights, data_pd.weights_desc(), true);
+    p.data_diff_src = bridge(p.src, data_pd.diff_src_desc(), false);
+    p.weights_src = bridge(p.src, weights_pd.src_desc(), true);
+    p.weights_diff_dst = bridge(p.dst, weights_pd.diff_dst_desc(), true);
+    p.weights_diff_weights = bridge(p.weights, weights_pd.diff_weights_desc(), false);
+    *primitives = &primitives_by_shape_.emplace(key, std::move(p)).first->second;
+  } catch (const dnnl::error& e) {
+    return DnnlErrorToStatus("building convolution primitives", e);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Conv2dLayer::Forward(const Tensor& input, bool /*training*/, Tensor* output) {
+  if (absl::Status s = CheckInput("Forward", input); !s.ok()) return s;
+  Primitives* p = nullptr;
+  if (absl::Status s = GetPrimitives(input, &p); !s.ok()) return s;
+  const memory::dims& dst_dims = p->dst.dims();
+  output->Reshape({dst_dims[0], dst_dims[1], dst_dims[2], dst_dims[3]});
+  const dnnl::engine& engine = context_->engine();
+  memory src(p->src, engine, const_cast<float*>(input.data()));
+  memory weights(p->weights, engine, weight_.value.data());
+  memory bias(p->bias, engine, bias_.value.data());
+  memory dst(p->dst, engine, output->data());
+  // Plain -> inner reorders of the inputs.
+  auto in = [this](const char* what, Bridge& b, memory& plain, memory* used) {
+    *used = plain;
+    if (!b.needed) return absl::OkStatus();
+    *used = b.buffer;
+    return context_->Execute(what, b.reorder, {{DNNL_ARG_FROM, plain}, {DNNL_ARG_TO, b.buffer}});
+  };
+  memory src_used, weights_used;
+  if (absl::Status s = in("convolution src reorder", p->forward_src, src, &src_used); !s.ok()) {
+    return s;
+  }
+  last_input_ = input.data();
+  last_input_shape_ = input.shape();
+  if (absl::Status s =
+          in("convolution weights reorder", p->forward_weights, weights, &weights_used);
+      !s.ok()) {
+    return s;
+  }
+  memory dst_used = p->forward_dst.needed ? p->forward_dst.buffer : dst;
+  if (absl::Status s = context_->Execute("convolution forward", p->forward,
+                                         {{DNNL_ARG_SRC, src_used},
+                                          {DNNL_ARG_WEIGHTS, weights_used},
+                                          {DNNL_ARG_BIAS, bias},
+                                          {DNNL_ARG_DST, dst_used}});
+      !s.ok()) {
+    return s;
+  }
+  if (!p->forward_dst.needed) return absl::OkStatus();
+  return context_->Execute("convolution dst reorder", p->forward_dst.reorder,
+                           {{DNNL_ARG_FROM, dst_used}, {DNNL_ARG_TO, dst}});
+}
+
+absl::Status Conv2dLayer::Backward(const Tensor& input, const Tensor& /*output*/,
+                                   const Tensor& grad_output, Tensor* grad_input) {
+  if (absl::Status s = CheckInput("Backward", input); !s.ok()) return s;
+  Primitives* p = nullptr;
+  if (absl::Status s = GetPrimitives(input, &p); !s.ok()) return s;
+  const memory::dims& dst_dims = p->dst.dims();
+  const Shape out_shape = {dst_dims[0], dst_dims[1], dst_dims[2], dst_dims[3]};
+  if (grad_output.shape() != out_shape) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Describe(), " Backward: gradient shape ", ShapeString(grad_output.shape()),
+                     " does not match output ", ShapeString(out_shape)));
+  }
+  const dnnl::engine& engine = context_->engine();
+  memory src(p->src, engine, const_cast<float*>(input.data()));
+  memory diff_dst(p->dst, engine, const_cast<float*>(grad_output.data()));
+  memory diff_weights(p->weights, engine, weight_.grad.data());
+  memory diff_bias(p->bias, engine, bias_.grad.data());
+  auto reorder = [this](const char* what, const Bridge& b, const memory& from, const memory& to) {
+    return context_->Execute(what, b.reorder, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}});
+  };
+
+  // Weights and bias.
+  memory src_used = src;
+  if (p->weights_src.needed) {
+    // The forward pass reordered this very input already when it wanted the
+    // same layout.
+    const bool reuse = p->forward_src.needed && p->forward_src.inner == p->weights_src.inner &&
+                       last_input_ == input.data() && last_input_shape_ == input.shape();
+    src_used = reuse ? p->forward_src.buffer : p->weights_src.buffer;
+    if (!reuse) {
+      if (absl::Status s = reorder("convolution src reorder", p->weights_src, src, src_used);
+          !s.ok()) {
+        return s;
+      }
+    }
+  }
+  memory diff_dst_for_weights = diff_dst;
+  if (p->weights_diff_dst.needed) {
+    diff_dst_for_weights = p->weights_diff_dst.buffer;
+    if (absl::Status s = reorder("convolution diff_dst reorder", p->weights_diff_dst, diff_dst,
+                                 diff_dst_for_weights);
+        !s.ok()) {
+      return s;
+    }
+  }
+  memory diff_weights_used =
+      p->weights_diff_weights.needed ? p->weights_diff_weights.buffer : diff_weights;
+  if (absl::Status s = context_->Execute("convolution backward (weights)", p->backward_weights,
+                                         {{DNNL_ARG_SRC, src_used},
+                                          {DNNL_ARG_DIFF_DST, diff_dst_for_weights},
+                                          {DNNL_ARG_DIFF_WEIGHTS, diff_weights_used},
+                                          {DNNL_ARG_DIFF_BIAS, diff_bias}});
+      !s.ok()) {
+    return s;
+  }
+  if (p->weights_diff_weights.needed) {
+    if (absl::Status s = reorder("convolution diff_weights reorder", p->weights_diff_weights,
+                                 diff_weights_used, diff_weights);
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (grad_input == nullptr) return absl::OkStatus();
+
+  // Data.
+  grad_input->Reshape(input.shape());
+  memory diff_src(p->src, engine, grad_input->data());
+  memory weights(p->weights, engine, weight_.value.data());
+  memory diff_dst_for_data = diff_dst;
+  if (p->data_diff_dst.needed) {
+    if (p->weights_diff_dst.needed && p->weights_diff_dst.inner == p->data_diff_dst.inner) {
+      diff_dst_for_data = diff_dst_for_weights;
+    } else {
+      diff_dst_for_data = p->data_diff_dst.buffer;
+      if (absl::Status s = reorder("convolution diff_dst reorder", p->data_diff_dst, diff_dst,
+                                   diff_dst_for_data);
+          !s.ok()) {
+        return s;
+      }
+    }
+  }
+  memory weights_used = weights;
+  if (p->data_weights.needed) {
+    weights_used = p->data_weights.buffer;
+    if (absl::Status s =
+            reorder("convolution weights reorder", p->data_weights, weights, weights_used);
+        !s.ok()) {
+      return s;
+    }
+  }
+  memory diff_src_used = p->data_diff_src.needed ? p->data_diff_src.buffer : diff_src;
+  if (absl::Status s = context_->Execute("convolution backward (data)", p->backward_data,
+                                         {{DNNL_ARG_DIFF_DST, diff_dst_for_data},
+                                          {DNNL_ARG_WEIGHTS, weights_used},
+                                          {DNNL_ARG_DIFF_SRC, diff_src_used}});
+      !s.ok()) {
+    return s;
+  }
+  if (!p->data_diff_src.needed) return absl::OkStatus();
+  return reorder("convolution diff_src reorder", p->data_diff_src, diff_src_used, diff_src);
+}
+
+}  // namespace distillery

@@ -1,0 +1,141 @@
+// A 2-D convolution layer on oneDNN convolution primitives (direct
+// algorithm, f32).
+//
+// Shapes (plain row-major NCHW, common/tensor/tensor.h):
+//   input  (batch, in_channels, rows, cols)
+//   W      (out_channels, in_channels / groups, kernel_rows, kernel_cols)
+//   b      (1, out_channels)
+//   output (batch, out_channels, out_rows, out_cols), where per axis
+//     out = (in + 2 * pad - dilation * (kernel - 1) - 1) / stride + 1
+//   (integer division: PyTorch's floor mode).
+// Forward, with g = o / (out_channels / groups) the group of filter o and
+// Cg = in_channels / groups:
+//   output[n][o][y][x] = b[o] + sum over c < Cg, i < kernel_rows, j < kernel_cols of
+//       W[o][c][i][j] * input[n][g * Cg + c][y * stride_rows - pad_rows + i * dilation_rows]
+//                                           [x * stride_cols - pad_cols + j * dilation_cols]
+//   (input elements outside the image are zero).
+// Backward:
+//   dL/dinput  = the transposed convolution of dL/doutput with W (skipped
+//                when not asked for)
+//   dL/dW[o][c][i][j] = sum over n, y, x of dL/doutput[n][o][y][x] * (the input
+//                element above)
+//   dL/db[o]   = sum over n, y, x of dL/doutput[n][o][y][x]
+// Max-norm, when it applies, clips each filter's incoming weights: the rows
+// of W read as (out_channels, in_channels / groups * kernel_rows * kernel_cols).
+//
+// Cost: with blocked layouts (ConvLayout) every call reorders its
+// activations and gradients between plain NCHW and oneDNN's layout, and the
+// weights each call (they change every step). Backward reuses Forward's
+// reordered input when it is the same tensor (the Layer contract), and keeps
+// one scratch buffer per reordered tensor and input shape.
+#ifndef DISTILLERY_COMMON_NN_LAYERS_CONV2D_LAYER_H_
+#define DISTILLERY_COMMON_NN_LAYERS_CONV2D_LAYER_H_
+
+#include <array>
+#include <map>
+
+#include "common/nn/layer.h"
+#include "common/tensor/dnnl_context.h"
+
+namespace distillery {
+
+// How the layer lays out data for oneDNN. Tensors between layers are always
+// plain NCHW; this is only the layer's inside.
+enum class ConvLayout : uint8_t {
+  // Plain NCHW activations and OIHW weights given to oneDNN as they are: no
+  // reorders; oneDNN runs its im2col + GEMM kernels (or a JIT kernel that
+  // takes plain layouts when it has one).
+  kPlain = 0,
+  // oneDNN picks the layouts (format_tag::any; blocked ones such as nChw16c
+  // and OIhw16i16o on AVX-512) and the layer reorders activations, weights
+  // and gradients to and from plain at every call.
+  kBlocked = 1,
+  // Per primitive (forward, backward data, backward weights): oneDNN's own
+  // layouts, unless one of them pads a tensor to more than 1.5 times its
+  // plain size (the 16-channel blocks of a 1-channel image), then plain.
+  // For LeNet's 5x5 1->32 that is blocked forward and weight gradient but
+  // plain data gradient; for 32->64 all blocked. The choice depends only on
+  // the shapes and the CPU, never on timing, so runs are reproducible.
+  kAuto = 2,
+};
+
+struct Conv2dOptions {
+  int64_t in_channels = 1;
+  int64_t out_channels = 1;
+  int64_t kernel_rows = 1;
+  int64_t kernel_cols = 1;
+  int64_t stride_rows = 1;
+  int64_t stride_cols = 1;
+  int64_t pad_rows = 0;  // zeros added above and below
+  int64_t pad_cols = 0;  // zeros added left and right
+  int64_t dilation_rows = 1;
+  int64_t dilation_cols = 1;
+  int64_t groups = 1;  // in_channels and out_channels must be multiples
+  bool max_norm_applies = false;
+  // kAuto measured fastest on the shapes of bench/conv_bench.cc (see there);
+  // kPlain and kBlocked are kept for comparison.
+  ConvLayout layout = ConvLayout::kAuto;
+};
+
+class Conv2dLayer : public Layer {
+ public:
+  // Weights and biases start at zero; the network initialises them.
+  // `index` names the parameters "layer<index>.weight" / "layer<index>.bias".
+  // `context` is not owned and must outlive the layer. Invalid options
+  // (a zero kernel, channels not a multiple of groups, ...) are reported by
+  // OutputShape, Forward and Backward.
+  Conv2dLayer(int index, const Conv2dOptions& options, DnnlContext* context);
+
+  // "Conv2d(1->32, 5x5, stride 1, pad 2)", plus ", dilation d" and
+  // ", groups g" when not 1; per-axis values as "RxC" when they differ.
+  std::string Describe() const override;
+  // Takes (in_channels, rows, cols), gives (out_channels, out_rows, out_cols).
+  absl::StatusOr<Shape> OutputShape(const Shape& example_shape) const override;
+  absl::Status Forward(const Tensor& input, bool training, Tensor* output) override;
+  absl::Status Backward(const Tensor& input, const Tensor& output, const Tensor& grad_output,
+                        Tensor* grad_input) override;
+  std::vector<Parameter*> Parameters() override { return {&weight_, &bias_}; }
+
+  const Conv2dOptions& options() const { return options_; }
+  Parameter& weight() { return weight_; }
+  Parameter& bias() { return bias_; }
+
+ private:
+  // A plain tensor given to a primitive that wants another layout: the
+  // reorder and a buffer in that layout. `needed` is false when the
+  // primitive takes the plain layout itself.
+  struct Bridge {
+    bool needed = false;
+    dnnl::memory::desc inner;
+    dnnl::reorder reorder;  // plain -> inner, or inner -> plain for outputs
+    dnnl::memory buffer;    // in `inner`, allocated by oneDNN
+  };
+  // The primitives for one input shape, built once and then reused.
+  struct Primitives {
+    dnnl::memory::desc src, weights, bias, dst;  // plain
+    dnnl::convolution_forward forward;
+    dnnl::convolution_backward_data backward_data;
+    dnnl::convolution_backward_weights backward_weights;
+    Bridge forward_src, forward_weights, forward_dst;
+    Bridge data_diff_dst, data_weights, data_diff_src;
+    Bridge weights_src, weights_diff_dst, weights_diff_weights;
+  };
+  using ShapeKey = std::array<int64_t, 3>;  // batch, rows, cols
+  absl::Status CheckOptions() const;
+  absl::Status CheckInput(const char* what, const Tensor& input) const;
+  absl::Status GetPrimitives(const Tensor& input, Primitives** primitives);
+
+  Conv2dOptions options_;
+  DnnlContext* context_;
+  Parameter weight_;
+  Parameter bias_;
+  std::map<ShapeKey, Primitives> primitives_by_shape_;
+  // The input of the last Forward, whose reordered copy in
+  // forward_src.buffer Backward reuses.
+  const float* last_input_ = nullptr;
+  Shape last_input_shape_;
+};
+
+}  // namespace distillery
+
+#endif  // DISTILLERY_COMMON_NN_LAYERS_CONV2D_LAYER_H_

@@ -1,0 +1,170 @@
+#include "common/nn/layers/pool2d_layer.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace distillery {
+
+using dnnl::memory;
+
+namespace {
+
+std::string Pair(int64_t rows, int64_t cols) {
+  return rows == cols ? absl::StrCat(rows) : absl::StrCat(rows, "x", cols);
+}
+
+memory::desc Nchw(const memory::dims& dims) {
+  return memory::desc(dims, memory::data_type::f32, memory::format_tag::nchw);
+}
+
+}  // namespace
+
+std::string Pool2dLayer::Describe() const {
+  const Pool2dOptions& o = options_;
+  std::string s =
+      absl::StrCat(o.kind == PoolKind::kMax ? "MaxPool2d(" : "AvgPool2d(", o.window_rows, "x",
+                   o.window_cols, ", stride ", Pair(o.stride_rows, o.stride_cols));
+  if (o.pad_rows != 0 || o.pad_cols != 0) {
+    absl::StrAppend(&s, ", pad ", Pair(o.pad_rows, o.pad_cols));
+    if (o.kind == PoolKind::kAverage && !o.count_include_pad) absl::StrAppend(&s, ", exclude pad");
+  }
+  return s + ")";
+}
+
+absl::StatusOr<Shape> Pool2dLayer::OutputShape(const Shape& example_shape) const {
+  const Pool2dOptions& o = options_;
+  if (o.window_rows < 1 || o.window_cols < 1 || o.stride_rows < 1 || o.stride_cols < 1 ||
+      o.pad_rows < 0 || o.pad_cols < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Describe(), ": window and stride must be at least 1 and padding at least 0"));
+  }
+  if (2 * o.pad_rows > o.window_rows || 2 * o.pad_cols > o.window_cols) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Describe(), ": padding must be at most half the window"));
+  }
+  if (o.ceil_mode) {
+    return absl::UnimplementedError(absl::StrCat(Describe(), ": ceil_mode is not supported"));
+  }
+  if (example_shape.size() != 3) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Describe(), " takes examples of shape (channels, rows, cols), got ",
+                     ShapeString(example_shape)));
+  }
+  const int64_t rows = example_shape[1], cols = example_shape[2];
+  if (example_shape[0] < 1 || rows + 2 * o.pad_rows < o.window_rows ||
+      cols + 2 * o.pad_cols < o.window_cols) {
+    return absl::InvalidArgumentError(absl::StrCat(Describe(), ": the ", o.window_rows, "x",
+                                                   o.window_cols,
+                                                   " window does not fit in the (padded) image "
+                                                   "of example shape ",
+                                                   ShapeString(example_shape)));
+  }
+  return Shape{example_shape[0], (rows + 2 * o.pad_rows - o.window_rows) / o.stride_rows + 1,
+               (cols + 2 * o.pad_cols - o.window_cols) / o.stride_cols + 1};
+}
+
+absl::Status Pool2dLayer::CheckInput(const char* what, const Tensor& input) const {
+  if (input.rank() != 4) {
+    return absl::InvalidArgumentError(absl::StrCat(Describe(), " ", what,
+                                                   ": input must be (batch, channels, rows, "
+                                                   "cols), got ",
+                                                   ShapeString(input.shape())));
+  }
+  return OutputShape({input.dim(1), input.dim(2), input.dim(3)}).status();
+}
+
+absl::Status Pool2dLayer::GetPrimitives(const Tensor& input, Primitives** primitives) {
+  const ShapeKey key = {input.dim(0), input.dim(1), input.dim(2), input.dim(3)};
+  auto it = primitives_by_shape_.find(key);
+  if (it != primitives_by_shape_.end()) {
+    *primitives = &it->second;
+    return absl::OkStatus();
+  }
+  absl::StatusOr<Shape> out = OutputShape({key[1], key[2], key[3]});
+  if (!out.ok()) return out.status();
+  const Pool2dOptions& o = options_;
+  const memory::dims strides = {o.stride_rows, o.stride_cols};
+  const memory::dims kernel = {o.window_rows, o.window_cols};
+  const memory::dims padding_l = {o.pad_rows, o.pad_cols};
+  // Floor mode: the right-hand padding equals the left. Ceil mode would
+  // enlarge it to cover the last, overhanging window.
+  const memory::dims padding_r = padding_l;
+  const dnnl::algorithm algorithm = o.kind == PoolKind::kMax ? dnnl::algorithm::pooling_max
+                                    : o.count_include_pad
+                                        ? dnnl::algorithm::pooling_avg_include_padding
+                                        : dnnl::algorithm::pooling_avg_exclude_padding;
+  try {
+    const dnnl::engine& engine = context_->engine();
+    Primitives p;
+    p.src = Nchw({key[0], key[1], key[2], key[3]});
+    p.dst = Nchw({key[0], key[1], (*out)[1], (*out)[2]});
+    dnnl::pooling_forward::primitive_desc training_pd(
+        dnnl::pooling_forward::desc(dnnl::prop_kind::forward_training, algorithm, p.src, p.dst,
+                                    strides, kernel, padding_l, padding_r),
+        engine);
+    dnnl::pooling_forward::primitive_desc inference_pd(
+        dnnl::pooling_forward::desc(dnnl::prop_kind::forward_inference, algorithm, p.src, p.dst,
+                                    strides, kernel, padding_l, padding_r),
+        engine);
+    dnnl::pooling_backward::primitive_desc backward_pd(
+        dnnl::pooling_backward::desc(algorithm, p.src, p.dst, strides, kernel, padding_l,
+                                     padding_r),
+        engine, training_pd);
+    p.forward_training = dnnl::pooling_forward(training_pd);
+    p.forward_inference = dnnl::pooling_forward(inference_pd);
+    p.backward = dnnl::pooling_backward(backward_pd);
+    p.has_workspace = training_pd.workspace_desc().get_size() != 0;
+    if (p.has_workspace) p.workspace = memory(training_pd.workspace_desc(), engine);
+    *primitives = &primitives_by_shape_.emplace(key, std::move(p)).first->second;
+  } catch (const dnnl::error& e) {
+    return DnnlErrorToStatus("building pooling primitives", e);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Pool2dLayer::Forward(const Tensor& input, bool training, Tensor* output) {
+  if (absl::Status s = CheckInput("Forward", input); !s.ok()) return s;
+  Primitives* p = nullptr;
+  if (absl::Status s = GetPrimitives(input, &p); !s.ok()) return s;
+  const memory::dims& d = p->dst.dims();
+  output->Reshape({d[0], d[1], d[2], d[3]});
+  const dnnl::engine& engine = context_->engine();
+  memory src(p->src, engine, const_cast<float*>(input.data()));
+  memory dst(p->dst, engine, output->data());
+  last_forward_training_ = training;
+  if (!training) {
+    return context_->Execute("pooling forward (inference)", p->forward_inference,
+                             {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}});
+  }
+  std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}};
+  if (p->has_workspace) args[DNNL_ARG_WORKSPACE] = p->workspace;
+  return context_->Execute("pooling forward (training)", p->forward_training, args);
+}
+
+absl::Status Pool2dLayer::Backward(const Tensor& input, const Tensor& /*output*/,
+                                   const Tensor& grad_output, Tensor* grad_input) {
+  if (absl::Status s = CheckInput("Backward", input); !s.ok()) return s;
+  if (grad_input == nullptr) return absl::OkStatus();
+  Primitives* p = nullptr;
+  if (absl::Status s = GetPrimitives(input, &p); !s.ok()) return s;
+  const memory::dims& d = p->dst.dims();
+  const Shape out_shape = {d[0], d[1], d[2], d[3]};
+  if (grad_output.shape() != out_shape) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Describe(), " Backward: gradient shape ", ShapeString(grad_output.shape()),
+                     " does not match output ", ShapeString(out_shape)));
+  }
+  if (p->has_workspace && !last_forward_training_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(Describe(), " Backward needs a training Forward before it"));
+  }
+  grad_input->Reshape(input.shape());
+  const dnnl::engine& engine = context_->engine();
+  memory diff_dst(p->dst, engine, const_cast<float*>(grad_output.data()));
+  memory diff_src(p->src, engine, grad_input->data());
+  std::unordered_map<int, memory> args = {{DNNL_ARG_DIFF_DST, diff_dst},
+                                          {DNNL_ARG_DIFF_SRC, diff_src}};
+  if (p->has_workspace) args[DNNL_ARG_WORKSPACE] = p->workspace;
+  return context_->Execute("pooling backward", p->backward, args);
+}
+
+}  // namespace distillery

@@ -1,0 +1,89 @@
+// 2-D max and average pooling on oneDNN pooling primitives (f32).
+//
+// Shapes (plain row-major NCHW):
+//   input  (batch, channels, rows, cols)
+//   output (batch, channels, out_rows, out_cols), where per axis
+//     out = (in + 2 * pad - window) / stride + 1   (floor mode)
+// Forward, over the window of output element (n, c, y, x): the input rows
+// y * stride_rows - pad_rows + [0, window_rows) and the columns likewise:
+//   max:     output = the largest input element of the window (padding is
+//            never chosen)
+//   average: output = (sum of the window's input elements) / count, where
+//            count = window_rows * window_cols with count_include_pad (the
+//            padding counts as zeros), else the number of the window's
+//            elements inside the image.
+// Backward:
+//   max:     dL/dinput gets each dL/doutput at the position the window's
+//            maximum came from (summed where windows overlap); this uses the
+//            workspace of the last training Forward, so Backward after an
+//            inference Forward is a FailedPrecondition.
+//   average: dL/dinput gets dL/doutput / count at every element of the window.
+// Padding may be at most half the window (PyTorch's rule).
+#ifndef DISTILLERY_COMMON_NN_LAYERS_POOL2D_LAYER_H_
+#define DISTILLERY_COMMON_NN_LAYERS_POOL2D_LAYER_H_
+
+#include <array>
+#include <map>
+
+#include "common/nn/layer.h"
+#include "common/tensor/dnnl_context.h"
+
+namespace distillery {
+
+enum class PoolKind : uint8_t { kMax = 0, kAverage = 1 };
+
+struct Pool2dOptions {
+  PoolKind kind = PoolKind::kMax;
+  int64_t window_rows = 2;
+  int64_t window_cols = 2;
+  int64_t stride_rows = 2;
+  int64_t stride_cols = 2;
+  int64_t pad_rows = 0;
+  int64_t pad_cols = 0;
+  // Average pooling: whether the padding counts in the divisor.
+  bool count_include_pad = true;
+  // PyTorch's ceil_mode (out rounded up, the last window hanging over the
+  // bottom/right edge). Not supported yet: OutputShape says Unimplemented.
+  // Its place is the right-hand padding given to oneDNN (GetPrimitives).
+  bool ceil_mode = false;
+};
+
+class Pool2dLayer : public Layer {
+ public:
+  // `context` is not owned and must outlive the layer. Invalid options are
+  // reported by OutputShape, Forward and Backward.
+  Pool2dLayer(const Pool2dOptions& options, DnnlContext* context)
+      : options_(options), context_(context) {}
+
+  // "MaxPool2d(2x2, stride 2)", "AvgPool2d(3x3, stride 1, pad 1, exclude pad)".
+  std::string Describe() const override;
+  // Takes (channels, rows, cols), gives (channels, out_rows, out_cols).
+  absl::StatusOr<Shape> OutputShape(const Shape& example_shape) const override;
+  absl::Status Forward(const Tensor& input, bool training, Tensor* output) override;
+  absl::Status Backward(const Tensor& input, const Tensor& output, const Tensor& grad_output,
+                        Tensor* grad_input) override;
+
+  const Pool2dOptions& options() const { return options_; }
+
+ private:
+  struct Primitives {
+    dnnl::memory::desc src, dst;  // plain
+    dnnl::pooling_forward forward_training;
+    dnnl::pooling_forward forward_inference;
+    dnnl::pooling_backward backward;
+    dnnl::memory workspace;  // max pooling: where each maximum came from
+    bool has_workspace = false;
+  };
+  using ShapeKey = std::array<int64_t, 4>;
+  absl::Status CheckInput(const char* what, const Tensor& input) const;
+  absl::Status GetPrimitives(const Tensor& input, Primitives** primitives);
+
+  Pool2dOptions options_;
+  DnnlContext* context_;
+  std::map<ShapeKey, Primitives> primitives_by_shape_;
+  bool last_forward_training_ = false;
+};
+
+}  // namespace distillery
+
+#endif  // DISTILLERY_COMMON_NN_LAYERS_POOL2D_LAYER_H_
