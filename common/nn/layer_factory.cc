@@ -3,8 +3,12 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "common/nn/layers/batch_norm_layer.h"
+#include "common/nn/layers/conv2d_layer.h"
 #include "common/nn/layers/dropout_layer.h"
+#include "common/nn/layers/flatten_layer.h"
 #include "common/nn/layers/linear_layer.h"
+#include "common/nn/layers/pool2d_layer.h"
 #include "common/nn/layers/relu_layer.h"
 #include "common/util/random.h"
 #include "common/util/status_macros.h"
@@ -63,10 +67,44 @@ absl::StatusOr<std::unique_ptr<Layer>> MakeLayer(const LayerSpec& spec, int para
       return std::make_unique<ReluLayer>(context);
     case Kind::kDropout:
       return std::make_unique<DropoutLayer>(spec.rate, HashCombine(seed, spec.seed_salt));
-    default:
-      return absl::UnimplementedError(
-          absl::StrCat("layer kind ", LayerKindName(spec.kind), " is not built yet"));
+    case Kind::kFlatten:
+      return std::make_unique<FlattenLayer>();
+    case Kind::kConv2d: {
+      if (input_shape.size() != 3) break;
+      Conv2dOptions o;
+      o.in_channels = input_shape[0];
+      o.out_channels = spec.units;
+      o.kernel_rows = spec.kernel_rows;
+      o.kernel_cols = spec.kernel_cols;
+      o.stride_rows = spec.stride_rows;
+      o.stride_cols = spec.stride_cols;
+      o.pad_rows = spec.pad_rows;
+      o.pad_cols = spec.pad_cols;
+      o.dilation_rows = o.dilation_cols = spec.dilation;
+      o.groups = spec.groups;
+      o.max_norm_applies = spec.max_norm;
+      return std::make_unique<Conv2dLayer>(parameter_index, o, context);
+    }
+    case Kind::kMaxPool2d:
+    case Kind::kAvgPool2d: {
+      if (input_shape.size() != 3) break;
+      Pool2dOptions o;
+      o.kind = spec.kind == Kind::kMaxPool2d ? PoolKind::kMax : PoolKind::kAverage;
+      o.window_rows = spec.kernel_rows;
+      o.window_cols = spec.kernel_cols;
+      o.stride_rows = spec.stride_rows;
+      o.stride_cols = spec.stride_cols;
+      o.pad_rows = spec.pad_rows;
+      o.pad_cols = spec.pad_cols;
+      o.count_include_pad = spec.count_include_pad;
+      return std::make_unique<Pool2dLayer>(o, context);
+    }
+    case Kind::kBatchNorm:
+      if (input_shape.size() != 3 && input_shape.size() != 1) break;
+      return std::make_unique<BatchNormLayer>(parameter_index, input_shape[0], context);
   }
+  return absl::InvalidArgumentError(absl::StrCat(
+      spec.Token(), " takes images (channels, rows, cols), got ", ShapeString(input_shape)));
 }
 
 int64_t LayerParameterCount(const LayerSpec& spec, const Shape& input_shape) {
