@@ -92,7 +92,9 @@ constexpr char kUsage[] =
     "  baseline   train a student on the hard labels of --data_dir (within --train_range)\n"
     "  distill    train a student on the soft targets of the teacher at --teacher\n"
     "  export     write --checkpoint (student or teacher) as the ONNX model --onnx and report\n"
-    "             its parameters, file size and errors at T=1 on the test set of --data_dir\n";
+    "             its parameters, file size and errors at T=1 on the test set of --data_dir\n"
+    "  inspect    print the network in --checkpoint: layers, shapes, parameters, input shape\n"
+    "             and preprocessing, format version\n";
 
 int Distill() {
   absl::StatusOr<distillery::TrainerConfig> trainer = distillery::TrainerConfigFromFlags();
@@ -261,6 +263,7 @@ int main(int argc, char** argv) {
   }
   const std::string command = args[1];
   if (command == "baseline") return distillery::RunTrainingFromFlags("student");
+  if (command == "inspect") return distillery::InspectCheckpointFromFlags();
   if (command == "distill") return Distill();
   if (command == "export") return Export();
   spdlog::error("unknown command \"{}\"\n{}", command, kUsage);

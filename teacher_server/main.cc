@@ -97,7 +97,9 @@ constexpr char kUsage[] =
     "commands:\n"
     "  train   train a teacher on --data_dir (within --train_range) and write --checkpoint\n"
     "  serve   serve the teacher in --checkpoint; its transfer set is --data_dir's training\n"
-    "          images within --transfer_range\n";
+    "          images within --transfer_range\n"
+    "  inspect print the network in --checkpoint: layers, shapes, parameters, input shape and\n"
+    "          preprocessing, format version\n";
 
 int Serve() {
   distillery::ServeConfig config;
@@ -197,6 +199,7 @@ int main(int argc, char** argv) {
   if (command == "train") return distillery::RunTrainingFromFlags("teacher");
   if (command == "serve") return Serve();
   if (command == "probe") return Probe();
+  if (command == "inspect") return distillery::InspectCheckpointFromFlags();
   spdlog::error("unknown command \"{}\"\n{}", command, kUsage);
   return 2;
 }

@@ -1,11 +1,13 @@
 #include "common/cli/training_flags.h"
 
 #include <chrono>
+#include <cstdio>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/formats/checkpoint.h"
 #include "common/tensor/dnnl_context.h"
 #include "common/util/status_macros.h"
 #include "spdlog/spdlog.h"
@@ -178,6 +180,19 @@ absl::Status RunTraining(const std::string& role) {
 }
 
 }  // namespace
+
+int InspectCheckpointFromFlags() {
+  const std::string path = absl::GetFlag(FLAGS_checkpoint);
+  absl::StatusOr<distill::v1::Checkpoint> checkpoint = LoadCheckpoint(path);
+  absl::StatusOr<std::string> text =
+      checkpoint.ok() ? DescribeCheckpoint(*checkpoint) : checkpoint.status();
+  if (!text.ok()) {
+    spdlog::error("inspect {}: {}", path, text.status().ToString());
+    return 1;
+  }
+  std::printf("checkpoint:      %s\n%s", path.c_str(), text->c_str());
+  return 0;
+}
 
 int RunTrainingFromFlags(const std::string& role) {
   if (absl::Status s = RunTraining(role); !s.ok()) {

@@ -38,6 +38,10 @@ int ThreadsFromFlags();
 // code: 0 on success, 1 with the error logged otherwise.
 int RunTrainingFromFlags(const std::string& role);
 
+// `inspect`: prints DescribeCheckpoint of --checkpoint. Returns the exit code
+// (0, or 1 with the error logged).
+int InspectCheckpointFromFlags();
+
 }  // namespace distillery
 
 #endif  // DISTILLERY_COMMON_CLI_TRAINING_FLAGS_H_

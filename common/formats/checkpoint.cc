@@ -4,6 +4,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -14,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "common/util/file_util.h"
 #include "common/util/random.h"
 #include "common/util/status_macros.h"
@@ -333,6 +335,40 @@ absl::Status RestoreOptimizerState(const distill::v1::Checkpoint& checkpoint, Ne
   }
   optimizer->RestoreState(std::move(state));
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> DescribeCheckpoint(const distill::v1::Checkpoint& checkpoint) {
+  ASSIGN_OR_RETURN(std::unique_ptr<Network> network, NetworkFromCheckpoint(checkpoint));
+  const distill::v1::Architecture& arch = checkpoint.architecture();
+  std::string out = absl::StrCat("format version:  ", checkpoint.format_version(),
+                                 checkpoint.format_version() == 1 ? " (release 0.1, MLP)" : "",
+                                 "\nrole:            ", checkpoint.role(),
+                                 "\narchitecture:    ", network->spec().ArchitectureString(),
+                                 "\ninput shape:     ", ShapeString(network->input_shape()),
+                                 " (channels, rows, cols)\npreprocessing:   pixels x ",
+                                 arch.input_scale(), "\nlayers:\n");
+  std::vector<Parameter*> params = network->Parameters();
+  const std::vector<Shape>& shapes = network->layer_shapes();
+  const std::vector<std::string> layers = absl::StrSplit(network->Describe(), " -> ");
+  for (size_t i = 0; i < layers.size(); ++i) {
+    absl::StrAppendFormat(&out, "  %2d  %-40s -> %s\n", i + 1, layers[i], ShapeString(shapes[i]));
+  }
+  absl::StrAppend(&out, "parameters:      ", network->ParameterCount(), " in ", params.size(),
+                  " tensors, ", network->Buffers().size(), " buffers\n");
+  absl::StrAppend(&out, "multiply-adds:   ", network->ForwardMacsPerExample(), " per example\n");
+  absl::StrAppend(&out, "weights hash:    ", WeightsFingerprint(*network), "\n");
+  if (checkpoint.has_training_state()) {
+    const distill::v1::TrainingState& state = checkpoint.training_state();
+    absl::StrAppend(&out, "training state:  ", state.epochs_completed(), " epochs, ",
+                    state.steps_completed(), " steps, seed ", state.seed(), ", ", state.optimizer(),
+                    "\n");
+  }
+  std::vector<std::pair<std::string, std::string>> metadata(checkpoint.metadata().begin(),
+                                                            checkpoint.metadata().end());
+  std::sort(metadata.begin(), metadata.end());
+  for (const auto& [key, value] : metadata)
+    absl::StrAppend(&out, "metadata:        ", key, " = ", value, "\n");
+  return out;
 }
 
 std::string WeightsFingerprint(Network& network) {

@@ -77,6 +77,13 @@ absl::StatusOr<std::unique_ptr<Network>> NetworkFromCheckpoint(
 absl::Status RestoreOptimizerState(const distill::v1::Checkpoint& checkpoint, Network& mlp,
                                    Optimizer* optimizer);
 
+// A human-readable summary of a verified checkpoint: format version, role,
+// input shape and preprocessing, the network layer by layer with each
+// layer's output shape and parameters, the parameter count, the weights'
+// fingerprint, training state and metadata. (`teacher_server inspect` and
+// `student_trainer inspect` print it.)
+absl::StatusOr<std::string> DescribeCheckpoint(const distill::v1::Checkpoint& checkpoint);
+
 // A 64-bit fingerprint of a network's architecture and exact weight bits,
 // printed as 16 hex digits: the teacher's identity on the wire.
 std::string WeightsFingerprint(Network& mlp);

@@ -221,6 +221,61 @@ class OnnxRuntimeTest(unittest.TestCase):
         self.assertIn("--onnx", log)
 
 
+CONV_ARCHITECTURE = "conv5x5:8/same+bn,maxpool2,conv3x3:16+bn,avgpool2,fc:32,fc:10"
+
+
+class ConvOnnxRuntimeTest(unittest.TestCase):
+    """A convolutional student: Conv, BatchNormalization, MaxPool,
+    AveragePool, Flatten, Gemm and Relu nodes, run by ONNX Runtime on
+    (batch, 1, 28, 28) raw pixels, against the C++ forward pass."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="onnx_runtime_conv_test.")
+        cls.addClassCleanup(shutil.rmtree, cls.tmp, ignore_errors=True)
+        cls.checkpoint = os.path.join(cls.tmp, "conv.ckpt")
+        train = _run([STUDENT_TRAINER, "baseline", f"--data_dir={MNIST_DIR}",
+                      f"--architecture={CONV_ARCHITECTURE}", "--epochs=1",
+                      "--train_range=0:3000", "--jitter=1", "--lr=0.05",
+                      f"--checkpoint={cls.checkpoint}", "--threads=1"])
+        if train.returncode != 0 or not os.path.exists(cls.checkpoint):
+            raise RuntimeError(f"student_trainer baseline failed (exit {train.returncode}):\n"
+                               f"{train.stdout[-4000:]}{train.stderr[-4000:]}")
+        cls.model = os.path.join(cls.tmp, "conv.onnx")
+        dump = os.path.join(cls.tmp, "cpp_logits.f32")
+        export = _run([STUDENT_TRAINER, "export", f"--checkpoint={cls.checkpoint}",
+                       f"--onnx={cls.model}", f"--data_dir={MNIST_DIR}", f"--dump_outputs={dump}",
+                       f"--dump_count={COMPARED_IMAGES}", "--threads=1"])
+        if export.returncode != 0:
+            raise RuntimeError(f"student_trainer export failed (exit {export.returncode}):\n"
+                               f"{export.stdout[-4000:]}{export.stderr[-4000:]}")
+        cls.cpp = np.fromfile(dump, dtype="<f4").reshape(COMPARED_IMAGES, 10)
+        images = _read_idx(os.path.join(MNIST_DIR, "t10k-images-idx3-ubyte.gz"))
+        cls.pixels = images[:COMPARED_IMAGES].reshape(COMPARED_IMAGES, 1, 28, 28).astype(np.float32)
+
+    def test_checker_accepts_the_model_with_its_layers(self):
+        model = onnx.load(self.model)
+        onnx.checker.check_model(model, full_check=True)
+        ops = [node.op_type for node in model.graph.node]
+        self.assertEqual(ops, ["Mul", "Conv", "BatchNormalization", "Relu", "MaxPool", "Conv",
+                               "BatchNormalization", "Relu", "AveragePool", "Flatten", "Gemm",
+                               "Relu", "Gemm"])
+
+    def test_outputs_match_the_cpp_forward_pass(self):
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = 1
+        session = onnxruntime.InferenceSession(self.model, sess_options=options,
+                                               providers=["CPUExecutionProvider"])
+        (model_input,) = session.get_inputs()
+        self.assertEqual(model_input.shape, ["batch", 1, 28, 28])
+        (ort,) = session.run(None, {"pixels": self.pixels})
+        diff = float(np.max(np.abs(ort - self.cpp)))
+        self.assertLess(diff, TOLERANCE, f"max |onnxruntime - C++| = {diff}")
+        mismatches = np.flatnonzero(ort.argmax(axis=1) != self.cpp.argmax(axis=1))
+        self.assertEqual(mismatches.size, 0, f"classes differ on images {mismatches[:20]}")
+        self.assertGreater(float(np.std(self.cpp)), 0.5)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=False)
     parser.add_argument("--student_trainer", default=STUDENT_TRAINER,
