@@ -82,10 +82,11 @@ void IdxSeeds(const std::string& dir) {
             Gzip(labels.substr(0, 6)) + Gzip(labels.substr(6)));
 }
 
-// A 6-4-3 network's checkpoint, with the state of `optimizer` after one step
-// when it is not null.
-void CheckpointSeed(const std::string& path, Optimizer* optimizer) {
-  absl::StatusOr<NetworkSpec> spec = NetworkSpec::Parse("6-4-3", {1, 2, 3});
+// The checkpoint of network `architecture` on `input` images, with the state
+// of `optimizer` after one step when it is not null.
+void CheckpointSeed(const std::string& path, Optimizer* optimizer,
+                    const std::string& architecture = "6-4-3", const Shape& input = {1, 2, 3}) {
+  absl::StatusOr<NetworkSpec> spec = NetworkSpec::Parse(architecture, input);
   if (!spec.ok()) Die(std::string(spec.status().message()));
   absl::StatusOr<std::unique_ptr<Network>> mlp = Network::Create(*spec, /*seed=*/1);
   if (!mlp.ok()) Die(std::string(mlp.status().message()));
@@ -98,6 +99,10 @@ void CheckpointSeeds(const std::string& dir) {
   CheckpointSeed(dir + "/mlp_6_4_3.ckpt", nullptr);
   CheckpointSeed(dir + "/mlp_6_4_3_sgd.ckpt", MakeSgd({}).get());
   CheckpointSeed(dir + "/mlp_6_4_3_adam.ckpt", MakeAdam({}).get());
+  // Format 2's typed layers: convolution, batch norm (with its buffers),
+  // both poolings, flatten, on two channels.
+  CheckpointSeed(dir + "/conv_bn_pool.ckpt", MakeSgd({}).get(),
+                 "conv3x3:2/same+bn,maxpool2,conv2x2:3,avgpool2/inclpad,fc:3", {2, 6, 6});
 }
 
 void RequestSeed(const std::string& path, const distill::v1::SoftTargetsRequest& request) {
