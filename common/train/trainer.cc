@@ -13,6 +13,7 @@
 #include "common/formats/checkpoint.h"
 #include "common/nn/losses.h"
 #include "common/nn/softmax.h"
+#include "common/train/resume.h"
 #include "common/util/bounded_queue.h"
 #include "common/util/random.h"
 #include "common/util/status_macros.h"
@@ -148,6 +149,8 @@ absl::StatusOr<TrainingResult> Train(const TrainerConfig& config, BatchSource& s
     sgd.momentum_ramp_steps = std::llround(config.momentum_ramp_epochs * batches_per_epoch);
   }
 
+  const TrainingSettings settings = DescribeTrainingSettings(config, n, batches_per_epoch);
+
   TrainingResult result;
   ASSIGN_OR_RETURN(result.network, Mlp::Create(spec, config.seed));
   Mlp& mlp = *result.network;
@@ -165,11 +168,14 @@ absl::StatusOr<TrainingResult> Train(const TrainerConfig& config, BatchSource& s
           absl::StrCat("cannot resume: ", config.checkpoint_path, " holds ",
                        restored->spec().ArchitectureString(), ", not ", spec.ArchitectureString()));
     }
+    RETURN_IF_ERROR(
+        CheckResume(checkpoint, config.checkpoint_path, settings, config.resume_allow_changes));
     std::vector<Parameter*> from = restored->Parameters(), to = mlp.Parameters();
     for (size_t i = 0; i < to.size(); ++i) to[i]->value = from[i]->value;
     RETURN_IF_ERROR(RestoreOptimizerState(checkpoint, mlp, optimizer.get()));
     start_epoch = checkpoint.training_state().epochs_completed();
     step = checkpoint.training_state().steps_completed();
+    RETURN_IF_ERROR(TrimMetricsCsv(config.metrics_csv_path, start_epoch));
     if (config.log_progress) {
       spdlog::info("resuming from {} after epoch {} (step {})", config.checkpoint_path, start_epoch,
                    step);
@@ -280,6 +286,7 @@ absl::StatusOr<TrainingResult> Train(const TrainerConfig& config, BatchSource& s
           MakeCheckpoint(mlp, config.role, source.image_rows(), source.image_cols(),
                          optimizer.get(), epoch + 1, step, config.seed);
       (*checkpoint.mutable_metadata())["test_errors"] = absl::StrCat(metrics.test_errors);
+      RecordTrainingSettings(settings, &checkpoint);
       RETURN_IF_ERROR(SaveCheckpoint(config.checkpoint_path, checkpoint));
     }
     result.history.push_back(metrics);
