@@ -184,6 +184,16 @@ TEST_F(TrainerResumeTest, AllowedChangeGoesOn) {
   EXPECT_EQ(Resume(config).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST_F(TrainerResumeTest, ConstantScheduleRunIsExtendedWithoutAllowance) {
+  TrainerConfig config = Config("extend");
+  config.schedule.kind = LearningRateSchedule::Kind::kConstant;
+  Interrupt(config);
+  config.epochs = 3;
+  auto resumed = Resume(config);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->history.size(), 2u);
+}
+
 TEST_F(TrainerResumeTest, CrashBetweenCsvRowAndCheckpointDuplicatesNoRow) {
   const TrainerConfig config = Config("crash");
   Interrupt(config);

@@ -140,13 +140,19 @@ absl::Status CheckResume(const distill::v1::Checkpoint& checkpoint, const std::s
   std::set<std::string> names;
   for (const auto& [name, value] : settings) names.insert(name);
   for (const auto& [name, value] : state.settings()) names.insert(name);
+  auto value = [](const auto& map, const std::string& name) {
+    auto it = map.find(name);
+    return it == map.end() ? std::string("(unset)") : it->second;
+  };
+  // Under a schedule that does not depend on the total number of steps
+  // (constant, step), more or fewer epochs change nothing of the epochs run.
+  const bool epochs_free = value(settings, "lr_schedule") != "cosine" &&
+                           value(state.settings(), "lr_schedule") != "cosine";
   std::vector<std::string> refused, accepted;
   for (const std::string& name : names) {
-    auto mine = settings.find(name);
-    auto theirs = state.settings().find(name);
-    const std::string now = mine == settings.end() ? "(unset)" : mine->second;
-    const std::string then = theirs == state.settings().end() ? "(unset)" : theirs->second;
-    if (now == then) continue;
+    const std::string now = value(settings, name);
+    const std::string then = value(state.settings(), name);
+    if (now == then || (name == "epochs" && epochs_free)) continue;
     const std::string change = absl::StrCat(name, " ", then, " -> ", now);
     (allowed_set.count(name) ? accepted : refused).push_back(change);
   }

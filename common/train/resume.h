@@ -16,6 +16,9 @@
 //   - is always refused when the optimizer kind differs, or when the
 //     optimizer state in the checkpoint is not of the configured kind (the
 //     state of SGD cannot seed Adam's moments);
+//   - accepts another number of epochs under a schedule that does not depend
+//     on the total number of steps (constant, step: extending or shortening
+//     the run changes nothing of the epochs it shares), but not under cosine;
 //   - goes on with a warning on another ISA or thread count: the run is
 //     valid, but its bits differ from an uninterrupted run's.
 // Checkpoints from before the record exist carry no settings: only their
