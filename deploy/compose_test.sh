@@ -6,9 +6,14 @@
 #  3. asserts that Prometheus scrapes both teacher replicas (target health "up",
 #     through its HTTP API) and that both replicas served the students;
 #  4. kills one teacher replica (docker kill) while both students are running,
-#     and asserts they are still running and then finish on the other replica,
-#     exit 0 and log their test error counts, with checkpoints and metrics CSVs
-#     in the state volume;
+#     and asserts they are still running; then kills one student mid-run
+#     (docker rm -f) and recreates it (a new container, another hostname),
+#     which must take over the orphaned shard and resume its checkpoint;
+#     asserts both finish on the surviving replica, exit 0 and log their test
+#     error counts, with checkpoints and metrics CSVs in the state volume, and
+#     that the resumed student's final weights equal those of an uninterrupted
+#     reference run of the same shard (a third student, run alongside with its
+#     own state directory);
 #  5. tears everything down and asserts no container, network or volume of the
 #     run is left (also when a step fails: EXIT trap).
 # Any failing step fails the test. Usage: deploy/compose_test.sh
@@ -40,9 +45,11 @@ leftovers() {
     docker volume ls -q --filter "$label" | sed 's/^/volume /'
   } | tr '\n' ' '
 }
+reference=$project-reference
 cleanup() {
   local status=$?
   set +e
+  docker rm -f "$reference" >/dev/null 2>&1
   if [ "$status" -ne 0 ] && [ -n "$(docker ps -aq --filter "label=com.docker.compose.project=$project")" ]; then
     echo "--- docker-compose ps and the last log lines, for the failure above:" >&2
     compose ps >&2
@@ -90,6 +97,27 @@ for t in "${teachers[@]}"; do
   [ "$health" = healthy ] || fail "teacher $t is $health"
 done
 log "both teachers healthy, students started"
+
+# The uninterrupted reference of the shard whose student will be killed: the
+# same student on the same teachers, in its own state directory.
+victim_student=${students[0]}
+victim_shard=""
+for _ in $(seq 1 60); do
+  victim_shard=$(docker logs "$victim_student" 2>&1 | grep -o 'takes shard [0-9]*' | head -1 | awk '{print $3}')
+  [ -n "$victim_shard" ] && break
+  sleep 1
+done
+[ -n "$victim_shard" ] || fail "student $victim_student logged no shard"
+network=$(docker inspect --format '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}' "$victim_student")
+docker run -d --init --name "$reference" --network "$network" \
+  -v "${project}_state:/state" -v "$DISTILLERY_DATA_DIR:/data:ro" \
+  -e DISTILLERY_DATA_DIR=/data -e DISTILLERY_STATE_DIR=/state/reference \
+  -e DISTILLERY_TEACHER=dns:///teacher:50051 -e STUDENT_NUM_SHARDS="$STUDENT_NUM_SHARDS" \
+  -e STUDENT_SHARD_INDEX="$victim_shard" -e STUDENT_ARGS="$STUDENT_ARGS" \
+  -e OMP_NUM_THREADS=1 -e OMP_WAIT_POLICY=PASSIVE \
+  "${DISTILLERY_IMAGE:-distillery/runtime}" distillery-student >/dev/null ||
+  fail "cannot start the reference student"
+log "reference student of shard $victim_shard started"
 
 # 3. Prometheus: both teacher replicas are targets, and up.
 api=http://127.0.0.1:$DISTILLERY_PROMETHEUS_PORT/api/v1
@@ -159,6 +187,23 @@ for s in "${students[@]}"; do
   docker logs "$s" 2>&1 | grep 'epoch  *[0-9]*/' | tail -1 | sed "s/^/  student ${s:0:12} at kill+2s: /"
 done
 
+# Kill one student mid-run and recreate it: a new container under another
+# hostname, which must claim the orphaned shard and resume its checkpoint.
+[ "$(docker inspect --format '{{.State.Running}}' "$victim_student")" = true ] ||
+  fail "student $victim_student finished before its kill: raise DISTILLERY_TEST_STUDENT_EPOCHS"
+docker logs "$victim_student" 2>&1 | grep 'epoch  *[0-9]*/' | tail -1 | sed "s/^/  student ${victim_student:0:12} before its kill: /"
+log "docker rm -f student ${victim_student:0:12} (shard $victim_shard), then docker-compose up --scale student=2 again"
+docker rm -f "$victim_student" >/dev/null
+compose up -d --no-deps --no-recreate --scale student=2 student >"$work/up2.log" 2>&1 || {
+  cat "$work/up2.log" >&2
+  fail "recreating the student failed"
+}
+mapfile -t students < <(compose ps -q student)
+[ "${#students[@]}" -eq 2 ] || fail "expected 2 student containers after the recreation, got ${#students[@]}"
+for s in "${students[@]}"; do
+  [ "$s" = "$victim_student" ] && fail "the killed student $s is still there"
+done
+
 log "waiting for the students to finish"
 for s in "${students[@]}"; do
   code=$(timeout 900 docker wait "$s") || fail "student $s did not finish in 15 minutes"
@@ -172,6 +217,23 @@ for s in "${students[@]}"; do
   log "student ${s:0:12}: ${line#*\] }"
   grep -E 'takes shard' "$work/student-$s.log" | sed 's/^/  /'
 done
+# The recreated student took over the orphaned shard and resumed it, and its
+# final weights are the uninterrupted reference's.
+code=$(timeout 900 docker wait "$reference") || fail "the reference student did not finish"
+[ "$code" -eq 0 ] || {
+  docker logs "$reference" 2>&1 | tail -30 >&2
+  fail "the reference student exited with $code"
+}
+docker run --rm -v "${project}_state:/state:ro" "${DISTILLERY_IMAGE:-distillery/runtime}" \
+  cat "/state/students/shard-$victim_shard/student.log" >"$work/victim-shard.log"
+grep -q 'resuming from' "$work/victim-shard.log" || fail "shard $victim_shard was not resumed after its student's kill"
+resumed=$(grep -o 'final weights [0-9a-f]*' "$work/victim-shard.log" | tail -1)
+expected=$(docker logs "$reference" 2>&1 | grep -o 'final weights [0-9a-f]*' | tail -1)
+[ -n "$resumed" ] && [ "$resumed" = "$expected" ] ||
+  fail "shard $victim_shard: the resumed student ended with '${resumed:-no weights}', the uninterrupted one with '${expected:-no weights}'"
+log "shard $victim_shard resumed after its student's kill: $resumed, as the uninterrupted reference"
+docker rm -f "$reference" >/dev/null
+
 # The shards are distinct, and each has a checkpoint and a metrics CSV.
 shards=$(cat "$work"/student-*.log | grep -o 'takes shard [0-9]*' | sort -u | wc -l)
 [ "$shards" -eq 2 ] || fail "the two students did not take two distinct shards"

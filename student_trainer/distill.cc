@@ -5,6 +5,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/data/dataset.h"
+#include "common/formats/checkpoint.h"
+#include "common/formats/contract.h"
 #include "common/util/status_macros.h"
 #include "spdlog/spdlog.h"
 #include "student_trainer/remote_sources.h"
@@ -49,6 +51,7 @@ absl::Status RunDistillation(const DistillConfig& config) {
   }
 
   absl::StatusOr<TrainingResult> result;
+  TrainerConfig trainer = config.trainer;
   if (config.source == "local") {
     ASSIGN_OR_RETURN(auto range, ParseRange(config.transfer_range, data.train.num_examples));
     ASSIGN_OR_RETURN(Dataset transfer, SliceDataset(data.train, range.first, range.second));
@@ -58,6 +61,7 @@ absl::Status RunDistillation(const DistillConfig& config) {
                    absl::StrJoin(config.exclude_classes, ","), transfer.num_examples);
     }
     if (!config.use_labels) transfer = WithoutLabels(transfer);
+    trainer.data_description = absl::StrCat("local transfer set ", DatasetFingerprint(transfer));
     spdlog::info("local transfer set: {} examples [{}, {}){}, jitter {} px, T={}",
                  transfer.num_examples, range.first, range.second,
                  config.use_labels ? " with labels" : ", no labels", config.trainer.max_shift,
@@ -65,7 +69,7 @@ absl::Status RunDistillation(const DistillConfig& config) {
     RemoteSoftTargets targets(client.get(), config.trainer.distill_temperature);
     LocalBatchSource source(transfer, config.trainer.batch_size, config.trainer.max_shift,
                             config.trainer.seed, &targets);
-    result = Train(config.trainer, source, data.test);
+    result = Train(trainer, source, data.test);
   } else if (config.source == "teacher") {
     if (config.trainer.max_shift != 0) {
       return absl::InvalidArgumentError(
@@ -83,7 +87,10 @@ absl::Status RunDistillation(const DistillConfig& config) {
                      TransferStreamSource::Create(client.get(), options));
     spdlog::info("teacher-side transfer set: shard {} of {}, {} examples, T={}", config.shard_index,
                  config.num_shards, source->ExamplesPerEpoch(), config.trainer.distill_temperature);
-    result = Train(config.trainer, *source, data.test);
+    trainer.data_description =
+        absl::StrCat("teacher transfer set ", info.contract().transfer_set().fingerprint(),
+                     " shard ", config.shard_index, "/", config.num_shards);
+    result = Train(trainer, *source, data.test);
   } else {
     return absl::InvalidArgumentError(
         absl::StrCat("unknown --source \"", config.source, "\" (local or teacher)"));
@@ -97,6 +104,9 @@ absl::Status RunDistillation(const DistillConfig& config) {
       spec->ArchitectureString(), result->final_evaluation.errors,
       result->final_evaluation.examples, 100.0 * result->final_evaluation.accuracy,
       student_parameters, seconds, client->retries());
+  // The weights' fingerprint, to compare runs (an interrupted and resumed one
+  // with an uninterrupted one) without their checkpoints.
+  spdlog::info("final weights {}", WeightsFingerprint(*result->network));
   if (!config.trainer.checkpoint_path.empty()) {
     spdlog::info("checkpoint: {}", config.trainer.checkpoint_path);
   }

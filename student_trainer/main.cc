@@ -60,7 +60,9 @@ ABSL_FLAG(double, call_deadline_seconds, 30, "distill: deadline of each call to 
 ABSL_FLAG(double, give_up_seconds, 120,
           "distill: stop with an error when no teacher answered for this long");
 ABSL_FLAG(bool, allow_teacher_change, false,
-          "distill: keep training when the teacher's weights hash changes mid-run");
+          "distill: keep training when the teacher changes mid-run (another teacher_hash or "
+          "term of its identity: weights, architecture, input, precision); another transfer "
+          "set or a newer contract version is refused regardless");
 ABSL_FLAG(std::string, onnx, "", "export: path of the ONNX model to write");
 ABSL_FLAG(bool, softmax, false,
           "export: end the model with Softmax (output \"probabilities\") instead of "

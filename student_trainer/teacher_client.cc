@@ -6,6 +6,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/formats/contract.h"
 #include "common/formats/target_codec.h"
 #include "common/nn/softmax.h"
 #include "common/security/secret.h"
@@ -38,6 +39,22 @@ bool LooksLikeTlsFailure(const grpc::Status& status) {
     if (absl::StrContains(m, needle)) return true;
   }
   return false;
+}
+
+// The weights' own hash: a release-1 server's teacher_hash, a version-2
+// server's teacher.weights_hash.
+const std::string& WeightsHashOf(const distill::v1::SoftTargetContract& contract) {
+  return contract.contract_version() >= 2 ? contract.teacher().weights_hash()
+                                          : contract.teacher_hash();
+}
+
+absl::Status CheckVersion(uint32_t version) {
+  if (version > kContractVersion) {
+    return absl::FailedPreconditionError(absl::StrCat("the teacher speaks contract version ",
+                                                      version, ", newer than this student knows (",
+                                                      kContractVersion, "): upgrade the student"));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status ToAbslStatus(const grpc::Status& status) {
@@ -124,8 +141,10 @@ absl::StatusOr<std::unique_ptr<TeacherClient>> TeacherClient::Connect(
         raw->PrepareContext(&context, absl::Seconds(10));
         return stub->GetModelInfo(&context, {}, &info);
       }));
+  RETURN_IF_ERROR(CheckVersion(info.contract().contract_version()));
   client->info_ = info;
-  client->expected_hash_ = info.teacher_hash();
+  client->expected_ = info.contract();
+  client->expected_.set_teacher_hash(info.teacher_hash());
   return client;
 }
 
@@ -198,18 +217,57 @@ absl::Status TeacherClient::WithRetries(
 }
 
 absl::Status TeacherClient::CheckContract(const distill::v1::SoftTargetContract& contract,
-                                          float temperature) {
+                                          float temperature, bool stream) {
+  RETURN_IF_ERROR(CheckVersion(contract.contract_version()));
   {
     std::lock_guard<std::mutex> lock(hash_mutex_);
-    if (contract.teacher_hash() != expected_hash_) {
-      if (!config_.allow_teacher_change) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "the teacher changed: its hash is now ", contract.teacher_hash(), ", it was ",
-            expected_hash_, " (restart the student or pass --allow_teacher_change)"));
+    // The teacher: term by term when both speak version 2; otherwise (a
+    // release-1 replica next to an upgraded one) by the weights' hash, the
+    // one term both versions name.
+    absl::Status same_teacher;
+    const bool both_v2 = contract.contract_version() >= 2 && expected_.contract_version() >= 2;
+    if (both_v2) {
+      same_teacher = CompareTeacherIdentity(expected_.teacher(), contract.teacher());
+      if (same_teacher.ok() && contract.teacher_hash() != expected_.teacher_hash()) {
+        same_teacher = absl::FailedPreconditionError(absl::StrCat(
+            "teacher_hash ", contract.teacher_hash(), " differs from ", expected_.teacher_hash()));
       }
-      spdlog::warn("teacher hash changed from {} to {}; continuing (--allow_teacher_change)",
-                   expected_hash_, contract.teacher_hash());
-      expected_hash_ = contract.teacher_hash();
+    } else if (contract.contract_version() == expected_.contract_version()
+                   ? contract.teacher_hash() != expected_.teacher_hash()
+                   : WeightsHashOf(contract) != WeightsHashOf(expected_)) {
+      same_teacher = absl::FailedPreconditionError(absl::StrCat(
+          "its hash is now ", contract.teacher_hash(), ", it was ", expected_.teacher_hash()));
+    }
+    if (!same_teacher.ok()) {
+      if (!config_.allow_teacher_change) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("the teacher changed: ", same_teacher.message(),
+                         " (restart the student or pass --allow_teacher_change)"));
+      }
+      spdlog::warn("the teacher changed ({}); continuing (--allow_teacher_change)",
+                   std::string(same_teacher.message()));
+      expected_.set_teacher_hash(contract.teacher_hash());
+      expected_.set_contract_version(contract.contract_version());
+      *expected_.mutable_teacher() = contract.teacher();
+    }
+    if (stream && contract.contract_version() >= 2) {
+      if (!contract.has_transfer_set()) {
+        return absl::FailedPreconditionError(
+            "a transfer batch of a version-2 teacher names no transfer set");
+      }
+      if (!expected_.has_transfer_set()) {
+        *expected_.mutable_transfer_set() = contract.transfer_set();
+      } else if (absl::Status s =
+                     CompareTransferSet(expected_.transfer_set(), contract.transfer_set());
+                 !s.ok()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "a teacher replica streams another transfer set: ", s.message(),
+            "; resuming on it would repeat or skip examples (give every replica the same "
+            "--data_dir and --transfer_range)"));
+      }
+    } else if (!stream && contract.has_transfer_set()) {
+      return absl::FailedPreconditionError(
+          "the targets of the student's own inputs name a transfer set");
     }
   }
   if (contract.temperature() != temperature) {
@@ -217,7 +275,49 @@ absl::Status TeacherClient::CheckContract(const distill::v1::SoftTargetContract&
         absl::StrCat("asked for targets at T=", temperature, ", got T=", contract.temperature()));
   }
   if (contract.num_classes() != info_.num_classes()) {
-    return absl::FailedPreconditionError("the teacher's class count changed");
+    return absl::FailedPreconditionError(
+        absl::StrCat("the teacher's class count changed: ", contract.num_classes(),
+                     " classes, it was ", info_.num_classes()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TeacherClient::CheckBatchPlace(const distill::v1::TransferSetRequest& request,
+                                            const std::vector<int64_t>& expected_ids,
+                                            uint64_t* seen_num_batches,
+                                            const distill::v1::TransferBatch& batch) {
+  const uint64_t b = batch.batch_index();
+  if (expected_ids.empty()) {
+    if (*seen_num_batches == 0) *seen_num_batches = batch.num_batches();
+    if (batch.num_batches() != *seen_num_batches) {
+      return absl::DataLossError(
+          absl::StrCat("transfer batch ", b, " says the shard has ", batch.num_batches(),
+                       " batches; earlier batches said ", *seen_num_batches));
+    }
+    return absl::OkStatus();
+  }
+  const uint64_t size = request.batch_size();
+  const uint64_t num_batches = (expected_ids.size() + size - 1) / size;
+  if (batch.num_batches() != num_batches) {
+    return absl::DataLossError(absl::StrCat("transfer batch ", b, " says the shard has ",
+                                            batch.num_batches(),
+                                            " batches; its order scheme gives ", num_batches));
+  }
+  const uint64_t begin = b * size;
+  const uint64_t end = std::min<uint64_t>(expected_ids.size(), begin + size);
+  if (begin >= end || static_cast<uint64_t>(batch.example_ids_size()) != end - begin) {
+    return absl::DataLossError(absl::StrCat("transfer batch ", b, " holds ",
+                                            batch.example_ids_size(), " examples, not ",
+                                            end > begin ? end - begin : 0));
+  }
+  for (uint64_t i = begin; i < end; ++i) {
+    const uint64_t got = batch.example_ids(static_cast<int>(i - begin));
+    if (got != static_cast<uint64_t>(expected_ids[i])) {
+      return absl::DataLossError(
+          absl::StrCat("transfer batch ", b, " of epoch ", request.epoch(), ", shard ",
+                       request.shard_index(), "/", request.num_shards(), ": example ", i - begin,
+                       " is id ", got, ", the order scheme gives ", expected_ids[i]));
+    }
   }
   return absl::OkStatus();
 }
@@ -234,7 +334,7 @@ absl::Status TeacherClient::SoftTargets(const std::string& pixels, int64_t rows,
     PrepareContext(&context, config_.call_deadline);
     return stub->GetSoftTargets(&context, request, &response);
   }));
-  RETURN_IF_ERROR(CheckContract(response.contract(), temperature));
+  RETURN_IF_ERROR(CheckContract(response.contract(), temperature, /*stream=*/false));
   if (response.targets().num_examples() != rows) {
     return absl::DataLossError(absl::StrCat("asked for ", rows, " rows of targets, got ",
                                             response.targets().num_examples()));
@@ -247,6 +347,33 @@ absl::Status TeacherClient::StreamTransferSet(
     const std::function<bool(const distill::v1::TransferBatch&)>& sink) {
   const float temperature = request.options().has_temperature() ? request.options().temperature()
                                                                 : info_.default_temperature();
+  // The shard's example ids under the order scheme, when this client knows
+  // it (every release-1 server used it too, unnamed).
+  std::vector<int64_t> expected_ids;
+  uint64_t seen_num_batches = 0;
+  {
+    std::string scheme;
+    int64_t size = static_cast<int64_t>(info_.transfer_set_size());
+    {
+      std::lock_guard<std::mutex> lock(hash_mutex_);
+      if (expected_.has_transfer_set()) {
+        scheme = expected_.transfer_set().order_scheme();
+        size = static_cast<int64_t>(expected_.transfer_set().range_end() -
+                                    expected_.transfer_set().range_begin());
+      } else if (expected_.contract_version() < 2) {
+        scheme = kOrderScheme;
+      }
+    }
+    if (scheme == kOrderScheme) {
+      ASSIGN_OR_RETURN(expected_ids, ShardExampleIds(size, request.epoch(), request.seed(),
+                                                     request.shard_index(), request.num_shards()));
+    } else {
+      spdlog::warn(
+          "the teacher's order scheme \"{}\" is unknown to this student: example ids "
+          "are not checked, only the batch count",
+          scheme);
+    }
+  }
   uint64_t next = request.start_batch();
   bool finished = false;
   absl::Status sink_status;
@@ -269,11 +396,13 @@ absl::Status TeacherClient::StreamTransferSet(
         reader->Finish();
         return grpc::Status(grpc::StatusCode::DATA_LOSS, "out of order");
       }
-      if (absl::Status s = CheckContract(batch.contract(), temperature); !s.ok()) {
+      absl::Status s = CheckContract(batch.contract(), temperature, /*stream=*/true);
+      if (s.ok()) s = CheckBatchPlace(request, expected_ids, &seen_num_batches, batch);
+      if (!s.ok()) {
         sink_status = s;
         context.TryCancel();
         reader->Finish();
-        return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, std::string(s.message()));
+        return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
       }
       ++next;
       if (!sink(batch)) {

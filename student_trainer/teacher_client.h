@@ -6,11 +6,23 @@
 // RESOURCE_EXHAUSTED, ABORTED or CANCELLED is retried (on the next replica
 // when there are several) with exponential backoff and jitter, re-requesting
 // exactly the same batch, until `give_up_after` has passed without a single
-// successful call; then the call fails with UNAVAILABLE. Every answer's
-// contract is checked: another teacher (hash) is refused with
-// FAILED_PRECONDITION unless allow_teacher_change. A stream that made
+// successful call; then the call fails with UNAVAILABLE. A stream that made
 // progress before it broke (e.g. the teacher's --max_stream_seconds) resumes
 // with a fresh give-up time.
+//
+// The contract (docs/architecture.md, "The wire contract") is checked on
+// every answer and every transfer batch, term by term, against the terms
+// GetModelInfo gave at connection time, and each refusal is
+// FAILED_PRECONDITION naming the term: a contract_version newer than
+// kContractVersion; another teacher (any term of TeacherIdentity, or
+// teacher_hash) unless allow_teacher_change; a temperature or class count
+// other than asked for; on the stream, another transfer set (range, order
+// scheme, fingerprint: never allowed, since resuming at start_batch of other
+// data would repeat or skip examples). Each transfer batch's num_batches and
+// example_ids must be the ones the order scheme gives for the request
+// (DATA_LOSS otherwise); under an order scheme this client does not know,
+// num_batches must stay what the first batch said. A refused answer never
+// reaches the caller.
 //
 // Credentials: TLS when tls_ca_file is set (mutual TLS with a client
 // certificate and key), a bearer token on every call when auth_token is set
@@ -25,6 +37,7 @@
 #ifndef DISTILLERY_STUDENT_TRAINER_TEACHER_CLIENT_H_
 #define DISTILLERY_STUDENT_TRAINER_TEACHER_CLIENT_H_
 
+#include <algorithm>
 #include <atomic>
 #include <functional>
 #include <memory>
@@ -116,15 +129,28 @@ class TeacherClient {
   absl::Status WithRetries(const char* what,
                            const std::function<grpc::Status(distill::v1::Teacher::Stub*)>& attempt,
                            const std::function<bool()>& progressed = nullptr);
-  // Checks an answer's contract against what the student expects.
-  absl::Status CheckContract(const distill::v1::SoftTargetContract& contract, float temperature);
+  // Checks an answer's contract against what the student expects. `stream`:
+  // the answer is a TransferBatch (whose transfer set is checked too).
+  absl::Status CheckContract(const distill::v1::SoftTargetContract& contract, float temperature,
+                             bool stream);
+  // Checks a transfer batch's place in the shard: its num_batches and
+  // example_ids against `expected_ids` (the shard's ids under the order
+  // scheme, or empty when the scheme is unknown: then num_batches against
+  // `*seen_num_batches`, set by the first batch).
+  static absl::Status CheckBatchPlace(const distill::v1::TransferSetRequest& request,
+                                      const std::vector<int64_t>& expected_ids,
+                                      uint64_t* seen_num_batches,
+                                      const distill::v1::TransferBatch& batch);
 
   const TeacherClientConfig config_;
   std::vector<std::unique_ptr<distill::v1::Teacher::Stub>> stubs_;
   std::atomic<size_t> next_stub_{0};
   distill::v1::ModelInfo info_;
   std::mutex hash_mutex_;
-  std::string expected_hash_;  // guarded by hash_mutex_
+  // The terms answers must carry: ModelInfo.contract (the teacher_hash and,
+  // from version 2, the teacher and transfer set); the transfer set is taken
+  // from the first batch when ModelInfo had none. Guarded by hash_mutex_.
+  distill::v1::SoftTargetContract expected_;
   std::atomic<int64_t> retries_{0};
   // Whether any teacher has answered this client (a call that was not
   // UNAVAILABLE): then its credentials were accepted.

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/data/dataset.h"
 #include "common/formats/checkpoint.h"
+#include "common/formats/contract.h"
 #include "common/tensor/dnnl_context.h"
 #include "common/util/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -39,7 +40,6 @@ absl::Status RunServer(const ServeConfig& config) {
   ASSIGN_OR_RETURN(distill::v1::Checkpoint checkpoint, LoadCheckpoint(config.checkpoint_path));
   ASSIGN_OR_RETURN(std::unique_ptr<Network> teacher, NetworkFromCheckpoint(checkpoint));
   TeacherIdentity identity;
-  identity.hash = WeightsFingerprint(*teacher);
   identity.architecture = teacher->spec().ArchitectureString();
   identity.image_channels =
       static_cast<uint32_t>(std::max(1, checkpoint.architecture().image_channels()));
@@ -47,13 +47,24 @@ absl::Status RunServer(const ServeConfig& config) {
   identity.image_cols = static_cast<uint32_t>(checkpoint.architecture().image_cols());
   identity.num_classes = static_cast<uint32_t>(teacher->num_classes());
   identity.input_scale = checkpoint.architecture().input_scale();
+  identity.terms.set_weights_hash(WeightsFingerprint(*teacher));
+  identity.terms.set_architecture(identity.architecture);
+  distill::v1::InputSpec* input = identity.terms.mutable_input();
+  input->set_channels(identity.image_channels);
+  input->set_rows(identity.image_rows);
+  input->set_cols(identity.image_cols);
+  input->set_scale(identity.input_scale);
+  identity.terms.set_precision(distill::v1::PRECISION_F32);
+  identity.terms.set_source(kSourceDistillery);
+  identity.hash = TeacherHash(identity.terms);
   if (int64_t{identity.image_channels} * identity.image_rows * identity.image_cols !=
       teacher->input_size()) {
     return absl::DataLossError(absl::StrCat("checkpoint ", config.checkpoint_path,
                                             ": image shape does not match the input layer"));
   }
-  spdlog::info("teacher {} ({}, {} parameters) from {}", identity.hash, identity.architecture,
-               teacher->ParameterCount(), config.checkpoint_path);
+  spdlog::info("teacher {} (weights {}, {}, {} parameters) from {}", identity.hash,
+               identity.terms.weights_hash(), identity.architecture, teacher->ParameterCount(),
+               config.checkpoint_path);
   // The largest valid request: a full batch of float inputs (plus framing).
   const uint64_t largest_request =
       uint64_t{config.service.max_batch_examples} * teacher->input_size() * sizeof(float) + 4096;
@@ -71,9 +82,11 @@ absl::Status RunServer(const ServeConfig& config) {
     ASSIGN_OR_RETURN(auto range, ParseRange(config.transfer_range, data.train.num_examples));
     ASSIGN_OR_RETURN(Dataset part, SliceDataset(data.train, range.first, range.second));
     if (!config.serve_labels) part = WithoutLabels(part);
-    ASSIGN_OR_RETURN(transfer_set, TransferSet::Create(std::move(part), *teacher));
-    spdlog::info("transfer set: {} examples [{}, {}) of {}, logits precomputed",
-                 transfer_set->size(), range.first, range.second, config.data_dir);
+    ASSIGN_OR_RETURN(transfer_set, TransferSet::Create(std::move(part), *teacher,
+                                                       static_cast<uint64_t>(range.first)));
+    spdlog::info("transfer set: {} examples [{}, {}) of {} (fingerprint {}), logits precomputed",
+                 transfer_set->size(), range.first, range.second, config.data_dir,
+                 transfer_set->identity().fingerprint());
   }
 
   std::unique_ptr<TeacherMetrics> metrics;

@@ -4,6 +4,7 @@
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
+#include "common/formats/contract.h"
 #include "common/formats/target_codec.h"
 #include "common/nn/softmax.h"
 #include "common/util/status_macros.h"
@@ -43,6 +44,18 @@ absl::Status TeacherService::Authenticate(const grpc::CallbackServerContext& con
     metrics_->RecordCall(method, absl::StatusCodeToString(status.code()), 0, 0);
   }
   return status;
+}
+
+absl::StatusOr<distill::v1::SoftTargetContract> TeacherService::ResolveContract(
+    const distill::v1::TargetOptions& options) const {
+  ASSIGN_OR_RETURN(distill::v1::SoftTargetContract contract,
+                   ResolveTargetOptions(options, identity_.num_classes, config_.default_temperature,
+                                        identity_.hash));
+  if (!identity_.terms.weights_hash().empty()) {
+    contract.set_contract_version(kContractVersion);
+    *contract.mutable_teacher() = identity_.terms;
+  }
+  return contract;
 }
 
 absl::Status TeacherService::Admit() {
@@ -91,6 +104,16 @@ grpc::ServerUnaryReactor* TeacherService::GetModelInfo(
   if (transfer_set_ != nullptr) {
     response->set_transfer_set_size(static_cast<uint64_t>(transfer_set_->size()));
     response->set_transfer_set_has_labels(transfer_set_->data().has_labels());
+  }
+  if (!identity_.terms.weights_hash().empty()) {
+    response->set_image_channels(identity_.terms.input().channels());
+    absl::StatusOr<distill::v1::SoftTargetContract> contract = ResolveContract({});
+    if (contract.ok()) {
+      *response->mutable_contract() = *std::move(contract);
+      if (transfer_set_ != nullptr) {
+        *response->mutable_contract()->mutable_transfer_set() = transfer_set_->identity();
+      }
+    }
   }
   reactor->Finish(grpc::Status::OK);
   return reactor;
@@ -159,8 +182,7 @@ grpc::ServerUnaryReactor* TeacherService::GetSoftTargets(
   };
   Tensor inputs;
   if (absl::Status s = DecodeInputs(*request, &inputs); !s.ok()) return fail(s);
-  absl::StatusOr<distill::v1::SoftTargetContract> contract = ResolveTargetOptions(
-      request->options(), identity_.num_classes, config_.default_temperature, identity_.hash);
+  absl::StatusOr<distill::v1::SoftTargetContract> contract = ResolveContract(request->options());
   if (!contract.ok()) return fail(contract.status());
   const int64_t examples = inputs.rows();
   *response->mutable_contract() = *contract;
@@ -256,10 +278,8 @@ class TeacherService::TransferStream : public grpc::ServerWriteReactor<distill::
                                                      " batches"));
     }
     next_batch_ = request_.start_batch();
-    ASSIGN_OR_RETURN(
-        contract_,
-        ResolveTargetOptions(request_.options(), service_->identity_.num_classes,
-                             service_->config_.default_temperature, service_->identity_.hash));
+    ASSIGN_OR_RETURN(contract_, service_->ResolveContract(request_.options()));
+    if (contract_.contract_version() >= 2) *contract_.mutable_transfer_set() = set->identity();
     return absl::OkStatus();
   }
 

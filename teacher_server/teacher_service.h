@@ -40,7 +40,12 @@ struct TeacherServiceConfig {
 
 // What the service knows about the teacher it serves.
 struct TeacherIdentity {
-  std::string hash;          // WeightsFingerprint
+  // TeacherHash(terms), the contract's teacher_hash.
+  std::string hash;
+  // The contract's TeacherIdentity (weights_hash = WeightsFingerprint). When
+  // its weights_hash is empty (tests, fuzzing) answers carry `hash` alone, as
+  // a release-1 server's do.
+  distill::v1::TeacherIdentity terms;
   std::string architecture;  // "784-1200-1200-10"
   uint32_t image_channels = 1;
   uint32_t image_rows = 0;
@@ -88,6 +93,10 @@ class TeacherService final : public distill::v1::Teacher::CallbackService {
   // The bearer-token check (OK without `auth_`); a refusal is counted in the
   // metrics under `method`.
   absl::Status Authenticate(const grpc::CallbackServerContext& context, const char* method);
+  // The contract of an answer for `options`: ResolveTargetOptions plus the
+  // version-2 terms (contract_version, teacher).
+  absl::StatusOr<distill::v1::SoftTargetContract> ResolveContract(
+      const distill::v1::TargetOptions& options) const;
 
   const TeacherServiceConfig config_;
   const TeacherIdentity identity_;

@@ -3,11 +3,13 @@
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "common/formats/contract.h"
 #include "common/util/status_macros.h"
 
 namespace distillery {
 
-absl::StatusOr<std::unique_ptr<TransferSet>> TransferSet::Create(Dataset data, Network& teacher) {
+absl::StatusOr<std::unique_ptr<TransferSet>> TransferSet::Create(Dataset data, Network& teacher,
+                                                                 uint64_t range_begin) {
   if (data.input_size() != teacher.input_size()) {
     return absl::InvalidArgumentError(absl::StrCat("transfer-set images have ", data.input_size(),
                                                    " pixels, the teacher takes ",
@@ -26,22 +28,19 @@ absl::StatusOr<std::unique_ptr<TransferSet>> TransferSet::Create(Dataset data, N
     RETURN_IF_ERROR(teacher.Predict(inputs, &batch_logits));
     std::copy(batch_logits->data(), batch_logits->data() + batch_logits->size(), logits.row(begin));
   }
-  return std::unique_ptr<TransferSet>(new TransferSet(std::move(data), std::move(logits)));
+  distill::v1::TransferSetIdentity identity;
+  identity.set_fingerprint(DatasetFingerprint(data));
+  identity.set_range_begin(range_begin);
+  identity.set_range_end(range_begin + static_cast<uint64_t>(data.num_examples));
+  identity.set_order_scheme(kOrderScheme);
+  return std::unique_ptr<TransferSet>(
+      new TransferSet(std::move(data), std::move(logits), std::move(identity)));
 }
 
 absl::StatusOr<std::vector<int64_t>> TransferSet::ShardExamples(uint64_t epoch, uint64_t seed,
                                                                 uint32_t shard,
                                                                 uint32_t num_shards) const {
-  if (num_shards < 1 || shard >= num_shards || num_shards > size()) {
-    return absl::InvalidArgumentError(absl::StrCat("shard ", shard, " of ", num_shards,
-                                                   " does not exist for a transfer set of ", size(),
-                                                   " examples"));
-  }
-  const std::vector<int64_t> order = ShuffledIndices(size(), seed, static_cast<int64_t>(epoch));
-  std::vector<int64_t> ids;
-  ids.reserve(order.size() / num_shards + 1);
-  for (size_t p = shard; p < order.size(); p += num_shards) ids.push_back(order[p]);
-  return ids;
+  return ShardExampleIds(size(), epoch, seed, shard, num_shards);
 }
 
 }  // namespace distillery

@@ -4,8 +4,10 @@
 //
 // The examples of an epoch are ordered by ShuffledIndices(size, seed, epoch);
 // shard s of n takes the positions p with p % n == s, in order, cut into
-// batches. Every student that asks for the same (epoch, seed, shard, n,
-// batch size) gets the same batches.
+// batches (kOrderScheme, common/formats/contract.h). Every student that asks
+// for the same (epoch, seed, shard, n, batch size) gets the same batches, and
+// identity() names the set (content fingerprint, range, order scheme) so that
+// a student can tell it from another replica's.
 //
 // Thread-safety: immutable after Create; safe to read from any thread.
 #ifndef DISTILLERY_TEACHER_SERVER_TRANSFER_SET_H_
@@ -18,18 +20,24 @@
 #include "common/data/dataset.h"
 #include "common/nn/network.h"
 #include "common/tensor/tensor.h"
+#include "distill/v1/teacher.pb.h"
 
 namespace distillery {
 
 class TransferSet {
  public:
   // Runs `teacher` over every image of `data` (batches of 1000, no jitter).
-  static absl::StatusOr<std::unique_ptr<TransferSet>> Create(Dataset data, Network& teacher);
+  // `range_begin` is the index of data's first example in the teacher's
+  // training data (for identity()).
+  static absl::StatusOr<std::unique_ptr<TransferSet>> Create(Dataset data, Network& teacher,
+                                                             uint64_t range_begin = 0);
 
   const Dataset& data() const { return data_; }
   // size() x classes.
   const Tensor& logits() const { return logits_; }
   int64_t size() const { return data_.num_examples; }
+  // What every TransferBatch's contract names as its transfer set.
+  const distill::v1::TransferSetIdentity& identity() const { return identity_; }
 
   // The example ids of shard `shard` of `num_shards` in `epoch`.
   // InvalidArgument unless num_shards >= 1, shard < num_shards and the shard
@@ -38,9 +46,11 @@ class TransferSet {
                                                      uint32_t num_shards) const;
 
  private:
-  TransferSet(Dataset data, Tensor logits) : data_(std::move(data)), logits_(std::move(logits)) {}
+  TransferSet(Dataset data, Tensor logits, distill::v1::TransferSetIdentity identity)
+      : data_(std::move(data)), logits_(std::move(logits)), identity_(std::move(identity)) {}
   Dataset data_;
   Tensor logits_;
+  distill::v1::TransferSetIdentity identity_;
 };
 
 }  // namespace distillery

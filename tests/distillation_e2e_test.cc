@@ -1,8 +1,14 @@
 // End to end on loopback with real processes: a teacher server, students
-// distilling from it at the same time, a teacher killed and restarted in the
-// middle of a run, a student killed and resumed, and the refusals.
+// distilling from it at the same time (their requests merged by the dynamic
+// batcher), a teacher killed and restarted in the middle of a run, failover
+// between replicas of the transfer set (seamless when identical, refused when
+// the data differs), a student killed and resumed, and the refusals.
+#include <arpa/inet.h>
+
 #include <fstream>
 #include <iterator>
+#include <map>
+#include <regex>
 #include <thread>
 
 #include "common/formats/checkpoint.h"
@@ -22,6 +28,41 @@ bool FileExists(const std::string& path) { return std::ifstream(path).good(); }
 
 bool ExitedZero(int status) { return status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0; }
 
+// The body of GET http://127.0.0.1:<port>/metrics (empty on failure).
+std::string FetchMetrics(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string response;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0) {
+    const std::string request = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    if (write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
+      char buffer[4096];
+      for (ssize_t n; (n = read(fd, buffer, sizeof(buffer))) > 0;) response.append(buffer, n);
+    }
+  }
+  close(fd);
+  return response;
+}
+
+// The value of the Prometheus sample `name` (with its labels) in `metrics`,
+// or -1.
+double Sample(const std::string& metrics, const std::string& name) {
+  for (size_t at = metrics.find(name + " "); at != std::string::npos;
+       at = metrics.find(name + " ", at + 1)) {
+    if (at == 0 || metrics[at - 1] == '\n') return std::stod(metrics.substr(at + name.size() + 1));
+  }
+  return -1;
+}
+
+// The epochs a checkpoint has completed (-1 when it does not load).
+int64_t EpochsCompleted(const std::string& path) {
+  auto checkpoint = LoadCheckpoint(path);
+  return checkpoint.ok() ? checkpoint->training_state().epochs_completed() : -1;
+}
+
 class DistillationE2eTest : public testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -40,13 +81,31 @@ class DistillationE2eTest : public testing::Test {
 
   static std::string TeacherCheckpoint() { return *dir_ + "/teacher.ckpt"; }
 
-  // Starts the teacher server; its transfer set is MNIST [5000, 8000).
+  // Starts the teacher server; its transfer set is MNIST [5000, 8000) unless
+  // `extra` (flags added last, so they win) says otherwise.
   static bool StartTeacher(ServerProcess* server, int port = 0,
-                           const std::string& checkpoint = TeacherCheckpoint()) {
-    return server->Start(DISTILLERY_TEACHER_SERVER_BINARY,
-                         {"--checkpoint=" + checkpoint, "--data_dir=" DISTILLERY_MNIST_DIR,
-                          "--transfer_range=5000:8000", "--metrics_address=", "--threads=1"},
-                         *dir_, std::chrono::seconds(60), port);
+                           const std::string& checkpoint = TeacherCheckpoint(),
+                           const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> args = {
+        "--checkpoint=" + checkpoint, "--data_dir=" DISTILLERY_MNIST_DIR,
+        "--transfer_range=5000:8000", "--metrics_address=", "--threads=1"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return server->Start(DISTILLERY_TEACHER_SERVER_BINARY, args, *dir_, std::chrono::seconds(60),
+                         port);
+  }
+
+  // Arguments of a student pulling shard 0 of 1 of the teacher's transfer set.
+  static std::vector<std::string> StreamingStudentArgs(const std::string& target,
+                                                       const std::string& name) {
+    ServerProcess unused;
+    std::vector<std::string> args = StudentArgs(unused, name, "784-32-10", 3.f);
+    args.erase(std::remove(args.begin(), args.end(), "--jitter=1"), args.end());
+    for (std::string& arg : args) {
+      if (arg.rfind("--teacher=", 0) == 0) arg = "--teacher=" + target;
+    }
+    args.push_back("--source=teacher");
+    args.push_back("--give_up_seconds=60");
+    return args;
   }
 
   // Arguments of a distilling student on the local transfer set [5000, 8000).
@@ -121,44 +180,134 @@ TEST_F(DistillationE2eTest, TwoStudentsDistillAtOnce) {
   }
 }
 
-TEST_F(DistillationE2eTest, TeacherKilledAndRestartedMidRunChangesNothing) {
+// Two students distil from one teacher at the same time, their requests
+// merged into shared forward passes; the teacher is SIGKILLed after their
+// first epoch and restarted on the same port. Both end with the weights of
+// the same two students run one after the other on a fresh teacher.
+TEST_F(DistillationE2eTest, MergedStudentsSurviveATeacherKillBitIdentical) {
   const int port = PickFreePort();
-  // The uninterrupted run.
-  std::vector<Tensor> reference;
+  const std::vector<std::string> names = {"calm", "brisk"};
+  auto args_of = [&](const ServerProcess& teacher, size_t i) {
+    std::vector<std::string> args = StudentArgs(teacher, names[i], "784-32-10", 5.f);
+    args.push_back("--seed=" + std::to_string(21 + i));
+    return args;
+  };
+  // One after the other, on a fresh teacher.
+  std::map<std::string, std::vector<Tensor>> reference;
   {
     ServerProcess teacher;
     ASSERT_TRUE(StartTeacher(&teacher, port));
-    const int status =
-        ServerProcess::Run(DISTILLERY_STUDENT_TRAINER_BINARY,
-                           StudentArgs(teacher, "calm", "784-32-10", 5.f), *dir_ + "/calm.log");
-    ASSERT_TRUE(ExitedZero(status)) << ReadFile(*dir_ + "/calm.log");
-    reference = Weights(*dir_ + "/calm.ckpt");
+    for (size_t i = 0; i < names.size(); ++i) {
+      const std::string log = *dir_ + "/" + names[i] + ".alone.log";
+      ASSERT_TRUE(ExitedZero(
+          ServerProcess::Run(DISTILLERY_STUDENT_TRAINER_BINARY, args_of(teacher, i), log)))
+          << ReadFile(log);
+      reference[names[i]] = Weights(*dir_ + "/" + names[i] + ".ckpt");
+    }
   }
-  // The same run with the teacher killed after the first epoch and
-  // restarted a second later on the same port.
+  // Together, through the dynamic batcher (a 20 ms batching wait), with
+  // the teacher killed mid-run.
+  const int metrics_port = PickFreePort();
   ServerProcess teacher;
-  ASSERT_TRUE(StartTeacher(&teacher, port));
-  const std::string checkpoint = *dir_ + "/stormy.ckpt";
-  std::remove(checkpoint.c_str());
-  const pid_t student = ServerProcess::SpawnLogged(DISTILLERY_STUDENT_TRAINER_BINARY,
-                                                   StudentArgs(teacher, "stormy", "784-32-10", 5.f),
-                                                   *dir_ + "/stormy.log");
-  ASSERT_NE(student, 0);
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  while (!FileExists(checkpoint) && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_TRUE(StartTeacher(
+      &teacher, port, TeacherCheckpoint(),
+      {"--metrics_address=127.0.0.1:" + std::to_string(metrics_port), "--batch_wait_ms=20"}));
+  std::vector<pid_t> students;
+  for (size_t i = 0; i < names.size(); ++i) {
+    const std::string checkpoint = *dir_ + "/" + names[i] + ".ckpt";
+    std::remove(checkpoint.c_str());
+    students.push_back(ServerProcess::SpawnLogged(DISTILLERY_STUDENT_TRAINER_BINARY,
+                                                  args_of(teacher, i),
+                                                  *dir_ + "/" + names[i] + ".together.log"));
+    ASSERT_NE(students.back(), 0);
   }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  for (const std::string& name : names) {
+    while (!FileExists(*dir_ + "/" + name + ".ckpt") &&
+           std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
+  // The batcher merged the two students' requests: more requests than
+  // forward passes, and passes of more examples than one request holds (128).
+  const std::string metrics = FetchMetrics(metrics_port);
+  const double passes = Sample(metrics, "distill_forward_pass_requests_count");
+  const double requests = Sample(metrics, "distill_forward_pass_requests_sum");
+  const double small_passes = Sample(metrics, "distill_forward_pass_examples_bucket{le=\"128\"}");
+  EXPECT_GT(passes, 0) << metrics;
+  EXPECT_GT(requests, passes) << metrics;
+  EXPECT_LT(small_passes, passes) << metrics;
   teacher.Stop(SIGKILL);
   std::this_thread::sleep_for(std::chrono::milliseconds(1500));
   ServerProcess restarted;
   ASSERT_TRUE(StartTeacher(&restarted, port));
-  const int status = ServerProcess::WaitWithTimeout(student, std::chrono::seconds(300));
-  const std::string log = ReadFile(*dir_ + "/stormy.log");
-  ASSERT_TRUE(ExitedZero(status)) << log;
-  EXPECT_NE(log.find("retrying"), std::string::npos) << "the teacher was never missed:\n" << log;
-  const std::vector<Tensor> weights = Weights(checkpoint);
-  ASSERT_EQ(weights.size(), reference.size());
-  for (size_t i = 0; i < weights.size(); ++i) EXPECT_EQ(weights[i], reference[i]) << "tensor " << i;
+  for (size_t i = 0; i < names.size(); ++i) {
+    const int status = ServerProcess::WaitWithTimeout(students[i], std::chrono::seconds(300));
+    const std::string log = ReadFile(*dir_ + "/" + names[i] + ".together.log");
+    ASSERT_TRUE(ExitedZero(status)) << log;
+    EXPECT_NE(log.find("retrying"), std::string::npos) << "the teacher was never missed:\n" << log;
+    const std::vector<Tensor> weights = Weights(*dir_ + "/" + names[i] + ".ckpt");
+    ASSERT_EQ(weights.size(), reference[names[i]].size());
+    for (size_t t = 0; t < weights.size(); ++t) {
+      EXPECT_EQ(weights[t], reference[names[i]][t]) << names[i] << " tensor " << t;
+    }
+  }
+}
+
+// Failover between replicas of the transfer set: seamless between
+// identical ones (the student ends with the weights of an uninterrupted
+// run); refused, naming the difference, when the replica the stream fails
+// over to serves another range of the data with the same checkpoint.
+TEST_F(DistillationE2eTest, StreamFailsOverOnlyToTheSameTransferSet) {
+  std::vector<Tensor> reference;
+  {
+    ServerProcess teacher;
+    ASSERT_TRUE(StartTeacher(&teacher));
+    const std::string log = *dir_ + "/stream_straight.log";
+    ASSERT_TRUE(ExitedZero(
+        ServerProcess::Run(DISTILLERY_STUDENT_TRAINER_BINARY,
+                           StreamingStudentArgs(teacher.target(), "stream_straight"), log)))
+        << ReadFile(log);
+    reference = Weights(*dir_ + "/stream_straight.ckpt");
+  }
+  for (const bool same : {true, false}) {
+    const std::string name = same ? "stream_same" : "stream_other";
+    ServerProcess first, second;
+    ASSERT_TRUE(StartTeacher(&first));
+    ASSERT_TRUE(
+        StartTeacher(&second, 0, TeacherCheckpoint(),
+                     {same ? "--transfer_range=5000:8000" : "--transfer_range=8000:11000"}));
+    const std::string checkpoint = *dir_ + "/" + name + ".ckpt";
+    std::remove(checkpoint.c_str());
+    const pid_t student = ServerProcess::SpawnLogged(
+        DISTILLERY_STUDENT_TRAINER_BINARY,
+        StreamingStudentArgs(first.target() + "," + second.target(), name),
+        *dir_ + "/" + name + ".log");
+    ASSERT_NE(student, 0);
+    while (!FileExists(checkpoint)) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    first.Stop(SIGKILL);
+    const int status = ServerProcess::WaitWithTimeout(student, std::chrono::seconds(300));
+    const std::string log = ReadFile(*dir_ + "/" + name + ".log");
+    if (same) {
+      ASSERT_TRUE(ExitedZero(status)) << log;
+      const std::vector<Tensor> weights = Weights(checkpoint);
+      ASSERT_EQ(weights.size(), reference.size());
+      for (size_t t = 0; t < weights.size(); ++t) EXPECT_EQ(weights[t], reference[t]) << t;
+      continue;
+    }
+    EXPECT_FALSE(ExitedZero(status)) << log;
+    EXPECT_NE(log.find("transfer set range [8000,11000) differs from [5000,8000)"),
+              std::string::npos)
+        << log;
+    // Not a single batch of the other replica was trained on: the epoch it
+    // broke off is not in the checkpoint, which still holds exactly the
+    // epochs the student logged before the refusal, and the run did not end.
+    const int64_t epochs = EpochsCompleted(checkpoint);
+    EXPECT_GE(epochs, 1);
+    EXPECT_LT(epochs, 4);
+    EXPECT_EQ(log.find("epoch    " + std::to_string(epochs + 1) + "/4"), std::string::npos) << log;
+    EXPECT_EQ(log.find("distilled student"), std::string::npos) << log;
+  }
 }
 
 TEST_F(DistillationE2eTest, StudentFailsOverToAnotherReplica) {

@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "common/formats/checkpoint.h"
+#include "common/formats/contract.h"
 #include "common/formats/target_codec.h"
 #include "common/nn/softmax.h"
 #include "common/train/trainer.h"
@@ -117,7 +118,29 @@ TEST_F(TeacherServerTest, ModelInfoDescribesTheTeacher) {
   grpc::ClientContext context;
   distill::v1::ModelInfo info;
   ASSERT_TRUE(stub_->GetModelInfo(&context, {}, &info).ok());
-  EXPECT_EQ(info.teacher_hash(), WeightsFingerprint(*teacher_));
+  // Contract version 2: the teacher's terms, its hash summarising them, and
+  // the transfer set every batch will name.
+  const distill::v1::SoftTargetContract& contract = info.contract();
+  EXPECT_EQ(contract.contract_version(), kContractVersion);
+  EXPECT_EQ(contract.teacher().weights_hash(), WeightsFingerprint(*teacher_));
+  EXPECT_EQ(contract.teacher().architecture(), "784-128-10");
+  EXPECT_EQ(contract.teacher().input().channels(), 1u);
+  EXPECT_EQ(contract.teacher().input().rows(), 28u);
+  EXPECT_EQ(contract.teacher().input().cols(), 28u);
+  EXPECT_FLOAT_EQ(contract.teacher().input().scale(), 1.f / 255.f);
+  EXPECT_EQ(contract.teacher().precision(), distill::v1::PRECISION_F32);
+  EXPECT_EQ(contract.teacher().source(), "distillery");
+  EXPECT_EQ(info.teacher_hash(), TeacherHash(contract.teacher()));
+  EXPECT_EQ(contract.teacher_hash(), info.teacher_hash());
+  EXPECT_NE(info.teacher_hash(), contract.teacher().weights_hash());
+  EXPECT_EQ(contract.transfer_set().range_begin(), 0u);
+  EXPECT_EQ(contract.transfer_set().range_end(), 2000u);
+  EXPECT_EQ(contract.transfer_set().order_scheme(), kOrderScheme);
+  auto mnist = LoadMnistFormatDirectory(DISTILLERY_MNIST_DIR);
+  ASSERT_TRUE(mnist.ok());
+  EXPECT_EQ(contract.transfer_set().fingerprint(),
+            DatasetFingerprint(*SliceDataset(mnist->train, 0, 2000)));
+  EXPECT_EQ(info.image_channels(), 1u);
   EXPECT_EQ(info.architecture(), "784-128-10");
   EXPECT_EQ(info.image_rows(), 28u);
   EXPECT_EQ(info.image_cols(), 28u);
@@ -136,7 +159,9 @@ TEST_F(TeacherServerTest, SoftTargetsMatchTheTeachersForwardPassAndFlattenWithT)
     SoftTargetsResponse response;
     ASSERT_TRUE(Call(request, &response).ok());
     EXPECT_FLOAT_EQ(response.contract().temperature(), t);
-    EXPECT_EQ(response.contract().teacher_hash(), WeightsFingerprint(*teacher_));
+    EXPECT_EQ(response.contract().teacher().weights_hash(), WeightsFingerprint(*teacher_));
+    EXPECT_EQ(response.contract().teacher_hash(), TeacherHash(response.contract().teacher()));
+    EXPECT_FALSE(response.contract().has_transfer_set());
     EXPECT_EQ(response.contract().representation(), distill::v1::PROBABILITIES);
     const Tensor served = Decode(response);
     const Tensor local = LocalProbabilities(10, 64, t);
@@ -295,8 +320,18 @@ TEST_F(TeacherServerTest, TransferSetShardsPartitionTheEpochDeterministically) {
     auto batches = ReadStream(stub_.get(), request, &status);
     ASSERT_TRUE(status.ok()) << status.error_message();
     ASSERT_EQ(batches.size(), 7u);  // ceil(667 / 100)
+    // The ids are the order scheme's, which a student computes itself.
+    auto expected = ShardExampleIds(2000, 3, 7, shard, 3);
+    ASSERT_TRUE(expected.ok());
+    size_t position = 0;
     for (const auto& b : batches) {
       EXPECT_EQ(b.num_batches(), 7u);
+      EXPECT_EQ(b.contract().contract_version(), kContractVersion);
+      EXPECT_EQ(b.contract().transfer_set().range_end(), 2000u);
+      EXPECT_EQ(b.contract().transfer_set().order_scheme(), kOrderScheme);
+      for (uint64_t id : b.example_ids()) {
+        EXPECT_EQ(id, static_cast<uint64_t>((*expected)[position++]));
+      }
       EXPECT_FLOAT_EQ(b.contract().temperature(), 2.f);
       EXPECT_EQ(b.labels().size(), static_cast<size_t>(b.example_ids_size()));
       EXPECT_EQ(b.pixels_u8().size(), static_cast<size_t>(b.example_ids_size()) * 784);

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/formats/checkpoint.h"
+#include "common/formats/contract.h"
 #include "common/tensor/dnnl_context.h"
 #include "common/util/status_macros.h"
 #include "spdlog/spdlog.h"
@@ -56,7 +57,16 @@ ABSL_FLAG(uint64_t, seed, 1, "Seed for initialisation, data order, jitter and dr
 ABSL_FLAG(int64_t, eval_every, 1, "Evaluate on the test set every N epochs");
 ABSL_FLAG(std::string, checkpoint, "", "Checkpoint path, rewritten atomically every epoch");
 ABSL_FLAG(std::string, metrics_csv, "", "CSV of per-epoch metrics");
-ABSL_FLAG(bool, resume, false, "Continue from --checkpoint if it exists");
+ABSL_FLAG(bool, resume, false,
+          "Continue from --checkpoint if it exists. Refused when a setting that shapes the "
+          "trajectory (architecture, seed, optimizer and its hyperparameters, batch size, "
+          "dropout, jitter, schedule, epochs, temperatures, alpha, the data) differs from the "
+          "checkpoint's, unless named in --resume_allow_changes; another CPU ISA or thread "
+          "count only warns (the bits will differ from an uninterrupted run's)");
+ABSL_FLAG(std::vector<std::string>, resume_allow_changes, {},
+          "With --resume: settings that may differ from the checkpoint's, by flag name, e.g. "
+          "epochs,lr (also: warmup_steps, momentum_ramp_steps, examples_per_epoch, "
+          "batches_per_epoch, data). The optimizer kind can never change");
 ABSL_FLAG(int32_t, threads, 2, "Compute threads (set explicitly when processes share cores)");
 
 namespace distillery {
@@ -106,6 +116,7 @@ absl::StatusOr<TrainerConfig> TrainerConfigFromFlags() {
   c.resume = absl::GetFlag(FLAGS_resume);
   c.weight_decay = static_cast<float>(absl::GetFlag(FLAGS_weight_decay));
   c.best_checkpoint_path = absl::GetFlag(FLAGS_best_checkpoint);
+  c.resume_allow_changes = absl::GetFlag(FLAGS_resume_allow_changes);
   c.warmup_epochs = absl::GetFlag(FLAGS_warmup_epochs);
   c.momentum_ramp_epochs = absl::GetFlag(FLAGS_momentum_ramp_epochs);
   return c;
@@ -154,6 +165,7 @@ absl::Status RunTraining(const std::string& role) {
   config.role = role;
   SetComputeThreads(ThreadsFromFlags());
   ASSIGN_OR_RETURN(TrainingData data, LoadDataFromFlags());
+  config.data_description = absl::StrCat("train set ", DatasetFingerprint(data.train));
   spdlog::info("{}: {} training images of {} from {} (range {}), {} validation, {} test images",
                role, data.train.num_examples, ShapeString(data.train.example_shape()),
                absl::GetFlag(FLAGS_data_dir),

@@ -33,6 +33,35 @@ absl::Status DnnlErrorToStatus(const char* what, const dnnl::error& e) {
       absl::StrCat("oneDNN failed in ", what, ": ", e.what(), " (status ", e.status, ")"));
 }
 
+int ComputeThreads() { return omp_get_max_threads(); }
+
+std::string CpuIsaName() {
+  switch (dnnl::get_effective_cpu_isa()) {
+    case dnnl::cpu_isa::sse41:
+      return "sse41";
+    case dnnl::cpu_isa::avx:
+      return "avx";
+    case dnnl::cpu_isa::avx2:
+      return "avx2";
+    case dnnl::cpu_isa::avx2_vnni:
+      return "avx2_vnni";
+    case dnnl::cpu_isa::avx512_mic:
+      return "avx512_mic";
+    case dnnl::cpu_isa::avx512_mic_4ops:
+      return "avx512_mic_4ops";
+    case dnnl::cpu_isa::avx512_core:
+      return "avx512_core";
+    case dnnl::cpu_isa::avx512_core_vnni:
+      return "avx512_core_vnni";
+    case dnnl::cpu_isa::avx512_core_bf16:
+      return "avx512_core_bf16";
+    case dnnl::cpu_isa::avx512_core_amx:
+      return "avx512_core_amx";
+    default:
+      return "isa_" + std::to_string(static_cast<int>(dnnl::get_effective_cpu_isa()));
+  }
+}
+
 void SetComputeThreads(int threads) {
   if (threads > 0) omp_set_num_threads(threads);
 }

@@ -6,6 +6,7 @@
 #ifndef DISTILLERY_COMMON_TENSOR_DNNL_CONTEXT_H_
 #define DISTILLERY_COMMON_TENSOR_DNNL_CONTEXT_H_
 
+#include <string>
 #include <unordered_map>
 
 #include "absl/status/status.h"
@@ -43,6 +44,11 @@ absl::Status DnnlErrorToStatus(const char* what, const dnnl::error& e);
 // Sets the number of threads oneDNN (OpenMP) uses in this process. 0 keeps
 // the OpenMP default.
 void SetComputeThreads(int threads);
+// The threads oneDNN (OpenMP) uses now (omp_get_max_threads).
+int ComputeThreads();
+// The instruction set oneDNN dispatches to on this machine
+// (dnnl::get_effective_cpu_isa), e.g. "avx512_core".
+std::string CpuIsaName();
 
 }  // namespace distillery
 

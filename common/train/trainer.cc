@@ -13,6 +13,7 @@
 #include "common/formats/checkpoint.h"
 #include "common/nn/losses.h"
 #include "common/nn/softmax.h"
+#include "common/train/resume.h"
 #include "common/util/bounded_queue.h"
 #include "common/util/random.h"
 #include "common/util/status_macros.h"
@@ -104,6 +105,7 @@ class TrainingRun {
   const Dataset& validation_;
   TrainingResult result_;
   NetworkSpec spec_;
+  TrainingSettings settings_;
   LearningRateSchedule schedule_;
   std::unique_ptr<Optimizer> optimizer_;
   std::vector<Parameter*> params_;
@@ -132,6 +134,7 @@ absl::Status TrainingRun::Setup() {
   }
   batches_per_epoch_ = source_.BatchesPerEpoch();
   total_steps_ = batches_per_epoch_ * config_.epochs;
+  settings_ = DescribeTrainingSettings(config_, source_.ExamplesPerEpoch(), batches_per_epoch_);
   schedule_ = config_.schedule;
   SgdConfig sgd = config_.sgd;
   AdamConfig adam = config_.adam;
@@ -164,6 +167,8 @@ absl::Status TrainingRun::Resume() {
         restored->spec().ArchitectureString(), " on ", ShapeString(restored->input_shape()),
         ", not ", spec_.ArchitectureString(), " on ", ShapeString(network.input_shape())));
   }
+  RETURN_IF_ERROR(
+      CheckResume(checkpoint, config_.checkpoint_path, settings_, config_.resume_allow_changes));
   std::vector<Parameter*> from = restored->Parameters(), to = network.Parameters();
   for (size_t i = 0; i < to.size(); ++i) to[i]->value = from[i]->value;
   std::vector<Buffer> from_b = restored->Buffers(), to_b = network.Buffers();
@@ -171,6 +176,7 @@ absl::Status TrainingRun::Resume() {
   RETURN_IF_ERROR(RestoreOptimizerState(checkpoint, network, optimizer_.get()));
   start_epoch_ = checkpoint.training_state().epochs_completed();
   step_ = checkpoint.training_state().steps_completed();
+  RETURN_IF_ERROR(TrimMetricsCsv(config_.metrics_csv_path, start_epoch_));
   if (config_.log_progress) {
     spdlog::info("resuming from {} after epoch {} (step {})", config_.checkpoint_path, start_epoch_,
                  step_);
@@ -298,6 +304,7 @@ absl::Status TrainingRun::FinishEpoch(int64_t epoch, EpochMetrics& metrics) {
     distill::v1::Checkpoint checkpoint =
         MakeCheckpoint(network, config_.role, optimizer_.get(), epoch + 1, step_, config_.seed);
     (*checkpoint.mutable_metadata())["test_errors"] = absl::StrCat(metrics.test_errors);
+    RecordTrainingSettings(settings_, &checkpoint);
     RETURN_IF_ERROR(SaveCheckpoint(config_.checkpoint_path, checkpoint));
   }
   if (!config_.metrics_csv_path.empty()) {

@@ -78,8 +78,14 @@ struct TrainerConfig {
   std::string best_checkpoint_path;
   // "teacher" or "student", recorded in the checkpoint.
   std::string role = "student";
-  // Continue from checkpoint_path if it exists (its architecture must match).
+  // Continue from checkpoint_path if it exists. Every setting that shapes the
+  // trajectory must equal the checkpoint's (common/train/resume.h) except
+  // those named in resume_allow_changes.
   bool resume = false;
+  std::vector<std::string> resume_allow_changes;
+  // What the training data is (e.g. "train[0,5000)"), recorded in the
+  // checkpoint and compared on resume like a setting ("data").
+  std::string data_description;
   // Print a line per epoch (spdlog info).
   bool log_progress = true;
   // Batches prepared ahead of training (gathering, jitter and the teacher's

@@ -40,9 +40,9 @@ import kubernetes_validate
 SCHEMA_VERSIONS = ["1.27.0", kubernetes_validate.latest_version()]
 # Flags the entry points set themselves (deploy/bin/distillery-*).
 ENTRY_POINT_FLAGS = {
-    "distillery-teacher": {"data_dir", "checkpoint", "metrics_csv"},
+    "distillery-teacher": {"data_dir", "checkpoint", "metrics_csv", "resume"},
     "distillery-student": {"teacher", "source", "num_shards", "shard_index", "data_dir",
-                           "checkpoint", "metrics_csv"},
+                           "checkpoint", "metrics_csv", "resume"},
 }
 
 problems = []
