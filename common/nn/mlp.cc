@@ -127,6 +127,17 @@ absl::Status Mlp::Forward(const Tensor& input, bool training, uint64_t noise_ste
   return absl::OkStatus();
 }
 
+absl::Status Mlp::Infer(const Tensor& input, const Tensor** logits) {
+  if (input.cols() != input_size()) {
+    return absl::InvalidArgumentError(absl::StrCat("network ", spec_.ArchitectureString(),
+                                                   " takes ", input_size(),
+                                                   " inputs per example, got ", input.cols()));
+  }
+  if (absl::Status s = inference_.Run(layers_, input, &inference_logits_); !s.ok()) return s;
+  *logits = &inference_logits_;
+  return absl::OkStatus();
+}
+
 absl::Status Mlp::Backward(const Tensor& grad_logits) {
   if (input_ == nullptr) return absl::FailedPreconditionError("Backward called before Forward");
   const Tensor* grad_output = &grad_logits;

@@ -5,6 +5,10 @@
 //   -> [Dropout(input_dropout)] -> Linear -> ReLU -> [Dropout(hidden_dropout)]
 //   -> ... -> Linear -> logits (batch x sizes.back())
 //
+// Inference (Infer, Predict) runs in fixed tiles of TiledInference's rows
+// (common/nn/tiled_inference.h), so that an example's logits do not depend
+// on the batch it is in; training (Forward, Backward) runs the batch whole.
+//
 // Thread-safety: an Mlp keeps its activations between Forward and Backward,
 // so it is used by one thread at a time. Forward-only users on several
 // threads each need their own copy (Clone()).
@@ -18,6 +22,7 @@
 #include "absl/status/statusor.h"
 #include "common/nn/layer.h"
 #include "common/nn/layers/linear_layer.h"
+#include "common/nn/tiled_inference.h"
 #include "common/tensor/dnnl_context.h"
 #include "common/tensor/tensor.h"
 
@@ -63,10 +68,17 @@ class Mlp {
   // `training` turns dropout on; `noise_step` keys its masks.
   absl::Status Forward(const Tensor& input, bool training, uint64_t noise_step,
                        const Tensor** logits);
-  // Inference convenience: Forward with training off.
-  absl::Status Predict(const Tensor& input, const Tensor** logits) {
-    return Forward(input, false, 0, logits);
-  }
+  // Batch-invariant inference: training off, run in tiles of
+  // inference_tile_rows() rows (the last one padded), so that on a given
+  // machine (instruction set, thread count) a row's logits depend on the
+  // weights and that row only, not on the batch size or the other rows.
+  // Points `*logits` at the result (batch x num_classes), owned by the
+  // network and valid until the next Infer. The activations of the last
+  // Forward (for Backward) are left alone.
+  absl::Status Infer(const Tensor& input, const Tensor** logits);
+  // The same as Infer (every inference path is batch-invariant).
+  absl::Status Predict(const Tensor& input, const Tensor** logits) { return Infer(input, logits); }
+  int64_t inference_tile_rows() const { return inference_.tile_rows(); }
 
   // Back-propagates d(loss)/d(logits) (batch x num_classes) through the last
   // Forward, overwriting every parameter's gradient.
@@ -94,6 +106,8 @@ class Mlp {
   const Tensor* input_ = nullptr;    // the last Forward's input, not owned
   std::vector<Tensor> activations_;  // activations_[i] is layer i's output
   std::vector<Tensor> gradients_;    // scratch for back-propagation
+  TiledInference inference_;
+  Tensor inference_logits_;  // Infer's result
 };
 
 }  // namespace distillery
