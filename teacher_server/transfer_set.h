@@ -23,7 +23,8 @@ namespace distillery {
 
 class TransferSet {
  public:
-  // Runs `teacher` over every image of `data` (batches of 1000, no jitter).
+  // Runs `teacher` over every image of `data` (Mlp::Infer, batches of 1000,
+  // no jitter): the same bits GetSoftTargets gives for the same image.
   static absl::StatusOr<std::unique_ptr<TransferSet>> Create(Dataset data, Mlp& teacher);
 
   const Dataset& data() const { return data_; }
