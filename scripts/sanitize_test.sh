@@ -18,5 +18,6 @@ cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 cmake --build "$BUILD" -j2
 echo "sanitize_test: built in $((SECONDS - start)) s"
 export OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE
-ctest --test-dir "$BUILD" --output-on-failure -j2 "$@"
+# The long load tests (label `long`) measure latency and memory, not memory errors.
+ctest --test-dir "$BUILD" --output-on-failure -j2 -LE long "$@"
 echo "sanitize_test: build and tests passed in $((SECONDS - start)) s"
