@@ -11,23 +11,11 @@
 #include "common/nn/softmax.h"
 #include "common/security/secret.h"
 #include "common/util/status_macros.h"
+#include "common/util/transient_marker.h"
 #include "spdlog/spdlog.h"
 
 namespace distillery {
 namespace {
-
-bool Retryable(grpc::StatusCode code) {
-  switch (code) {
-    case grpc::StatusCode::UNAVAILABLE:
-    case grpc::StatusCode::DEADLINE_EXCEEDED:
-    case grpc::StatusCode::RESOURCE_EXHAUSTED:
-    case grpc::StatusCode::ABORTED:
-    case grpc::StatusCode::CANCELLED:
-      return true;
-    default:
-      return false;
-  }
-}
 
 // gRPC reports a failed TLS handshake as UNAVAILABLE, like a teacher that is
 // down; its message is the only way to tell them apart. Retrying does not
@@ -68,6 +56,22 @@ TemperatureSoftmax& ThreadSoftmax() {
 }
 
 }  // namespace
+
+bool IsRetryableStatus(const grpc::Status& status) {
+  switch (status.error_code()) {
+    case grpc::StatusCode::UNAVAILABLE:
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+    case grpc::StatusCode::ABORTED:
+    case grpc::StatusCode::CANCELLED:
+      return true;
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      // Only the teacher's overload answers; a message over the size limit
+      // (gRPC's own answer, unmarked) fails the same way every time.
+      return IsMarkedTransient(status.error_message());
+    default:
+      return false;
+  }
+}
 
 TeacherClient::TeacherClient(const TeacherClientConfig& config) : config_(config) {}
 
@@ -194,7 +198,7 @@ absl::Status TeacherClient::WithRetries(
     } else {
       closed_before_answer = 0;
     }
-    if (!Retryable(status.error_code())) return ToAbslStatus(status);
+    if (!IsRetryableStatus(status)) return ToAbslStatus(status);
     if (progressed != nullptr && progressed()) {
       give_up = absl::Now() + config_.give_up_after;
       backoff = config_.initial_backoff;

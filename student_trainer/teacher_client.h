@@ -3,7 +3,10 @@
 // deadline on every call and retries with backoff across replicas.
 //
 // Fault tolerance: a call that fails with UNAVAILABLE, DEADLINE_EXCEEDED,
-// RESOURCE_EXHAUSTED, ABORTED or CANCELLED is retried (on the next replica
+// ABORTED, CANCELLED, or RESOURCE_EXHAUSTED marked transient by the teacher
+// (common/util/transient_marker.h: a full queue, too many calls, the stream
+// time limit; not a message over the size limit, which fails at once) is
+// retried (on the next replica
 // when there are several) with exponential backoff and jitter, re-requesting
 // exactly the same batch, until `give_up_after` has passed without a single
 // successful call; then the call fails with UNAVAILABLE. A stream that made
@@ -52,6 +55,9 @@
 #include "grpcpp/grpcpp.h"
 
 namespace distillery {
+
+// Whether the client retries a call that ended with `status` (see above).
+bool IsRetryableStatus(const grpc::Status& status);
 
 struct TeacherClientConfig {
   // Comma-separated replicas ("10.0.0.5:50051,10.0.0.6:50051"), or one gRPC

@@ -1,6 +1,8 @@
 #include "teacher_server/dynamic_batcher.h"
 
 #include "absl/strings/str_cat.h"
+#include "common/tensor/dnnl_context.h"
+#include "common/util/transient_marker.h"
 
 namespace distillery {
 
@@ -21,7 +23,8 @@ void DynamicBatcher::Stop() {
   if (worker_.joinable()) worker_.join();
 }
 
-absl::Status DynamicBatcher::Submit(Tensor inputs, Callback done) {
+absl::Status DynamicBatcher::Submit(Tensor inputs, Callback done, absl::Time deadline,
+                                    std::function<bool()> cancelled) {
   const int64_t rows = inputs.rows();
   if (rows < 1 || rows > config_.max_batch_examples) {
     return absl::InvalidArgumentError(
@@ -32,11 +35,12 @@ absl::Status DynamicBatcher::Submit(Tensor inputs, Callback done) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (stopping_) return absl::UnavailableError("the teacher is shutting down");
     if (queued_examples_ + rows > config_.max_queued_examples) {
-      return absl::ResourceExhaustedError(absl::StrCat(
+      return absl::ResourceExhaustedError(MarkTransient(absl::StrCat(
           "the teacher's queue is full (", queued_examples_, " examples waiting, limit ",
-          config_.max_queued_examples, "); retry with backoff"));
+          config_.max_queued_examples, "); retry with backoff")));
     }
-    queue_.push_back(Request{std::move(inputs), std::move(done), absl::Now()});
+    queue_.push_back(
+        Request{std::move(inputs), std::move(done), absl::Now(), deadline, std::move(cancelled)});
     queued_examples_ += rows;
     depth = queued_examples_;
   }
@@ -46,6 +50,7 @@ absl::Status DynamicBatcher::Submit(Tensor inputs, Callback done) {
 }
 
 void DynamicBatcher::WorkerLoop() {
+  SetComputeThreads(config_.compute_threads);
   std::vector<Request> batch;
   while (true) {
     int64_t depth = 0;
@@ -77,6 +82,29 @@ void DynamicBatcher::WorkerLoop() {
 }
 
 void DynamicBatcher::RunBatch(std::vector<Request>& batch) {
+  // Answer, without computing them, the requests nobody waits for any more.
+  const absl::Time now = absl::Now();
+  int64_t dropped = 0;
+  size_t kept = 0;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    Request& r = batch[i];
+    if (r.cancelled && r.cancelled()) {
+      r.done(absl::CancelledError("the call was cancelled while queued"), nullptr);
+      ++dropped;
+    } else if (now >= r.deadline) {
+      r.done(absl::DeadlineExceededError(absl::StrCat("the call's deadline passed after ",
+                                                      absl::FormatDuration(now - r.arrival),
+                                                      " in the teacher's queue")),
+             nullptr);
+      ++dropped;
+    } else {
+      if (kept != i) batch[kept] = std::move(r);
+      ++kept;
+    }
+  }
+  batch.resize(kept);
+  if (dropped > 0 && observer_.on_dropped) observer_.on_dropped(dropped);
+  if (batch.empty()) return;
   int64_t rows = 0;
   for (const Request& r : batch) rows += r.inputs.rows();
   const Tensor* inputs = &batch.front().inputs;
@@ -92,7 +120,7 @@ void DynamicBatcher::RunBatch(std::vector<Request>& batch) {
     inputs = &merged_;
   }
   const Tensor* logits = nullptr;
-  const absl::Status status = network_->Predict(*inputs, &logits);
+  const absl::Status status = network_->Infer(*inputs, &logits);
   if (observer_.on_forward_pass) {
     observer_.on_forward_pass(rows, static_cast<int64_t>(batch.size()));
   }

@@ -2,6 +2,11 @@
 // shared forward passes of the teacher, up to a largest batch or a longest
 // wait, whichever comes first.
 //
+// Forward passes go through Network::Infer (fixed tiles), so a request's
+// answer does not depend on the requests it is merged with. Requests whose
+// deadline has passed, or whose caller has gone, when their batch is formed
+// are answered DEADLINE_EXCEEDED or CANCELLED without being computed.
+//
 // Thread-safety: Submit may be called from any thread. Callbacks run on the
 // batcher's own worker thread, one at a time, and must not block for long.
 #ifndef DISTILLERY_TEACHER_SERVER_DYNAMIC_BATCHER_H_
@@ -29,12 +34,19 @@ struct BatcherConfig {
   // Examples waiting in the queue at most; beyond, Submit answers
   // RESOURCE_EXHAUSTED instead of queueing without end.
   int64_t max_queued_examples = 65536;
+  // Compute threads of the worker's forward passes (0 = the process
+  // default). Set on the worker thread itself: OpenMP's thread count is
+  // per thread, and the transfer set's logits, computed on the main thread
+  // with the same count, must be the same bits.
+  int compute_threads = 0;
 };
 
 // Observations for metrics; any member may be empty.
 struct BatcherObserver {
   std::function<void(int64_t examples, int64_t requests)> on_forward_pass;
   std::function<void(int64_t queued_examples)> on_queue_depth;
+  // Requests dropped unanswered: their deadline passed or they were cancelled.
+  std::function<void(int64_t requests)> on_dropped;
 };
 
 class DynamicBatcher {
@@ -53,7 +65,11 @@ class DynamicBatcher {
   // Queues `inputs` (rows x input_size, 1 <= rows <= max_batch_examples).
   // Returns RESOURCE_EXHAUSTED (queue full) or UNAVAILABLE (stopping)
   // without calling `done`; otherwise `done` is called exactly once later.
-  absl::Status Submit(Tensor inputs, Callback done);
+  // When the batch is formed after `deadline`, or `cancelled` (may be empty;
+  // called on the worker thread) returns true, the request is not computed
+  // and `done` gets DEADLINE_EXCEEDED or CANCELLED.
+  absl::Status Submit(Tensor inputs, Callback done, absl::Time deadline = absl::InfiniteFuture(),
+                      std::function<bool()> cancelled = {});
 
   // Stops accepting requests, finishes those queued, and joins the worker.
   void Stop();
@@ -63,6 +79,8 @@ class DynamicBatcher {
     Tensor inputs;
     Callback done;
     absl::Time arrival;
+    absl::Time deadline;
+    std::function<bool()> cancelled;
   };
   void WorkerLoop();
   void RunBatch(std::vector<Request>& batch);

@@ -47,7 +47,10 @@ ABSL_FLAG(int32_t, max_message_mb, 16,
           "1024 MNIST images as float inputs is 3.2 MB)");
 ABSL_FLAG(double, max_stream_seconds, 300,
           "serve: a transfer-set stream ends with RESOURCE_EXHAUSTED after this long (students "
-          "resume at the next batch); a stalled one is cancelled 5 s later");
+          "resume at the next batch)");
+ABSL_FLAG(double, stream_stall_seconds, 5,
+          "serve: a transfer-set stream whose reader has not taken a batch for this long is "
+          "cancelled (frees its in-flight slot)");
 ABSL_FLAG(std::string, tls_cert_file, "",
           "serve: PEM certificate chain: serve TLS on --address (needs --tls_key_file)");
 ABSL_FLAG(std::string, tls_key_file, "", "serve: PEM private key of --tls_cert_file");
@@ -127,6 +130,7 @@ int Serve() {
   config.keepalive_time = absl::Seconds(absl::GetFlag(FLAGS_keepalive_seconds));
   config.max_connection_age = absl::Seconds(absl::GetFlag(FLAGS_max_connection_age_seconds));
   config.service.max_stream_duration = absl::Seconds(absl::GetFlag(FLAGS_max_stream_seconds));
+  config.service.stream_stall_timeout = absl::Seconds(absl::GetFlag(FLAGS_stream_stall_seconds));
   config.tls.cert_file = absl::GetFlag(FLAGS_tls_cert_file);
   config.tls.key_file = absl::GetFlag(FLAGS_tls_key_file);
   config.tls.client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
@@ -138,10 +142,11 @@ int Serve() {
     return 2;
   }
   if (config.service.max_inflight_calls < 1 || config.batcher.max_queued_examples < 1 ||
-      config.service.max_stream_duration <= absl::ZeroDuration()) {
+      config.service.max_stream_duration <= absl::ZeroDuration() ||
+      config.service.stream_stall_timeout <= absl::ZeroDuration()) {
     spdlog::error(
-        "bad serve flags: --max_inflight_calls, --max_queued_examples and --max_stream_seconds "
-        "must be > 0");
+        "bad serve flags: --max_inflight_calls, --max_queued_examples, --max_stream_seconds and "
+        "--stream_stall_seconds must be > 0");
     return 2;
   }
   if (absl::Status s = distillery::ValidateTemperature(config.service.default_temperature);

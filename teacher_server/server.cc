@@ -103,7 +103,9 @@ absl::Status RunServer(const ServeConfig& config) {
   };
   observer.on_queue_depth = [metrics_ptr](int64_t depth) { metrics_ptr->SetQueueDepth(depth); };
   ASSIGN_OR_RETURN(std::unique_ptr<Network> batcher_network, teacher->Clone());
-  DynamicBatcher batcher(std::move(batcher_network), config.batcher, observer);
+  BatcherConfig batcher_config = config.batcher;
+  batcher_config.compute_threads = config.threads;
+  DynamicBatcher batcher(std::move(batcher_network), batcher_config, observer);
   TeacherServiceConfig service_config = config.service;
   service_config.max_batch_examples = static_cast<uint32_t>(
       std::min<int64_t>(service_config.max_batch_examples, config.batcher.max_batch_examples));

@@ -8,6 +8,7 @@
 #include "common/formats/target_codec.h"
 #include "common/nn/softmax.h"
 #include "common/util/status_macros.h"
+#include "common/util/transient_marker.h"
 #include "grpcpp/alarm.h"
 
 namespace distillery {
@@ -34,7 +35,13 @@ TeacherService::TeacherService(const TeacherServiceConfig& config, const Teacher
       batcher_(batcher),
       transfer_set_(transfer_set),
       metrics_(metrics),
-      auth_(auth) {}
+      auth_(auth) {
+  for (int p = 0; p < 256; ++p) {
+    pixel_values_[p] = identity.input_scale == 1.f / 255.f
+                           ? static_cast<float>(p) / 255.f
+                           : static_cast<float>(p) * identity.input_scale;
+  }
+}
 
 absl::Status TeacherService::Authenticate(const grpc::CallbackServerContext& context,
                                           const char* method) {
@@ -63,8 +70,8 @@ absl::Status TeacherService::Admit() {
   const int64_t now = ++inflight_;
   if (now > config_.max_inflight_calls) {
     --inflight_;
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the teacher serves ", config_.max_inflight_calls, " calls at most; retry with backoff"));
+    return absl::ResourceExhaustedError(MarkTransient(absl::StrCat(
+        "the teacher serves ", config_.max_inflight_calls, " calls at most; retry with backoff")));
   }
   if (metrics_ != nullptr) metrics_->SetInflightCalls(now);
   return absl::OkStatus();
@@ -145,7 +152,7 @@ absl::Status TeacherService::DecodeInputs(const distill::v1::SoftTargetsRequest&
   float* out = inputs->data();
   if (has_pixels) {
     const auto* pixels = reinterpret_cast<const unsigned char*>(request.pixels_u8().data());
-    for (int64_t i = 0; i < n * width; ++i) out[i] = pixels[i] * identity_.input_scale;
+    for (int64_t i = 0; i < n * width; ++i) out[i] = pixel_values_[pixels[i]];
     return absl::OkStatus();
   }
   for (int64_t i = 0; i < n * width; ++i) {
@@ -186,9 +193,12 @@ grpc::ServerUnaryReactor* TeacherService::GetSoftTargets(
   if (!contract.ok()) return fail(contract.status());
   const int64_t examples = inputs.rows();
   *response->mutable_contract() = *contract;
-  absl::Status submitted =
-      batcher_->Submit(std::move(inputs), [this, reactor, response, examples, started](
-                                              const absl::Status& status, const Tensor* logits) {
+  // A call whose deadline passes, or that the client cancels, while queued
+  // is answered without a forward pass.
+  absl::Status submitted = batcher_->Submit(
+      std::move(inputs),
+      [this, reactor, response, examples, started](const absl::Status& status,
+                                                   const Tensor* logits) {
         absl::Status result = status;
         if (result.ok()) {
           result = EncodeTargets(*logits, response->contract(), &ThreadSoftmax(),
@@ -196,7 +206,8 @@ grpc::ServerUnaryReactor* TeacherService::GetSoftTargets(
         }
         CallFinished("GetSoftTargets", result, examples, started);
         reactor->Finish(ToGrpcStatus(result));
-      });
+      },
+      absl::FromChrono(context->deadline()), [context] { return context->IsCancelled(); });
   if (!submitted.ok()) return fail(submitted);
   return reactor;
 }
@@ -204,8 +215,8 @@ grpc::ServerUnaryReactor* TeacherService::GetSoftTargets(
 // Writes the batches of one shard of one epoch, one at a time: the next is
 // built and written only when gRPC has taken the previous (flow control).
 // After max_stream_duration the stream ends with RESOURCE_EXHAUSTED (the
-// student resumes at the next batch); a stream whose reader stalls so that
-// no write completes is cancelled kStallGrace later by an alarm.
+// student resumes at the next batch); a stream whose reader stalls, so that
+// a write is not taken within stream_stall_timeout, is cancelled by an alarm.
 class TeacherService::TransferStream : public grpc::ServerWriteReactor<distill::v1::TransferBatch> {
  public:
   TransferStream(TeacherService* service, grpc::CallbackServerContext* context,
@@ -225,18 +236,11 @@ class TeacherService::TransferStream : public grpc::ServerWriteReactor<distill::
       Finish(status);
       return;
     }
-    // The alarm's callback may run after this reactor is gone: it holds the
-    // guard, which OnDone disarms.
-    std::shared_ptr<StallGuard> guard = guard_;
-    alarm_.Set(absl::ToChronoTime(deadline_ + kStallGrace), [guard](bool fired) {
-      if (!fired) return;
-      std::lock_guard<std::recursive_mutex> lock(guard->mutex);
-      if (guard->context != nullptr) guard->context->TryCancel();
-    });
     WriteNext();
   }
 
   void OnWriteDone(bool ok) override {
+    stall_alarm_.reset();  // the write completed: disarm its guard
     if (!ok) {
       Finish(absl::CancelledError("the student stopped reading the stream"));
       return;
@@ -248,12 +252,11 @@ class TeacherService::TransferStream : public grpc::ServerWriteReactor<distill::
       std::lock_guard<std::recursive_mutex> lock(guard_->mutex);
       guard_->context = nullptr;
     }
-    alarm_.Cancel();
+    stall_alarm_.reset();
     delete this;
   }
 
  private:
-  static constexpr absl::Duration kStallGrace = absl::Seconds(5);
   struct StallGuard {
     std::recursive_mutex mutex;                      // TryCancel might end the call inline
     grpc::CallbackServerContext* context = nullptr;  // null once the call is done
@@ -290,10 +293,10 @@ class TeacherService::TransferStream : public grpc::ServerWriteReactor<distill::
     }
     if (absl::Now() >= deadline_) {
       Finish(absl::ResourceExhaustedError(
-          absl::StrCat("the stream reached the teacher's limit of ",
-                       absl::FormatDuration(service_->config_.max_stream_duration),
-                       " (--max_stream_seconds); ", next_batch_, " of ", num_batches_,
-                       " batches sent: resume with start_batch=", next_batch_)));
+          MarkTransient(absl::StrCat("the stream reached the teacher's limit of ",
+                                     absl::FormatDuration(service_->config_.max_stream_duration),
+                                     " (--max_stream_seconds); ", next_batch_, " of ", num_batches_,
+                                     " batches sent: resume with start_batch=", next_batch_))));
       return;
     }
     const TransferSet& set = *service_->transfer_set_;
@@ -325,7 +328,24 @@ class TeacherService::TransferStream : public grpc::ServerWriteReactor<distill::
     }
     examples_ += rows;
     ++next_batch_;
+    ArmStallGuard();
     StartWrite(&message_);
+  }
+
+  // A write that gRPC has not taken stream_stall_timeout after it started
+  // means the reader stopped reading: the stream is cancelled, freeing its
+  // in-flight slot. The alarm's callback may run after this reactor is
+  // gone: it holds the guard, which OnDone disarms. Replacing (or
+  // destroying) a pending alarm cancels it.
+  void ArmStallGuard() {
+    std::shared_ptr<StallGuard> guard = guard_;
+    stall_alarm_ = std::make_unique<grpc::Alarm>();
+    stall_alarm_->Set(absl::ToChronoTime(absl::Now() + service_->config_.stream_stall_timeout),
+                      [guard](bool fired) {
+                        if (!fired) return;
+                        std::lock_guard<std::recursive_mutex> lock(guard->mutex);
+                        if (guard->context != nullptr) guard->context->TryCancel();
+                      });
   }
 
   void Finish(const absl::Status& status) {
@@ -338,7 +358,7 @@ class TeacherService::TransferStream : public grpc::ServerWriteReactor<distill::
   const absl::Time started_;
   const absl::Time deadline_;
   std::shared_ptr<StallGuard> guard_;
-  grpc::Alarm alarm_;
+  std::unique_ptr<grpc::Alarm> stall_alarm_;  // armed while a write is pending
   std::vector<int64_t> ids_;
   uint64_t num_batches_ = 0;
   uint64_t next_batch_ = 0;

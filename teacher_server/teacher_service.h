@@ -30,12 +30,15 @@ struct TeacherServiceConfig {
   // Largest gRPC message in bytes (reported in ModelInfo). With the
   // in-flight limit it bounds what calls can hold: 256 x 16 MiB = 4 GiB.
   uint64_t max_message_bytes = 16 << 20;
-  // Calls served at once at most; beyond, RESOURCE_EXHAUSTED.
+  // Calls served at once at most; beyond, RESOURCE_EXHAUSTED (transient).
   int64_t max_inflight_calls = 256;
-  // A transfer-set stream is ended with RESOURCE_EXHAUSTED after this long
-  // (the student resumes it at the next batch); one whose reader stalls is
-  // cancelled a few seconds later.
+  // A transfer-set stream is ended with RESOURCE_EXHAUSTED (marked
+  // transient, common/util/transient_marker.h) after this long (the student
+  // resumes it at the next batch).
   absl::Duration max_stream_duration = absl::Minutes(5);
+  // A stream whose latest write gRPC has not taken after this long (its
+  // reader stopped reading) is cancelled, freeing its in-flight slot.
+  absl::Duration stream_stall_timeout = absl::Seconds(5);
 };
 
 // What the service knows about the teacher it serves.
@@ -104,6 +107,12 @@ class TeacherService final : public distill::v1::Teacher::CallbackService {
   const TransferSet* transfer_set_;
   TeacherMetrics* metrics_;
   const BearerTokenAuth* auth_;
+  // The network input of each pixel value: p / 255.f for the usual scale of
+  // 1/255, which is what training, evaluation and the transfer set compute
+  // (GatherBatch), so that an image sent as pixels gives the same bits as
+  // the same image in the transfer set (p * (1/255.f) differs from p / 255.f
+  // in the last bit for some p); p * input_scale otherwise.
+  float pixel_values_[256];
   std::atomic<bool> draining_{false};
   std::atomic<int64_t> inflight_{0};
 };

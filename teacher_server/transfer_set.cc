@@ -25,7 +25,7 @@ absl::StatusOr<std::unique_ptr<TransferSet>> TransferSet::Create(Dataset data, N
     std::iota(ids.begin(), ids.end(), begin);
     GatherBatch(data, ids, 0, nullptr, &inputs, nullptr);
     const Tensor* batch_logits = nullptr;
-    RETURN_IF_ERROR(teacher.Predict(inputs, &batch_logits));
+    RETURN_IF_ERROR(teacher.Infer(inputs, &batch_logits));
     std::copy(batch_logits->data(), batch_logits->data() + batch_logits->size(), logits.row(begin));
   }
   distill::v1::TransferSetIdentity identity;

@@ -26,7 +26,8 @@ namespace distillery {
 
 class TransferSet {
  public:
-  // Runs `teacher` over every image of `data` (batches of 1000, no jitter).
+  // Runs `teacher` over every image of `data` (Network::Infer, batches of
+  // 1000, no jitter): the same bits GetSoftTargets gives for the same image.
   // `range_begin` is the index of data's first example in the teacher's
   // training data (for identity()).
   static absl::StatusOr<std::unique_ptr<TransferSet>> Create(Dataset data, Network& teacher,

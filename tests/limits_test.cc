@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "common/formats/checkpoint.h"
+#include "common/util/transient_marker.h"
 #include "distill/v1/teacher.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
@@ -72,6 +73,9 @@ TEST_F(LimitsTest, LargestMessageIsResourceExhausted) {
   // 2000 images of 784 bytes: 1.5 MiB, over the 1 MiB limit.
   const grpc::Status status = Call(Request(2000));
   EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+  // Deterministic: not marked transient, and the client does not retry it.
+  EXPECT_FALSE(IsMarkedTransient(status.error_message())) << status.error_message();
+  EXPECT_FALSE(IsRetryableStatus(status)) << status.error_message();
   EXPECT_TRUE(Call(Request(256)).ok());
   ExpectStillServing();
 }
@@ -83,6 +87,31 @@ TEST_F(LimitsTest, MaxBatchThatCannotFitTheMessageLimitIsRefusedAtStart) {
                             {"--checkpoint=" + *checkpoint_, "--metrics_address=", "--threads=1",
                              "--max_message_mb=1", "--max_batch=4096"},
                             testing::TempDir()));
+}
+
+TEST_F(LimitsTest, ClientDoesNotRetryAMessageOverTheLimit) {
+  StartTeacher({"--max_message_mb=1", "--max_batch=256", "--transfer_range=0:100"});
+  TeacherClientConfig config;
+  config.target = server_.target();
+  // A retrying client would keep at it for a minute, then answer UNAVAILABLE.
+  config.give_up_after = absl::Seconds(60);
+  auto client = TeacherClient::Connect(config);
+  ASSERT_TRUE(client.ok()) << client.status();
+  Tensor probabilities;
+  const absl::Status status =
+      (*client)->SoftTargets(std::string(2000 * 784, '\x20'), 2000, 1.f, &probabilities);
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
+  EXPECT_EQ((*client)->retries(), 0);
+  EXPECT_TRUE((*client)->SoftTargets(std::string(10 * 784, '\x20'), 10, 1.f, &probabilities).ok());
+}
+
+TEST(LimitsRetryTest, OnlyMarkedResourceExhaustedIsRetried) {
+  EXPECT_TRUE(IsRetryableStatus(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                             MarkTransient("the teacher's queue is full"))));
+  EXPECT_FALSE(IsRetryableStatus(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                              "Received message larger than max (1 vs. 0)")));
+  EXPECT_TRUE(IsRetryableStatus(grpc::Status(grpc::StatusCode::UNAVAILABLE, "down")));
+  EXPECT_FALSE(IsRetryableStatus(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "bad")));
 }
 
 TEST_F(LimitsTest, LargestBatchIsInvalidArgument) {
@@ -112,6 +141,7 @@ TEST_F(LimitsTest, CallsInFlightOverTheLimitAreResourceExhausted) {
   const grpc::Status third = Call(Request(8));
   for (auto& t : callers) t.join();
   EXPECT_EQ(third.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << third.error_message();
+  EXPECT_TRUE(IsMarkedTransient(third.error_message())) << third.error_message();
   EXPECT_TRUE(statuses[0].ok()) << statuses[0].error_message();
   EXPECT_TRUE(statuses[1].ok()) << statuses[1].error_message();
   ExpectStillServing();
@@ -135,6 +165,7 @@ TEST_F(LimitsTest, LongestStreamEndsWithResourceExhaustedAndTheClientResumes) {
     }
     const grpc::Status status = reader->Finish();
     EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+    EXPECT_TRUE(IsRetryableStatus(status)) << status.error_message();
     EXPECT_NE(status.error_message().find("start_batch=" + std::to_string(batches)),
               std::string::npos)
         << status.error_message() << " after " << batches << " batches";
@@ -170,9 +201,10 @@ TEST_F(LimitsTest, LongestStreamEndsWithResourceExhaustedAndTheClientResumes) {
 
 TEST_F(LimitsTest, StalledStreamIsCancelledAndItsSlotFreed) {
   // One call in flight at most: while the stalled stream holds the slot,
-  // other calls are refused; once the teacher cancels it (0.3 s + 5 s grace)
-  // they are served again.
-  StartTeacher({"--max_stream_seconds=0.3", "--transfer_range=0:2000", "--max_batch=256",
+  // other calls are refused; once the teacher cancels it (5 s after its
+  // last write stalled, --stream_stall_seconds; not --max_stream_seconds,
+  // 300 s here, plus 5 s) they are served again.
+  StartTeacher({"--max_stream_seconds=300", "--transfer_range=0:2000", "--max_batch=256",
                 "--max_inflight_calls=1"});
   distill::v1::TransferSetRequest request;
   request.set_num_shards(1);

@@ -5,7 +5,11 @@
 // after the warm-up and at the end within 10% of each other; prints p50 and
 // p99 latency over every call of every student.
 //
+// A second run sends calls of 1..1024 images drawn at random (8 students, one
+// call in flight each) and checks the same.
+//
 // LOAD_TEST_SECONDS (default 20) sets the measured time, after a 5 s warm-up;
+// LOAD_TEST_RANDOM_SECONDS (default 20) that of the random-size run;
 // LOAD_TEST_PLAINTEXT=1 runs without TLS and token (to measure their cost).
 #include <sys/stat.h>
 
@@ -44,11 +48,21 @@ double Percentile(const std::vector<int64_t>& sorted, double p) {
   return static_cast<double>(sorted[std::min(sorted.size(), std::max<size_t>(rank, 1)) - 1]);
 }
 
-TEST(LoadTest, EightStudentsFourCallsInFlightEachNoFailuresSteadyMemory) {
+// One load run: kStudents load_client processes with `concurrency` calls in
+// flight each, of `batch` images (1..batch when `random_batch`), for
+// `seconds` after the warm-up.
+struct LoadRun {
+  int concurrency;
+  int batch;
+  bool random_batch;
+  int seconds;
+  int warmup_seconds = 5;
+};
+
+void RunLoad(const LoadRun& run) {
   constexpr int kStudents = 8;
-  constexpr int kWarmupSeconds = 5;
-  const char* env_seconds = std::getenv("LOAD_TEST_SECONDS");
-  const int seconds = env_seconds != nullptr ? std::atoi(env_seconds) : 20;
+  const int warmup_seconds = run.warmup_seconds;
+  const int seconds = run.seconds;
   ASSERT_GT(seconds, 0);
   ASSERT_LE(seconds, 600);  // bounded
   const char* env_plaintext = std::getenv("LOAD_TEST_PLAINTEXT");
@@ -86,10 +100,11 @@ TEST(LoadTest, EightStudentsFourCallsInFlightEachNoFailuresSteadyMemory) {
   for (int s = 0; s < kStudents; ++s) {
     const std::string name = dir + "/student" + std::to_string(s);
     std::vector<std::string> args = {"--teacher=" + teacher.target(),
-                                     "--seconds=" + std::to_string(kWarmupSeconds + seconds),
-                                     "--warmup_seconds=" + std::to_string(kWarmupSeconds),
-                                     "--concurrency=4",
-                                     "--batch=128",
+                                     "--seconds=" + std::to_string(warmup_seconds + seconds),
+                                     "--warmup_seconds=" + std::to_string(warmup_seconds),
+                                     "--concurrency=" + std::to_string(run.concurrency),
+                                     "--batch=" + std::to_string(run.batch),
+                                     run.random_batch ? "--random_batch" : "--norandom_batch",
                                      "--seed=" + std::to_string(s + 1),
                                      "--latencies_file=" + name + ".latencies"};
     args.insert(args.end(), credentials.begin(), credentials.end());
@@ -97,7 +112,7 @@ TEST(LoadTest, EightStudentsFourCallsInFlightEachNoFailuresSteadyMemory) {
         ServerProcess::SpawnLogged(DISTILLERY_LOAD_CLIENT_BINARY, args, name + ".log"));
     ASSERT_NE(students.back(), 0);
   }
-  std::this_thread::sleep_for(std::chrono::seconds(kWarmupSeconds));
+  std::this_thread::sleep_for(std::chrono::seconds(warmup_seconds));
   const int64_t rss_before = RssKib(teacher.pid());
   // The teacher's RSS every 5 s until the students are done.
   std::vector<int64_t> rss_samples = {rss_before};
@@ -143,12 +158,13 @@ TEST(LoadTest, EightStudentsFourCallsInFlightEachNoFailuresSteadyMemory) {
   std::sort(latencies.begin(), latencies.end());
   const double change = static_cast<double>(rss_after - rss_before) / rss_before;
   std::printf(
-      "load test: %d students x 4 in flight, batch 128, %d s after a %d s warm-up, %s\n"
+      "load test: %d students x %d in flight, batch %s%d, %d s after a %d s warm-up, %s\n"
       "  calls %zu (%.1f/s), failed students %lld\n"
       "  latency p50 %.2f ms, p99 %.2f ms, max %.2f ms\n"
       "  teacher RSS idle %lld KiB, after warm-up %lld KiB, at the end %lld KiB (%+.1f%%)\n"
       "  teacher RSS every 5 s from the warm-up's end (KiB):%s\n",
-      kStudents, seconds, kWarmupSeconds, tls ? "TLS + token" : "plaintext", latencies.size(),
+      kStudents, run.concurrency, run.random_batch ? "1.." : "", run.batch, seconds, warmup_seconds,
+      tls ? "TLS + token" : "plaintext", latencies.size(),
       static_cast<double>(latencies.size()) / seconds, static_cast<long long>(failed_students),
       Percentile(latencies, 0.5) / 1000, Percentile(latencies, 0.99) / 1000,
       static_cast<double>(latencies.back()) / 1000, static_cast<long long>(rss_idle),
@@ -161,6 +177,25 @@ TEST(LoadTest, EightStudentsFourCallsInFlightEachNoFailuresSteadyMemory) {
   const int exit_status = teacher.Stop(SIGTERM);
   EXPECT_TRUE(WIFEXITED(exit_status) && WEXITSTATUS(exit_status) == 0)
       << ReadFile(dir + "/teacher.log");
+}
+
+int EnvSeconds(const char* name, int fallback) {
+  const char* value = std::getenv(name);
+  return value != nullptr ? std::atoi(value) : fallback;
+}
+
+TEST(LoadTest, EightStudentsFourCallsInFlightEachNoFailuresSteadyMemory) {
+  RunLoad({/*concurrency=*/4, /*batch=*/128, /*random_batch=*/false,
+           EnvSeconds("LOAD_TEST_SECONDS", 20)});
+}
+
+// Every batch size from 1 to the teacher's --max_batch (1024), drawn at
+// random: the teacher's memory stays flat (its layers keep one tile shape
+// of primitives, not one per batch size).
+TEST(LoadTest, RandomSizesOneTo1024NoFailuresSteadyMemory) {
+  // A longer warm-up: gRPC's buffers grow for the first large messages.
+  RunLoad({/*concurrency=*/1, /*batch=*/1024, /*random_batch=*/true,
+           EnvSeconds("LOAD_TEST_RANDOM_SECONDS", 20), /*warmup_seconds=*/10});
 }
 
 }  // namespace

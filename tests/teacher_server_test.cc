@@ -2,6 +2,7 @@
 // gRPC client: soft targets, their encodings, the transfer set, bad input,
 // overload and a graceful drain.
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <set>
 #include <thread>
@@ -303,6 +304,111 @@ std::vector<distill::v1::TransferBatch> ReadStream(Teacher::Stub* stub,
   while (reader->Read(&batch)) batches.push_back(batch);
   *status = reader->Finish();
   return batches;
+}
+
+// Batch invariance through the real server (issue 13): one transfer-set
+// image's logits, asked alone, inside batches merged with other students'
+// rows (two threads calling at once against a teacher that waits 100 ms to
+// merge), at several positions, and precomputed in the transfer set, are the
+// same bits. CTest runs this again under ONEDNN_MAX_CPU_ISA=AVX2.
+TEST_F(TeacherServerTest, InvarianceOneRowAloneMergedAndPrecomputedGivesTheSameBits) {
+  auto mnist = LoadMnistFormatDirectory(DISTILLERY_MNIST_DIR);
+  ASSERT_TRUE(mnist.ok()) << mnist.status();
+  const Dataset& train = mnist->train;  // the transfer set is [0, 2000)
+  constexpr int64_t kImage = 1234;
+  ServerProcess merging;
+  ASSERT_TRUE(merging.Start(
+      DISTILLERY_TEACHER_SERVER_BINARY,
+      {"--checkpoint=" + *checkpoint_path_, "--data_dir=" DISTILLERY_MNIST_DIR,
+       "--transfer_range=0:2000", "--metrics_address=", "--max_batch=1024", "--batch_wait_ms=100",
+       // not OMP_NUM_THREADS (2): the batcher's thread
+       // must use this count too
+       "--threads=1"},
+      testing::TempDir()));
+  auto stub =
+      Teacher::NewStub(grpc::CreateChannel(merging.target(), grpc::InsecureChannelCredentials()));
+  // A request of `n` training images starting at `first`, with kImage at
+  // `position`, asking for float32 logits.
+  auto request_with = [&](int64_t first, int64_t n, int64_t position) {
+    SoftTargetsRequest request;
+    request.set_num_examples(static_cast<uint32_t>(n));
+    std::string pixels;
+    for (int64_t r = 0; r < n; ++r) {
+      const int64_t id = r == position ? kImage : first + r;
+      pixels.append(reinterpret_cast<const char*>(train.image(id)),
+                    static_cast<size_t>(train.input_size()));
+    }
+    request.set_pixels_u8(pixels);
+    request.mutable_options()->set_representation(distill::v1::LOGITS);
+    request.mutable_options()->set_dtype(distill::v1::FLOAT32);
+    return request;
+  };
+  auto row_of = [](const SoftTargetsResponse& response, int64_t position) {
+    const auto& values = response.targets().values();
+    const int64_t width = response.targets().width();
+    return std::vector<float>(values.begin() + position * width,
+                              values.begin() + (position + 1) * width);
+  };
+  auto call = [&](const SoftTargetsRequest& request, SoftTargetsResponse* response) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    return stub->GetSoftTargets(&context, request, response);
+  };
+  SoftTargetsResponse response;
+  ASSERT_TRUE(call(request_with(0, 1, 0), &response).ok());
+  const std::vector<float> alone = row_of(response, 0);
+  ASSERT_EQ(alone.size(), 10u);
+
+  // Two students at once, each batch holding kImage at another position.
+  struct Case {
+    int64_t first, n, position;
+  };
+  const std::vector<std::vector<Case>> students = {
+      {{0, 7, 3}, {100, 300, 299}, {500, 129, 128}, {700, 1, 0}},
+      {{40, 200, 0}, {900, 600, 417}, {1500, 33, 32}, {1600, 128, 64}}};
+  std::vector<std::vector<std::vector<float>>> answers(2);
+  std::vector<std::thread> threads;
+  for (int s = 0; s < 2; ++s) {
+    threads.emplace_back([&, s] {
+      for (const Case& c : students[s]) {
+        SoftTargetsResponse r;
+        const grpc::Status status = call(request_with(c.first, c.n, c.position), &r);
+        EXPECT_TRUE(status.ok()) << status.error_message();
+        answers[s].push_back(status.ok() ? row_of(r, c.position) : std::vector<float>());
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int s = 0; s < 2; ++s) {
+    for (size_t i = 0; i < students[s].size(); ++i) {
+      ASSERT_EQ(answers[s][i].size(), alone.size());
+      EXPECT_EQ(std::memcmp(answers[s][i].data(), alone.data(), alone.size() * sizeof(float)), 0)
+          << "student " << s << " batch of " << students[s][i].n << ", row at "
+          << students[s][i].position << ": " << answers[s][i][0] << " vs " << alone[0];
+    }
+  }
+
+  // The transfer set's precomputed logits of the same image.
+  distill::v1::TransferSetRequest stream;
+  stream.set_num_shards(1);
+  stream.set_batch_size(1000);
+  stream.mutable_options()->set_representation(distill::v1::LOGITS);
+  stream.mutable_options()->set_dtype(distill::v1::FLOAT32);
+  grpc::Status status;
+  const auto batches = ReadStream(stub.get(), stream, &status);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  bool found = false;
+  for (const auto& b : batches) {
+    for (int r = 0; r < b.example_ids_size(); ++r) {
+      if (b.example_ids(r) != static_cast<uint64_t>(kImage)) continue;
+      found = true;
+      const float* precomputed = b.targets().values().data() + r * b.targets().width();
+      EXPECT_EQ(std::memcmp(precomputed, alone.data(), alone.size() * sizeof(float)), 0)
+          << precomputed[0] << " vs " << alone[0];
+    }
+  }
+  EXPECT_TRUE(found);
+  merging.Stop();
 }
 
 TEST_F(TeacherServerTest, TransferSetShardsPartitionTheEpochDeterministically) {

@@ -87,8 +87,7 @@ absl::StatusOr<std::unique_ptr<Network>> Network::Create(const NetworkSpec& spec
   return network;
 }
 
-absl::Status Network::Forward(const Tensor& input, bool training, uint64_t noise_step,
-                              const Tensor** logits) {
+absl::StatusOr<const Tensor*> Network::Shaped(const Tensor& input, Tensor* scratch) const {
   if (input.cols() != input_size()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "network ", spec_.ArchitectureString(), " takes ", input_size(), " inputs per example (",
@@ -98,13 +97,22 @@ absl::Status Network::Forward(const Tensor& input, bool training, uint64_t noise
   // cols) for images, whatever 2-D or 4-D reading the caller gave.
   Shape shape = {input.rows()};
   shape.insert(shape.end(), spec_.input_shape.begin(), spec_.input_shape.end());
-  if (input.shape() != shape) {
-    shaped_input_ = input;
-    shaped_input_.Reinterpret(shape);
-    input_ = &shaped_input_;
-  } else {
-    input_ = &input;
-  }
+  if (input.shape() == shape) return &input;
+  *scratch = input;
+  scratch->Reinterpret(shape);
+  return scratch;
+}
+
+absl::Status Network::Infer(const Tensor& input, const Tensor** logits) {
+  ASSIGN_OR_RETURN(const Tensor* shaped, Shaped(input, &inference_input_));
+  RETURN_IF_ERROR(inference_.Run(layers_, *shaped, &inference_logits_));
+  *logits = &inference_logits_;
+  return absl::OkStatus();
+}
+
+absl::Status Network::Forward(const Tensor& input, bool training, uint64_t noise_step,
+                              const Tensor** logits) {
+  ASSIGN_OR_RETURN(input_, Shaped(input, &shaped_input_));
   const Tensor* current = input_;
   for (size_t i = 0; i < layers_.size(); ++i) {
     if (training) layers_[i]->SetNoiseStep(noise_step);

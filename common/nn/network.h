@@ -8,6 +8,10 @@
 // Create checks every layer's shapes against the input shape before anything
 // trains (Layer::OutputShape), and that the output is a vector of classes.
 //
+// Inference (Infer, Predict) runs in fixed tiles of TiledInference's rows
+// (common/nn/tiled_inference.h), so that an example's logits do not depend
+// on the batch it is in; training (Forward, Backward) runs the batch whole.
+//
 // Thread-safety: a Network keeps its activations between Forward and
 // Backward, so it is used by one thread at a time. Forward-only users on
 // several threads each need their own copy (Clone()).
@@ -21,6 +25,7 @@
 #include "absl/status/statusor.h"
 #include "common/nn/layer.h"
 #include "common/nn/network_spec.h"
+#include "common/nn/tiled_inference.h"
 #include "common/tensor/dnnl_context.h"
 #include "common/tensor/tensor.h"
 
@@ -57,10 +62,17 @@ class Network {
   // dropout masks.
   absl::Status Forward(const Tensor& input, bool training, uint64_t noise_step,
                        const Tensor** logits);
-  // Inference convenience: Forward with training off.
-  absl::Status Predict(const Tensor& input, const Tensor** logits) {
-    return Forward(input, false, 0, logits);
-  }
+  // Batch-invariant inference: training off, run in tiles of
+  // inference_tile_rows() rows (the last one padded), so that on a given
+  // machine (instruction set, thread count) a row's logits depend on the
+  // weights and that row only, not on the batch size or the other rows.
+  // Points `*logits` at the result (batch, num_classes), owned by the
+  // network and valid until the next Infer. The activations of the last
+  // Forward (for Backward) are left alone.
+  absl::Status Infer(const Tensor& input, const Tensor** logits);
+  // The same as Infer (every inference path is batch-invariant).
+  absl::Status Predict(const Tensor& input, const Tensor** logits) { return Infer(input, logits); }
+  int64_t inference_tile_rows() const { return inference_.tile_rows(); }
 
   // Back-propagates d(loss)/d(logits) (batch x num_classes) through the last
   // Forward, overwriting every parameter's gradient.
@@ -82,6 +94,9 @@ class Network {
  private:
   Network(const NetworkSpec& spec, uint64_t seed);
   absl::Status BuildLayers();
+  // `input` read in the network's shape (batch, input_shape...): `input`
+  // itself when it has that shape, else a copy of it in `scratch`.
+  absl::StatusOr<const Tensor*> Shaped(const Tensor& input, Tensor* scratch) const;
   void InitializeParameters();
 
   NetworkSpec spec_;
@@ -97,6 +112,9 @@ class Network {
   Tensor shaped_input_;              // a copy of it, when its shape was another reading
   std::vector<Tensor> activations_;  // activations_[i] is layer i's output
   std::vector<Tensor> gradients_;    // scratch for back-propagation
+  TiledInference inference_;
+  Tensor inference_input_;   // Infer's input in the network's shape, when copied
+  Tensor inference_logits_;  // Infer's result
 };
 
 }  // namespace distillery

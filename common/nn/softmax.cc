@@ -1,5 +1,6 @@
 #include "common/nn/softmax.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -16,21 +17,17 @@ absl::Status ValidateTemperature(float temperature) {
 
 TemperatureSoftmax::TemperatureSoftmax() : context_(std::make_unique<DnnlContext>()) {}
 
-absl::Status TemperatureSoftmax::GetPrimitives(int64_t rows, int64_t cols,
-                                               Primitives** primitives) {
-  auto key = std::make_pair(rows, cols);
-  auto it = primitives_by_shape_.find(key);
-  if (it != primitives_by_shape_.end()) {
-    *primitives = &it->second;
+absl::Status TemperatureSoftmax::GetPrimitives(int64_t cols, Primitives** primitives) {
+  if (Primitives* found = primitives_by_cols_.Find(cols); found != nullptr) {
+    *primitives = found;
     return absl::OkStatus();
   }
   try {
     dnnl::logsoftmax_forward::primitive_desc pd(
         dnnl::logsoftmax_forward::desc(dnnl::prop_kind::forward_inference,
-                                       PlainMatrixDesc(rows, cols), /*logsoftmax_axis=*/1),
+                                       PlainMatrixDesc(kTileRows, cols), /*logsoftmax_axis=*/1),
         context_->engine());
-    Primitives built{dnnl::logsoftmax_forward(pd)};
-    *primitives = &primitives_by_shape_.emplace(key, std::move(built)).first->second;
+    *primitives = primitives_by_cols_.Insert(cols, Primitives{dnnl::logsoftmax_forward(pd)});
   } catch (const dnnl::error& e) {
     return DnnlErrorToStatus("building the log-softmax primitive", e);
   }
@@ -41,22 +38,31 @@ absl::Status TemperatureSoftmax::Compute(const Tensor& logits, float temperature
                                          Tensor* log_probs) {
   if (absl::Status s = ValidateTemperature(temperature); !s.ok()) return s;
   if (logits.size() == 0) return absl::InvalidArgumentError("softmax of an empty batch");
+  const int64_t rows = logits.rows();
+  const int64_t cols = logits.cols();
   Primitives* p = nullptr;
-  if (absl::Status s = GetPrimitives(logits.rows(), logits.cols(), &p); !s.ok()) return s;
-  scaled_.Resize(logits.rows(), logits.cols());
-  const float inverse_t = 1.f / temperature;
-  for (int64_t i = 0; i < logits.size(); ++i) scaled_.data()[i] = logits.data()[i] * inverse_t;
+  if (absl::Status s = GetPrimitives(cols, &p); !s.ok()) return s;
   Tensor* logp = log_probs != nullptr ? log_probs : &log_probs_;
-  logp->Resize(logits.rows(), logits.cols());
-  const dnnl::memory::desc desc = PlainMatrixDesc(logits.rows(), logits.cols());
+  logp->Resize(rows, cols);
+  scaled_.Resize(kTileRows, cols);
+  tile_out_.Resize(kTileRows, cols);
+  const float inverse_t = 1.f / temperature;
+  const dnnl::memory::desc desc = PlainMatrixDesc(kTileRows, cols);
   dnnl::memory src(desc, context_->engine(), scaled_.data());
-  dnnl::memory dst(desc, context_->engine(), logp->data());
-  if (absl::Status s = context_->Execute("log-softmax", p->log_softmax,
-                                         {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}});
-      !s.ok()) {
-    return s;
+  dnnl::memory dst(desc, context_->engine(), tile_out_.data());
+  for (int64_t begin = 0; begin < rows; begin += kTileRows) {
+    const int64_t count = std::min(kTileRows, rows - begin);
+    const float* in = logits.row(begin);
+    for (int64_t i = 0; i < count * cols; ++i) scaled_.data()[i] = in[i] * inverse_t;
+    std::fill(scaled_.data() + count * cols, scaled_.data() + kTileRows * cols, 0.f);
+    if (absl::Status s = context_->Execute("log-softmax", p->log_softmax,
+                                           {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}});
+        !s.ok()) {
+      return s;
+    }
+    std::copy(tile_out_.data(), tile_out_.data() + count * cols, logp->row(begin));
   }
-  probs->Resize(logits.rows(), logits.cols());
+  probs->Resize(rows, cols);
   for (int64_t i = 0; i < logits.size(); ++i) probs->data()[i] = std::exp(logp->data()[i]);
   return absl::OkStatus();
 }

@@ -56,7 +56,7 @@ absl::StatusOr<EvaluationResult> Evaluate(Network& mlp, const Dataset& data, int
     std::iota(indices.begin(), indices.end(), begin);
     GatherBatch(data, indices, 0, nullptr, &inputs, &labels);
     const Tensor* logits = nullptr;
-    if (absl::Status s = mlp.Predict(inputs, &logits); !s.ok()) return s;
+    if (absl::Status s = mlp.Infer(inputs, &logits); !s.ok()) return s;
     for (int64_t n = 0; n < logits->rows(); ++n) {
       int best = 0;
       float best_value = -std::numeric_limits<float>::infinity();

@@ -177,6 +177,7 @@ def run_checks(directory, teacher_flags, student_flags):
                 check_binary_command(cwhere, command, teacher_flags, student_flags)
             if command[:1] == ["distillery-teacher"] and "--train-only" not in command:
                 check_teacher_container(cwhere, pod, container, grpc_port, metrics_port, drain)
+                check_teacher_memory(cwhere, container, serve)
 
     # The headless Service in front of the teachers.
     services = {d["metadata"]["name"]: d for _, d in by_kind.get("Service", [])}
@@ -239,6 +240,9 @@ MUTATIONS = [
     ("students.yaml", "completionMode: Indexed", "completionMode: NonIndexed", "Indexed"),
     ("students.yaml", "claimName: distillery-state", "claimName: state", "PersistentVolumeClaim"),
     ("students.yaml", "parallelism: 2", "parallelizm: 2", "against"),
+    ("configmap.yaml", "--max_inflight_calls=64", "--max_inflight_calls=256", "memory limit"),
+    ("teacher.yaml", "limits: {cpu: \"1\", memory: 1Gi}", "limits: {cpu: \"1\", memory: 512Mi}",
+     "memory limit"),
 ]
 
 
@@ -333,6 +337,37 @@ def check_teacher_container(where, pod, container, grpc_port, metrics_port, drai
     grace = pod.get("terminationGracePeriodSeconds", 30)
     if grace <= drain:
         problem(f"{where}: terminationGracePeriodSeconds {grace} is not longer than the drain ({drain} s)")
+
+
+# What a teacher holds besides its calls' messages: the network, its
+# primitives and scratch, the transfer set (measured: ~100 MiB RSS for the
+# 784-1200-1200-10 teacher, flat under every batch size; see bench/RESULTS.md).
+TEACHER_BASE_MIB = 200
+
+
+def memory_mib(quantity):
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "Ti": 1024 * 1024,
+             "K": 1e3 / 2**20, "M": 1e6 / 2**20, "G": 1e9 / 2**20}
+    for suffix, factor in sorted(units.items(), key=lambda u: -len(u[0])):
+        if str(quantity).endswith(suffix):
+            return float(str(quantity)[:-len(suffix)]) * factor
+    return float(quantity) / 2**20
+
+
+def check_teacher_memory(where, container, serve):
+    """The serving container's memory limit must cover its worst case: every
+    call in flight holding a request and an answer of the largest message."""
+    limit = container.get("resources", {}).get("limits", {}).get("memory")
+    if limit is None:
+        problem(f"{where}: no memory limit")
+        return
+    inflight = int(serve.get("max_inflight_calls", "256"))
+    message_mib = int(serve.get("max_message_mb", "16"))
+    worst = 2 * inflight * message_mib + TEACHER_BASE_MIB
+    if memory_mib(limit) < worst:
+        problem(f"{where}: memory limit {limit} is below the worst case of {worst} MiB "
+                f"(2 x --max_inflight_calls={inflight} x --max_message_mb={message_mib} + "
+                f"{TEACHER_BASE_MIB} MiB)")
 
 
 if __name__ == "__main__":

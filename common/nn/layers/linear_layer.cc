@@ -39,10 +39,10 @@ std::string LinearLayer::Describe() const {
   return absl::StrCat("Linear(", in_features_, "->", out_features_, ")");
 }
 
-absl::Status LinearLayer::GetPrimitives(int64_t batch, Primitives** primitives) {
-  auto it = primitives_by_batch_.find(batch);
-  if (it != primitives_by_batch_.end()) {
-    *primitives = &it->second;
+absl::Status LinearLayer::GetPrimitives(int64_t batch, bool backward, Primitives** primitives) {
+  Primitives* found = primitives_by_batch_.Find(batch);
+  if (found != nullptr && (!backward || found->has_backward)) {
+    *primitives = found;
     return absl::OkStatus();
   }
   try {
@@ -55,14 +55,18 @@ absl::Status LinearLayer::GetPrimitives(int64_t batch, Primitives** primitives) 
         dnnl::inner_product_forward::desc(dnnl::prop_kind::forward_training, src, weights, bias,
                                           dst),
         engine);
-    dnnl::inner_product_backward_data::primitive_desc backward_data_pd(
-        dnnl::inner_product_backward_data::desc(src, weights, dst), engine, forward_pd);
-    dnnl::inner_product_backward_weights::primitive_desc backward_weights_pd(
-        dnnl::inner_product_backward_weights::desc(src, weights, bias, dst), engine, forward_pd);
+    if (found != nullptr) {  // the forward primitives exist: add the backward ones
+      dnnl::inner_product_backward_data::primitive_desc backward_data_pd(
+          dnnl::inner_product_backward_data::desc(src, weights, dst), engine, forward_pd);
+      dnnl::inner_product_backward_weights::primitive_desc backward_weights_pd(
+          dnnl::inner_product_backward_weights::desc(src, weights, bias, dst), engine, forward_pd);
+      found->backward_data = dnnl::inner_product_backward_data(backward_data_pd);
+      found->backward_weights = dnnl::inner_product_backward_weights(backward_weights_pd);
+      found->has_backward = true;
+      *primitives = found;
+      return absl::OkStatus();
+    }
     Primitives built;
-    built.forward = dnnl::inner_product_forward(forward_pd);
-    built.backward_data = dnnl::inner_product_backward_data(backward_data_pd);
-    built.backward_weights = dnnl::inner_product_backward_weights(backward_weights_pd);
     // The matmul path: W (out x in) times input read as (in x batch).
     const memory::desc input_transposed({in_features_, batch}, memory::data_type::f32,
                                         memory::format_tag::ba);
@@ -76,11 +80,15 @@ absl::Status LinearLayer::GetPrimitives(int64_t batch, Primitives** primitives) 
       built.transpose =
           dnnl::reorder(dnnl::reorder::primitive_desc(engine, product_as_output, engine, dst));
       built.use_matmul = true;
+    } else {
+      built.forward = dnnl::inner_product_forward(forward_pd);
     }
-    *primitives = &primitives_by_batch_.emplace(batch, std::move(built)).first->second;
+    found = primitives_by_batch_.Insert(batch, std::move(built));
   } catch (const dnnl::error& e) {
     return DnnlErrorToStatus("building inner-product primitives", e);
   }
+  if (backward) return GetPrimitives(batch, true, primitives);
+  *primitives = found;
   return absl::OkStatus();
 }
 
@@ -100,7 +108,7 @@ absl::Status LinearLayer::Forward(const Tensor& input, bool /*training*/, Tensor
   }
   const int64_t batch = input.rows();
   Primitives* p = nullptr;
-  if (absl::Status s = GetPrimitives(batch, &p); !s.ok()) return s;
+  if (absl::Status s = GetPrimitives(batch, /*backward=*/false, &p); !s.ok()) return s;
   output->Resize(batch, out_features_);
   const dnnl::engine& engine = context_->engine();
   memory weights(PlainMatrixDesc(out_features_, in_features_), engine, weight_.value.data());
@@ -148,7 +156,7 @@ absl::Status LinearLayer::Backward(const Tensor& input, const Tensor& /*output*/
                      " does not match output ", batch, "x", out_features_));
   }
   Primitives* p = nullptr;
-  if (absl::Status s = GetPrimitives(batch, &p); !s.ok()) return s;
+  if (absl::Status s = GetPrimitives(batch, /*backward=*/true, &p); !s.ok()) return s;
   const dnnl::engine& engine = context_->engine();
   memory src(PlainMatrixDesc(batch, in_features_), engine, const_cast<float*>(input.data()));
   memory diff_dst(PlainMatrixDesc(batch, out_features_), engine,

@@ -8,10 +8,10 @@
 #ifndef DISTILLERY_COMMON_NN_LAYERS_LINEAR_LAYER_H_
 #define DISTILLERY_COMMON_NN_LAYERS_LINEAR_LAYER_H_
 
-#include <map>
 #include <memory>
 
 #include "common/nn/layer.h"
+#include "common/nn/primitive_cache.h"
 #include "common/tensor/dnnl_context.h"
 
 namespace distillery {
@@ -48,22 +48,27 @@ class LinearLayer : public Layer {
   // transposed back by a reorder reaches ~210 including the reorder. The
   // matmul path is used whenever oneDNN has an optimised kernel for it (not
   // its reference one); the bias is then added by hand.
+  //
+  // The backward primitives are built on the first Backward of a batch size
+  // only, so that an inference-only network (a teacher server) holds none.
   struct Primitives {
     dnnl::inner_product_forward forward;
     bool use_matmul = false;
     dnnl::matmul forward_matmul;  // (out x in) * (in x batch) -> (out x batch)
     dnnl::reorder transpose;      // (out x batch) -> (batch x out)
+    bool has_backward = false;
     dnnl::inner_product_backward_data backward_data;
     dnnl::inner_product_backward_weights backward_weights;
   };
-  absl::Status GetPrimitives(int64_t batch, Primitives** primitives);
+  absl::Status GetPrimitives(int64_t batch, bool backward, Primitives** primitives);
 
   int64_t in_features_;
   int64_t out_features_;
   DnnlContext* context_;
   Parameter weight_;
   Parameter bias_;
-  std::map<int64_t, Primitives> primitives_by_batch_;
+  // A few batch sizes at most (common/nn/primitive_cache.h).
+  PrimitiveCache<int64_t, Primitives> primitives_by_batch_;
   Tensor transposed_output_;  // out x batch scratch of the matmul path
 };
 

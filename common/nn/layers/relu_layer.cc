@@ -6,11 +6,12 @@ namespace distillery {
 
 using dnnl::memory;
 
-absl::Status ReluLayer::GetPrimitives(int64_t rows, int64_t cols, Primitives** primitives) {
-  auto key = std::make_pair(rows, cols);
-  auto it = primitives_by_shape_.find(key);
-  if (it != primitives_by_shape_.end()) {
-    *primitives = &it->second;
+absl::Status ReluLayer::GetPrimitives(int64_t rows, int64_t cols, bool backward,
+                                      Primitives** primitives) {
+  const auto key = std::make_pair(rows, cols);
+  Primitives* found = primitives_by_shape_.Find(key);
+  if (found != nullptr && (!backward || found->has_backward)) {
+    *primitives = found;
     return absl::OkStatus();
   }
   try {
@@ -20,19 +21,28 @@ absl::Status ReluLayer::GetPrimitives(int64_t rows, int64_t cols, Primitives** p
     dnnl::eltwise_forward::primitive_desc forward_pd(
         dnnl::eltwise_forward::desc(dnnl::prop_kind::forward_training, algorithm, data, 0.f),
         engine);
-    dnnl::eltwise_backward::primitive_desc backward_pd(
-        dnnl::eltwise_backward::desc(algorithm, data, data, 0.f), engine, forward_pd);
-    Primitives built{dnnl::eltwise_forward(forward_pd), dnnl::eltwise_backward(backward_pd)};
-    *primitives = &primitives_by_shape_.emplace(key, std::move(built)).first->second;
+    if (found == nullptr) {
+      Primitives built;
+      built.forward = dnnl::eltwise_forward(forward_pd);
+      found = primitives_by_shape_.Insert(key, std::move(built));
+    }
+    if (backward) {
+      dnnl::eltwise_backward::primitive_desc backward_pd(
+          dnnl::eltwise_backward::desc(algorithm, data, data, 0.f), engine, forward_pd);
+      found->backward = dnnl::eltwise_backward(backward_pd);
+      found->has_backward = true;
+    }
   } catch (const dnnl::error& e) {
     return DnnlErrorToStatus("building ReLU primitives", e);
   }
+  *primitives = found;
   return absl::OkStatus();
 }
 
 absl::Status ReluLayer::Forward(const Tensor& input, bool /*training*/, Tensor* output) {
   Primitives* p = nullptr;
-  if (absl::Status s = GetPrimitives(input.rows(), input.cols(), &p); !s.ok()) return s;
+  if (absl::Status s = GetPrimitives(input.rows(), input.cols(), /*backward=*/false, &p); !s.ok())
+    return s;
   output->Reshape(input.shape());
   const memory::desc desc = PlainMatrixDesc(input.rows(), input.cols());
   memory src(desc, context_->engine(), const_cast<float*>(input.data()));
@@ -49,7 +59,8 @@ absl::Status ReluLayer::Backward(const Tensor& /*input*/, const Tensor& output,
                                                    output.rows(), "x", output.cols()));
   }
   Primitives* p = nullptr;
-  if (absl::Status s = GetPrimitives(output.rows(), output.cols(), &p); !s.ok()) return s;
+  if (absl::Status s = GetPrimitives(output.rows(), output.cols(), /*backward=*/true, &p); !s.ok())
+    return s;
   grad_input->Reshape(output.shape());
   const memory::desc desc = PlainMatrixDesc(output.rows(), output.cols());
   const dnnl::engine& engine = context_->engine();

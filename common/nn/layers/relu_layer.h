@@ -5,9 +5,10 @@
 #ifndef DISTILLERY_COMMON_NN_LAYERS_RELU_LAYER_H_
 #define DISTILLERY_COMMON_NN_LAYERS_RELU_LAYER_H_
 
-#include <map>
+#include <utility>
 
 #include "common/nn/layer.h"
+#include "common/nn/primitive_cache.h"
 #include "common/tensor/dnnl_context.h"
 
 namespace distillery {
@@ -27,14 +28,17 @@ class ReluLayer : public Layer {
                         Tensor* grad_input) override;
 
  private:
+  // The backward primitive is built on the first Backward of a shape only.
   struct Primitives {
     dnnl::eltwise_forward forward;
+    bool has_backward = false;
     dnnl::eltwise_backward backward;
   };
-  absl::Status GetPrimitives(int64_t rows, int64_t cols, Primitives** primitives);
+  absl::Status GetPrimitives(int64_t rows, int64_t cols, bool backward, Primitives** primitives);
 
   DnnlContext* context_;
-  std::map<std::pair<int64_t, int64_t>, Primitives> primitives_by_shape_;
+  // A few shapes at most (common/nn/primitive_cache.h).
+  PrimitiveCache<std::pair<int64_t, int64_t>, Primitives> primitives_by_shape_;
 };
 
 }  // namespace distillery

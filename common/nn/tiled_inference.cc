@@ -1,0 +1,55 @@
+#include "common/nn/tiled_inference.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace distillery {
+
+absl::Status TiledInference::Run(const std::vector<std::unique_ptr<Layer>>& layers,
+                                 const Tensor& input, Tensor* output) {
+  if (layers.empty()) return absl::InvalidArgumentError("inference through no layers");
+  if (input.rank() < 1 || input.rows() < 1 || input.size() == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("inference on an empty batch ", ShapeString(input.shape())));
+  }
+  if (tile_rows_ < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("tile of ", tile_rows_, " rows"));
+  }
+  const int64_t rows = input.rows();
+  const int64_t in_width = input.cols();
+  Shape tile_shape = input.shape();
+  tile_shape[0] = tile_rows_;
+  activations_.resize(layers.size());
+  for (int64_t begin = 0; begin < rows; begin += tile_rows_) {
+    const int64_t count = std::min(tile_rows_, rows - begin);
+    // Every tile is a copy, padded with zeros: the layers see one shape, and
+    // the padding rows cannot affect the others (each row is computed on its
+    // own within a tile).
+    tile_.Reshape(tile_shape);
+    std::copy(input.row(begin), input.row(begin) + count * in_width, tile_.data());
+    std::fill(tile_.data() + count * in_width, tile_.data() + tile_rows_ * in_width, 0.f);
+    const Tensor* current = &tile_;
+    for (size_t i = 0; i < layers.size(); ++i) {
+      if (absl::Status s = layers[i]->Forward(*current, /*training=*/false, &activations_[i]);
+          !s.ok()) {
+        return s;
+      }
+      current = &activations_[i];
+    }
+    if (current->rows() != tile_rows_) {
+      return absl::InternalError(absl::StrCat("the last layer gave ", current->rows(),
+                                              " rows for a tile of ", tile_rows_));
+    }
+    const int64_t out_width = current->cols();
+    if (begin == 0) {
+      Shape out_shape = current->shape();
+      out_shape[0] = rows;
+      output->Reshape(out_shape);
+    }
+    std::copy(current->data(), current->data() + count * out_width, output->row(begin));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace distillery
