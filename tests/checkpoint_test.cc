@@ -5,6 +5,7 @@
 #include <fstream>
 #include <iterator>
 
+#include "absl/strings/str_cat.h"
 #include "tests/test_util.h"
 
 namespace distillery {
@@ -191,5 +192,56 @@ TEST_F(CorruptCheckpointTest, ValidFrameAroundInconsistentContents) {
   ExpectDataLoss(ReadBytes(path_), "non-finite");
 }
 
+std::unique_ptr<Network> SmallConvNetwork(uint64_t seed) {
+  return *Network::Create(*NetworkSpec::Parse("conv3x3:4/same+bn,maxpool2,fc:3", {2, 6, 6}), seed);
+}
+
+TEST_F(CorruptCheckpointTest, NewerFormatVersionIsRefusedNamingIt) {
+  distill::v1::Checkpoint checkpoint = MakeCheckpoint(*SmallConvNetwork(1), "teacher");
+  checkpoint.set_format_version(kCheckpointFormatVersion + 1);
+  ASSERT_TRUE(SaveCheckpoint(path_, checkpoint).ok());
+  ExpectDataLoss(ReadBytes(path_), "format version 3 is not one this release reads");
+  ExpectDataLoss(ReadBytes(path_), "written by a newer release");
+}
+
+TEST_F(CorruptCheckpointTest, ConvolutionalCheckpointsWithInconsistentContents) {
+  distill::v1::Checkpoint checkpoint = MakeCheckpoint(*SmallConvNetwork(1), "teacher");
+  ASSERT_EQ(checkpoint.buffers_size(), 2);
+  // A missing batch-norm buffer, a buffer of the wrong shape, an unknown
+  // layer kind, a kernel larger than the image, a truncated file.
+  distill::v1::Checkpoint c = checkpoint;
+  c.mutable_buffers()->RemoveLast();
+  ASSERT_TRUE(SaveCheckpoint(path_, c).ok());
+  ExpectDataLoss(ReadBytes(path_), "the network needs 2 buffer tensors, found 1");
+  c = checkpoint;
+  c.mutable_buffers(0)->set_shape(1, 5);
+  ASSERT_TRUE(SaveCheckpoint(path_, c).ok());
+  ExpectDataLoss(ReadBytes(path_), "layer1.running_mean");
+  c = checkpoint;
+  c.mutable_architecture()->mutable_layers(0)->set_kind("lstm");
+  ASSERT_TRUE(SaveCheckpoint(path_, c).ok());
+  ExpectDataLoss(ReadBytes(path_), "unknown layer kind \"lstm\"");
+  c = checkpoint;
+  c.mutable_architecture()->mutable_layers(0)->set_kernel_rows(9);
+  ASSERT_TRUE(SaveCheckpoint(path_, c).ok());
+  ExpectDataLoss(ReadBytes(path_), "invalid architecture");
+  ASSERT_TRUE(SaveCheckpoint(path_, checkpoint).ok());
+  const std::string good = ReadBytes(path_);
+  ExpectDataLoss(good.substr(0, good.size() / 2), "truncated");
+}
+
+TEST(CheckpointTest, DescribeNamesTheLayersShapesAndVersion) {
+  auto network = SmallConvNetwork(2);
+  absl::StatusOr<std::string> text = DescribeCheckpoint(MakeCheckpoint(*network, "student"));
+  ASSERT_TRUE(text.ok()) << text.status();
+  for (const std::string& part :
+       {std::string("format version:  2"), std::string("input shape:     (2, 6, 6)"),
+        std::string("Conv2d(2->4, 3x3, stride 1, pad 1)"), std::string("-> (4, 6, 6)"),
+        std::string("BatchNorm(4)"), std::string("-> (4, 3, 3)"), std::string("-> (3)"),
+        absl::StrCat("parameters:      ", network->ParameterCount()),
+        absl::StrCat("weights hash:    ", WeightsFingerprint(*network))}) {
+    EXPECT_NE(text->find(part), std::string::npos) << part << " not in\n" << *text;
+  }
+}
 }  // namespace
 }  // namespace distillery

@@ -1,5 +1,6 @@
 // Checkpoints written by release 0.1 (format version 1, multilayer
-// perceptrons only) still load, compute and serve the same outputs.
+// perceptrons only) still load, compute and serve the same outputs; and a
+// convolutional teacher serves as an MLP does.
 //
 // tests/data/mlp_release1.ckpt was written by release 0.1 (commit f8124b6):
 //   student_trainer baseline --data_dir=MNIST --train_range=0:5000
@@ -109,6 +110,81 @@ TEST(CompatTest, Release1CheckpointServesTheSameSoftTargets) {
       DecodeTargets(response.targets(), response.contract(), &softmax, &probabilities).ok());
   ExpectNear(probabilities.data(), ReadFloats(DataPath("mlp_release1.probabilities")),
              "served probabilities");
+}
+
+// A convolutional teacher serves exactly as an MLP does: its channels in
+// ModelInfo, soft targets equal to the in-process network's at the
+// requested temperature, and its transfer set's precomputed targets.
+TEST(ConvolutionalTeacherTest, ServesItsSoftTargetsAndTransferSet) {
+  const std::string path = testing::TempDir() + "/conv_teacher." + std::to_string(getpid());
+  auto network = *Network::Create(
+      *NetworkSpec::Parse("conv5x5:6/same+bn,maxpool2,conv3x3:8,avgpool2,fc:10", {1, 28, 28}), 4);
+  ASSERT_TRUE(SaveCheckpoint(path, MakeCheckpoint(*network, "teacher")).ok());
+  ServerProcess server;
+  ASSERT_TRUE(server.Start(DISTILLERY_TEACHER_SERVER_BINARY,
+                           {"--checkpoint=" + path, "--data_dir=" DISTILLERY_MNIST_DIR,
+                            "--transfer_range=0:300", "--metrics_address=", "--threads=1"},
+                           testing::TempDir()));
+  auto stub = distill::v1::Teacher::NewStub(
+      grpc::CreateChannel(server.target(), grpc::InsecureChannelCredentials()));
+  distill::v1::ModelInfo info;
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(stub->GetModelInfo(&context, {}, &info).ok());
+  }
+  EXPECT_EQ(info.image_channels(), 1u);
+  EXPECT_EQ(info.architecture(), network->spec().ArchitectureString());
+
+  const Dataset test = TestImages();
+  std::vector<int64_t> ids(kExamples);
+  std::iota(ids.begin(), ids.end(), 0);
+  Tensor inputs;
+  GatherBatch(test, ids, 0, nullptr, &inputs, nullptr);
+  const Tensor* logits = nullptr;
+  ASSERT_TRUE(network->Predict(inputs, &logits).ok());
+  TemperatureSoftmax softmax;
+  Tensor expected;
+  ASSERT_TRUE(softmax.Compute(*logits, 4.f, &expected).ok());
+
+  distill::v1::SoftTargetsRequest request;
+  request.set_num_examples(kExamples);
+  request.set_pixels_u8(
+      std::string(reinterpret_cast<const char*>(test.pixels.data()), test.pixels.size()));
+  request.mutable_options()->set_temperature(4.f);
+  distill::v1::SoftTargetsResponse response;
+  grpc::ClientContext context;
+  ASSERT_TRUE(stub->GetSoftTargets(&context, request, &response).ok());
+  Tensor served;
+  ASSERT_TRUE(DecodeTargets(response.targets(), response.contract(), &softmax, &served).ok());
+  ASSERT_EQ(served.size(), expected.size());
+  for (int64_t i = 0; i < served.size(); ++i) {
+    ASSERT_NEAR(served.data()[i], expected.data()[i], 1e-6) << i;
+  }
+
+  // The transfer set's first batch: targets for its own images.
+  distill::v1::TransferSetRequest stream_request;
+  stream_request.set_num_shards(1);
+  stream_request.set_batch_size(50);
+  stream_request.mutable_options()->set_temperature(4.f);
+  grpc::ClientContext stream_context;
+  auto reader = stub->StreamTransferSet(&stream_context, stream_request);
+  distill::v1::TransferBatch batch;
+  ASSERT_TRUE(reader->Read(&batch));
+  stream_context.TryCancel();
+  ASSERT_EQ(batch.example_ids_size(), 50);
+  Dataset images;
+  images.num_examples = 50;
+  images.image_rows = images.image_cols = 28;
+  images.pixels.assign(batch.pixels_u8().begin(), batch.pixels_u8().end());
+  std::vector<int64_t> rows(50);
+  std::iota(rows.begin(), rows.end(), 0);
+  GatherBatch(images, rows, 0, nullptr, &inputs, nullptr);
+  ASSERT_TRUE(network->Predict(inputs, &logits).ok());
+  ASSERT_TRUE(softmax.Compute(*logits, 4.f, &expected).ok());
+  ASSERT_TRUE(DecodeTargets(batch.targets(), batch.contract(), &softmax, &served).ok());
+  for (int64_t i = 0; i < served.size(); ++i) {
+    ASSERT_NEAR(served.data()[i], expected.data()[i], 1e-6) << i;
+  }
 }
 
 }  // namespace

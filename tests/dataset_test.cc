@@ -485,5 +485,53 @@ TEST(GatherBatchDeathTest, OutOfRangeIndexAborts) {
                "index 3 outside");
 }
 
+// Rank-4 IDX images are (count, rows, cols, channels), interleaved; the data
+// set holds them planar, (channels, rows, cols) per image.
+TEST(LoadIdxDatasetTest, RankFourImagesAreConvertedToPlanarChannels) {
+  const std::string dir = TestDir();
+  IdxArray rgb{{2, 2, 3, 3}, std::vector<uint8_t>(2 * 2 * 3 * 3)};
+  // Pixel (r, c) of image i, channel k, is 100 i + 10 k + 3 r + c.
+  for (int i = 0; i < 2; ++i) {
+    for (int r = 0; r < 2; ++r) {
+      for (int c = 0; c < 3; ++c) {
+        for (int k = 0; k < 3; ++k) {
+          rgb.data[((i * 2 + r) * 3 + c) * 3 + k] =
+              static_cast<uint8_t>(100 * i + 10 * k + 3 * r + c);
+        }
+      }
+    }
+  }
+  Write(dir + "/rgb", rgb);
+  absl::StatusOr<Dataset> data = LoadIdxDataset(dir + "/rgb", "");
+  ASSERT_TRUE(data.ok()) << data.status();
+  EXPECT_EQ(data->channels, 3);
+  EXPECT_EQ(data->example_shape(), (Shape{3, 2, 3}));
+  EXPECT_EQ(data->input_size(), 18);
+  for (int i = 0; i < 2; ++i) {
+    for (int k = 0; k < 3; ++k) {
+      for (int p = 0; p < 6; ++p) {
+        EXPECT_EQ(data->image(i)[k * 6 + p], 100 * i + 10 * k + p) << i << " " << k << " " << p;
+      }
+    }
+  }
+  // Gathered batches are (batch, channels, rows, cols); a jittered image has
+  // every channel shifted alike.
+  std::mt19937_64 rng(5);
+  Tensor inputs;
+  std::vector<int> shifts;
+  const std::vector<int64_t> ids = {1, 0, 1, 1};
+  GatherBatch(*data, ids, 1, &rng, &inputs, nullptr, &shifts);
+  EXPECT_EQ(inputs.shape(), (Shape{4, 3, 2, 3}));
+  for (size_t b = 0; b < ids.size(); ++b) {
+    for (int k = 0; k < 3; ++k) {
+      std::vector<uint8_t> expected(6);
+      ShiftImage(data->image(ids[b]) + k * 6, 2, 3, shifts[2 * b], shifts[2 * b + 1],
+                 expected.data());
+      for (int p = 0; p < 6; ++p) {
+        EXPECT_FLOAT_EQ(inputs.data()[(b * 3 + k) * 6 + p], expected[p] / 255.f);
+      }
+    }
+  }
+}
 }  // namespace
 }  // namespace distillery

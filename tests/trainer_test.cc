@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "common/formats/checkpoint.h"
+#include "common/train/evaluation.h"
 #include "gtest/gtest.h"
 #include "tests/test_util.h"
 
@@ -145,5 +146,65 @@ TEST_F(TrainerTest, RefusesBadSetups) {
   EXPECT_EQ(Train(config, *train_, *test_).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// A validation split is evaluated every epoch, and the best validation
+// epoch's checkpoint is kept; weight decay shrinks the weights.
+TEST_F(TrainerTest, ValidationSplitKeepsTheBestEpochsCheckpoint) {
+  TrainerConfig config = SmallConfig();
+  config.epochs = 3;
+  config.best_checkpoint_path = UniqueTempPath("best.ckpt");
+  std::remove(config.best_checkpoint_path.c_str());
+  const Dataset train = *SliceDataset(*train_, 0, 4000);
+  const Dataset validation = *SliceDataset(*train_, 4000, 5000);
+  absl::StatusOr<TrainingResult> result = Train(config, train, *test_, nullptr, validation);
+  ASSERT_TRUE(result.ok()) << result.status();
+  int64_t best_epoch = 0, best_errors = -1;
+  for (const EpochMetrics& m : result->history) {
+    EXPECT_EQ(m.validation_examples, 1000);
+    ASSERT_GE(m.validation_errors, 0);
+    if (best_errors < 0 || m.validation_errors < best_errors) {
+      best_errors = m.validation_errors;
+      best_epoch = m.epoch;
+    }
+  }
+  EXPECT_EQ(result->best_validation_epoch, best_epoch);
+  EXPECT_EQ(result->best_validation_errors, best_errors);
+  absl::StatusOr<distill::v1::Checkpoint> best = LoadCheckpoint(config.best_checkpoint_path);
+  ASSERT_TRUE(best.ok()) << best.status();
+  EXPECT_EQ(best->metadata().at("epoch"), std::to_string(best_epoch));
+  EXPECT_EQ(best->metadata().at("validation_errors"), std::to_string(best_errors));
+  // The kept network makes exactly the validation errors it was chosen by.
+  auto network = *NetworkFromCheckpoint(*best);
+  EXPECT_EQ(Evaluate(*network, validation)->errors, best_errors);
+
+  TrainerConfig decayed = SmallConfig();
+  decayed.epochs = 1;
+  decayed.weight_decay = 0.05f;
+  TrainerConfig plain = decayed;
+  plain.weight_decay = 0.f;
+  auto norm = [](Network& n) {
+    double sum = 0;
+    const Tensor& w = n.Parameters()[0]->value;
+    for (int64_t i = 0; i < w.size(); ++i) sum += double{w.data()[i]} * w.data()[i];
+    return sum;
+  };
+  auto with = Train(decayed, train, Dataset());
+  auto without = Train(plain, train, Dataset());
+  ASSERT_TRUE(with.ok() && without.ok());
+  EXPECT_LT(norm(*with->network), 0.8 * norm(*without->network));
+}
+
+// A small convolutional network learns MNIST through the same loop.
+TEST_F(TrainerTest, ConvolutionalNetworkLearns) {
+  TrainerConfig config = SmallConfig();
+  config.architecture = "conv5x5:8/same+bn,maxpool2,conv3x3:16+bn,maxpool2,fc:10";
+  config.epochs = 2;
+  config.max_shift = 1;
+  config.schedule.base = 0.05f;
+  config.sgd.momentum_start = config.sgd.momentum_end = 0.9f;
+  absl::StatusOr<TrainingResult> result = Train(config, *train_, *test_);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->network->input_shape(), (Shape{1, 28, 28}));
+  EXPECT_LT(result->final_evaluation.errors, 200) << "of " << test_->num_examples;
+}
 }  // namespace
 }  // namespace distillery
