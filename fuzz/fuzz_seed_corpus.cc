@@ -95,6 +95,8 @@ void CheckpointSeed(const std::string& path, Optimizer* optimizer,
   if (absl::Status s = SaveCheckpoint(path, checkpoint); !s.ok()) Die(std::string(s.message()));
 }
 
+// The corpus also keeps release 0.1's seeds (format version 1), written by
+// that release's version of this program: release1_mlp_6_4_3*.ckpt.
 void CheckpointSeeds(const std::string& dir) {
   CheckpointSeed(dir + "/mlp_6_4_3.ckpt", nullptr);
   CheckpointSeed(dir + "/mlp_6_4_3_sgd.ckpt", MakeSgd({}).get());
