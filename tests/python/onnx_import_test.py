@@ -13,8 +13,11 @@ exports them with torch.onnx.export (opset 13, dynamic batch axis):
 `teacher_server import` converts both into checkpoints; `student_trainer
 export --dump_outputs` writes the C++ engine's logits for the first 1,000
 MNIST test images, which must match ONNX Runtime's (this interpreter's
-onnxruntime) within 1e-4 with identical classes. A model with an LSTM (built
-with onnx.helper) is refused naming the node, and no file is written.
+onnxruntime) within 1e-4 with identical classes. `teacher_server serve
+--onnx` serves the CNN imported in memory, and its soft targets at T=1 and
+T=4 (asked through Debian's python3-grpcio) are ONNX Runtime's
+softmax(logits / T) within 1e-4. A model with an LSTM (built with
+onnx.helper) is refused naming the node, and no file is written.
 
 Run:
   python3 tests/python/onnx_import_test.py --teacher_server build/teacher_server/teacher_server \\
@@ -25,9 +28,11 @@ import argparse
 import gzip
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 
 import numpy as np
@@ -117,12 +122,45 @@ print("exported")
 '''
 
 
+# Asks a served teacher for soft targets (Debian's python3-grpcio, with the
+# stubs of tests/python/teacher_client_test.py); argv: tests/python dir,
+# port, stub dir, mnist dir, count, out prefix. Writes <prefix>_T<t>.npy.
+CLIENT_SCRIPT = r'''
+import os, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import grpc
+import teacher_client_test as tct
+port, stubs, mnist, count, prefix = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6]
+pb2, pb2_grpc = tct._generate_stubs(stubs)
+stub = pb2_grpc.TeacherStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+pixels = tct._read_idx_images(os.path.join(mnist, "t10k-images-idx3-ubyte.gz"), count)
+for t in (1.0, 4.0):
+    request = pb2.SoftTargetsRequest(num_examples=count,
+                                     pixels_u8=np.ascontiguousarray(pixels).tobytes(),
+                                     options=pb2.TargetOptions(temperature=t))
+    targets = stub.GetSoftTargets(request, timeout=60).targets
+    np.save(f"{prefix}_T{int(t)}.npy",
+            np.array(targets.values, dtype=np.float32).reshape(count, targets.width))
+print("served")
+'''
+
+
 def _read_idx(path):
     with gzip.open(path, "rb") as f:
         data = f.read()
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * k:8 + 4 * k], "big") for k in range(ndim)]
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _read_text(path):
+    """The stripped contents of `path`, "" when it does not exist yet."""
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return ""
 
 
 def _run(args):
@@ -191,6 +229,45 @@ class OnnxImportTest(unittest.TestCase):
         # A trained model, not a trivial one: it classifies most images.
         labels = _read_idx(os.path.join(MNIST_DIR, "t10k-labels-idx1-ubyte.gz"))
         self.assertGreater((cpp.argmax(axis=1) == labels[:COMPARED_IMAGES]).mean(), 0.8)
+
+    def test_served_soft_targets_of_an_imported_model(self):
+        """serve --onnx imports in memory; soft targets at T=1 and T=4 are
+        ONNX Runtime's softmax(logits / T)."""
+        model = os.path.join(self.tmp, "cnn.onnx")
+        port_file = os.path.join(self.tmp, "port")
+        log = open(os.path.join(self.tmp, "serve.log"), "w")
+        env = dict(os.environ, OMP_NUM_THREADS="2", OMP_WAIT_POLICY="PASSIVE")
+        server = subprocess.Popen([TEACHER_SERVER, "serve", f"--onnx={model}", "--no_transfer_set",
+                                   "--address=127.0.0.1:0", f"--port_file={port_file}",
+                                   "--metrics_address=", "--threads=1"],
+                                  stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            for _ in range(600):
+                if _read_text(port_file):
+                    break
+                self.assertIsNone(server.poll(), "the server exited")
+                time.sleep(0.1)
+            port = _read_text(port_file)
+            script = os.path.join(self.tmp, "client.py")
+            with open(script, "w") as f:
+                f.write(CLIENT_SCRIPT)
+            prefix = os.path.join(self.tmp, "served")
+            client = _run([TORCH_PYTHON, script, os.path.dirname(os.path.abspath(__file__)),
+                           port, os.path.join(self.tmp, "stubs"), MNIST_DIR,
+                           str(COMPARED_IMAGES), prefix])
+            self.assertEqual(client.returncode, 0, client.stderr[-4000:])
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=60)
+            log.close()
+        logits = self._ort(model, self.scaled.reshape(-1, 1, 28, 28)).astype(np.float64)
+        for t in (1, 4):
+            served = np.load(f"{prefix}_T{t}.npy")
+            z = logits / t
+            e = np.exp(z - z.max(axis=1, keepdims=True))
+            expected = e / e.sum(axis=1, keepdims=True)
+            self.assertLess(np.abs(served - expected).max(), TOLERANCE, f"T={t}")
+            np.testing.assert_array_equal(served.argmax(axis=1), expected.argmax(axis=1))
 
     def test_mlp_with_softmax_stripped(self):
         model = os.path.join(self.tmp, "mlp.onnx")
