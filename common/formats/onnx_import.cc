@@ -407,7 +407,7 @@ absl::Status ResolvePads(const onnx::NodeProto& node, const Shape& in, const int
   if (auto_pad.empty() || auto_pad == "NOTSET") {
     if (pads.empty()) pads = {0, 0, 0, 0};
     if (pads.size() != 4 || pads[0] != pads[2] || pads[1] != pads[3] || pads[0] < 0 ||
-        pads[1] < 0) {
+        pads[1] < 0 || pads[0] > 65536 || pads[1] > 65536) {
       return absl::InvalidArgumentError(absl::StrCat(
           NodeName(node), ": pads must be symmetric (top = bottom, left = right), got [",
           absl::StrJoin(pads, ","), "]"));
@@ -738,7 +738,10 @@ absl::Status Importer::ConvertReshapeLike(const onnx::NodeProto& node) {
   full.insert(full.end(), shape_.begin(), shape_.end());
   if (op == "Squeeze") {
     std::set<int64_t> drop;
-    for (int64_t a : axes) drop.insert(a < 0 ? a + rank : a);
+    for (int64_t a : axes) {
+      if (a < -rank || a >= rank) return refuse();
+      drop.insert(a < 0 ? a + rank : a);
+    }
     if (axes.empty()) {
       for (int64_t k = 1; k < rank; ++k) {
         if (full[k] == 1) drop.insert(k);
@@ -763,6 +766,9 @@ absl::Status Importer::ConvertReshapeLike(const onnx::NodeProto& node) {
 
 absl::Status Importer::Convert(const onnx::NodeProto& node, bool is_last) {
   const std::string& op = node.op_type();
+  if (node.output_size() < 1 || node.output(0).empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(NodeName(node), " has no output"));
+  }
   if (op == "Constant") {
     const onnx::AttributeProto* value = FindAttr(node, "value");
     if (value == nullptr || !value->has_t() || node.output_size() != 1) {
