@@ -310,6 +310,37 @@ TEST(OnnxImportTest, RefusesCeilModeOpsetsAndBranches) {
   }
 }
 
+TEST(OnnxImportTest, SqueezeAfterGlobalPoolConstantNodesAndLogSoftmax) {
+  ModelBuilder b({2, 3, 4, 4});  // a fixed batch
+  b.Node("GlobalAveragePool", {""});
+  // Opset 13: Squeeze's axes are an input, here from a Constant node.
+  onnx::NodeProto* axes = b.graph()->add_node();
+  axes->set_op_type("Constant");
+  axes->set_name("axes");
+  axes->add_output("axes_value");
+  onnx::AttributeProto* value = axes->add_attribute();
+  value->set_name("value");
+  value->set_type(onnx::AttributeProto::TENSOR);
+  *value->mutable_t() = onnx_test::IntTensor("", {2, 3});
+  const std::string pooled = b.graph()->node(0).output(0);
+  b.Node("Squeeze", {pooled, "axes_value"});
+  b.Node("Gemm", {"", b.Weight("w", {3, 2}, Values(6, 1))});
+  b.Node("LogSoftmax", {""});
+  auto c = Import(b.Finish());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_THAT(Kinds(*c), ::testing::ElementsAre("avgpool2d", "flatten", "linear"));
+
+  // A Softmax that is not the last node is refused.
+  ModelBuilder s({-1, 4});
+  s.Node("Softmax", {""}, "early");
+  s.Node("Gemm", {"", s.Weight("w", {4, 2}, Values(8, 1))});
+  OnnxImportOptions options;
+  options.input_shape = {1, 2, 2};
+  auto refused = Import(s.Finish(), options);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_THAT(refused.status().message(), HasSubstr("Softmax \"early\""));
+}
+
 TEST(OnnxImportTest, ParsesInputShape) {
   auto s = ParseInputShape("3,32,32");
   ASSERT_TRUE(s.ok());
