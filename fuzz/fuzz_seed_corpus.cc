@@ -21,6 +21,7 @@
 #include "common/nn/optimizer.h"
 #include "common/nn/softmax.h"
 #include "distill/v1/teacher.pb.h"
+#include "tests/onnx_test_models.h"
 
 namespace distillery {
 namespace {
@@ -171,19 +172,30 @@ void ResponseSeeds(const std::string& dir) {
   ResponseSeed(dir + "/logits_f16.pb", distill::v1::LOGITS, distill::v1::FLOAT16, 0);
 }
 
+// ONNX models of the importer's tests (tests/onnx_test_models.h).
+void OnnxSeeds(const std::string& dir) {
+  WriteFile(dir + "/conv_bn_softmax.onnx", onnx_test::ConvBnModel().SerializeAsString());
+  WriteFile(dir + "/view_matmul_add.onnx", onnx_test::ViewModel().SerializeAsString());
+  onnx_test::ModelBuilder flat({-1, 16});
+  flat.Node("Gemm", {"", flat.Weight("w", {16, 3}, onnx_test::Values(48, 1)),
+                     flat.Weight("b", {3}, onnx_test::Values(3, 2))});
+  WriteFile(dir + "/flat_gemm.onnx", flat.Finish().SerializeAsString());
+}
+
 }  // namespace
 }  // namespace distillery
 
 int main(int argc, char** argv) {
   if (argc != 2) distillery::Die("usage: fuzz_seed_corpus OUT_DIR");
   const std::string out = argv[1];
-  for (const char* fuzzer :
-       {"idx_fuzzer", "checkpoint_fuzzer", "soft_targets_request_fuzzer", "target_codec_fuzzer"}) {
+  for (const char* fuzzer : {"idx_fuzzer", "checkpoint_fuzzer", "soft_targets_request_fuzzer",
+                             "target_codec_fuzzer", "onnx_import_fuzzer"}) {
     std::filesystem::create_directories(out + "/" + fuzzer);
   }
   distillery::IdxSeeds(out + "/idx_fuzzer");
   distillery::CheckpointSeeds(out + "/checkpoint_fuzzer");
   distillery::RequestSeeds(out + "/soft_targets_request_fuzzer");
   distillery::ResponseSeeds(out + "/target_codec_fuzzer");
+  distillery::OnnxSeeds(out + "/onnx_import_fuzzer");
   return 0;
 }

@@ -2,6 +2,7 @@
 //
 //   teacher_server train [--flags]   train a teacher, write its checkpoint
 //   teacher_server serve [--flags]   serve a trained teacher's soft targets
+//   teacher_server import [--flags]  convert an ONNX classifier into a checkpoint
 //   teacher_server probe [--flags]   ask a server's gRPC health service (exit 0 = serving)
 //
 // `teacher_server --help` lists every flag.
@@ -14,6 +15,8 @@
 #include "absl/flags/usage.h"
 #include "absl/time/time.h"
 #include "common/cli/training_flags.h"
+#include "common/formats/checkpoint.h"
+#include "common/formats/onnx_import.h"
 #include "common/nn/softmax.h"
 #include "common/security/secret.h"
 #include "common/train/trainer.h"
@@ -68,6 +71,14 @@ ABSL_FLAG(double, drain_seconds, 10, "serve: after SIGTERM, calls in flight get 
 ABSL_FLAG(double, keepalive_seconds, 30, "serve: HTTP/2 keepalive ping interval");
 ABSL_FLAG(double, max_connection_age_seconds, 0,
           "serve: close connections after this age so clients rebalance (0 = never)");
+ABSL_FLAG(std::string, onnx, "",
+          "import, serve: an ONNX image classifier (opsets 11-18) to convert into a Distillery "
+          "network; serve --onnx imports it in memory instead of reading --checkpoint");
+ABSL_FLAG(std::string, input_shape, "",
+          "import, serve --onnx: one example's C,H,W, needed when the model's input is flat (N, "
+          "F) or has dynamic spatial sizes");
+// Preprocessing flags of imported models (--input_mean/--input_std) belong
+// here, next to --input_shape; the import records input_scale = 1/255.
 ABSL_FLAG(std::string, probe_target, "127.0.0.1:50051", "probe: gRPC address of the server");
 ABSL_FLAG(std::string, probe_service, "",
           "probe: service whose health is asked (empty = the server as a whole)");
@@ -101,14 +112,65 @@ constexpr char kUsage[] =
     "  train   train a teacher on --data_dir (within --train_range) and write --checkpoint\n"
     "  serve   serve the teacher in --checkpoint; its transfer set is --data_dir's training\n"
     "          images within --transfer_range\n"
+    "  import  convert the ONNX classifier --onnx into the checkpoint --checkpoint (the model\n"
+    "          must take pixels / 255; --input_shape=C,H,W for flat or dynamic inputs)\n"
     "  inspect print the network in --checkpoint: layers, shapes, parameters, input shape and\n"
     "          preprocessing, format version\n";
+
+// The import options of --input_shape (false after logging a bad flag).
+bool ImportOptionsFromFlags(distillery::OnnxImportOptions* options) {
+  if (const std::string text = absl::GetFlag(FLAGS_input_shape); !text.empty()) {
+    auto shape = distillery::ParseInputShape(text);
+    if (!shape.ok()) {
+      spdlog::error("bad --input_shape: {}", shape.status().ToString());
+      return false;
+    }
+    options->input_shape = *shape;
+  }
+  return true;
+}
+
+// teacher_server import --onnx=model.onnx --checkpoint=teacher.ckpt
+int Import() {
+  const std::string onnx = absl::GetFlag(FLAGS_onnx);
+  const std::string path = absl::GetFlag(FLAGS_checkpoint);
+  if (onnx.empty() || path.empty()) {
+    spdlog::error("import needs --onnx and --checkpoint");
+    return 2;
+  }
+  distillery::OnnxImportOptions options;
+  if (!ImportOptionsFromFlags(&options)) return 2;
+  auto checkpoint = distillery::ImportOnnxFile(onnx, options);
+  if (!checkpoint.ok()) {
+    spdlog::error("import failed: {}", checkpoint.status().ToString());
+    return 1;
+  }
+  if (absl::Status s = distillery::SaveCheckpoint(path, *checkpoint); !s.ok()) {
+    spdlog::error("import failed: {}", s.ToString());
+    return 1;
+  }
+  auto summary = distillery::DescribeCheckpoint(*checkpoint);
+  spdlog::info("imported {} into {}\n{}", onnx, path,
+               summary.ok() ? *summary : summary.status().ToString());
+  return 0;
+}
 
 int Serve() {
   distillery::ServeConfig config;
   config.checkpoint_path = absl::GetFlag(FLAGS_checkpoint);
+  if (const std::string onnx = absl::GetFlag(FLAGS_onnx); !onnx.empty()) {
+    distillery::OnnxImportOptions options;
+    if (!ImportOptionsFromFlags(&options)) return 2;
+    auto checkpoint = distillery::ImportOnnxFile(onnx, options);
+    if (!checkpoint.ok()) {
+      spdlog::error("import failed: {}", checkpoint.status().ToString());
+      return 1;
+    }
+    config.checkpoint = std::move(*checkpoint);
+    config.checkpoint_path = onnx;
+  }
   if (config.checkpoint_path.empty()) {
-    spdlog::error("serve needs --checkpoint");
+    spdlog::error("serve needs --checkpoint (or --onnx)");
     return 2;
   }
   config.address = absl::GetFlag(FLAGS_address);
@@ -204,6 +266,7 @@ int main(int argc, char** argv) {
   if (command == "train") return distillery::RunTrainingFromFlags("teacher");
   if (command == "serve") return Serve();
   if (command == "probe") return Probe();
+  if (command == "import") return Import();
   if (command == "inspect") return distillery::InspectCheckpointFromFlags();
   spdlog::error("unknown command \"{}\"\n{}", command, kUsage);
   return 2;

@@ -37,7 +37,13 @@ absl::Status RunServer(const ServeConfig& config) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   SetComputeThreads(config.threads);
-  ASSIGN_OR_RETURN(distill::v1::Checkpoint checkpoint, LoadCheckpoint(config.checkpoint_path));
+  distill::v1::Checkpoint checkpoint;
+  if (config.checkpoint.has_value()) {
+    RETURN_IF_ERROR(ValidateCheckpoint(*config.checkpoint));
+    checkpoint = *config.checkpoint;
+  } else {
+    ASSIGN_OR_RETURN(checkpoint, LoadCheckpoint(config.checkpoint_path));
+  }
   ASSIGN_OR_RETURN(std::unique_ptr<Network> teacher, NetworkFromCheckpoint(checkpoint));
   TeacherIdentity identity;
   identity.architecture = teacher->spec().ArchitectureString();

@@ -4,10 +4,12 @@
 #ifndef DISTILLERY_TEACHER_SERVER_SERVER_H_
 #define DISTILLERY_TEACHER_SERVER_SERVER_H_
 
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "distill/v1/checkpoint.pb.h"
 #include "teacher_server/auth.h"
 #include "teacher_server/dynamic_batcher.h"
 #include "teacher_server/teacher_service.h"
@@ -17,6 +19,10 @@ namespace distillery {
 struct ServeConfig {
   // The teacher checkpoint to serve (teacher_server train writes one).
   std::string checkpoint_path;
+  // A checkpoint already in memory (e.g. imported from ONNX by `serve
+  // --onnx`), served instead of reading checkpoint_path (which then only
+  // names it in logs). It is verified (ValidateCheckpoint) before serving.
+  std::optional<distill::v1::Checkpoint> checkpoint;
   // gRPC listening address; port 0 picks a free port (see port_file).
   std::string address = "0.0.0.0:50051";
   // When not empty, the chosen gRPC port is written here once serving.

@@ -1,0 +1,354 @@
+// The ONNX importer (common/formats/onnx_import.h) on small models built with
+// the ONNX protobuf API (tests/onnx_test_models.h): batch-norm folding, the
+// layers it produces, and every refusal.
+#include "common/formats/onnx_import.h"
+
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "common/formats/checkpoint.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/onnx_test_models.h"
+
+namespace distillery {
+namespace {
+
+using onnx_test::ModelBuilder;
+using onnx_test::Values;
+using ::testing::HasSubstr;
+
+absl::StatusOr<distill::v1::Checkpoint> Import(const onnx::ModelProto& model,
+                                               const OnnxImportOptions& options = {}) {
+  return ImportOnnxModel(model.SerializeAsString(), options, "test.onnx");
+}
+
+const distill::v1::Tensor& Param(const distill::v1::Checkpoint& c, const std::string& name) {
+  for (const distill::v1::Tensor& t : c.parameters()) {
+    if (t.name() == name) return t;
+  }
+  ADD_FAILURE() << "no parameter " << name;
+  static const distill::v1::Tensor empty;
+  return empty;
+}
+
+std::vector<std::string> Kinds(const distill::v1::Checkpoint& c) {
+  std::vector<std::string> kinds;
+  for (const distill::v1::Layer& l : c.architecture().layers()) kinds.push_back(l.kind());
+  return kinds;
+}
+
+// Gemm (4 -> 3) followed by BatchNormalization with epsilon `eps`.
+onnx::ModelProto GemmBnModel(float eps) {
+  ModelBuilder b({-1, 4});
+  onnx::NodeProto* gemm =
+      b.Node("Gemm", {"", b.Weight("w", {3, 4}, Values(12, 1)), b.Weight("b", {3}, Values(3, 2))});
+  onnx_test::SetInt(gemm, "transB", 1);
+  onnx::NodeProto* bn =
+      b.Node("BatchNormalization",
+             {"", b.Weight("g", {3}, Values(3, 3, 0.5f)), b.Weight("beta", {3}, Values(3, 4)),
+              b.Weight("m", {3}, Values(3, 5)), b.Weight("v", {3}, Values(3, 6, 0.1f))});
+  onnx_test::SetFloat(bn, "epsilon", eps);
+  return b.Finish();
+}
+
+TEST(OnnxImportTest, FoldsBatchNormIntoGemm) {
+  OnnxImportOptions options;
+  options.input_shape = {1, 2, 2};
+  auto c = Import(GemmBnModel(1e-3f), options);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_THAT(Kinds(*c), ::testing::ElementsAre("flatten", "linear"));
+  const std::vector<float> w = Values(12, 1), b = Values(3, 2), g = Values(3, 3, 0.5f),
+                           beta = Values(3, 4), m = Values(3, 5), v = Values(3, 6, 0.1f);
+  const distill::v1::Tensor& fw = Param(*c, "layer0.weight");
+  const distill::v1::Tensor& fb = Param(*c, "layer0.bias");
+  ASSERT_EQ(fw.values_size(), 12);
+  ASSERT_EQ(fb.values_size(), 3);
+  for (int o = 0; o < 3; ++o) {
+    const double s = g[o] / std::sqrt(double{v[o]} + 1e-3);
+    for (int i = 0; i < 4; ++i) EXPECT_NEAR(fw.values(o * 4 + i), w[o * 4 + i] * s, 1e-6);
+    EXPECT_NEAR(fb.values(o), (b[o] - m[o]) * s + beta[o], 1e-6);
+  }
+  EXPECT_EQ(c->metadata().at("source"), "onnx:distillery-test 1.0");
+  EXPECT_FLOAT_EQ(c->architecture().input_scale(), 1.f / 255.f);
+  EXPECT_TRUE(ValidateCheckpoint(*c).ok());
+}
+
+TEST(OnnxImportTest, FoldsBatchNormIntoConvAndMatchesTheUnfoldedForward) {
+  auto c = Import(onnx_test::ConvBnModel());
+  ASSERT_TRUE(c.ok()) << c.status();
+  // Both batch norms folded, Dropout dropped, Softmax stripped.
+  EXPECT_THAT(Kinds(*c), ::testing::ElementsAre("conv2d", "relu", "maxpool2d", "flatten", "linear",
+                                                "relu", "linear"));
+  // Reference: the unfolded graph by hand for one input, against the engine.
+  const std::vector<float> x = Values(32, 99);
+  const std::vector<float> cw = Values(54, 1), cb = Values(3, 2), g = Values(3, 3, 0.5f),
+                           be = Values(3, 4), mu = Values(3, 5), var = Values(3, 6, 0.25f);
+  std::vector<double> conv(3 * 16);
+  for (int o = 0; o < 3; ++o) {
+    for (int r = 0; r < 4; ++r) {
+      for (int q = 0; q < 4; ++q) {
+        double sum = cb[o];
+        for (int i = 0; i < 2; ++i) {
+          for (int kr = 0; kr < 3; ++kr) {
+            for (int kc = 0; kc < 3; ++kc) {
+              const int rr = r + kr - 1, cc = q + kc - 1;
+              if (rr < 0 || rr >= 4 || cc < 0 || cc >= 4) continue;
+              sum += cw[((o * 2 + i) * 3 + kr) * 3 + kc] * x[(i * 4 + rr) * 4 + cc];
+            }
+          }
+        }
+        const double y = g[o] * (sum - mu[o]) / std::sqrt(var[o] + 1e-5) + be[o];
+        conv[(o * 4 + r) * 4 + q] = std::max(0.0, y);
+      }
+    }
+  }
+  std::vector<double> pooled(12);
+  for (int o = 0; o < 3; ++o) {
+    for (int r = 0; r < 2; ++r) {
+      for (int q = 0; q < 2; ++q) {
+        double best = -1e30;
+        for (int a = 0; a < 2; ++a) {
+          for (int d = 0; d < 2; ++d) {
+            best = std::max(best, conv[(o * 4 + 2 * r + a) * 4 + 2 * q + d]);
+          }
+        }
+        pooled[(o * 2 + r) * 2 + q] = best;
+      }
+    }
+  }
+  const std::vector<float> w1 = Values(60, 7), b1 = Values(5, 8), g1 = Values(5, 9, 0.5f),
+                           be1 = Values(5, 10), mu1 = Values(5, 11), v1 = Values(5, 12, 0.25f);
+  std::vector<double> hidden(5);
+  for (int o = 0; o < 5; ++o) {
+    double sum = b1[o];
+    for (int i = 0; i < 12; ++i) sum += w1[o * 12 + i] * pooled[i];
+    hidden[o] = std::max(0.0, g1[o] * (sum - mu1[o]) / std::sqrt(v1[o] + 1e-3) + be1[o]);
+  }
+  const std::vector<float> w2 = Values(20, 13), b2 = Values(4, 14);
+  auto network = NetworkFromCheckpoint(*c);
+  ASSERT_TRUE(network.ok()) << network.status();
+  Tensor input({1, 2, 4, 4});
+  for (int k = 0; k < 32; ++k) input.data()[k] = x[k];
+  const Tensor* logits = nullptr;
+  ASSERT_TRUE((*network)->Predict(input, &logits).ok());
+  ASSERT_EQ(logits->size(), 4);
+  for (int o = 0; o < 4; ++o) {
+    double sum = b2[o];
+    for (int i = 0; i < 5; ++i) sum += w2[i * 4 + o] * hidden[i];  // transB = 0
+    EXPECT_NEAR(logits->data()[o], sum, 1e-5) << o;
+  }
+}
+
+TEST(OnnxImportTest, ImportsPyTorchViewPatternMatMulAddAndAveragePools) {
+  auto c = Import(onnx_test::ViewModel());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_THAT(Kinds(*c), ::testing::ElementsAre("conv2d", "relu", "avgpool2d", "avgpool2d",
+                                                "flatten", "linear"));
+  const distill::v1::Layer& conv = c->architecture().layers(0);
+  EXPECT_EQ(conv.pad_rows(), 1);  // SAME_UPPER, 3x3, stride 1
+  EXPECT_TRUE(c->architecture().layers(2).count_include_pad());
+  EXPECT_EQ(c->architecture().layers(3).kernel_rows(), 6);  // global
+  const distill::v1::Tensor& bias = Param(*c, "layer1.bias");
+  ASSERT_EQ(bias.values_size(), 3);
+  EXPECT_FLOAT_EQ(bias.values(1), Values(3, 23)[1]);
+  EXPECT_FLOAT_EQ(Param(*c, "layer1.weight").values(1 * 4 + 2), Values(12, 22)[2 * 3 + 1]);
+}
+
+TEST(OnnxImportTest, BatchNormNotAfterALayerBecomesABatchNormLayer) {
+  ModelBuilder b({-1, 2, 3, 3});
+  b.Node("Relu", {""});
+  onnx::NodeProto* bn =
+      b.Node("BatchNormalization",
+             {"", b.Weight("g", {2}, {1.5f, 0.5f}), b.Weight("beta", {2}, {0.1f, 0.2f}),
+              b.Weight("m", {2}, {0.3f, 0.4f}), b.Weight("v", {2}, {2.f, 3.f})});
+  onnx_test::SetFloat(bn, "epsilon", 1e-3f);
+  b.Node("Flatten", {""});
+  b.Node("Gemm", {"", b.Weight("w", {18, 2}, Values(36, 1))});
+  auto c = Import(b.Finish());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_THAT(Kinds(*c), ::testing::ElementsAre("relu", "batchnorm", "flatten", "linear"));
+  ASSERT_EQ(c->buffers_size(), 2);
+  EXPECT_EQ(c->buffers(1).name(), "layer0.running_var");
+  // The engine's epsilon is 1e-5: the variance absorbs the difference.
+  EXPECT_NEAR(c->buffers(1).values(0), 2.f + 1e-3f - 1e-5f, 1e-6);
+  EXPECT_FLOAT_EQ(c->buffers(0).values(1), 0.4f);
+}
+
+TEST(OnnxImportTest, NamesEveryUnsupportedOperator) {
+  ModelBuilder b({-1, 1, 4, 4});
+  b.Node("Flatten", {""});
+  b.Node("LeakyRelu", {""}, "leaky");
+  b.Node("Tanh", {""}, "squash");
+  b.Node("Gemm", {"", b.Weight("w", {2, 16}, Values(32, 1))});
+  auto c = Import(b.Finish());
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(), HasSubstr("LeakyRelu \"leaky\""));
+  EXPECT_THAT(c.status().message(), HasSubstr("Tanh \"squash\""));
+}
+
+TEST(OnnxImportTest, RefusesDynamicSpatialShapeWithoutInputShape) {
+  ModelBuilder b({-1, 1, -1, -1});
+  b.Node("Flatten", {""});
+  b.Node("Gemm", {"", b.Weight("w", {16, 2}, Values(32, 1))});
+  const onnx::ModelProto model = b.Finish();
+  auto c = Import(model);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(), HasSubstr("--input_shape"));
+  OnnxImportOptions options;
+  options.input_shape = {1, 4, 4};
+  EXPECT_TRUE(Import(model, options).ok());
+  options.input_shape = {1, 5, 4};  // 20 features: the Gemm takes 16
+  EXPECT_FALSE(Import(model, options).ok());
+}
+
+TEST(OnnxImportTest, RefusesMoreThanOneOutput) {
+  ModelBuilder b({-1, 4});
+  b.Node("Gemm", {"", b.Weight("w", {4, 2}, Values(8, 1))});
+  onnx::ModelProto model = b.Finish();
+  *model.mutable_graph()->add_output() = model.graph().output(0);
+  model.mutable_graph()->mutable_output(1)->set_name("other");
+  OnnxImportOptions options;
+  options.input_shape = {1, 2, 2};
+  auto c = Import(model, options);
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(c.status().message(), HasSubstr("2 graph outputs"));
+}
+
+TEST(OnnxImportTest, RefusesExternalDataNonFloatAndNonFiniteWeights) {
+  OnnxImportOptions options;
+  options.input_shape = {1, 2, 2};
+  auto gemm_with = [](const onnx::TensorProto& w) {
+    ModelBuilder b({-1, 4});
+    b.Node("Gemm", {"", w.name()});
+    *b.graph()->add_initializer() = w;
+    return b.Finish();
+  };
+  onnx::TensorProto external = onnx_test::FloatTensor("w", {4, 2}, {});
+  external.set_data_location(onnx::TensorProto::EXTERNAL);
+  auto* entry = external.add_external_data();
+  entry->set_key("location");
+  entry->set_value("../../etc/passwd");
+  auto c = Import(gemm_with(external), options);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(c.status().message(), HasSubstr("external data"));
+
+  onnx::TensorProto doubles;
+  doubles.set_name("w");
+  doubles.set_data_type(onnx::TensorProto::DOUBLE);
+  doubles.add_dims(4);
+  doubles.add_dims(2);
+  for (int k = 0; k < 8; ++k) doubles.add_double_data(0.5);
+  c = Import(gemm_with(doubles), options);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(c.status().message(), HasSubstr("float32"));
+
+  std::vector<float> values = Values(8, 1);
+  values[5] = std::numeric_limits<float>::quiet_NaN();
+  c = Import(gemm_with(onnx_test::FloatTensor("w", {4, 2}, values)), options);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(c.status().message(), HasSubstr("non-finite"));
+
+  onnx::TensorProto short_raw = onnx_test::FloatTensor("w", {4, 2}, {});
+  short_raw.set_raw_data(std::string(12, '\0'));  // 3 floats for 8
+  c = Import(gemm_with(short_raw), options);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kDataLoss);
+}
+
+TEST(OnnxImportTest, RefusesMalformedAndTruncatedBytes) {
+  auto c = ImportOnnxModel("not a model at all", {}, "junk.onnx");
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kDataLoss);
+  const std::string bytes = onnx_test::ConvBnModel().SerializeAsString();
+  for (size_t cut : {size_t{0}, size_t{1}, bytes.size() / 3, bytes.size() / 2, bytes.size() - 1}) {
+    c = ImportOnnxModel(std::string_view(bytes).substr(0, cut), {}, "cut.onnx");
+    EXPECT_FALSE(c.ok()) << cut;
+  }
+  EXPECT_TRUE(ImportOnnxModel(bytes, {}, "whole.onnx").ok());
+}
+
+TEST(OnnxImportTest, RefusesCeilModeOpsetsAndBranches) {
+  {
+    ModelBuilder b({-1, 1, 4, 4});
+    onnx::NodeProto* pool = b.Node("MaxPool", {""}, "pool");
+    onnx_test::SetInts(pool, "kernel_shape", {2, 2});
+    onnx_test::SetInt(pool, "ceil_mode", 1);
+    b.Node("Flatten", {""});
+    b.Node("Gemm", {"", b.Weight("w", {4, 2}, Values(8, 1))});
+    auto c = Import(b.Finish());
+    ASSERT_FALSE(c.ok());
+    EXPECT_THAT(c.status().message(), HasSubstr("ceil_mode"));
+  }
+  {
+    ModelBuilder b({-1, 4}, 10);
+    b.Node("Gemm", {"", b.Weight("w", {4, 2}, Values(8, 1))});
+    OnnxImportOptions options;
+    options.input_shape = {1, 2, 2};
+    auto c = Import(b.Finish(), options);
+    ASSERT_FALSE(c.ok());
+    EXPECT_THAT(c.status().message(), HasSubstr("opset"));
+  }
+  {
+    // A residual connection: Add of two activations.
+    ModelBuilder b({-1, 4});
+    const std::string h = b.Node("Gemm", {"", b.Weight("w", {4, 4}, Values(16, 1))})->output(0);
+    b.Node("Relu", {""});
+    b.Node("Add", {"", h});
+    OnnxImportOptions options;
+    options.input_shape = {1, 2, 2};
+    auto c = Import(b.Finish(), options);
+    ASSERT_FALSE(c.ok());
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  }
+}
+
+TEST(OnnxImportTest, SqueezeAfterGlobalPoolConstantNodesAndLogSoftmax) {
+  ModelBuilder b({2, 3, 4, 4});  // a fixed batch
+  b.Node("GlobalAveragePool", {""});
+  // Opset 13: Squeeze's axes are an input, here from a Constant node.
+  onnx::NodeProto* axes = b.graph()->add_node();
+  axes->set_op_type("Constant");
+  axes->set_name("axes");
+  axes->add_output("axes_value");
+  onnx::AttributeProto* value = axes->add_attribute();
+  value->set_name("value");
+  value->set_type(onnx::AttributeProto::TENSOR);
+  *value->mutable_t() = onnx_test::IntTensor("", {2, 3});
+  const std::string pooled = b.graph()->node(0).output(0);
+  b.Node("Squeeze", {pooled, "axes_value"});
+  b.Node("Gemm", {"", b.Weight("w", {3, 2}, Values(6, 1))});
+  b.Node("LogSoftmax", {""});
+  auto c = Import(b.Finish());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_THAT(Kinds(*c), ::testing::ElementsAre("avgpool2d", "flatten", "linear"));
+
+  // A Softmax that is not the last node is refused.
+  ModelBuilder s({-1, 4});
+  s.Node("Softmax", {""}, "early");
+  s.Node("Gemm", {"", s.Weight("w", {4, 2}, Values(8, 1))});
+  OnnxImportOptions options;
+  options.input_shape = {1, 2, 2};
+  auto refused = Import(s.Finish(), options);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_THAT(refused.status().message(), HasSubstr("Softmax \"early\""));
+}
+
+TEST(OnnxImportTest, ParsesInputShape) {
+  auto s = ParseInputShape("3,32,32");
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(*s, (Shape{3, 32, 32}));
+  EXPECT_FALSE(ParseInputShape("3,32").ok());
+  EXPECT_FALSE(ParseInputShape("3,0,32").ok());
+  EXPECT_FALSE(ParseInputShape("a,b,c").ok());
+}
+
+}  // namespace
+}  // namespace distillery
