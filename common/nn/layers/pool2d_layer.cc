@@ -156,8 +156,9 @@ absl::Status Pool2dLayer::Forward(const Tensor& input, bool training, Tensor* ou
   }
   std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}};
   if (p->has_workspace) args[DNNL_ARG_WORKSPACE] = p->workspace;
-  p->workspace_filled = true;
-  return context_->Execute("pooling forward (training)", p->forward_training, args);
+  absl::Status status = context_->Execute("pooling forward (training)", p->forward_training, args);
+  p->workspace_filled = status.ok();
+  return status;
 }
 
 absl::Status Pool2dLayer::Backward(const Tensor& input, const Tensor& /*output*/,

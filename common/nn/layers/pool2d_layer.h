@@ -16,7 +16,8 @@
 //   max:     dL/dinput gets each dL/doutput at the position the window's
 //            maximum came from (summed where windows overlap); this uses the
 //            workspace of the last training Forward, so Backward after an
-//            inference Forward is a FailedPrecondition.
+//            inference Forward, or after its shape's cached primitives were
+//            evicted (primitive_cache.h) since, is a FailedPrecondition.
 //   average: dL/dinput gets dL/doutput / count at every element of the window.
 // Padding may be at most half the window (PyTorch's rule).
 #ifndef DISTILLERY_COMMON_NN_LAYERS_POOL2D_LAYER_H_
@@ -74,7 +75,8 @@ class Pool2dLayer : public Layer {
   }
 
  private:
-  // The primitives for one input shape. An inference Forward builds only
+  // The primitives for one input shape, in a cache of a few shapes. An
+  // inference Forward builds only
   // forward_inference; the first training Forward or Backward of the shape
   // builds forward_training, backward and the workspace.
   struct Primitives {
