@@ -46,6 +46,14 @@ class PrimitiveCache {
     return &entries_.front().second;
   }
 
+  // How many entries satisfy `pred(const Value&)` (for tests and metrics).
+  template <typename Pred>
+  size_t CountIf(Pred pred) const {
+    size_t n = 0;
+    for (const auto& entry : entries_) n += pred(entry.second) ? 1 : 0;
+    return n;
+  }
+
   size_t size() const { return entries_.size(); }
   size_t capacity() const { return capacity_; }
 

@@ -57,53 +57,83 @@ absl::Status BatchNormLayer::CheckInput(const char* what, const Tensor& input) c
   return absl::OkStatus();
 }
 
-absl::Status BatchNormLayer::GetPrimitives(const Tensor& input, Primitives** primitives) {
+absl::Status BatchNormLayer::GetPrimitives(const Tensor& input, Kind kind,
+                                           Primitives** primitives) {
   const ShapeKey key = {input.dim(0), input.rank() == 4 ? input.dim(2) : 1,
                         input.rank() == 4 ? input.dim(3) : 1};
-  auto it = primitives_by_shape_.find(key);
-  if (it != primitives_by_shape_.end()) {
-    *primitives = &it->second;
+  Primitives* found = primitives_by_shape_.Find(key);
+  if (found != nullptr && found->has[kind]) {
+    *primitives = found;
     return absl::OkStatus();
   }
   try {
     const dnnl::engine& engine = context_->engine();
-    Primitives p;
-    p.data = memory::desc({key[0], channels_, key[1], key[2]}, memory::data_type::f32,
-                          memory::format_tag::nchw);
-    p.stats = PlainVectorDesc(channels_);
+    const memory::desc data = memory::desc({key[0], channels_, key[1], key[2]},
+                                           memory::data_type::f32, memory::format_tag::nchw);
     using flags = dnnl::normalization_flags;
     const flags affine = flags::use_scale | flags::use_shift;
     const flags global = affine | flags::use_global_stats;
-    dnnl::batch_normalization_forward::primitive_desc training_pd(
-        dnnl::batch_normalization_forward::desc(dnnl::prop_kind::forward_training, p.data, kEpsilon,
-                                                affine),
-        engine);
-    dnnl::batch_normalization_forward::primitive_desc inference_pd(
-        dnnl::batch_normalization_forward::desc(dnnl::prop_kind::forward_inference, p.data,
-                                                kEpsilon, global),
-        engine);
-    // The backward pass after an inference Forward needs a training-kind
-    // forward hint with global statistics.
-    dnnl::batch_normalization_forward::primitive_desc global_training_pd(
-        dnnl::batch_normalization_forward::desc(dnnl::prop_kind::forward_training, p.data, kEpsilon,
-                                                global),
-        engine);
-    dnnl::batch_normalization_backward::primitive_desc backward_training_pd(
-        dnnl::batch_normalization_backward::desc(dnnl::prop_kind::backward, p.data, p.data,
-                                                 kEpsilon, affine),
-        engine, training_pd);
-    dnnl::batch_normalization_backward::primitive_desc backward_inference_pd(
-        dnnl::batch_normalization_backward::desc(dnnl::prop_kind::backward, p.data, p.data,
-                                                 kEpsilon, global),
-        engine, global_training_pd);
-    p.forward_training = dnnl::batch_normalization_forward(training_pd);
-    p.forward_inference = dnnl::batch_normalization_forward(inference_pd);
-    p.backward_training = dnnl::batch_normalization_backward(backward_training_pd);
-    p.backward_inference = dnnl::batch_normalization_backward(backward_inference_pd);
-    *primitives = &primitives_by_shape_.emplace(key, std::move(p)).first->second;
+    using ForwardPd = dnnl::batch_normalization_forward::primitive_desc;
+    using BackwardPd = dnnl::batch_normalization_backward::primitive_desc;
+    auto forward_pd = [&](dnnl::prop_kind prop, flags f) {
+      return ForwardPd(dnnl::batch_normalization_forward::desc(prop, data, kEpsilon, f), engine);
+    };
+    auto backward_pd = [&](flags f, const ForwardPd& hint) {
+      return BackwardPd(dnnl::batch_normalization_backward::desc(dnnl::prop_kind::backward, data,
+                                                                 data, kEpsilon, f),
+                        engine, hint);
+    };
+    // Built before the entry is touched, so that a failure leaves it as it was.
+    dnnl::batch_normalization_forward forward;
+    dnnl::batch_normalization_backward backward;
+    switch (kind) {
+      case kForwardTraining:
+        forward = dnnl::batch_normalization_forward(
+            forward_pd(dnnl::prop_kind::forward_training, affine));
+        break;
+      case kForwardInference:
+        forward = dnnl::batch_normalization_forward(
+            forward_pd(dnnl::prop_kind::forward_inference, global));
+        break;
+      case kBackwardTraining:
+        backward = dnnl::batch_normalization_backward(
+            backward_pd(affine, forward_pd(dnnl::prop_kind::forward_training, affine)));
+        break;
+      case kBackwardInference:
+        // The backward pass after an inference Forward needs a training-kind
+        // forward hint with global statistics.
+        backward = dnnl::batch_normalization_backward(
+            backward_pd(global, forward_pd(dnnl::prop_kind::forward_training, global)));
+        break;
+      case kKinds:
+        return absl::InternalError("BatchNormLayer: no such primitive");
+    }
+    if (found == nullptr) {
+      found = primitives_by_shape_.Insert(key, Primitives());
+      found->data = data;
+      found->stats = PlainVectorDesc(channels_);
+    }
+    switch (kind) {
+      case kForwardTraining:
+        found->forward_training = std::move(forward);
+        break;
+      case kForwardInference:
+        found->forward_inference = std::move(forward);
+        break;
+      case kBackwardTraining:
+        found->backward_training = std::move(backward);
+        break;
+      case kBackwardInference:
+        found->backward_inference = std::move(backward);
+        break;
+      case kKinds:
+        break;
+    }
+    found->has[kind] = true;
   } catch (const dnnl::error& e) {
     return DnnlErrorToStatus("building batch-normalization primitives", e);
   }
+  *primitives = found;
   return absl::OkStatus();
 }
 
@@ -116,7 +146,10 @@ absl::Status BatchNormLayer::Forward(const Tensor& input, bool training, Tensor*
         ShapeString(input.shape())));
   }
   Primitives* p = nullptr;
-  if (absl::Status s = GetPrimitives(input, &p); !s.ok()) return s;
+  if (absl::Status s = GetPrimitives(input, training ? kForwardTraining : kForwardInference, &p);
+      !s.ok()) {
+    return s;
+  }
   output->Reshape(input.shape());
   const dnnl::engine& engine = context_->engine();
   memory src(p->data, engine, const_cast<float*>(input.data()));
@@ -167,7 +200,11 @@ absl::Status BatchNormLayer::Backward(const Tensor& input, const Tensor& /*outpu
                      " does not match output ", ShapeString(input.shape())));
   }
   Primitives* p = nullptr;
-  if (absl::Status s = GetPrimitives(input, &p); !s.ok()) return s;
+  if (absl::Status s =
+          GetPrimitives(input, last_forward_training_ ? kBackwardTraining : kBackwardInference, &p);
+      !s.ok()) {
+    return s;
+  }
   // oneDNN always computes the data gradient.
   Tensor* diff_src_tensor = grad_input != nullptr ? grad_input : &scratch_grad_input_;
   diff_src_tensor->Reshape(input.shape());

@@ -27,9 +27,9 @@
 #define DISTILLERY_COMMON_NN_LAYERS_BATCH_NORM_LAYER_H_
 
 #include <array>
-#include <map>
 
 #include "common/nn/layer.h"
+#include "common/nn/primitive_cache.h"
 #include "common/tensor/dnnl_context.h"
 
 namespace distillery {
@@ -64,9 +64,22 @@ class BatchNormLayer : public Layer {
   Tensor& running_mean() { return running_mean_; }
   Tensor& running_var() { return running_var_; }
 
+  // For tests and metrics: the input shapes with cached primitives (at most
+  // PrimitiveCache::kDefaultCapacity), and how many of them have a backward
+  // primitive built.
+  size_t CachedShapes() const { return primitives_by_shape_.size(); }
+  size_t CachedBackwardShapes() const {
+    return primitives_by_shape_.CountIf(
+        [](const Primitives& p) { return p.has[kBackwardTraining] || p.has[kBackwardInference]; });
+  }
+
  private:
+  // The primitives of one input shape, each built on its first use: an
+  // inference-only network builds forward_inference alone.
+  enum Kind { kForwardTraining, kForwardInference, kBackwardTraining, kBackwardInference, kKinds };
   struct Primitives {
     dnnl::memory::desc data, stats;
+    std::array<bool, kKinds> has = {};  // which of the four are built
     dnnl::batch_normalization_forward forward_training;
     dnnl::batch_normalization_forward forward_inference;  // use_global_stats
     dnnl::batch_normalization_backward backward_training;
@@ -74,7 +87,9 @@ class BatchNormLayer : public Layer {
   };
   using ShapeKey = std::array<int64_t, 3>;  // batch, rows, cols
   absl::Status CheckInput(const char* what, const Tensor& input) const;
-  absl::Status GetPrimitives(const Tensor& input, Primitives** primitives);
+  // The entry for `input`'s shape with primitive `kind` built. The pointer
+  // is valid until the next call.
+  absl::Status GetPrimitives(const Tensor& input, Kind kind, Primitives** primitives);
 
   int64_t channels_;
   DnnlContext* context_;
@@ -85,7 +100,8 @@ class BatchNormLayer : public Layer {
   Tensor batch_mean_, batch_var_;  // (1, C), from the last training Forward
   Tensor scratch_grad_input_;      // when Backward is not asked for it
   bool last_forward_training_ = false;
-  std::map<ShapeKey, Primitives> primitives_by_shape_;
+  // A few shapes at most (common/nn/primitive_cache.h).
+  PrimitiveCache<ShapeKey, Primitives> primitives_by_shape_;
 };
 
 }  // namespace distillery

@@ -103,11 +103,12 @@ absl::Status Conv2dLayer::CheckInput(const char* what, const Tensor& input) cons
   return OutputShape({input.dim(1), input.dim(2), input.dim(3)}).status();
 }
 
-absl::Status Conv2dLayer::GetPrimitives(const Tensor& input, Primitives** primitives) {
+absl::Status Conv2dLayer::GetPrimitives(const Tensor& input, bool backward,
+                                        Primitives** primitives) {
   const ShapeKey key = {input.dim(0), input.dim(2), input.dim(3)};
-  auto it = primitives_by_shape_.find(key);
-  if (it != primitives_by_shape_.end()) {
-    *primitives = &it->second;
+  Primitives* found = primitives_by_shape_.Find(key);
+  if (found != nullptr && (!backward || found->has_backward)) {
+    *primitives = found;
     return absl::OkStatus();
   }
   absl::StatusOr<Shape> out = OutputShape({input.dim(1), input.dim(2), input.dim(3)});
@@ -118,48 +119,13 @@ absl::Status Conv2dLayer::GetPrimitives(const Tensor& input, Primitives** primit
   const memory::dims padding = {o.pad_rows, o.pad_cols};
   try {
     const dnnl::engine& engine = context_->engine();
-    Primitives p;
-    p.src = Nchw({key[0], o.in_channels, key[1], key[2]});
-    p.dst = Nchw({key[0], o.out_channels, (*out)[1], (*out)[2]});
-    p.bias = PlainVectorDesc(o.out_channels);
-    if (o.groups == 1) {
-      p.weights = Nchw({o.out_channels, o.in_channels, o.kernel_rows, o.kernel_cols});
-    } else {
-      // (groups, out/groups, in/groups, kr, kc) in goihw: the same bytes as
-      // the plain (out, in/groups, kr, kc) tensor.
-      p.weights = memory::desc({o.groups, o.out_channels / o.groups, o.in_channels / o.groups,
-                                o.kernel_rows, o.kernel_cols},
-                               memory::data_type::f32, memory::format_tag::goihw);
-    }
     const auto algorithm = dnnl::algorithm::convolution_direct;
     const auto any_desc = [](const memory::desc& plain) {
       return memory::desc(plain.dims(), memory::data_type::f32, memory::format_tag::any);
     };
-    const memory::desc any_src = any_desc(p.src), any_weights = any_desc(p.weights),
-                       any_dst = any_desc(p.dst);
     using ForwardPd = dnnl::convolution_forward::primitive_desc;
     using DataPd = dnnl::convolution_backward_data::primitive_desc;
     using WeightsPd = dnnl::convolution_backward_weights::primitive_desc;
-    auto forward_of = [&](const memory::desc& src, const memory::desc& weights,
-                          const memory::desc& dst) {
-      return ForwardPd(
-          dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training, algorithm, src,
-                                          weights, p.bias, dst, strides, dilates, padding, padding),
-          engine);
-    };
-    auto data_of = [&](const memory::desc& src, const memory::desc& weights,
-                       const memory::desc& dst, const ForwardPd& hint) {
-      return DataPd(dnnl::convolution_backward_data::desc(algorithm, src, weights, dst, strides,
-                                                          dilates, padding, padding),
-                    engine, hint);
-    };
-    auto weights_of = [&](const memory::desc& src, const memory::desc& weights,
-                          const memory::desc& dst, const ForwardPd& hint) {
-      return WeightsPd(
-          dnnl::convolution_backward_weights::desc(algorithm, src, weights, p.bias, dst, strides,
-                                                   dilates, padding, padding),
-          engine, hint);
-    };
     // Whether oneDNN's chosen layouts pad no tensor beyond 1.5x its plain size.
     auto compact = [](std::initializer_list<std::pair<memory::desc, memory::desc>> chosen) {
       for (const auto& [inner, plain] : chosen) {
@@ -167,31 +133,6 @@ absl::Status Conv2dLayer::GetPrimitives(const Tensor& input, Primitives** primit
       }
       return true;
     };
-    const bool any = o.layout != ConvLayout::kPlain;
-    ForwardPd forward_pd =
-        any ? forward_of(any_src, any_weights, any_dst) : forward_of(p.src, p.weights, p.dst);
-    if (o.layout == ConvLayout::kAuto && !compact({{forward_pd.src_desc(), p.src},
-                                                   {forward_pd.weights_desc(), p.weights},
-                                                   {forward_pd.dst_desc(), p.dst}})) {
-      forward_pd = forward_of(p.src, p.weights, p.dst);
-    }
-    DataPd data_pd = any ? data_of(any_src, any_weights, any_dst, forward_pd)
-                         : data_of(p.src, p.weights, p.dst, forward_pd);
-    if (o.layout == ConvLayout::kAuto && !compact({{data_pd.diff_src_desc(), p.src},
-                                                   {data_pd.weights_desc(), p.weights},
-                                                   {data_pd.diff_dst_desc(), p.dst}})) {
-      data_pd = data_of(p.src, p.weights, p.dst, forward_pd);
-    }
-    WeightsPd weights_pd = any ? weights_of(any_src, any_weights, any_dst, forward_pd)
-                               : weights_of(p.src, p.weights, p.dst, forward_pd);
-    if (o.layout == ConvLayout::kAuto && !compact({{weights_pd.src_desc(), p.src},
-                                                   {weights_pd.diff_weights_desc(), p.weights},
-                                                   {weights_pd.diff_dst_desc(), p.dst}})) {
-      weights_pd = weights_of(p.src, p.weights, p.dst, forward_pd);
-    }
-    p.forward = dnnl::convolution_forward(forward_pd);
-    p.backward_data = dnnl::convolution_backward_data(data_pd);
-    p.backward_weights = dnnl::convolution_backward_weights(weights_pd);
     // A bridge from (to_inner) or to the plain layout.
     auto bridge = [&engine](const memory::desc& plain, const memory::desc& inner, bool to_inner) {
       Bridge b;
@@ -205,26 +146,107 @@ absl::Status Conv2dLayer::GetPrimitives(const Tensor& input, Primitives** primit
       }
       return b;
     };
-    p.forward_src = bridge(p.src, forward_pd.src_desc(), true);
-    p.forward_weights = bridge(p.weights, forward_pd.weights_desc(), true);
-    p.forward_dst = bridge(p.dst, forward_pd.dst_desc(), false);
-    p.data_diff_dst = bridge(p.dst, data_pd.diff_dst_desc(), true);
-    p.data_weights = bridge(p.weights, data_pd.weights_desc(), true);
-    p.data_diff_src = bridge(p.src, data_pd.diff_src_desc(), false);
-    p.weights_src = bridge(p.src, weights_pd.src_desc(), true);
-    p.weights_diff_dst = bridge(p.dst, weights_pd.diff_dst_desc(), true);
-    p.weights_diff_weights = bridge(p.weights, weights_pd.diff_weights_desc(), false);
-    *primitives = &primitives_by_shape_.emplace(key, std::move(p)).first->second;
+    const bool any = o.layout != ConvLayout::kPlain;
+
+    if (found == nullptr) {
+      Primitives p;
+      p.src = Nchw({key[0], o.in_channels, key[1], key[2]});
+      p.dst = Nchw({key[0], o.out_channels, (*out)[1], (*out)[2]});
+      p.bias = PlainVectorDesc(o.out_channels);
+      if (o.groups == 1) {
+        p.weights = Nchw({o.out_channels, o.in_channels, o.kernel_rows, o.kernel_cols});
+      } else {
+        // (groups, out/groups, in/groups, kr, kc) in goihw: the same bytes as
+        // the plain (out, in/groups, kr, kc) tensor.
+        p.weights = memory::desc({o.groups, o.out_channels / o.groups, o.in_channels / o.groups,
+                                  o.kernel_rows, o.kernel_cols},
+                                 memory::data_type::f32, memory::format_tag::goihw);
+      }
+      auto forward_of = [&](const memory::desc& src, const memory::desc& weights,
+                            const memory::desc& dst) {
+        return ForwardPd(dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training,
+                                                         algorithm, src, weights, p.bias, dst,
+                                                         strides, dilates, padding, padding),
+                         engine);
+      };
+      ForwardPd forward_pd = any ? forward_of(any_desc(p.src), any_desc(p.weights), any_desc(p.dst))
+                                 : forward_of(p.src, p.weights, p.dst);
+      if (o.layout == ConvLayout::kAuto && !compact({{forward_pd.src_desc(), p.src},
+                                                     {forward_pd.weights_desc(), p.weights},
+                                                     {forward_pd.dst_desc(), p.dst}})) {
+        forward_pd = forward_of(p.src, p.weights, p.dst);
+      }
+      p.forward = dnnl::convolution_forward(forward_pd);
+      p.forward_src = bridge(p.src, forward_pd.src_desc(), true);
+      p.forward_weights = bridge(p.weights, forward_pd.weights_desc(), true);
+      p.forward_dst = bridge(p.dst, forward_pd.dst_desc(), false);
+      p.forward_pd = std::move(forward_pd);
+      found = primitives_by_shape_.Insert(key, std::move(p));
+      // Whatever entry held the last Forward's reordered input may be gone.
+      last_input_ = nullptr;
+    }
+    if (backward) {
+      Primitives& p = *found;
+      const memory::desc any_src = any_desc(p.src), any_weights = any_desc(p.weights),
+                         any_dst = any_desc(p.dst);
+      auto data_of = [&](const memory::desc& src, const memory::desc& weights,
+                         const memory::desc& dst) {
+        return DataPd(dnnl::convolution_backward_data::desc(algorithm, src, weights, dst, strides,
+                                                            dilates, padding, padding),
+                      engine, p.forward_pd);
+      };
+      auto weights_of = [&](const memory::desc& src, const memory::desc& weights,
+                            const memory::desc& dst) {
+        return WeightsPd(
+            dnnl::convolution_backward_weights::desc(algorithm, src, weights, p.bias, dst, strides,
+                                                     dilates, padding, padding),
+            engine, p.forward_pd);
+      };
+      DataPd data_pd =
+          any ? data_of(any_src, any_weights, any_dst) : data_of(p.src, p.weights, p.dst);
+      if (o.layout == ConvLayout::kAuto && !compact({{data_pd.diff_src_desc(), p.src},
+                                                     {data_pd.weights_desc(), p.weights},
+                                                     {data_pd.diff_dst_desc(), p.dst}})) {
+        data_pd = data_of(p.src, p.weights, p.dst);
+      }
+      WeightsPd weights_pd =
+          any ? weights_of(any_src, any_weights, any_dst) : weights_of(p.src, p.weights, p.dst);
+      if (o.layout == ConvLayout::kAuto && !compact({{weights_pd.src_desc(), p.src},
+                                                     {weights_pd.diff_weights_desc(), p.weights},
+                                                     {weights_pd.diff_dst_desc(), p.dst}})) {
+        weights_pd = weights_of(p.src, p.weights, p.dst);
+      }
+      // Built aside and moved in at the end, so that a failure leaves the
+      // entry without backward primitives rather than half of them.
+      dnnl::convolution_backward_data backward_data(data_pd);
+      dnnl::convolution_backward_weights backward_weights(weights_pd);
+      Bridge data_diff_dst = bridge(p.dst, data_pd.diff_dst_desc(), true);
+      Bridge data_weights = bridge(p.weights, data_pd.weights_desc(), true);
+      Bridge data_diff_src = bridge(p.src, data_pd.diff_src_desc(), false);
+      Bridge weights_src = bridge(p.src, weights_pd.src_desc(), true);
+      Bridge weights_diff_dst = bridge(p.dst, weights_pd.diff_dst_desc(), true);
+      Bridge weights_diff_weights = bridge(p.weights, weights_pd.diff_weights_desc(), false);
+      p.backward_data = std::move(backward_data);
+      p.backward_weights = std::move(backward_weights);
+      p.data_diff_dst = std::move(data_diff_dst);
+      p.data_weights = std::move(data_weights);
+      p.data_diff_src = std::move(data_diff_src);
+      p.weights_src = std::move(weights_src);
+      p.weights_diff_dst = std::move(weights_diff_dst);
+      p.weights_diff_weights = std::move(weights_diff_weights);
+      p.has_backward = true;
+    }
   } catch (const dnnl::error& e) {
     return DnnlErrorToStatus("building convolution primitives", e);
   }
+  *primitives = found;
   return absl::OkStatus();
 }
 
 absl::Status Conv2dLayer::Forward(const Tensor& input, bool /*training*/, Tensor* output) {
   if (absl::Status s = CheckInput("Forward", input); !s.ok()) return s;
   Primitives* p = nullptr;
-  if (absl::Status s = GetPrimitives(input, &p); !s.ok()) return s;
+  if (absl::Status s = GetPrimitives(input, /*backward=*/false, &p); !s.ok()) return s;
   const memory::dims& dst_dims = p->dst.dims();
   output->Reshape({dst_dims[0], dst_dims[1], dst_dims[2], dst_dims[3]});
   const dnnl::engine& engine = context_->engine();
@@ -268,7 +290,7 @@ absl::Status Conv2dLayer::Backward(const Tensor& input, const Tensor& /*output*/
                                    const Tensor& grad_output, Tensor* grad_input) {
   if (absl::Status s = CheckInput("Backward", input); !s.ok()) return s;
   Primitives* p = nullptr;
-  if (absl::Status s = GetPrimitives(input, &p); !s.ok()) return s;
+  if (absl::Status s = GetPrimitives(input, /*backward=*/true, &p); !s.ok()) return s;
   const memory::dims& dst_dims = p->dst.dims();
   const Shape out_shape = {dst_dims[0], dst_dims[1], dst_dims[2], dst_dims[3]};
   if (grad_output.shape() != out_shape) {

@@ -27,14 +27,17 @@
 // activations and gradients between plain NCHW and oneDNN's layout, and the
 // weights each call (they change every step). Backward reuses Forward's
 // reordered input when it is the same tensor (the Layer contract), and keeps
-// one scratch buffer per reordered tensor and input shape.
+// one scratch buffer per reordered tensor and input shape. Primitives and
+// buffers are cached for a few input shapes (common/nn/primitive_cache.h);
+// Forward builds only the forward primitive and its reorders, and the first
+// Backward of a shape adds the backward ones, so inference builds none.
 #ifndef DISTILLERY_COMMON_NN_LAYERS_CONV2D_LAYER_H_
 #define DISTILLERY_COMMON_NN_LAYERS_CONV2D_LAYER_H_
 
 #include <array>
-#include <map>
 
 #include "common/nn/layer.h"
+#include "common/nn/primitive_cache.h"
 #include "common/tensor/dnnl_context.h"
 
 namespace distillery {
@@ -104,6 +107,14 @@ class Conv2dLayer : public Layer {
   Parameter& weight() { return weight_; }
   Parameter& bias() { return bias_; }
 
+  // For tests and metrics: the input shapes with cached primitives (at most
+  // PrimitiveCache::kDefaultCapacity), and how many of them have their
+  // backward primitives built.
+  size_t CachedShapes() const { return primitives_by_shape_.size(); }
+  size_t CachedBackwardShapes() const {
+    return primitives_by_shape_.CountIf([](const Primitives& p) { return p.has_backward; });
+  }
+
  private:
   // A plain tensor given to a primitive that wants another layout: the
   // reorder and a buffer in that layout. `needed` is false when the
@@ -114,28 +125,37 @@ class Conv2dLayer : public Layer {
     dnnl::reorder reorder;  // plain -> inner, or inner -> plain for outputs
     dnnl::memory buffer;    // in `inner`, allocated by oneDNN
   };
-  // The primitives for one input shape, built once and then reused.
+  // The primitives for one input shape, built once and then reused: the
+  // forward ones by the first Forward or Backward of the shape, the backward
+  // ones (and their bridges) by its first Backward. The forward
+  // primitive_desc is kept as the hint the backward ones are built from.
   struct Primitives {
     dnnl::memory::desc src, weights, bias, dst;  // plain
+    dnnl::convolution_forward::primitive_desc forward_pd;
     dnnl::convolution_forward forward;
+    Bridge forward_src, forward_weights, forward_dst;
+    bool has_backward = false;
     dnnl::convolution_backward_data backward_data;
     dnnl::convolution_backward_weights backward_weights;
-    Bridge forward_src, forward_weights, forward_dst;
     Bridge data_diff_dst, data_weights, data_diff_src;
     Bridge weights_src, weights_diff_dst, weights_diff_weights;
   };
   using ShapeKey = std::array<int64_t, 3>;  // batch, rows, cols
   absl::Status CheckOptions() const;
   absl::Status CheckInput(const char* what, const Tensor& input) const;
-  absl::Status GetPrimitives(const Tensor& input, Primitives** primitives);
+  // The entry for `input`'s shape, with the backward primitives built when
+  // `backward`. The pointer is valid until the next call.
+  absl::Status GetPrimitives(const Tensor& input, bool backward, Primitives** primitives);
 
   Conv2dOptions options_;
   DnnlContext* context_;
   Parameter weight_;
   Parameter bias_;
-  std::map<ShapeKey, Primitives> primitives_by_shape_;
+  // A few shapes at most (common/nn/primitive_cache.h).
+  PrimitiveCache<ShapeKey, Primitives> primitives_by_shape_;
   // The input of the last Forward, whose reordered copy in
-  // forward_src.buffer Backward reuses.
+  // forward_src.buffer Backward reuses; cleared when a new cache entry may
+  // have evicted that buffer.
   const float* last_input_ = nullptr;
   Shape last_input_shape_;
 };

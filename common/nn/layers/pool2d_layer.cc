@@ -72,11 +72,12 @@ absl::Status Pool2dLayer::CheckInput(const char* what, const Tensor& input) cons
   return OutputShape({input.dim(1), input.dim(2), input.dim(3)}).status();
 }
 
-absl::Status Pool2dLayer::GetPrimitives(const Tensor& input, Primitives** primitives) {
+absl::Status Pool2dLayer::GetPrimitives(const Tensor& input, bool training,
+                                        Primitives** primitives) {
   const ShapeKey key = {input.dim(0), input.dim(1), input.dim(2), input.dim(3)};
-  auto it = primitives_by_shape_.find(key);
-  if (it != primitives_by_shape_.end()) {
-    *primitives = &it->second;
+  Primitives* found = primitives_by_shape_.Find(key);
+  if (found != nullptr && (training ? found->has_training : found->has_inference)) {
+    *primitives = found;
     return absl::OkStatus();
   }
   absl::StatusOr<Shape> out = OutputShape({key[1], key[2], key[3]});
@@ -94,37 +95,55 @@ absl::Status Pool2dLayer::GetPrimitives(const Tensor& input, Primitives** primit
                                         : dnnl::algorithm::pooling_avg_exclude_padding;
   try {
     const dnnl::engine& engine = context_->engine();
-    Primitives p;
-    p.src = Nchw({key[0], key[1], key[2], key[3]});
-    p.dst = Nchw({key[0], key[1], (*out)[1], (*out)[2]});
-    dnnl::pooling_forward::primitive_desc training_pd(
-        dnnl::pooling_forward::desc(dnnl::prop_kind::forward_training, algorithm, p.src, p.dst,
-                                    strides, kernel, padding_l, padding_r),
-        engine);
-    dnnl::pooling_forward::primitive_desc inference_pd(
-        dnnl::pooling_forward::desc(dnnl::prop_kind::forward_inference, algorithm, p.src, p.dst,
-                                    strides, kernel, padding_l, padding_r),
-        engine);
-    dnnl::pooling_backward::primitive_desc backward_pd(
-        dnnl::pooling_backward::desc(algorithm, p.src, p.dst, strides, kernel, padding_l,
-                                     padding_r),
-        engine, training_pd);
-    p.forward_training = dnnl::pooling_forward(training_pd);
-    p.forward_inference = dnnl::pooling_forward(inference_pd);
-    p.backward = dnnl::pooling_backward(backward_pd);
-    p.has_workspace = training_pd.workspace_desc().get_size() != 0;
-    if (p.has_workspace) p.workspace = memory(training_pd.workspace_desc(), engine);
-    *primitives = &primitives_by_shape_.emplace(key, std::move(p)).first->second;
+    const memory::desc src = Nchw({key[0], key[1], key[2], key[3]});
+    const memory::desc dst = Nchw({key[0], key[1], (*out)[1], (*out)[2]});
+    Primitives built;
+    if (training) {
+      dnnl::pooling_forward::primitive_desc training_pd(
+          dnnl::pooling_forward::desc(dnnl::prop_kind::forward_training, algorithm, src, dst,
+                                      strides, kernel, padding_l, padding_r),
+          engine);
+      dnnl::pooling_backward::primitive_desc backward_pd(
+          dnnl::pooling_backward::desc(algorithm, src, dst, strides, kernel, padding_l, padding_r),
+          engine, training_pd);
+      built.forward_training = dnnl::pooling_forward(training_pd);
+      built.backward = dnnl::pooling_backward(backward_pd);
+      built.has_workspace = training_pd.workspace_desc().get_size() != 0;
+      if (built.has_workspace) built.workspace = memory(training_pd.workspace_desc(), engine);
+    } else {
+      dnnl::pooling_forward::primitive_desc inference_pd(
+          dnnl::pooling_forward::desc(dnnl::prop_kind::forward_inference, algorithm, src, dst,
+                                      strides, kernel, padding_l, padding_r),
+          engine);
+      built.forward_inference = dnnl::pooling_forward(inference_pd);
+    }
+    if (found == nullptr) {
+      found = primitives_by_shape_.Insert(key, Primitives());
+      found->src = src;
+      found->dst = dst;
+    }
+    if (training) {
+      found->forward_training = std::move(built.forward_training);
+      found->backward = std::move(built.backward);
+      found->workspace = std::move(built.workspace);
+      found->has_workspace = built.has_workspace;
+      found->workspace_filled = false;
+      found->has_training = true;
+    } else {
+      found->forward_inference = std::move(built.forward_inference);
+      found->has_inference = true;
+    }
   } catch (const dnnl::error& e) {
     return DnnlErrorToStatus("building pooling primitives", e);
   }
+  *primitives = found;
   return absl::OkStatus();
 }
 
 absl::Status Pool2dLayer::Forward(const Tensor& input, bool training, Tensor* output) {
   if (absl::Status s = CheckInput("Forward", input); !s.ok()) return s;
   Primitives* p = nullptr;
-  if (absl::Status s = GetPrimitives(input, &p); !s.ok()) return s;
+  if (absl::Status s = GetPrimitives(input, training, &p); !s.ok()) return s;
   const memory::dims& d = p->dst.dims();
   output->Reshape({d[0], d[1], d[2], d[3]});
   const dnnl::engine& engine = context_->engine();
@@ -137,7 +156,9 @@ absl::Status Pool2dLayer::Forward(const Tensor& input, bool training, Tensor* ou
   }
   std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}};
   if (p->has_workspace) args[DNNL_ARG_WORKSPACE] = p->workspace;
-  return context_->Execute("pooling forward (training)", p->forward_training, args);
+  absl::Status status = context_->Execute("pooling forward (training)", p->forward_training, args);
+  p->workspace_filled = status.ok();
+  return status;
 }
 
 absl::Status Pool2dLayer::Backward(const Tensor& input, const Tensor& /*output*/,
@@ -145,7 +166,7 @@ absl::Status Pool2dLayer::Backward(const Tensor& input, const Tensor& /*output*/
   if (absl::Status s = CheckInput("Backward", input); !s.ok()) return s;
   if (grad_input == nullptr) return absl::OkStatus();
   Primitives* p = nullptr;
-  if (absl::Status s = GetPrimitives(input, &p); !s.ok()) return s;
+  if (absl::Status s = GetPrimitives(input, /*training=*/true, &p); !s.ok()) return s;
   const memory::dims& d = p->dst.dims();
   const Shape out_shape = {d[0], d[1], d[2], d[3]};
   if (grad_output.shape() != out_shape) {
@@ -153,7 +174,9 @@ absl::Status Pool2dLayer::Backward(const Tensor& input, const Tensor& /*output*/
         absl::StrCat(Describe(), " Backward: gradient shape ", ShapeString(grad_output.shape()),
                      " does not match output ", ShapeString(out_shape)));
   }
-  if (p->has_workspace && !last_forward_training_) {
+  // The workspace of this shape must come from a training Forward (not one
+  // since evicted from the cache).
+  if (p->has_workspace && (!last_forward_training_ || !p->workspace_filled)) {
     return absl::FailedPreconditionError(
         absl::StrCat(Describe(), " Backward needs a training Forward before it"));
   }

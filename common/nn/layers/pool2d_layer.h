@@ -16,16 +16,17 @@
 //   max:     dL/dinput gets each dL/doutput at the position the window's
 //            maximum came from (summed where windows overlap); this uses the
 //            workspace of the last training Forward, so Backward after an
-//            inference Forward is a FailedPrecondition.
+//            inference Forward, or after its shape's cached primitives were
+//            evicted (primitive_cache.h) since, is a FailedPrecondition.
 //   average: dL/dinput gets dL/doutput / count at every element of the window.
 // Padding may be at most half the window (PyTorch's rule).
 #ifndef DISTILLERY_COMMON_NN_LAYERS_POOL2D_LAYER_H_
 #define DISTILLERY_COMMON_NN_LAYERS_POOL2D_LAYER_H_
 
 #include <array>
-#include <map>
 
 #include "common/nn/layer.h"
+#include "common/nn/primitive_cache.h"
 #include "common/tensor/dnnl_context.h"
 
 namespace distillery {
@@ -65,22 +66,40 @@ class Pool2dLayer : public Layer {
 
   const Pool2dOptions& options() const { return options_; }
 
+  // For tests and metrics: the input shapes with cached primitives (at most
+  // PrimitiveCache::kDefaultCapacity), and how many of them have their
+  // training primitives (forward_training and backward) built.
+  size_t CachedShapes() const { return primitives_by_shape_.size(); }
+  size_t CachedBackwardShapes() const {
+    return primitives_by_shape_.CountIf([](const Primitives& p) { return p.has_training; });
+  }
+
  private:
+  // The primitives for one input shape, in a cache of a few shapes. An
+  // inference Forward builds only
+  // forward_inference; the first training Forward or Backward of the shape
+  // builds forward_training, backward and the workspace.
   struct Primitives {
     dnnl::memory::desc src, dst;  // plain
-    dnnl::pooling_forward forward_training;
+    bool has_inference = false;
     dnnl::pooling_forward forward_inference;
+    bool has_training = false;
+    dnnl::pooling_forward forward_training;
     dnnl::pooling_backward backward;
     dnnl::memory workspace;  // max pooling: where each maximum came from
     bool has_workspace = false;
+    bool workspace_filled = false;  // by a training Forward of this entry
   };
   using ShapeKey = std::array<int64_t, 4>;
   absl::Status CheckInput(const char* what, const Tensor& input) const;
-  absl::Status GetPrimitives(const Tensor& input, Primitives** primitives);
+  // The entry for `input`'s shape with the inference or the training
+  // primitives built. The pointer is valid until the next call.
+  absl::Status GetPrimitives(const Tensor& input, bool training, Primitives** primitives);
 
   Pool2dOptions options_;
   DnnlContext* context_;
-  std::map<ShapeKey, Primitives> primitives_by_shape_;
+  // A few shapes at most (common/nn/primitive_cache.h).
+  PrimitiveCache<ShapeKey, Primitives> primitives_by_shape_;
   bool last_forward_training_ = false;
 };
 
