@@ -23,10 +23,26 @@ namespace {
 
 using ::testing::HasSubstr;
 
+// The temporary directories made by the tests, removed when they end.
+std::vector<std::string>& TempDirs() {
+  static auto* dirs = new std::vector<std::string>;
+  return *dirs;
+}
+class RemoveTempDirs : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    std::error_code ec;
+    for (const std::string& dir : TempDirs()) std::filesystem::remove_all(dir, ec);
+  }
+};
+::testing::Environment* const kRemoveTempDirs =
+    ::testing::AddGlobalTestEnvironment(new RemoveTempDirs);
+
 std::string MakeTempDir() {
   std::string templ = (std::filesystem::temp_directory_path() / "npy_test_XXXXXX").string();
   const char* dir = mkdtemp(templ.data());
   EXPECT_NE(dir, nullptr);
+  TempDirs().push_back(templ);
   return templ;
 }
 
