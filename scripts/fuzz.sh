@@ -4,7 +4,7 @@
 # (fuzz/corpus/<target>/, never written to) with its dictionary. Fails if any
 # target crashes, leaks, hits undefined behaviour, times out on one input or
 # runs out of memory; the reproducer is left in build-fuzz/artifacts/.
-# Usage: scripts/fuzz.sh [target ...]   (default: all four)
+# Usage: scripts/fuzz.sh [target ...]   (default: all five)
 #   FUZZ_SECONDS=600 scripts/fuzz.sh checkpoint_fuzzer
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,7 @@ BUILD=${DISTILLERY_FUZZ_BUILD:-build-fuzz}
 SECONDS_EACH=${FUZZ_SECONDS:-60}
 TARGETS=("$@")
 if [ "${#TARGETS[@]}" -eq 0 ]; then
-  TARGETS=(idx_fuzzer checkpoint_fuzzer soft_targets_request_fuzzer target_codec_fuzzer)
+  TARGETS=(idx_fuzzer checkpoint_fuzzer soft_targets_request_fuzzer target_codec_fuzzer npy_fuzzer)
 fi
 start=$SECONDS
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
