@@ -1,5 +1,6 @@
 // Writes the seed corpus of the fuzz targets with the project's own code:
-// tiny IDX files (plain and gzip, made up here: never MNIST), tiny
+// tiny IDX files (plain and gzip, made up here: never MNIST), tiny .npy
+// files and .npz archives (stored and deflated) encoded here, tiny
 // checkpoints saved by SaveCheckpoint, a few valid SoftTargetsRequests and
 // SoftTargetsResponses encoded by EncodeTargets.
 // Usage: fuzz_seed_corpus OUT_DIR (writes OUT_DIR/<fuzzer>/<seed>). The
@@ -12,6 +13,7 @@
 #include <fstream>
 #include <iterator>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/data/idx.h"
@@ -81,6 +83,106 @@ void IdxSeeds(const std::string& dir) {
   // Two gzip members, split inside the header (ReadIdxFile accepts these).
   WriteFile(dir + "/labels_2_two_members.idx.gz",
             Gzip(labels.substr(0, 6)) + Gzip(labels.substr(6)));
+}
+
+// A .npy file (version `major`) of `descr` and `shape` holding `payload`,
+// encoded here by the layout common/data/npy.h describes.
+std::string NpyFile(const std::string& descr, const std::string& shape, const std::string& payload,
+                    int major = 1) {
+  std::string header =
+      "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " + shape + ", }";
+  const size_t prefix = major == 1 ? 10 : 12;
+  while ((prefix + header.size() + 1) % 64 != 0) header += ' ';
+  header += '\n';
+  std::string out = "\x93NUMPY";
+  out += static_cast<char>(major);
+  out += '\0';
+  out += static_cast<char>(header.size() & 0xff);
+  out += static_cast<char>(header.size() >> 8);
+  if (major != 1) out += std::string(2, '\0');
+  return out + header + payload;
+}
+
+void AppendLe(uint32_t v, int bytes, std::string* out) {
+  for (int i = 0; i < bytes; ++i) out->push_back(static_cast<char>(v >> (8 * i)));
+}
+
+// A raw deflate stream of `bytes`.
+std::string Deflate(const std::string& bytes) {
+  z_stream stream{};
+  if (deflateInit2(&stream, Z_BEST_COMPRESSION, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
+    Die("deflateInit2 failed");
+  }
+  std::string out(deflateBound(&stream, bytes.size()), '\0');
+  stream.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(bytes.data()));
+  stream.avail_in = static_cast<uInt>(bytes.size());
+  stream.next_out = reinterpret_cast<Bytef*>(out.data());
+  stream.avail_out = static_cast<uInt>(out.size());
+  if (deflate(&stream, Z_FINISH) != Z_STREAM_END) Die("deflate failed");
+  out.resize(stream.total_out);
+  deflateEnd(&stream);
+  return out;
+}
+
+// A zip archive of `members`, stored or deflated.
+std::string ZipFile(const std::vector<std::pair<std::string, std::string>>& members, bool deflate) {
+  std::string out, central;
+  for (const auto& [name, data] : members) {
+    const std::string body = deflate ? Deflate(data) : data;
+    const uint32_t crc = static_cast<uint32_t>(
+        crc32(0L, reinterpret_cast<const Bytef*>(data.data()), static_cast<uInt>(data.size())));
+    const uint32_t offset = static_cast<uint32_t>(out.size());
+    const uint32_t method = deflate ? 8 : 0;
+    AppendLe(0x04034b50, 4, &out);
+    for (uint32_t v : {20u, 0u, method, 0u, 0u}) AppendLe(v, 2, &out);
+    AppendLe(crc, 4, &out);
+    AppendLe(static_cast<uint32_t>(body.size()), 4, &out);
+    AppendLe(static_cast<uint32_t>(data.size()), 4, &out);
+    AppendLe(static_cast<uint32_t>(name.size()), 2, &out);
+    AppendLe(0, 2, &out);
+    out += name + body;
+    AppendLe(0x02014b50, 4, &central);
+    for (uint32_t v : {20u, 20u, 0u, method, 0u, 0u}) AppendLe(v, 2, &central);
+    AppendLe(crc, 4, &central);
+    AppendLe(static_cast<uint32_t>(body.size()), 4, &central);
+    AppendLe(static_cast<uint32_t>(data.size()), 4, &central);
+    AppendLe(static_cast<uint32_t>(name.size()), 2, &central);
+    for (int i = 0; i < 4; ++i) AppendLe(0, 2, &central);
+    AppendLe(0, 4, &central);
+    AppendLe(offset, 4, &central);
+    central += name;
+  }
+  const uint32_t cd_offset = static_cast<uint32_t>(out.size());
+  out += central;
+  AppendLe(0x06054b50, 4, &out);
+  AppendLe(0, 2, &out);
+  AppendLe(0, 2, &out);
+  AppendLe(static_cast<uint32_t>(members.size()), 2, &out);
+  AppendLe(static_cast<uint32_t>(members.size()), 2, &out);
+  AppendLe(static_cast<uint32_t>(central.size()), 4, &out);
+  AppendLe(cd_offset, 4, &out);
+  AppendLe(0, 2, &out);
+  return out;
+}
+
+void NpySeeds(const std::string& dir) {
+  std::string pixels, pixels_rgb;
+  for (int i = 0; i < 2 * 4 * 4; ++i) pixels.push_back(static_cast<char>(i * 37 % 256));
+  for (int i = 0; i < 2 * 2 * 2 * 3; ++i) pixels_rgb.push_back(static_cast<char>(i * 11 % 256));
+  const std::string images = NpyFile("|u1", "(2, 4, 4)", pixels);
+  const std::string labels =
+      NpyFile("<i8", "(2,)", std::string("\x03\0\0\0\0\0\0\0\x07\0\0\0\0\0\0\0", 16));
+  const std::string labels_u1 = NpyFile("|u1", "(2,)", "\x01\x09", 3);
+  WriteFile(dir + "/images_2x4x4.npy", images);
+  WriteFile(dir + "/labels_2_i8.npy", labels);
+  WriteFile(dir + "/labels_2_u1_v3.npy", labels_u1);
+  WriteFile(dir + "/images_2x2x2x3_v2.npy", NpyFile("|u1", "(2, 2, 2, 3)", pixels_rgb, 2));
+  const std::vector<std::pair<std::string, std::string>> members = {{"x_train.npy", images},
+                                                                    {"y_train.npy", labels},
+                                                                    {"x_test.npy", images},
+                                                                    {"y_test.npy", labels_u1}};
+  WriteFile(dir + "/stored.npz", ZipFile(members, false));
+  WriteFile(dir + "/deflated.npz", ZipFile(members, true));
 }
 
 // The checkpoint of network `architecture` on `input` images, with the state
@@ -189,10 +291,11 @@ int main(int argc, char** argv) {
   if (argc != 2) distillery::Die("usage: fuzz_seed_corpus OUT_DIR");
   const std::string out = argv[1];
   for (const char* fuzzer : {"idx_fuzzer", "checkpoint_fuzzer", "soft_targets_request_fuzzer",
-                             "target_codec_fuzzer", "onnx_import_fuzzer"}) {
+                             "target_codec_fuzzer", "onnx_import_fuzzer", "npy_fuzzer"}) {
     std::filesystem::create_directories(out + "/" + fuzzer);
   }
   distillery::IdxSeeds(out + "/idx_fuzzer");
+  distillery::NpySeeds(out + "/npy_fuzzer");
   distillery::CheckpointSeeds(out + "/checkpoint_fuzzer");
   distillery::RequestSeeds(out + "/soft_targets_request_fuzzer");
   distillery::ResponseSeeds(out + "/target_codec_fuzzer");

@@ -13,7 +13,7 @@ SECONDS_EACH=${FUZZ_SECONDS:-60}
 TARGETS=("$@")
 if [ "${#TARGETS[@]}" -eq 0 ]; then
   TARGETS=(idx_fuzzer checkpoint_fuzzer soft_targets_request_fuzzer target_codec_fuzzer
-           onnx_import_fuzzer)
+           onnx_import_fuzzer npy_fuzzer)
 fi
 start=$SECONDS
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \

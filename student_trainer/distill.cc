@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/data/dataset.h"
+#include "common/data/npy.h"
 #include "common/formats/checkpoint.h"
 #include "common/formats/contract.h"
 #include "common/util/status_macros.h"
@@ -43,7 +44,7 @@ absl::Status RunDistillation(const DistillConfig& config) {
   }
   const int64_t student_parameters = (*probe)->ParameterCount();
   probe->reset();
-  ASSIGN_OR_RETURN(MnistFormatData data, LoadMnistFormatDirectory(config.data_dir));
+  ASSIGN_OR_RETURN(MnistFormatData data, LoadDataSource(config.data_dir));
   if (data.test.example_shape() != teacher_shape) {
     return absl::FailedPreconditionError(
         absl::StrCat("the test images are ", ShapeString(data.test.example_shape()),

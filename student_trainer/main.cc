@@ -28,6 +28,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/cli/training_flags.h"
+#include "common/data/npy.h"
 #include "common/formats/checkpoint.h"
 #include "common/formats/onnx_export.h"
 #include "common/nn/softmax.h"
@@ -121,7 +122,7 @@ int Distill() {
   config.teacher.give_up_after = absl::Seconds(absl::GetFlag(FLAGS_give_up_seconds));
   config.teacher.allow_teacher_change = absl::GetFlag(FLAGS_allow_teacher_change);
   config.source = absl::GetFlag(FLAGS_source);
-  config.data_dir = absl::GetFlag(FLAGS_data_dir);
+  config.data_dir = distillery::DataSourceFromFlags();
   config.transfer_range = absl::GetFlag(FLAGS_train_range);
   config.use_labels = absl::GetFlag(FLAGS_use_labels);
   for (const std::string& c : absl::GetFlag(FLAGS_exclude_classes)) {
@@ -208,13 +209,13 @@ absl::Status ExportCommand() {
   absl::PrintF("  file size:         %d bytes (%.2f MiB)\n", file_stat.st_size,
                static_cast<double>(file_stat.st_size) / (1 << 20));
   absl::PrintF("  multiply-adds:     %d per image\n", mlp->ForwardMacsPerExample());
-  const std::string data_dir = absl::GetFlag(FLAGS_data_dir);
+  const std::string data_dir = distillery::DataSourceFromFlags();
   if (data_dir.empty()) {
     absl::PrintF("  test errors (T=1): not evaluated (no --data_dir)\n");
     return absl::OkStatus();
   }
   ASSIGN_OR_RETURN(const distillery::MnistFormatData data,
-                   distillery::LoadMnistFormatDirectory(data_dir));
+                   distillery::LoadDataSource(data_dir));
   ASSIGN_OR_RETURN(const distillery::EvaluationResult eval, distillery::Evaluate(*mlp, data.test));
   absl::PrintF("  test errors (T=1): %d of %d (%.2f%% accuracy) on %s\n", eval.errors,
                eval.examples, 100.0 * eval.accuracy, data_dir);

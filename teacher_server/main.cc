@@ -176,7 +176,7 @@ int Serve() {
   config.address = absl::GetFlag(FLAGS_address);
   config.port_file = absl::GetFlag(FLAGS_port_file);
   config.metrics_address = absl::GetFlag(FLAGS_metrics_address);
-  if (!absl::GetFlag(FLAGS_no_transfer_set)) config.data_dir = absl::GetFlag(FLAGS_data_dir);
+  if (!absl::GetFlag(FLAGS_no_transfer_set)) config.data_dir = distillery::DataSourceFromFlags();
   config.transfer_range = absl::GetFlag(FLAGS_transfer_range);
   config.serve_labels = absl::GetFlag(FLAGS_serve_labels);
   config.threads = absl::GetFlag(FLAGS_threads);

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/data/dataset.h"
+#include "common/data/npy.h"
 #include "common/formats/checkpoint.h"
 #include "common/formats/contract.h"
 #include "common/tensor/dnnl_context.h"
@@ -84,7 +85,7 @@ absl::Status RunServer(const ServeConfig& config) {
 
   std::unique_ptr<TransferSet> transfer_set;
   if (!config.data_dir.empty()) {
-    ASSIGN_OR_RETURN(MnistFormatData data, LoadMnistFormatDirectory(config.data_dir));
+    ASSIGN_OR_RETURN(MnistFormatData data, LoadDataSource(config.data_dir));
     ASSIGN_OR_RETURN(auto range, ParseRange(config.transfer_range, data.train.num_examples));
     ASSIGN_OR_RETURN(Dataset part, SliceDataset(data.train, range.first, range.second));
     if (!config.serve_labels) part = WithoutLabels(part);

@@ -7,6 +7,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/data/npy.h"
 #include "common/formats/checkpoint.h"
 #include "common/formats/contract.h"
 #include "common/tensor/dnnl_context.h"
@@ -16,6 +17,9 @@
 ABSL_FLAG(std::string, data_dir, "/usr/share/datasets/fashion-mnist",
           "MNIST-format directory (train-images-idx3-ubyte[.gz] etc.); the default is Debian's "
           "dataset-fashion-mnist");
+ABSL_FLAG(std::string, data, "",
+          "A NumPy .npz archive with x_train, y_train, x_test and y_test (np.savez); when set "
+          "it replaces --data_dir, which also accepts a directory of x_train.npy etc.");
 ABSL_FLAG(std::string, train_range, "",
           "Training examples to use, as begin:end (end exclusive); empty = the whole training "
           "set. Splits the training set between the teacher and the transfer set.");
@@ -124,8 +128,13 @@ absl::StatusOr<TrainerConfig> TrainerConfigFromFlags() {
 
 int ThreadsFromFlags() { return absl::GetFlag(FLAGS_threads); }
 
+std::string DataSourceFromFlags() {
+  const std::string data = absl::GetFlag(FLAGS_data);
+  return data.empty() ? absl::GetFlag(FLAGS_data_dir) : data;
+}
+
 absl::StatusOr<TrainingData> LoadDataFromFlags() {
-  ASSIGN_OR_RETURN(MnistFormatData files, LoadMnistFormatDirectory(absl::GetFlag(FLAGS_data_dir)));
+  ASSIGN_OR_RETURN(MnistFormatData files, LoadDataSource(DataSourceFromFlags()));
   const int64_t n = files.train.num_examples;
   ASSIGN_OR_RETURN(auto range, ParseRange(absl::GetFlag(FLAGS_train_range), n));
   TrainingData data;
@@ -168,7 +177,7 @@ absl::Status RunTraining(const std::string& role) {
   config.data_description = absl::StrCat("train set ", DatasetFingerprint(data.train));
   spdlog::info("{}: {} training images of {} from {} (range {}), {} validation, {} test images",
                role, data.train.num_examples, ShapeString(data.train.example_shape()),
-               absl::GetFlag(FLAGS_data_dir),
+               DataSourceFromFlags(),
                absl::GetFlag(FLAGS_train_range).empty() ? "all" : absl::GetFlag(FLAGS_train_range),
                data.validation.num_examples, data.test.num_examples);
   ASSIGN_OR_RETURN(TrainingResult result,

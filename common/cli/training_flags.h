@@ -20,7 +20,12 @@ void SetTrainingFlagDefaults(const TrainerConfig& defaults, double momentum_ramp
 // The TrainerConfig the flags describe. InvalidArgument for malformed values.
 absl::StatusOr<TrainerConfig> TrainerConfigFromFlags();
 
-// The data the flags name: --data_dir (an MNIST-format directory), the
+// The data source the flags name: --data when set, else --data_dir (see
+// LoadDataSource in common/data/npy.h).
+std::string DataSourceFromFlags();
+
+// The data the flags name: DataSourceFromFlags() (an MNIST-format directory,
+// a directory of .npy files or an .npz archive), the
 // training part restricted to --train_range ("begin:end", end exclusive;
 // empty = all of it) less the --validation_range held out for validation.
 struct TrainingData {
