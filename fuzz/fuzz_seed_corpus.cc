@@ -44,11 +44,11 @@ void WriteFile(const std::string& path, const std::string& bytes) {
   if (!out.flush()) Die("cannot write " + path);
 }
 
-// One gzip member holding `bytes`.
-std::string Gzip(const std::string& bytes) {
+// `bytes` compressed with zlib's deflate at the largest window:
+// `window_bits` 15 + 16 gives one gzip member, -15 a raw deflate stream.
+std::string Compress(const std::string& bytes, int window_bits) {
   z_stream stream{};
-  // 15 + 16: the largest window, with a gzip wrapper.
-  if (deflateInit2(&stream, Z_BEST_COMPRESSION, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) !=
+  if (deflateInit2(&stream, Z_BEST_COMPRESSION, Z_DEFLATED, window_bits, 8, Z_DEFAULT_STRATEGY) !=
       Z_OK) {
     Die("deflateInit2 failed");
   }
@@ -62,6 +62,9 @@ std::string Gzip(const std::string& bytes) {
   deflateEnd(&stream);
   return out;
 }
+
+// One gzip member holding `bytes`.
+std::string Gzip(const std::string& bytes) { return Compress(bytes, 15 + 16); }
 
 // An IDX file of `dims` with made-up bytes, written by WriteIdxFile.
 std::string IdxFile(const std::string& dir, const std::string& name,
@@ -108,21 +111,7 @@ void AppendLe(uint32_t v, int bytes, std::string* out) {
 }
 
 // A raw deflate stream of `bytes`.
-std::string Deflate(const std::string& bytes) {
-  z_stream stream{};
-  if (deflateInit2(&stream, Z_BEST_COMPRESSION, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
-    Die("deflateInit2 failed");
-  }
-  std::string out(deflateBound(&stream, bytes.size()), '\0');
-  stream.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(bytes.data()));
-  stream.avail_in = static_cast<uInt>(bytes.size());
-  stream.next_out = reinterpret_cast<Bytef*>(out.data());
-  stream.avail_out = static_cast<uInt>(out.size());
-  if (deflate(&stream, Z_FINISH) != Z_STREAM_END) Die("deflate failed");
-  out.resize(stream.total_out);
-  deflateEnd(&stream);
-  return out;
-}
+std::string Deflate(const std::string& bytes) { return Compress(bytes, -15); }
 
 // A zip archive of `members`, stored or deflated.
 std::string ZipFile(const std::vector<std::pair<std::string, std::string>>& members, bool deflate) {
