@@ -941,7 +941,10 @@ absl::StatusOr<distill::v1::Checkpoint> Importer::Build() {
     std::copy(buffers[k]->begin(), buffers[k]->end(), value.data());
   }
   distill::v1::Checkpoint checkpoint = MakeCheckpoint(*network, options_.role);
-  checkpoint.mutable_architecture()->set_input_scale(options_.input_scale);
+  if (absl::Status s = options_.preprocessing.Validate(input_shape_[0]); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("preprocessing: ", s.message()));
+  }
+  SetCheckpointPreprocessing(options_.preprocessing, &checkpoint);
   (*checkpoint.mutable_metadata())["source"] =
       absl::StrCat("onnx:", model_.producer_name(), " ", model_.producer_version());
   if (!graph_.name().empty()) (*checkpoint.mutable_metadata())["onnx_graph"] = graph_.name();
