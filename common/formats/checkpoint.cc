@@ -83,6 +83,7 @@ void FillLayer(const LayerSpec& spec, distill::v1::Layer* layer) {
   layer->set_rate(spec.rate);
   layer->set_seed_salt(spec.seed_salt);
   layer->set_max_norm(spec.max_norm);
+  layer->set_alpha(spec.alpha);
 }
 
 absl::StatusOr<LayerSpec> LayerFromProto(const distill::v1::Layer& layer) {
@@ -101,6 +102,7 @@ absl::StatusOr<LayerSpec> LayerFromProto(const distill::v1::Layer& layer) {
   spec.rate = layer.rate();
   spec.seed_salt = layer.seed_salt();
   spec.max_norm = layer.max_norm();
+  spec.alpha = layer.alpha();
   return spec;
 }
 

@@ -1,5 +1,6 @@
 #include "common/nn/network_spec.h"
 
+#include <cmath>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -27,6 +28,8 @@ constexpr KindName kKindNames[] = {
     {Kind::kMaxPool2d, "maxpool2d"}, {Kind::kAvgPool2d, "avgpool2d"},
     {Kind::kBatchNorm, "batchnorm"}, {Kind::kFlatten, "flatten"},
     {Kind::kRelu, "relu"},           {Kind::kDropout, "dropout"},
+    {Kind::kLeakyRelu, "leakyrelu"}, {Kind::kSigmoid, "sigmoid"},
+    {Kind::kTanh, "tanh"},           {Kind::kGlobalAvgPool, "globalavgpool"},
 };
 
 absl::Status TokenError(const std::string& text, absl::string_view token, absl::string_view why) {
@@ -263,6 +266,17 @@ absl::Status ParseToken(const std::string& text, absl::string_view token, bool l
   if (token == "bn") return out->push_back(LayerSpec{Kind::kBatchNorm}), absl::OkStatus();
   if (token == "relu") return out->push_back(LayerSpec{Kind::kRelu}), absl::OkStatus();
   if (token == "flatten") return out->push_back(LayerSpec{Kind::kFlatten}), absl::OkStatus();
+  if (token == "sigmoid") return out->push_back(LayerSpec{Kind::kSigmoid}), absl::OkStatus();
+  if (token == "tanh") return out->push_back(LayerSpec{Kind::kTanh}), absl::OkStatus();
+  if (token == "gap") return out->push_back(LayerSpec{Kind::kGlobalAvgPool}), absl::OkStatus();
+  if (absl::ConsumePrefix(&body, "leakyrelu:")) {
+    LayerSpec leaky{Kind::kLeakyRelu};
+    if (!absl::SimpleAtof(body, &leaky.alpha) || !std::isfinite(leaky.alpha)) {
+      return TokenError(text, token, "needs a finite slope, e.g. leakyrelu:0.01");
+    }
+    out->push_back(leaky);
+    return absl::OkStatus();
+  }
   if (absl::ConsumePrefix(&body, "dropout:")) {
     LayerSpec dropout{Kind::kDropout};
     if (!absl::SimpleAtof(body, &dropout.rate) || !(dropout.rate >= 0.f && dropout.rate < 1.f)) {
@@ -273,11 +287,13 @@ absl::Status ParseToken(const std::string& text, absl::string_view token, bool l
   }
   return TokenError(text, token,
                     "is not a layer (conv<R>x<C>:<channels>, fc:<units>, maxpool<K>, "
-                    "avgpool<K>, bn, relu, dropout:<rate>, flatten)");
+                    "avgpool<K>, gap, bn, relu, leakyrelu:<alpha>, sigmoid, tanh, "
+                    "dropout:<rate>, flatten)");
 }
 
 bool IsImageLayer(Kind kind) {
-  return kind == Kind::kConv2d || kind == Kind::kMaxPool2d || kind == Kind::kAvgPool2d;
+  return kind == Kind::kConv2d || kind == Kind::kMaxPool2d || kind == Kind::kAvgPool2d ||
+         kind == Kind::kGlobalAvgPool;
 }
 
 absl::StatusOr<NetworkSpec> ParseLayerList(const std::string& text, const Shape& input_shape,
@@ -361,6 +377,14 @@ std::string LayerSpec::Token() const {
       return "relu";
     case Kind::kDropout:
       return absl::StrCat("dropout:", rate);
+    case Kind::kLeakyRelu:
+      return absl::StrCat("leakyrelu:", alpha);
+    case Kind::kSigmoid:
+      return "sigmoid";
+    case Kind::kTanh:
+      return "tanh";
+    case Kind::kGlobalAvgPool:
+      return "gap";
   }
   return "unknown";
 }
