@@ -100,8 +100,10 @@ void AddTensorInitializer(const std::string& name, const Tensor& value, const Sh
 bool TakesImages(const NetworkSpec& spec) {
   for (const LayerSpec& layer : spec.layers) {
     if (layer.kind == LayerSpec::Kind::kDropout) continue;
-    return layer.kind != LayerSpec::Kind::kLinear && layer.kind != LayerSpec::Kind::kRelu &&
-           spec.input_shape.size() == 3;
+    using Kind = LayerSpec::Kind;
+    const bool elementwise = layer.kind == Kind::kRelu || layer.kind == Kind::kLeakyRelu ||
+                             layer.kind == Kind::kSigmoid || layer.kind == Kind::kTanh;
+    return layer.kind != Kind::kLinear && !elementwise && spec.input_shape.size() == 3;
   }
   return false;
 }
@@ -166,6 +168,19 @@ void AddLayerNodes(const LayerSpec& layer, int index, bool last, std::vector<Par
       break;
     case Kind::kRelu:
       AddNode("Relu", prefix + ".relu", {*current}, out, graph);
+      break;
+    case Kind::kLeakyRelu:
+      AddFloatAttribute("alpha", layer.alpha,
+                        AddNode("LeakyRelu", prefix + ".leakyrelu", {*current}, out, graph));
+      break;
+    case Kind::kSigmoid:
+      AddNode("Sigmoid", prefix + ".sigmoid", {*current}, out, graph);
+      break;
+    case Kind::kTanh:
+      AddNode("Tanh", prefix + ".tanh", {*current}, out, graph);
+      break;
+    case Kind::kGlobalAvgPool:
+      AddNode("GlobalAveragePool", prefix + ".gap", {*current}, out, graph);
       break;
     case Kind::kDropout:
       return;  // the identity at inference: no node

@@ -169,6 +169,9 @@ const std::set<std::string>& SupportedOps() {
                                                      "Add",
                                                      "Conv",
                                                      "Relu",
+                                                     "LeakyRelu",
+                                                     "Sigmoid",
+                                                     "Tanh",
                                                      "MaxPool",
                                                      "AveragePool",
                                                      "GlobalAveragePool",
@@ -513,11 +516,7 @@ absl::Status Importer::ConvertPool(const onnx::NodeProto& node) {
   }
   PendingLayer layer;
   if (node.op_type() == "GlobalAveragePool") {
-    layer.spec.kind = LayerSpec::Kind::kAvgPool2d;
-    layer.spec.kernel_rows = static_cast<int>(shape_[1]);
-    layer.spec.kernel_cols = static_cast<int>(shape_[2]);
-    layer.spec.stride_rows = layer.spec.kernel_rows;
-    layer.spec.stride_cols = layer.spec.kernel_cols;
+    layer.spec.kind = LayerSpec::Kind::kGlobalAvgPool;
     layers_.push_back(layer);
     Advance(node, {shape_[0], 1, 1});
     return absl::OkStatus();
@@ -850,10 +849,20 @@ absl::Status Importer::Convert(const onnx::NodeProto& node, bool is_last) {
     Advance(node, shape_);
     return absl::OkStatus();
   }
-  if (op == "Relu") {
+  if (op == "Relu" || op == "LeakyRelu" || op == "Sigmoid" || op == "Tanh") {
     RETURN_IF_ERROR(ExpectActivation(node, 0));
     PendingLayer layer;
-    layer.spec.kind = LayerSpec::Kind::kRelu;
+    layer.spec.kind = op == "Relu"      ? LayerSpec::Kind::kRelu
+                      : op == "Sigmoid" ? LayerSpec::Kind::kSigmoid
+                      : op == "Tanh"    ? LayerSpec::Kind::kTanh
+                                        : LayerSpec::Kind::kLeakyRelu;
+    if (op == "LeakyRelu") {
+      layer.spec.alpha = FloatAttr(node, "alpha", 0.01f);  // ONNX's default
+      if (!std::isfinite(layer.spec.alpha)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(NodeName(node), ": alpha ", layer.spec.alpha, " is not finite"));
+      }
+    }
     layers_.push_back(layer);
     Advance(node, shape_);
     return absl::OkStatus();

@@ -9,10 +9,11 @@
 //   Conv (2-D; symmetric pads, one dilation for both axes, groups; auto_pad
 //        NOTSET, VALID, or SAME_UPPER/SAME_LOWER where the padding is
 //        symmetric)                                      -> conv2d
-//   Relu                                                 -> relu
+//   Relu, LeakyRelu (alpha), Sigmoid, Tanh               -> relu, leakyrelu,
+//                                                           sigmoid, tanh
 //   MaxPool, AveragePool (count_include_pad; ceil_mode 0 only)
 //                                                        -> maxpool2d, avgpool2d
-//   GlobalAveragePool      -> avgpool2d over the whole image
+//   GlobalAveragePool                                    -> globalavgpool
 //   Flatten (axis 1); Reshape, Squeeze and Unsqueeze where they flatten
 //        (batch, ...) to (batch, features), including PyTorch's
 //        Shape -> Gather -> Unsqueeze -> Concat -> Reshape of
