@@ -297,5 +297,17 @@ TEST(NetworkTest, LeakyReluSigmoidTanhAndGlobalPoolingLayers) {
   EXPECT_FALSE(Network::Create(*NetworkSpec::Parse("gap,fc:3", {4}), 1).ok());
 }
 
+TEST(NetworkSpecTest, CeilModePoolingTokens) {
+  NetworkSpec spec = *NetworkSpec::Parse("maxpool2/ceil,avgpool3/s2/p1/ceil,fc:3", {1, 7, 7});
+  EXPECT_EQ(spec.ArchitectureString(), "maxpool2x2/ceil,avgpool3x3/s2/p1/ceil,flatten,fc:3:none");
+  EXPECT_TRUE(spec.layers[0].ceil_mode);
+  auto network = *Network::Create(spec, 1);
+  EXPECT_EQ(network->layer_shapes()[0], (Shape{1, 4, 4}));  // 7 -> 4, not 3
+  EXPECT_EQ(network->layer_shapes()[1], (Shape{1, 3, 3}));  // 4 + 2 - 3 = 3 -> 3 (2 + 1)
+  auto restored = *NetworkFromCheckpoint(MakeCheckpoint(*network, "student"));
+  EXPECT_EQ(restored->spec().ArchitectureString(), spec.ArchitectureString());
+  EXPECT_FALSE(NetworkSpec::Parse("conv3x3:4/ceil,fc:3", {1, 7, 7}).ok());
+}
+
 }  // namespace
 }  // namespace distillery

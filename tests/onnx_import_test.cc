@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "common/formats/checkpoint.h"
+#include "common/nn/layers/pool2d_layer.h"
+#include "common/tensor/dnnl_context.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/onnx_test_models.h"
@@ -336,7 +338,7 @@ TEST(OnnxImportTest, RefusesMalformedAndTruncatedBytes) {
   EXPECT_TRUE(ImportOnnxModel(bytes, {}, "whole.onnx").ok());
 }
 
-TEST(OnnxImportTest, RefusesCeilModeOpsetsAndBranches) {
+TEST(OnnxImportTest, CeilModePoolingAndRefusedOpsetsAndBranches) {
   {
     ModelBuilder b({-1, 1, 4, 4});
     onnx::NodeProto* pool = b.Node("MaxPool", {""}, "pool");
@@ -344,9 +346,57 @@ TEST(OnnxImportTest, RefusesCeilModeOpsetsAndBranches) {
     onnx_test::SetInt(pool, "ceil_mode", 1);
     b.Node("Flatten", {""});
     b.Node("Gemm", {"", b.Weight("w", {4, 2}, Values(8, 1))});
+    onnx_test::SetInts(pool, "strides", {2, 2});
+    onnx_test::SetInt(pool, "count_include_pad", 1);
+    pool->set_op_type("AveragePool");
     auto c = Import(b.Finish());
-    ASSERT_FALSE(c.ok());
-    EXPECT_THAT(c.status().message(), HasSubstr("ceil_mode"));
+    // 4x4 -> 2x2 with no overhang: imported.
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_TRUE(c->architecture().layers(0).ceil_mode());
+  }
+  {
+    // 5x5 -> 3x3 in ceil mode, the last windows overhanging: a max pooling
+    // is imported, an average counting the padding refused.
+    for (const bool average : {false, true}) {
+      ModelBuilder b({-1, 1, 5, 5});
+      onnx::NodeProto* pool = b.Node(average ? "AveragePool" : "MaxPool", {""}, "pool");
+      onnx_test::SetInts(pool, "kernel_shape", {2, 2});
+      onnx_test::SetInts(pool, "strides", {2, 2});
+      onnx_test::SetInt(pool, "ceil_mode", 1);
+      if (average) onnx_test::SetInt(pool, "count_include_pad", 1);
+      b.Node("Flatten", {""});
+      b.Node("Gemm", {"", b.Weight("w", {9, 2}, Values(18, 1))});
+      auto c = Import(b.Finish());
+      if (!average) {
+        ASSERT_TRUE(c.ok()) << c.status();
+        EXPECT_EQ(c->architecture().layers(0).kind(), "maxpool2d");
+        EXPECT_TRUE(c->architecture().layers(0).ceil_mode());
+        auto network = NetworkFromCheckpoint(*c);
+        ASSERT_TRUE(network.ok());
+        EXPECT_EQ((*network)->layer_shapes()[0], (Shape{1, 3, 3}));
+        // The last row and column pool the image's edge alone.
+        Tensor input({1, 1, 5, 5});
+        for (int i = 0; i < 25; ++i) input.data()[i] = static_cast<float>(i);
+        const distill::v1::Layer& l = c->architecture().layers(0);
+        Pool2dOptions o;
+        o.window_rows = l.kernel_rows();
+        o.window_cols = l.kernel_cols();
+        o.stride_rows = l.stride_rows();
+        o.stride_cols = l.stride_cols();
+        o.ceil_mode = l.ceil_mode();
+        DnnlContext context;
+        Pool2dLayer layer(o, &context);
+        Tensor pooled;
+        ASSERT_TRUE(layer.Forward(input, false, &pooled).ok());
+        ASSERT_EQ(pooled.shape(), (Shape{1, 1, 3, 3}));
+        EXPECT_EQ(pooled.data()[2], 9.f);   // rows 0-1, col 4
+        EXPECT_EQ(pooled.data()[8], 24.f);  // row 4, col 4
+      } else {
+        ASSERT_FALSE(c.ok());
+        EXPECT_THAT(c.status().message(), HasSubstr("AveragePool \"pool\""));
+        EXPECT_THAT(c.status().message(), HasSubstr("hangs over the padding"));
+      }
+    }
   }
   {
     ModelBuilder b({-1, 4}, 10);

@@ -84,6 +84,7 @@ void FillLayer(const LayerSpec& spec, distill::v1::Layer* layer) {
   layer->set_seed_salt(spec.seed_salt);
   layer->set_max_norm(spec.max_norm);
   layer->set_alpha(spec.alpha);
+  layer->set_ceil_mode(spec.ceil_mode);
 }
 
 absl::StatusOr<LayerSpec> LayerFromProto(const distill::v1::Layer& layer) {
@@ -103,6 +104,7 @@ absl::StatusOr<LayerSpec> LayerFromProto(const distill::v1::Layer& layer) {
   spec.seed_salt = layer.seed_salt();
   spec.max_norm = layer.max_norm();
   spec.alpha = layer.alpha();
+  spec.ceil_mode = layer.ceil_mode();
   return spec;
 }
 

@@ -140,13 +140,17 @@ void AddLayerNodes(const LayerSpec& layer, int index, bool last, std::vector<Par
       AddIntAttribute("group", layer.groups, conv);
       break;
     }
-    case Kind::kMaxPool2d:
-      window(AddNode("MaxPool", prefix + ".maxpool", {*current}, out, graph));
+    case Kind::kMaxPool2d: {
+      onnx::NodeProto* pool = AddNode("MaxPool", prefix + ".maxpool", {*current}, out, graph);
+      window(pool);
+      if (layer.ceil_mode) AddIntAttribute("ceil_mode", 1, pool);
       break;
+    }
     case Kind::kAvgPool2d: {
       onnx::NodeProto* pool = AddNode("AveragePool", prefix + ".avgpool", {*current}, out, graph);
       window(pool);
       AddIntAttribute("count_include_pad", layer.count_include_pad ? 1 : 0, pool);
+      if (layer.ceil_mode) AddIntAttribute("ceil_mode", 1, pool);
       break;
     }
     case Kind::kBatchNorm: {

@@ -11,7 +11,8 @@
 //        symmetric)                                      -> conv2d
 //   Relu, LeakyRelu (alpha), Sigmoid, Tanh               -> relu, leakyrelu,
 //                                                           sigmoid, tanh
-//   MaxPool, AveragePool (count_include_pad; ceil_mode 0 only)
+//   MaxPool, AveragePool (count_include_pad, ceil_mode; not an average with
+//        count_include_pad whose ceil-mode last window overhangs)
 //                                                        -> maxpool2d, avgpool2d
 //   GlobalAveragePool                                    -> globalavgpool
 //   Flatten (axis 1); Reshape, Squeeze and Unsqueeze where they flatten

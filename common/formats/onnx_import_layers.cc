@@ -10,11 +10,13 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/formats/onnx_import_internal.h"
+#include "common/nn/layers/pool2d_layer.h"
 #include "common/util/status_macros.h"
 
 namespace distillery {
@@ -148,11 +150,11 @@ absl::Status Importer::ConvertPool(const onnx::NodeProto& node) {
     return absl::OkStatus();
   }
   const bool is_max = node.op_type() == "MaxPool";
-  if (IntAttr(node, "ceil_mode", 0) != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(NodeName(node),
-                     ": ceil_mode=1 pooling is not supported by the engine yet (export "
-                     "with ceil_mode=False)"));
+  const bool ceil_mode = IntAttr(node, "ceil_mode", 0) != 0;
+  if (ceil_mode && absl::StartsWith(StringAttr(node, "auto_pad"), "SAME")) {
+    return absl::InvalidArgumentError(absl::StrCat(NodeName(node), ": ceil_mode=1 with auto_pad ",
+                                                   StringAttr(node, "auto_pad"),
+                                                   " is not supported (give explicit pads)"));
   }
   if (is_max && IntAttr(node, "storage_order", 0) != 0) {
     return absl::InvalidArgumentError(absl::StrCat(NodeName(node), ": storage_order must be 0"));
@@ -181,6 +183,27 @@ absl::Status Importer::ConvertPool(const onnx::NodeProto& node) {
   layer.spec.pad_rows = static_cast<int>(pad[0]);
   layer.spec.pad_cols = static_cast<int>(pad[1]);
   layer.spec.count_include_pad = !is_max && IntAttr(node, "count_include_pad", 0) != 0;
+  layer.spec.ceil_mode = ceil_mode;
+  if (ceil_mode) {
+    // The engine's own formula (and its refusals) for ceil mode.
+    Pool2dOptions o;
+    o.kind = is_max ? PoolKind::kMax : PoolKind::kAverage;
+    o.window_rows = kernel[0];
+    o.window_cols = kernel[1];
+    o.stride_rows = stride[0];
+    o.stride_cols = stride[1];
+    o.pad_rows = pad[0];
+    o.pad_cols = pad[1];
+    o.count_include_pad = layer.spec.count_include_pad;
+    o.ceil_mode = true;
+    absl::StatusOr<Shape> out = Pool2dLayer(o, nullptr).OutputShape(shape_);
+    if (!out.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(NodeName(node), ": ", out.status().message()));
+    }
+    layers_.push_back(layer);
+    Advance(node, *out);
+    return absl::OkStatus();
+  }
   const int64_t rows = WindowOut(shape_[1], kernel[0], stride[0], pad[0], 1);
   const int64_t cols = WindowOut(shape_[2], kernel[1], stride[1], pad[1], 1);
   if (rows < 1 || cols < 1) {

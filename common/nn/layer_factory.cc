@@ -113,6 +113,7 @@ absl::StatusOr<std::unique_ptr<Layer>> MakeLayer(const LayerSpec& spec, int para
       o.pad_rows = spec.pad_rows;
       o.pad_cols = spec.pad_cols;
       o.count_include_pad = spec.count_include_pad;
+      o.ceil_mode = spec.ceil_mode;
       return std::make_unique<Pool2dLayer>(o, context);
     }
     case Kind::kBatchNorm:

@@ -97,6 +97,7 @@ struct WindowOptions {
   int dilation = 1;
   int groups = 1;
   bool include_pad = false;
+  bool ceil = false;
 };
 
 absl::Status ParseWindowOptions(const std::string& text, absl::string_view token,
@@ -108,6 +109,8 @@ absl::Status ParseWindowOptions(const std::string& text, absl::string_view token
       out->same = true;
     } else if (o == "inclpad") {
       out->include_pad = true;
+    } else if (o == "ceil") {
+      out->ceil = true;
     } else if (absl::ConsumePrefix(&o, "s") && ParseInt(o, 1, kMaxWindow, &v)) {
       out->stride = static_cast<int>(v);
     } else if (absl::ConsumePrefix(&o, "p") && ParseInt(o, 0, kMaxWindow, &v)) {
@@ -120,7 +123,7 @@ absl::Status ParseWindowOptions(const std::string& text, absl::string_view token
       return TokenError(text, token,
                         absl::StrCat("has an unknown option \"", options[i],
                                      "\" (s<stride>, p<pad>, same, d<dilation>, g<groups>, "
-                                     "inclpad)"));
+                                     "inclpad, ceil)"));
     }
   }
   return absl::OkStatus();
@@ -222,7 +225,9 @@ absl::Status ParseConv(const std::string& text, absl::string_view token,
   }
   conv.dilation = o.dilation;
   conv.groups = o.groups;
-  if (o.include_pad) return TokenError(text, token, "cannot take inclpad (pooling only)");
+  if (o.include_pad || o.ceil) {
+    return TokenError(text, token, "cannot take inclpad or ceil (pooling only)");
+  }
   return ParseUnitsTail(text, token, tail_head + activation, false, conv, 0.f, out);
 }
 
@@ -236,7 +241,7 @@ absl::Status ParsePool(const std::string& text, absl::string_view token, Kind ki
   WindowOptions o;
   RETURN_IF_ERROR(ParseWindowOptions(text, token, options, &o));
   if (o.same || o.dilation != 1 || o.groups != 1) {
-    return TokenError(text, token, "takes only /s<stride>, /p<pad> and /inclpad");
+    return TokenError(text, token, "takes only /s<stride>, /p<pad>, /inclpad and /ceil");
   }
   if (o.include_pad && kind != Kind::kAvgPool2d) {
     return TokenError(text, token, "takes /inclpad only for average pooling");
@@ -245,6 +250,7 @@ absl::Status ParsePool(const std::string& text, absl::string_view token, Kind ki
   pool.stride_cols = o.stride == 0 ? pool.kernel_cols : o.stride;
   pool.pad_rows = pool.pad_cols = o.pad;
   pool.count_include_pad = o.include_pad;
+  pool.ceil_mode = o.ceil;
   out->push_back(pool);
   return absl::OkStatus();
 }
@@ -366,9 +372,10 @@ std::string LayerSpec::Token() const {
       return absl::StrCat(t, ":", units, ":none");
     }
     case Kind::kMaxPool2d:
-      return window("maxpool");
+      return absl::StrCat(window("maxpool"), ceil_mode ? "/ceil" : "");
     case Kind::kAvgPool2d:
-      return absl::StrCat(window("avgpool"), count_include_pad ? "/inclpad" : "");
+      return absl::StrCat(window("avgpool"), count_include_pad ? "/inclpad" : "",
+                          ceil_mode ? "/ceil" : "");
     case Kind::kBatchNorm:
       return "bn";
     case Kind::kFlatten:

@@ -22,10 +22,11 @@
 //                          defaults to none (its outputs are the logits),
 //                          every other one's to relu, followed by dropout
 //                          at the hidden rate when that is > 0.
-//       maxpool<K>[/s<stride>][/p<pad>]   (or pool<K>) max pooling, K x K
-//       avgpool<K>[/s<stride>][/p<pad>][/inclpad]
+//       maxpool<K>[/s<stride>][/p<pad>][/ceil]   (or pool<K>) max pooling, K x K
+//       avgpool<K>[/s<stride>][/p<pad>][/inclpad][/ceil]
 //                          average pooling (padding excluded from the
-//                          average unless /inclpad); stride defaults to K
+//                          average unless /inclpad); stride defaults to K;
+//                          /ceil rounds the output size up (ceil_mode)
 //       bn                 batch normalization
 //       relu               rectified linear unit
 //       leakyrelu:<alpha>  leaky ReLU, slope alpha below 0 (e.g. leakyrelu:0.01)
@@ -83,6 +84,8 @@ struct LayerSpec {
   int groups = 1;
   // AvgPool2d: whether padded elements count in the average.
   bool count_include_pad = false;
+  // Pooling: the output size rounded up (PyTorch's ceil_mode).
+  bool ceil_mode = false;
   // Dropout: the probability of dropping a unit, and the salt that keys its
   // masks with the network's seed.
   float rate = 0.f;

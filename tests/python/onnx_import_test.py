@@ -7,8 +7,8 @@ torchvision's Normalize((0.1307,), (0.3081,)) does, (pixels / 255 - 0.1307) /
 0.3081, and exports them with torch.onnx.export (opset 13, dynamic batch
 axis):
 
-  * a CNN: conv-bn-relu-pool-conv-bn-relu-pool-flatten-fc-dropout-fc (the
-    batch norms are folded into the convolutions at import);
+  * a CNN: conv-bn-relu-pool-conv-bn-relu-pool-pool(ceil_mode)-flatten-fc-
+    dropout-fc (the batch norms are folded into the convolutions at import);
   * an MLP on flat (N, 784) inputs, Gemm layers with a final Softmax (which
     the import strips: the teacher serves logits).
 
@@ -90,8 +90,9 @@ class Cnn(nn.Module):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, 8, 5, padding=2), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2))
-        self.fc1 = nn.Linear(16 * 7 * 7, 64)
+            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+            nn.MaxPool2d(2, ceil_mode=True))  # 7x7 -> 4x4: the last window overhangs
+        self.fc1 = nn.Linear(16 * 4 * 4, 64)
         self.dropout = nn.Dropout(0.3)
         self.fc2 = nn.Linear(64, 10)
 
