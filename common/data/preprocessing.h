@@ -37,9 +37,14 @@ struct Preprocessing {
   absl::Status Validate(int64_t channels) const;
   // Scale 1/255, every mean 0 and every std 1: what GatherBatch computes.
   bool IsDefault() const;
-  // The mean and std of channel c (0 and 1 when empty).
-  float Mean(int64_t c) const { return mean.empty() ? 0.f : mean[static_cast<size_t>(c)]; }
-  float Std(int64_t c) const { return std.empty() ? 1.f : std[static_cast<size_t>(c)]; }
+  // The mean and std of channel c (0 and 1 when empty, or when c is beyond
+  // a list that Validate would refuse).
+  float Mean(int64_t c) const {
+    return c >= 0 && static_cast<size_t>(c) < mean.size() ? mean[static_cast<size_t>(c)] : 0.f;
+  }
+  float Std(int64_t c) const {
+    return c >= 0 && static_cast<size_t>(c) < std.size() ? std[static_cast<size_t>(c)] : 1.f;
+  }
   // The network input of pixel value p of channel c, as described above.
   float Value(int64_t c, int p) const;
   // Value(c, p) for every channel and pixel value: channels * 256 floats,
