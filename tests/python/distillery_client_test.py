@@ -457,7 +457,7 @@ def test_pytorch_student_distilled_beats_baseline(tmp):
     # those images' labels alone.
     teacher = tmp / "big_teacher.ckpt"
     subprocess.run([SERVER, "train", f"--data_dir={MNIST}", "--architecture=784-256-10",
-                    "--train_range=0:20000", "--epochs=6", "--threads=2",
+                    "--train_range=0:20000", "--epochs=10", "--threads=2",
                     f"--checkpoint={teacher}"], check=True, capture_output=True, timeout=600)
     s = Server(tmp, teacher, extra=["--transfer_range=0:2000", "--threads=2"])
     try:
@@ -465,7 +465,7 @@ def test_pytorch_student_distilled_beats_baseline(tmp):
             result = subprocess.run(
                 [sys.executable, str(REPO / "examples" / "pytorch_student.py"),
                  f"--teacher={s.target}", f"--mnist_dir={MNIST}", "--architecture=784-256-10",
-                 "--epochs=8", "--threads=2", "--test_examples=5000", *extra],
+                 "--epochs=20", "--lr=0.1", "--threads=2", "--test_examples=5000", *extra],
                 capture_output=True, text=True, timeout=600)
             assert result.returncode == 0, result.stderr[-3000:]
             lines = [l for l in result.stdout.splitlines() if l.startswith("final test_errors")]
@@ -474,6 +474,8 @@ def test_pytorch_student_distilled_beats_baseline(tmp):
         distilled = run("--alpha=0.9", "--temperature=4")
         baseline = run("--alpha=0")
         print(f"test errors out of 5000: distilled {distilled}, baseline {baseline}")
-        assert distilled <= baseline - 40, (distilled, baseline)
+        # Measured: distilled 390, baseline 630 (the teacher: 3.5% on all 10000).
+        assert distilled <= baseline - 100, (distilled, baseline)
+        assert distilled < 500, distilled
     finally:
         s.stop()
