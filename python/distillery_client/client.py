@@ -48,7 +48,7 @@ import numpy as np
 
 from ._proto import teacher_pb2 as pb
 from ._proto import teacher_pb2_grpc as pb_grpc
-from .codec import decode_targets
+from .codec import decode_targets, packed_float_values
 from .errors import (BadRequest, ContractChanged, CredentialsRefused, DataLoss, DistilleryError,
                      TeacherUnavailable, UnsupportedContract, error_for)
 from .order import ORDER_SCHEME, shard_example_ids
@@ -211,6 +211,11 @@ class TransferBatch(NamedTuple):
     labels: Optional[np.ndarray]
 
 
+class _RawCalls(NamedTuple):
+    get_soft_targets: grpc.UnaryUnaryMultiCallable
+    stream_transfer_set: grpc.UnaryStreamMultiCallable
+
+
 class _Retrier:
     """One call's retry state: WithRetries of teacher_client.cc, unrolled so
     that a generator can yield between attempts."""
@@ -228,6 +233,10 @@ class _Retrier:
     @property
     def stub(self) -> "pb_grpc.TeacherStub":
         return self._client._stubs[self.index]
+
+    @property
+    def raw(self) -> _RawCalls:
+        return self._client._raw[self.index]
 
     def succeeded(self) -> None:
         self._client._ever_answered = True
@@ -332,6 +341,7 @@ class TeacherClient:
         self._ever_answered = False
         self._channels: List[grpc.Channel] = []
         self._stubs: List[pb_grpc.TeacherStub] = []
+        self._raw: List[_RawCalls] = []
         self._order_cache: dict = {}
 
         token = auth_token if auth_token is not None else read_bearer_token(auth_token_file)
@@ -374,6 +384,13 @@ class TeacherClient:
                        else grpc.insecure_channel(replica, options))
             self._channels.append(channel)
             self._stubs.append(pb_grpc.TeacherStub(channel))
+            # The same two calls, answering raw bytes: the targets' floats
+            # are read from them directly (codec.packed_float_values).
+            self._raw.append(_RawCalls(
+                channel.unary_unary("/distill.v1.Teacher/GetSoftTargets",
+                                    request_serializer=pb.SoftTargetsRequest.SerializeToString),
+                channel.unary_stream("/distill.v1.Teacher/StreamTransferSet",
+                                     request_serializer=pb.TransferSetRequest.SerializeToString)))
         if not self._stubs:
             raise BadRequest("no teacher address given")
         try:
@@ -439,6 +456,17 @@ class TeacherClient:
         while True:
             try:
                 answer = call(retrier.stub)
+            except grpc.RpcError as e:
+                retrier.failed(e)
+                continue
+            retrier.succeeded()
+            return answer
+
+    def _unary_raw(self, what: str, call: Callable[[_RawCalls], bytes]) -> bytes:
+        retrier = _Retrier(self, what)
+        while True:
+            try:
+                answer = call(retrier.raw)
             except grpc.RpcError as e:
                 retrier.failed(e)
                 continue
@@ -579,13 +607,15 @@ class TeacherClient:
             chunk = flat[begin:begin + step]
             request = pb.SoftTargetsRequest(num_examples=len(chunk), pixels_u8=chunk.tobytes(),
                                             options=options)
-            response = self._unary("GetSoftTargets", lambda stub: stub.GetSoftTargets(
+            raw = self._unary_raw("GetSoftTargets", lambda calls: calls.get_soft_targets(
                 request, timeout=self._call_deadline, metadata=self._metadata))
+            response = pb.SoftTargetsResponse.FromString(raw)
             self._check_contract(response.contract, t, options, stream=False)
             if response.targets.num_examples != len(chunk):
                 raise DataLoss(f"asked for {len(chunk)} rows of targets, got "
                                f"{response.targets.num_examples}")
-            out[begin:begin + len(chunk)] = decode_targets(response.targets, response.contract)
+            out[begin:begin + len(chunk)] = decode_targets(
+                response.targets, response.contract, packed_float_values(raw, 2))
         return out
 
     # -- the transfer set ----------------------------------------------------
@@ -665,17 +695,24 @@ class TeacherClient:
         shape = self.example_shape
         width = self.input_size
         next_batch = request.start_batch
+        accepted_contract = None
         retrier = _Retrier(self, "StreamTransferSet")
         while True:
             attempt_start = next_batch
             request.start_batch = next_batch
-            call = retrier.stub.StreamTransferSet(request, timeout=self._stream_deadline,
-                                                  metadata=self._metadata)
+            call = retrier.raw.stream_transfer_set(request, timeout=self._stream_deadline,
+                                                   metadata=self._metadata)
             try:
-                for message in call:
+                for raw in call:
+                    message = pb.TransferBatch.FromString(raw)
                     if message.batch_index != next_batch:
                         raise DataLoss(f"expected batch {next_batch}, got {message.batch_index}")
-                    self._check_contract(message.contract, t, request.options, stream=True)
+                    # Answers of one stream carry the same terms: each batch's are
+                    # checked in full unless they are the bytes already accepted.
+                    contract_bytes = message.contract.SerializeToString()
+                    if contract_bytes != accepted_contract or self._allow_teacher_change:
+                        self._check_contract(message.contract, t, request.options, stream=True)
+                        accepted_contract = contract_bytes
                     if expected_ids is None:
                         if seen_num_batches == 0:
                             seen_num_batches = message.num_batches
@@ -694,7 +731,8 @@ class TeacherClient:
                         (rows,) + tuple(shape))
                     labels = (np.frombuffer(message.labels, dtype=np.uint8)
                               if request.include_labels else None)
-                    targets = decode_targets(message.targets, message.contract)
+                    targets = decode_targets(message.targets, message.contract,
+                                             packed_float_values(raw, 6))
                     if targets.shape[0] != rows:
                         raise DataLoss(f"transfer batch {message.batch_index} has "
                                        f"{targets.shape[0]} rows of targets for {rows} examples")

@@ -13,15 +13,68 @@ Inconsistent blocks (sizes, class indices, non-finite or negative values)
 raise DataLoss.
 """
 
+from typing import Optional
+
 import numpy as np
 
 from ._proto import teacher_pb2 as pb
 from .errors import DataLoss
 
 
-def decode_targets(targets: "pb.Targets", contract: "pb.SoftTargetContract") -> np.ndarray:
+def _varint(buf: bytes, pos: int):
+    result = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _length_delimited(buf: bytes, begin: int, end: int, number: int):
+    """(begin, end) of the first length-delimited field `number` in
+    buf[begin:end] (protobuf wire format), or None."""
+    pos = begin
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        wire_type = key & 7
+        if wire_type == 0:
+            _, pos = _varint(buf, pos)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 5:
+            pos += 4
+        elif wire_type == 2:
+            length, pos = _varint(buf, pos)
+            if key >> 3 == number:
+                return pos, pos + length
+            pos += length
+        else:
+            return None
+    return None
+
+
+def packed_float_values(raw: bytes, targets_field: int) -> Optional[memoryview]:
+    """The bytes of Targets.values (packed float, field 3) inside a
+    serialized message whose field `targets_field` is the Targets, or None
+    when they are not one packed run. Copying the floats out of the bytes is
+    ~20x faster than iterating the repeated field; the caller checks that
+    their count is len(targets.values)."""
+    targets = _length_delimited(raw, 0, len(raw), targets_field)
+    if targets is None:
+        return None
+    values = _length_delimited(raw, targets[0], targets[1], 3)
+    if values is None:
+        return None
+    return memoryview(raw)[values[0]:values[1]]
+
+
+def decode_targets(targets: "pb.Targets", contract: "pb.SoftTargetContract",
+                   packed_values: Optional[memoryview] = None) -> np.ndarray:
     """Full probability rows (num_examples x num_classes, float32) at the
-    contract's temperature."""
+    contract's temperature. `packed_values`: the bytes of targets.values as
+    sent (packed_float_values), a faster source of the same floats."""
     rows = targets.num_examples
     classes = contract.num_classes
     width = targets.width
@@ -39,7 +92,10 @@ def decode_targets(targets: "pb.Targets", contract: "pb.SoftTargetContract") -> 
         if len(targets.values) != count:
             raise DataLoss(f"expected {count} target values ({rows} rows of {width}), got "
                            f"{len(targets.values)}")
-        values = np.array(targets.values, dtype=np.float32)
+        if packed_values is not None and len(packed_values) == 4 * count:
+            values = np.frombuffer(packed_values, dtype="<f4").astype(np.float32)
+        else:
+            values = np.array(targets.values, dtype=np.float32)
     values = values.reshape(rows, width)
     if not np.isfinite(values).all():
         raise DataLoss("targets hold a non-finite value")

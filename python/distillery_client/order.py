@@ -66,6 +66,22 @@ def shuffled_indices(n: int, seed: int, epoch: int) -> List[int]:
     """common/data/dataset.cc's ShuffledIndices(n, seed, epoch)."""
     if n <= 0:
         return []
+    rng = MT19937_64(splitmix64((seed ^ splitmix64(epoch & _MASK)) & _MASK))
+    steps = n - 1
+    draws = np.concatenate([rng.block() for _ in range((steps + _N - 1) // _N)] or
+                           [np.zeros(0, np.uint64)])[:steps]
+    bounds = np.arange(n, 1, -1, dtype=np.uint64)  # i + 1 for i = n-1 .. 1
+    thresholds = (np.uint64(0) - bounds) % bounds  # 2^64 mod bound
+    if (draws < thresholds).any():
+        # A rejected draw (odds about n / 2^64): draw by draw, exactly.
+        return _shuffled_indices_exact(n, seed, epoch)
+    order = list(range(n))
+    for i, j in zip(range(n - 1, 0, -1), (draws % bounds).tolist()):
+        order[i], order[j] = order[j], order[i]
+    return order
+
+
+def _shuffled_indices_exact(n: int, seed: int, epoch: int) -> List[int]:
     order = list(range(n))
     rng = MT19937_64(splitmix64((seed ^ splitmix64(epoch & _MASK)) & _MASK))
     draws: List[int] = []
