@@ -253,37 +253,37 @@ def _ids_of(batches, trace):
         yield b.example_ids
 
 
+# gRPC buffers up to a few MB of a stream in flight: the fault tests stream a
+# transfer set large enough that the failure falls in the middle of it.
+BIG = 20000
+BIG_RANGE = f"--transfer_range=0:{BIG}"
+
+
 def test_teacher_killed_and_restarted_mid_stream(tmp, checkpoint):
-    """kill -9 after 20 of 100 batches, a new teacher on the same port 1 s
+    """kill -9 after 20 of 400 batches, a new teacher on the same port 1 s
     later: every batch arrives once, in order, with the order scheme's ids."""
     port = _free_port()
-    first = Server(tmp, checkpoint, port=port)
+    first = Server(tmp, checkpoint, port=port, extra=[BIG_RANGE])
     restarted = []
     try:
         with TeacherClient(first.target, give_up_after=30) as client:
             trace, ids = [], []
             for i, batch_ids in enumerate(_ids_of(client.transfer_set(
-                    3, seed=9, batch_size=10, temperature=TEMPERATURE), trace)):
+                    3, seed=9, batch_size=50, temperature=TEMPERATURE), trace)):
                 ids.append(batch_ids)
                 if i == 19:
                     first.kill()
                     threading.Timer(1.0, lambda: restarted.append(
-                        Server(tmp, checkpoint, port=port))).start()
+                        Server(tmp, checkpoint, port=port, extra=[BIG_RANGE]))).start()
             assert restarted, "the stream finished without the restarted teacher"
-            assert trace == list(range(100))
+            assert trace == list(range(BIG // 50))
             ids = np.concatenate(ids)
-            assert np.array_equal(ids, dc.shard_example_ids(TRANSFER, 3, 9, 0, 1))
+            assert np.array_equal(ids, dc.shard_example_ids(BIG, 3, 9, 0, 1))
             assert client.retries >= 1
     finally:
         first.kill()
         for s in restarted:
             s.stop()
-
-
-# gRPC buffers up to a few MB of a stream in flight: the fault tests stream a
-# transfer set large enough that the failure falls in the middle of it.
-BIG = 20000
-BIG_RANGE = f"--transfer_range=0:{BIG}"
 
 
 def test_failover_across_two_replicas(tmp, checkpoint):
@@ -308,6 +308,98 @@ def test_failover_across_two_replicas(tmp, checkpoint):
     finally:
         a.kill()
         b.stop()
+
+
+def test_stream_time_limit_resumes_at_the_next_batch(tmp, checkpoint, caplog):
+    """A teacher that ends every stream after 1 s (RESOURCE_EXHAUSTED marked
+    transient): a slow reader gets every batch once, resuming each time."""
+    s = Server(tmp, checkpoint, extra=["--max_stream_seconds=1", BIG_RANGE])
+    try:
+        with TeacherClient(s.target, give_up_after=10) as client:
+            trace, ids = [], []
+            for batch_ids in _ids_of(client.transfer_set(1, seed=2, batch_size=500,
+                                                         temperature=TEMPERATURE), trace):
+                ids.append(batch_ids)
+                time.sleep(0.08)  # 40 batches: over 3 s, more than buffered
+            assert trace == list(range(BIG // 500))
+            assert np.array_equal(np.concatenate(ids), dc.shard_example_ids(BIG, 1, 2, 0, 1))
+            assert client.retries == 1  # one call, resumed
+            resumed = [r for r in caplog.records if "--max_stream_seconds" in r.getMessage()]
+            assert len(resumed) >= 1, [r.getMessage() for r in caplog.records]
+    finally:
+        s.stop()
+
+
+def test_dns_target(server):
+    """dns:///localhost:port resolves (127.0.0.1 and ::1, balanced
+    round_robin; the teacher listens on the first only)."""
+    images = read_idx_images("t10k-images-idx3-ubyte.gz", 8)
+    with TeacherClient(server.target) as direct, \
+            TeacherClient(f"dns:///localhost:{server.port}") as resolved:
+        assert resolved.info.teacher_hash == direct.info.teacher_hash
+        for _ in range(3):
+            assert (resolved.soft_targets(images, TEMPERATURE).tobytes()
+                    == direct.soft_targets(images, TEMPERATURE).tobytes())
+
+
+def test_retryable_statuses():
+    assert dc.is_retryable(grpc.StatusCode.UNAVAILABLE, "")
+    assert dc.is_retryable(grpc.StatusCode.DEADLINE_EXCEEDED, "")
+    assert dc.is_retryable(grpc.StatusCode.RESOURCE_EXHAUSTED, "[transient] queue full")
+    # gRPC's own answer to a message over the limit fails the same way every time.
+    assert not dc.is_retryable(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               "Received message larger than max")
+    assert not dc.is_retryable(grpc.StatusCode.INVALID_ARGUMENT, "")
+    assert not dc.is_retryable(grpc.StatusCode.FAILED_PRECONDITION, "")
+
+
+def test_contract_terms_and_decoding_refusals(server):
+    """Each term of TeacherIdentity and TransferSetIdentity is named when it
+    differs; malformed target blocks are DataLoss."""
+    from distillery_client._proto import teacher_pb2 as pb
+    with TeacherClient(server.target) as client:
+        contract = client.info.contract
+    base = contract.teacher
+    assert dc.compare_teacher_identity(base, base) is None
+    for term, change in [("weights_hash", lambda t: setattr(t, "weights_hash", "0" * 16)),
+                         ("architecture", lambda t: setattr(t, "architecture", "784-65-10")),
+                         ("input", lambda t: setattr(t.input, "scale", 1.0)),
+                         ("precision", lambda t: setattr(t, "precision", pb.PRECISION_BF16)),
+                         ("ensemble_rule", lambda t: setattr(t, "ensemble_rule", "geometric")),
+                         ("ensemble of", lambda t: t.members.add())]:
+        other = pb.TeacherIdentity()
+        other.CopyFrom(base)
+        change(other)
+        assert dc.compare_teacher_identity(base, other).startswith(term)
+    # PRECISION_UNSPECIFIED is F32; `source` is informational.
+    same = pb.TeacherIdentity()
+    same.CopyFrom(base)
+    same.precision = pb.PRECISION_F32 if base.precision == pb.PRECISION_UNSPECIFIED else 0
+    same.source = "onnx:elsewhere"
+    assert dc.compare_teacher_identity(base, same) is None
+    ts = contract.transfer_set
+    for term, change in [("transfer set range", lambda t: setattr(t, "range_end", 999)),
+                         ("transfer set order scheme", lambda t: setattr(t, "order_scheme", "x")),
+                         ("transfer set [0,1000) fingerprint",
+                          lambda t: setattr(t, "fingerprint", "f" * 16))]:
+        other = pb.TransferSetIdentity()
+        other.CopyFrom(ts)
+        change(other)
+        assert dc.compare_transfer_set(ts, other).startswith(term)
+    c = pb.SoftTargetContract(num_classes=3, temperature=2, top_k=2)
+    with pytest.raises(dc.DataLoss, match="wide"):
+        dc.decode_targets(pb.Targets(num_examples=1, width=3, values=[1, 0, 0]), c)
+    with pytest.raises(dc.DataLoss, match="class index 7"):
+        dc.decode_targets(pb.Targets(num_examples=1, width=2, values=[.5, .3],
+                                     class_indices=[0, 7]), c)
+    with pytest.raises(dc.DataLoss, match="non-finite"):
+        dc.decode_targets(pb.Targets(num_examples=1, width=2, values=[float("nan"), .3],
+                                     class_indices=[0, 1]), c)
+    row = dc.decode_targets(pb.Targets(num_examples=1, width=2, values=[.5, .3],
+                                       class_indices=[2, 0]), c)
+    # The missing class gets 1 - (0.5f + 0.3f), summed in double, as in C++.
+    rest = np.float32(1.0 - (float(np.float32(.5)) + float(np.float32(.3))))
+    assert row.dtype == np.float32 and row[0].tolist() == [np.float32(.3), rest, np.float32(.5)]
 
 
 def test_gives_up_when_no_teacher_answers():
