@@ -85,8 +85,12 @@ def main() -> None:
             server.terminate()
             server.wait()
     c, p = statistics.median(cpp), statistics.median(py)
-    print(f"median: C++ {c:.0f} examples/s, Python {p:.0f} examples/s, Python/C++ {p / c:.2f} "
-          f"(batch {args.batch_size}, {args.dtype}, top_k {args.top_k}, {args.rounds} rounds)")
+    # Each round's pair ran back to back: the median of their ratios is the
+    # figure least moved by other load on a shared machine.
+    paired = statistics.median(b / a for a, b in zip(cpp, py))
+    print(f"median: C++ {c:.0f} examples/s, Python {p:.0f} examples/s, Python/C++ {p / c:.2f}; "
+          f"median of per-round ratios {paired:.2f} (batch {args.batch_size}, {args.dtype}, "
+          f"top_k {args.top_k}, {args.rounds} rounds)")
 
 
 if __name__ == "__main__":
