@@ -265,6 +265,7 @@ def test_teacher_killed_and_restarted_mid_stream(tmp, checkpoint):
     port = _free_port()
     first = Server(tmp, checkpoint, port=port, extra=[BIG_RANGE])
     restarted = []
+    timer = None
     try:
         with TeacherClient(first.target, give_up_after=30) as client:
             trace, ids = [], []
@@ -273,8 +274,9 @@ def test_teacher_killed_and_restarted_mid_stream(tmp, checkpoint):
                 ids.append(batch_ids)
                 if i == 19:
                     first.kill()
-                    threading.Timer(1.0, lambda: restarted.append(
-                        Server(tmp, checkpoint, port=port, extra=[BIG_RANGE]))).start()
+                    timer = threading.Timer(1.0, lambda: restarted.append(
+                        Server(tmp, checkpoint, port=port, extra=[BIG_RANGE])))
+                    timer.start()
             assert restarted, "the stream finished without the restarted teacher"
             assert trace == list(range(BIG // 50))
             ids = np.concatenate(ids)
@@ -282,6 +284,8 @@ def test_teacher_killed_and_restarted_mid_stream(tmp, checkpoint):
             assert client.retries >= 1
     finally:
         first.kill()
+        if timer is not None:
+            timer.join()  # a teacher it starts is stopped below, never left running
         for s in restarted:
             s.stop()
 
