@@ -79,6 +79,7 @@ class Server:
                 break
             except (OSError, ValueError):
                 if time.monotonic() > deadline:
+                    self.kill()
                     raise RuntimeError("no port file in 30 s:\n" + self.log.read_text()[-3000:])
                 time.sleep(0.02)
         self.target = f"127.0.0.1:{self.port}"
