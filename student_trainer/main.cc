@@ -145,7 +145,8 @@ int Distill() {
 
 // Writes the outputs of `mlp` (softmax'ed when `softmax`) for the first
 // `count` examples of `data` to `path` as raw little-endian float32.
-absl::Status DumpOutputs(distillery::Network& mlp, const distillery::Dataset& data, int64_t count,
+absl::Status DumpOutputs(distillery::Network& mlp, const distillery::Dataset& data,
+                         const distillery::Preprocessing& preprocessing, int64_t count,
                          bool softmax, const std::string& path) {
   if (count < 1 || count > data.num_examples) {
     return absl::InvalidArgumentError(
@@ -154,7 +155,7 @@ absl::Status DumpOutputs(distillery::Network& mlp, const distillery::Dataset& da
   std::vector<int64_t> indices(static_cast<size_t>(count));
   std::iota(indices.begin(), indices.end(), 0);
   distillery::Tensor inputs;
-  distillery::GatherBatch(data, indices, 0, nullptr, &inputs, nullptr);
+  distillery::GatherPreprocessedBatch(data, indices, preprocessing, &inputs, nullptr);
   const distillery::Tensor* logits = nullptr;
   RETURN_IF_ERROR(mlp.Predict(inputs, &logits));
   distillery::Tensor probabilities;
@@ -200,11 +201,11 @@ absl::Status ExportCommand() {
       options.softmax ? distillery::kOnnxProbabilitiesName : distillery::kOnnxLogitsName;
   absl::PrintF("ONNX export of %s %s: %s\n", role, spec.ArchitectureString(), onnx_path);
   absl::PrintF(
-      "  graph:             opset %d, %s [batch, %s] raw pixels (x %g in the graph) -> %s "
-      "[batch, %d]\n",
+      "  graph:             opset %d, %s [batch, %s] raw pixels (preprocessed in the graph: "
+      "%s) -> %s [batch, %d]\n",
       distillery::kOnnxOpsetVersion, distillery::kOnnxInputName,
-      distillery::ShapeString(mlp->input_shape()), checkpoint.architecture().input_scale(), output,
-      mlp->num_classes());
+      distillery::ShapeString(mlp->input_shape()),
+      distillery::CheckpointPreprocessing(checkpoint)->Describe(), output, mlp->num_classes());
   absl::PrintF("  parameters:        %d\n", mlp->ParameterCount());
   absl::PrintF("  file size:         %d bytes (%.2f MiB)\n", file_stat.st_size,
                static_cast<double>(file_stat.st_size) / (1 << 20));
@@ -214,9 +215,12 @@ absl::Status ExportCommand() {
     absl::PrintF("  test errors (T=1): not evaluated (no --data_dir)\n");
     return absl::OkStatus();
   }
-  ASSIGN_OR_RETURN(const distillery::MnistFormatData data,
-                   distillery::LoadDataSource(data_dir));
-  ASSIGN_OR_RETURN(const distillery::EvaluationResult eval, distillery::Evaluate(*mlp, data.test));
+  ASSIGN_OR_RETURN(const distillery::MnistFormatData data, distillery::LoadDataSource(data_dir));
+  // An imported network takes its own preprocessing of the pixels.
+  ASSIGN_OR_RETURN(const distillery::Preprocessing preprocessing,
+                   distillery::CheckpointPreprocessing(checkpoint));
+  ASSIGN_OR_RETURN(const distillery::EvaluationResult eval,
+                   distillery::Evaluate(*mlp, data.test, 1000, {}, preprocessing));
   absl::PrintF("  test errors (T=1): %d of %d (%.2f%% accuracy) on %s\n", eval.errors,
                eval.examples, 100.0 * eval.accuracy, data_dir);
   // Training records the last epoch's test errors: a different count means
@@ -230,8 +234,8 @@ absl::Status ExportCommand() {
         it->second, data_dir, eval.errors);
   }
   if (const std::string dump = absl::GetFlag(FLAGS_dump_outputs); !dump.empty()) {
-    RETURN_IF_ERROR(
-        DumpOutputs(*mlp, data.test, absl::GetFlag(FLAGS_dump_count), options.softmax, dump));
+    RETURN_IF_ERROR(DumpOutputs(*mlp, data.test, preprocessing, absl::GetFlag(FLAGS_dump_count),
+                                options.softmax, dump));
     absl::PrintF("  C++ outputs:       %d x %d float32 (%s) in %s\n",
                  absl::GetFlag(FLAGS_dump_count), mlp->num_classes(), output, dump);
   }

@@ -12,13 +12,16 @@ namespace distillery {
 absl::Status RemoteSoftTargets::GetSoftTargets(int64_t /*epoch*/, int64_t /*batch*/,
                                                absl::Span<const int64_t> /*ids*/,
                                                const Tensor& inputs, Tensor* soft_targets) {
-  // The inputs are uint8 pixels (jittered or not) times the student's own
-  // scale, 1/255 (GatherBatch): send the exact pixels back, 4x smaller than
+  // The inputs are uint8 pixels (jittered or not) after the student's own
+  // preprocessing (GatherBatch): send the exact pixels back, 4x smaller than
   // floats on the wire; the teacher applies its own preprocessing.
-  const float scale = 1.f / kPixelScale;
+  const int64_t channels = inputs.shape().size() == 4 ? inputs.shape()[1] : 1;
+  RETURN_IF_ERROR(student_.Validate(channels));
+  const int64_t plane = inputs.cols() / channels;
   std::string pixels(static_cast<size_t>(inputs.size()), '\0');
   for (int64_t i = 0; i < inputs.size(); ++i) {
-    pixels[i] = static_cast<char>(static_cast<uint8_t>(std::lround(inputs.data()[i] * scale)));
+    const int64_t c = (i / plane) % channels;
+    pixels[i] = static_cast<char>(student_.Pixel(c, inputs.data()[i]));
   }
   return client_->SoftTargets(pixels, inputs.rows(), temperature_, soft_targets);
 }
@@ -62,6 +65,9 @@ absl::Status TransferStreamSource::ProduceEpoch(int64_t epoch,
   request.mutable_options()->set_temperature(options_.temperature);
   const int64_t width = input_size();
   Shape shape = example_shape();
+  const int64_t channels = shape.size() == 3 ? shape[0] : 1;
+  RETURN_IF_ERROR(options_.student.Validate(channels));
+  const std::vector<float> table = options_.student.Table(channels);
   thread_local TemperatureSoftmax softmax;
   absl::Status decode_status;
   RETURN_IF_ERROR(
@@ -78,10 +84,11 @@ absl::Status TransferStreamSource::ProduceEpoch(int64_t epoch,
         shape.insert(shape.begin(), rows);
         batch.inputs.Reshape(shape);
         shape.erase(shape.begin());
-        // The student's inputs are its own pixels / 255, whatever the
-        // teacher's preprocessing.
-        const auto* pixels = reinterpret_cast<const unsigned char*>(message.pixels_u8().data());
-        for (int64_t i = 0; i < rows * width; ++i) batch.inputs.data()[i] = pixels[i] * kPixelScale;
+        // The student's inputs are its own preprocessing of the pixels,
+        // whatever the teacher's.
+        ApplyPixelTable(table, channels, width / channels, rows,
+                        reinterpret_cast<const uint8_t*>(message.pixels_u8().data()),
+                        batch.inputs.data());
         if (options_.include_labels) {
           for (unsigned char label : message.labels()) batch.labels.push_back(label);
         }

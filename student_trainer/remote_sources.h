@@ -9,6 +9,7 @@
 #ifndef DISTILLERY_STUDENT_TRAINER_REMOTE_SOURCES_H_
 #define DISTILLERY_STUDENT_TRAINER_REMOTE_SOURCES_H_
 
+#include "common/data/preprocessing.h"
 #include "common/train/trainer.h"
 #include "student_trainer/teacher_client.h"
 
@@ -16,15 +17,20 @@ namespace distillery {
 
 class RemoteSoftTargets : public SoftTargetSource {
  public:
-  // `client` is not owned and must outlive this object.
-  RemoteSoftTargets(TeacherClient* client, float temperature)
-      : client_(client), temperature_(temperature) {}
+  // `client` is not owned and must outlive this object. `student` is the
+  // preprocessing of the student's own inputs (GatherBatch's pixels / 255
+  // for every network trained here): GetSoftTargets rebuilds the exact raw
+  // pixels from it and sends them, and the teacher applies its own.
+  RemoteSoftTargets(TeacherClient* client, float temperature,
+                    const Preprocessing& student = Preprocessing())
+      : client_(client), temperature_(temperature), student_(student) {}
   absl::Status GetSoftTargets(int64_t epoch, int64_t batch, absl::Span<const int64_t> ids,
                               const Tensor& inputs, Tensor* soft_targets) override;
 
  private:
   TeacherClient* client_;
   float temperature_;
+  Preprocessing student_;
 };
 
 class TransferStreamSource : public BatchSource {
@@ -37,6 +43,9 @@ class TransferStreamSource : public BatchSource {
     float temperature = 20.f;
     // Ask for the transfer set's labels (trained with weight 1 - alpha).
     bool include_labels = false;
+    // The student's own preprocessing of the raw pixels it receives
+    // (whatever the teacher's).
+    Preprocessing student;
   };
   // `client` is not owned and must outlive this object. InvalidArgument when
   // the teacher has no transfer set or the shard does not exist.

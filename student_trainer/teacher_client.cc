@@ -326,6 +326,21 @@ absl::Status TeacherClient::CheckBatchPlace(const distill::v1::TransferSetReques
   return absl::OkStatus();
 }
 
+absl::StatusOr<Preprocessing> TeacherClient::TeacherPreprocessing() const {
+  Preprocessing p;
+  p.scale = info_.input_scale();
+  if (info_.has_contract() && info_.contract().has_teacher()) {
+    const distill::v1::InputSpec& input = info_.contract().teacher().input();
+    p.scale = input.scale();
+    p.mean.assign(input.mean().begin(), input.mean().end());
+    p.std.assign(input.std().begin(), input.std().end());
+  }
+  if (absl::Status s = p.Validate(example_shape()[0]); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("the teacher's preprocessing: ", s.message()));
+  }
+  return p;
+}
+
 absl::Status TeacherClient::SoftTargets(const std::string& pixels, int64_t rows, float temperature,
                                         Tensor* probabilities) {
   distill::v1::SoftTargetsRequest request;

@@ -50,6 +50,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/data/preprocessing.h"
 #include "common/tensor/tensor.h"
 #include "distill/v1/teacher.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
@@ -104,6 +105,11 @@ class TeacherClient {
     return {channels, info_.image_rows(), info_.image_cols()};
   }
   int64_t input_size() const { return ShapeSize(example_shape()); }
+  // The teacher's preprocessing of raw pixels (its InputSpec's scale, mean
+  // and std; a release-1 teacher's input_scale alone), which a student that
+  // sends its own inputs_f32 must apply to its pixels. InvalidArgument when
+  // the teacher reports an invalid one.
+  absl::StatusOr<Preprocessing> TeacherPreprocessing() const;
 
   // Soft targets (probabilities at `temperature`) for `rows` examples whose
   // raw uint8 pixels are `pixels` (rows x input_size). `probabilities` is

@@ -6,6 +6,7 @@
 //   teacher_server probe [--flags]   ask a server's gRPC health service (exit 0 = serving)
 //
 // `teacher_server --help` lists every flag.
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -77,8 +78,17 @@ ABSL_FLAG(std::string, onnx, "",
 ABSL_FLAG(std::string, input_shape, "",
           "import, serve --onnx: one example's C,H,W, needed when the model's input is flat (N, "
           "F) or has dynamic spatial sizes");
-// Preprocessing flags of imported models (--input_mean/--input_std) belong
-// here, next to --input_shape; the import records input_scale = 1/255.
+// The preprocessing of an imported model: network input =
+// (pixel * --input_scale - mean[c]) / std[c], recorded in its checkpoint.
+ABSL_FLAG(double, input_scale, 1.0 / 255.0,
+          "import, serve --onnx: the scale from raw 0..255 pixels to what the model was trained "
+          "on before its mean and std (1/255: [0, 1]); > 0");
+ABSL_FLAG(std::string, input_mean, "",
+          "import, serve --onnx: per-channel means subtracted after the scale, comma-separated "
+          "(e.g. 0.1307 for MNIST, 0.485,0.456,0.406 for ImageNet); empty = 0");
+ABSL_FLAG(std::string, input_std, "",
+          "import, serve --onnx: per-channel standard deviations divided by after the mean, "
+          "comma-separated (e.g. 0.3081 for MNIST); empty = 1; each > 0");
 ABSL_FLAG(std::string, probe_target, "127.0.0.1:50051", "probe: gRPC address of the server");
 ABSL_FLAG(std::string, probe_service, "",
           "probe: service whose health is asked (empty = the server as a whole)");
@@ -112,12 +122,15 @@ constexpr char kUsage[] =
     "  train   train a teacher on --data_dir (within --train_range) and write --checkpoint\n"
     "  serve   serve the teacher in --checkpoint; its transfer set is --data_dir's training\n"
     "          images within --transfer_range\n"
-    "  import  convert the ONNX classifier --onnx into the checkpoint --checkpoint (the model\n"
-    "          must take pixels / 255; --input_shape=C,H,W for flat or dynamic inputs)\n"
+    "  import  convert the ONNX classifier --onnx into the checkpoint --checkpoint; the model\n"
+    "          takes (pixels x --input_scale - --input_mean) / --input_std (per channel;\n"
+    "          default pixels / 255); --input_shape=C,H,W for flat or dynamic inputs\n"
     "  inspect print the network in --checkpoint: layers, shapes, parameters, input shape and\n"
     "          preprocessing, format version\n";
 
-// The import options of --input_shape (false after logging a bad flag).
+// The import options of --input_shape and the preprocessing flags (false
+// after logging a bad flag). The mean and std counts are checked against the
+// model's channels by the import.
 bool ImportOptionsFromFlags(distillery::OnnxImportOptions* options) {
   if (const std::string text = absl::GetFlag(FLAGS_input_shape); !text.empty()) {
     auto shape = distillery::ParseInputShape(text);
@@ -126,6 +139,23 @@ bool ImportOptionsFromFlags(distillery::OnnxImportOptions* options) {
       return false;
     }
     options->input_shape = *shape;
+  }
+  distillery::Preprocessing& p = options->preprocessing;
+  p.scale = static_cast<float>(absl::GetFlag(FLAGS_input_scale));
+  auto mean = distillery::ParseFloatList(absl::GetFlag(FLAGS_input_mean), "--input_mean");
+  auto std = distillery::ParseFloatList(absl::GetFlag(FLAGS_input_std), "--input_std");
+  if (!mean.ok() || !std.ok()) {
+    spdlog::error("bad preprocessing flags: {}",
+                  (mean.ok() ? std.status() : mean.status()).ToString());
+    return false;
+  }
+  p.mean = *std::move(mean);
+  p.std = *std::move(std);
+  // The counts are checked by the import, which knows the channels.
+  const int64_t channels = std::max(p.mean.size(), p.std.size());
+  if (absl::Status s = p.Validate(std::max<int64_t>(channels, 1)); !s.ok()) {
+    spdlog::error("bad preprocessing flags: {}", s.ToString());
+    return false;
   }
   return true;
 }
@@ -171,6 +201,14 @@ int Serve() {
   }
   if (config.checkpoint_path.empty()) {
     spdlog::error("serve needs --checkpoint (or --onnx)");
+    return 2;
+  }
+  if (!config.checkpoint.has_value() &&
+      (absl::GetFlag(FLAGS_input_scale) != 1.0 / 255.0 ||
+       !absl::GetFlag(FLAGS_input_mean).empty() || !absl::GetFlag(FLAGS_input_std).empty())) {
+    spdlog::error(
+        "--input_scale, --input_mean and --input_std apply to serve --onnx only; a checkpoint "
+        "records its own preprocessing (teacher_server inspect shows it)");
     return 2;
   }
   config.address = absl::GetFlag(FLAGS_address);

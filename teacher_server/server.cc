@@ -53,25 +53,28 @@ absl::Status RunServer(const ServeConfig& config) {
   identity.image_rows = static_cast<uint32_t>(checkpoint.architecture().image_rows());
   identity.image_cols = static_cast<uint32_t>(checkpoint.architecture().image_cols());
   identity.num_classes = static_cast<uint32_t>(teacher->num_classes());
-  identity.input_scale = checkpoint.architecture().input_scale();
+  // Already validated with the checkpoint (ValidateCheckpoint).
+  ASSIGN_OR_RETURN(identity.preprocessing, CheckpointPreprocessing(checkpoint));
   identity.terms.set_weights_hash(WeightsFingerprint(*teacher));
   identity.terms.set_architecture(identity.architecture);
   distill::v1::InputSpec* input = identity.terms.mutable_input();
   input->set_channels(identity.image_channels);
   input->set_rows(identity.image_rows);
   input->set_cols(identity.image_cols);
-  input->set_scale(identity.input_scale);
+  input->set_scale(identity.preprocessing.scale);
+  for (float m : identity.preprocessing.mean) input->add_mean(m);
+  for (float s : identity.preprocessing.std) input->add_std(s);
   identity.terms.set_precision(distill::v1::PRECISION_F32);
-  identity.terms.set_source(kSourceDistillery);
+  identity.terms.set_source(TeacherSource(checkpoint));
   identity.hash = TeacherHash(identity.terms);
   if (int64_t{identity.image_channels} * identity.image_rows * identity.image_cols !=
       teacher->input_size()) {
     return absl::DataLossError(absl::StrCat("checkpoint ", config.checkpoint_path,
                                             ": image shape does not match the input layer"));
   }
-  spdlog::info("teacher {} (weights {}, {}, {} parameters) from {}", identity.hash,
+  spdlog::info("teacher {} (weights {}, {}, {} parameters, {}) from {}, {}", identity.hash,
                identity.terms.weights_hash(), identity.architecture, teacher->ParameterCount(),
-               config.checkpoint_path);
+               identity.preprocessing.Describe(), config.checkpoint_path, identity.terms.source());
   // The largest valid request: a full batch of float inputs (plus framing).
   const uint64_t largest_request =
       uint64_t{config.service.max_batch_examples} * teacher->input_size() * sizeof(float) + 4096;
@@ -90,7 +93,8 @@ absl::Status RunServer(const ServeConfig& config) {
     ASSIGN_OR_RETURN(Dataset part, SliceDataset(data.train, range.first, range.second));
     if (!config.serve_labels) part = WithoutLabels(part);
     ASSIGN_OR_RETURN(transfer_set, TransferSet::Create(std::move(part), *teacher,
-                                                       static_cast<uint64_t>(range.first)));
+                                                       static_cast<uint64_t>(range.first),
+                                                       identity.preprocessing));
     spdlog::info("transfer set: {} examples [{}, {}) of {} (fingerprint {}), logits precomputed",
                  transfer_set->size(), range.first, range.second, config.data_dir,
                  transfer_set->identity().fingerprint());

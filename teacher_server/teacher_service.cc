@@ -36,10 +36,9 @@ TeacherService::TeacherService(const TeacherServiceConfig& config, const Teacher
       transfer_set_(transfer_set),
       metrics_(metrics),
       auth_(auth) {
-  for (int p = 0; p < 256; ++p) {
-    pixel_values_[p] = identity.input_scale == 1.f / 255.f
-                           ? static_cast<float>(p) / 255.f
-                           : static_cast<float>(p) * identity.input_scale;
+  preprocessing_status_ = identity.preprocessing.Validate(identity.image_channels);
+  if (preprocessing_status_.ok()) {
+    pixel_table_ = identity.preprocessing.Table(identity.image_channels);
   }
 }
 
@@ -103,7 +102,7 @@ grpc::ServerUnaryReactor* TeacherService::GetModelInfo(
   response->set_image_channels(identity_.image_channels);
   response->set_image_rows(identity_.image_rows);
   response->set_image_cols(identity_.image_cols);
-  response->set_input_scale(identity_.input_scale);
+  response->set_input_scale(identity_.preprocessing.scale);
   response->set_num_classes(identity_.num_classes);
   response->set_default_temperature(config_.default_temperature);
   response->set_max_batch_size(config_.max_batch_examples);
@@ -151,8 +150,13 @@ absl::Status TeacherService::DecodeInputs(const distill::v1::SoftTargetsRequest&
   inputs->Reshape({n, identity_.image_channels, identity_.image_rows, identity_.image_cols});
   float* out = inputs->data();
   if (has_pixels) {
-    const auto* pixels = reinterpret_cast<const unsigned char*>(request.pixels_u8().data());
-    for (int64_t i = 0; i < n * width; ++i) out[i] = pixel_values_[pixels[i]];
+    if (!preprocessing_status_.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat("the teacher's preprocessing is invalid: ",
+                                                        preprocessing_status_.message()));
+    }
+    ApplyPixelTable(pixel_table_, identity_.image_channels,
+                    int64_t{identity_.image_rows} * identity_.image_cols, n,
+                    reinterpret_cast<const uint8_t*>(request.pixels_u8().data()), out);
     return absl::OkStatus();
   }
   for (int64_t i = 0; i < n * width; ++i) {

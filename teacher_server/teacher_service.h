@@ -10,9 +10,11 @@
 #include <atomic>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "common/data/preprocessing.h"
 #include "common/nn/network.h"
 #include "distill/v1/teacher.grpc.pb.h"
 #include "teacher_server/auth.h"
@@ -54,7 +56,9 @@ struct TeacherIdentity {
   uint32_t image_rows = 0;
   uint32_t image_cols = 0;
   uint32_t num_classes = 0;
-  float input_scale = 1.f / 255.f;
+  // What the teacher does to raw pixels (pixels_u8) before its network; the
+  // same as terms.input's scale, mean and std.
+  Preprocessing preprocessing;
 };
 
 class TeacherService final : public distill::v1::Teacher::CallbackService {
@@ -107,12 +111,15 @@ class TeacherService final : public distill::v1::Teacher::CallbackService {
   const TransferSet* transfer_set_;
   TeacherMetrics* metrics_;
   const BearerTokenAuth* auth_;
-  // The network input of each pixel value: p / 255.f for the usual scale of
-  // 1/255, which is what training, evaluation and the transfer set compute
+  // The network input of each pixel value of each channel
+  // (Preprocessing::Table: channels * 256 values), which for the default
+  // preprocessing is what training, evaluation and the transfer set compute
   // (GatherBatch), so that an image sent as pixels gives the same bits as
-  // the same image in the transfer set (p * (1/255.f) differs from p / 255.f
-  // in the last bit for some p); p * input_scale otherwise.
-  float pixel_values_[256];
+  // the same image in the transfer set. Empty, and pixels refused, when the
+  // identity's preprocessing is invalid (preprocessing_status_ says why;
+  // RunServer refuses to start with one).
+  std::vector<float> pixel_table_;
+  absl::Status preprocessing_status_;
   std::atomic<bool> draining_{false};
   std::atomic<int64_t> inflight_{0};
 };

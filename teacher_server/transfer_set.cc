@@ -8,8 +8,9 @@
 
 namespace distillery {
 
-absl::StatusOr<std::unique_ptr<TransferSet>> TransferSet::Create(Dataset data, Network& teacher,
-                                                                 uint64_t range_begin) {
+absl::StatusOr<std::unique_ptr<TransferSet>> TransferSet::Create(
+    Dataset data, Network& teacher, uint64_t range_begin, const Preprocessing& preprocessing) {
+  RETURN_IF_ERROR(preprocessing.Validate(data.channels));
   if (data.input_size() != teacher.input_size()) {
     return absl::InvalidArgumentError(absl::StrCat("transfer-set images have ", data.input_size(),
                                                    " pixels, the teacher takes ",
@@ -23,7 +24,7 @@ absl::StatusOr<std::unique_ptr<TransferSet>> TransferSet::Create(Dataset data, N
     const int64_t end = std::min(data.num_examples, begin + kBatch);
     ids.resize(end - begin);
     std::iota(ids.begin(), ids.end(), begin);
-    GatherBatch(data, ids, 0, nullptr, &inputs, nullptr);
+    GatherPreprocessedBatch(data, ids, preprocessing, &inputs, nullptr);
     const Tensor* batch_logits = nullptr;
     RETURN_IF_ERROR(teacher.Infer(inputs, &batch_logits));
     std::copy(batch_logits->data(), batch_logits->data() + batch_logits->size(), logits.row(begin));

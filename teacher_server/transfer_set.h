@@ -18,6 +18,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/data/dataset.h"
+#include "common/data/preprocessing.h"
 #include "common/nn/network.h"
 #include "common/tensor/tensor.h"
 #include "distill/v1/teacher.pb.h"
@@ -29,9 +30,12 @@ class TransferSet {
   // Runs `teacher` over every image of `data` (Network::Infer, batches of
   // 1000, no jitter): the same bits GetSoftTargets gives for the same image.
   // `range_begin` is the index of data's first example in the teacher's
-  // training data (for identity()).
-  static absl::StatusOr<std::unique_ptr<TransferSet>> Create(Dataset data, Network& teacher,
-                                                             uint64_t range_begin = 0);
+  // training data (for identity()). The teacher's network takes the images
+  // after `preprocessing` (the teacher's own; InvalidArgument when it is
+  // invalid for data's channels).
+  static absl::StatusOr<std::unique_ptr<TransferSet>> Create(
+      Dataset data, Network& teacher, uint64_t range_begin = 0,
+      const Preprocessing& preprocessing = Preprocessing());
 
   const Dataset& data() const { return data_; }
   // size() x classes.

@@ -7,9 +7,11 @@
 #include <numeric>
 #include <random>
 
+#include "common/nn/layers/activation_layer.h"
 #include "common/nn/layers/batch_norm_layer.h"
 #include "common/nn/layers/conv2d_layer.h"
 #include "common/nn/layers/flatten_layer.h"
+#include "common/nn/layers/global_avg_pool_layer.h"
 #include "common/nn/layers/linear_layer.h"
 #include "common/nn/layers/pool2d_layer.h"
 #include "common/nn/layers/relu_layer.h"
@@ -115,8 +117,16 @@ Tensor NaiveConv(const Tensor& in, const Tensor& w, const Tensor& b, const Conv2
 // Pooling by direct loops (Pool2dLayer's header formula).
 Tensor NaivePool(const Tensor& in, const Pool2dOptions& o) {
   const int64_t n = in.dim(0), ch = in.dim(1), rows = in.dim(2), cols = in.dim(3);
-  const int64_t out_rows = (rows + 2 * o.pad_rows - o.window_rows) / o.stride_rows + 1;
-  const int64_t out_cols = (cols + 2 * o.pad_cols - o.window_cols) / o.stride_cols + 1;
+  // PyTorch's output size: floor, or ceil with the last window starting
+  // inside the image or its left padding.
+  auto size = [&o](int64_t in, int64_t window, int64_t stride, int64_t pad) {
+    const int64_t span = in + 2 * pad - window;
+    if (!o.ceil_mode) return span / stride + 1;
+    const int64_t out = (span + stride - 1) / stride + 1;
+    return (out - 1) * stride >= in + pad ? out - 1 : out;
+  };
+  const int64_t out_rows = size(rows, o.window_rows, o.stride_rows, o.pad_rows);
+  const int64_t out_cols = size(cols, o.window_cols, o.stride_cols, o.pad_cols);
   Tensor out({n, ch, out_rows, out_cols});
   float* dst = out.data();
   for (int64_t e = 0; e < n * ch; ++e) {
@@ -431,6 +441,24 @@ std::vector<PoolCase> PoolCases() {
   cases.push_back({"average 3x3 pad 1 include pad", avg, {2, 2, 5, 6}});
   avg.count_include_pad = false;
   cases.push_back({"average 3x3 pad 1 exclude pad", avg, {2, 2, 5, 6}});
+  // Ceil mode: the last window hangs over the right/bottom edge.
+  Pool2dOptions ceil;
+  ceil.ceil_mode = true;
+  cases.push_back({"max 2x2 stride 2 ceil (7x5 -> 4x3)", ceil, {2, 2, 7, 5}});
+  ceil.window_rows = ceil.window_cols = 3;
+  ceil.stride_rows = ceil.stride_cols = 2;
+  ceil.pad_rows = ceil.pad_cols = 1;
+  cases.push_back({"max 3x3 stride 2 pad 1 ceil", ceil, {1, 2, 6, 8}});
+  ceil.kind = PoolKind::kAverage;
+  ceil.count_include_pad = false;
+  cases.push_back({"average 3x3 stride 2 pad 1 ceil exclude pad", ceil, {1, 2, 6, 8}});
+  ceil.pad_rows = ceil.pad_cols = 0;
+  cases.push_back({"average 3x3 stride 2 ceil exclude pad", ceil, {2, 1, 8, 6}});
+  // With count_include_pad only where no window overhangs (8 + 2 * 1 = 5 * 2).
+  ceil.window_rows = ceil.window_cols = 2;
+  ceil.pad_rows = ceil.pad_cols = 1;
+  ceil.count_include_pad = true;
+  cases.push_back({"average 2x2 stride 2 pad 1 ceil include pad, no overhang", ceil, {1, 2, 8, 8}});
   return cases;
 }
 
@@ -443,7 +471,8 @@ TEST(Pool2dLayerTest, ForwardMatchesDirectLoops) {
     const Tensor input = RandomTensor(c.input, ++seed);
     for (bool training : {true, false}) {
       Tensor output;
-      ASSERT_TRUE(layer.Forward(input, training, &output).ok());
+      const absl::Status forward = layer.Forward(input, training, &output);
+      ASSERT_TRUE(forward.ok()) << forward;
       ExpectNear(output, NaivePool(input, c.options), 1e-6);
     }
   }
@@ -512,8 +541,26 @@ TEST(Pool2dLayerTest, OutputShapeDescribeAndErrors) {
             absl::StatusCode::kInvalidArgument);
   Pool2dOptions ceil;
   ceil.ceil_mode = true;
-  EXPECT_EQ(Pool2dLayer(ceil, &context).OutputShape({1, 8, 8}).status().code(),
-            absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(*Pool2dLayer(ceil, &context).OutputShape({1, 8, 8}), (Shape{1, 4, 4}));
+  EXPECT_EQ(*Pool2dLayer(ceil, &context).OutputShape({1, 7, 9}), (Shape{1, 4, 5}));
+  EXPECT_EQ(Pool2dLayer(ceil, &context).Describe(), "MaxPool2d(2x2, stride 2, ceil)");
+  // No window may start in the right padding: 3x3 stride 2 pad 1 on 5 rows
+  // gives 3, not ceil(4 / 2) + 1 = 3 ... and on 6 rows 4 (the 4th starts at 5).
+  ceil.window_rows = ceil.window_cols = 3;
+  ceil.pad_rows = ceil.pad_cols = 1;
+  EXPECT_EQ(*Pool2dLayer(ceil, &context).OutputShape({1, 5, 6}), (Shape{1, 3, 4}));
+  ceil.window_rows = ceil.window_cols = 2;
+  ceil.pad_rows = ceil.pad_cols = 1;
+  // 2x2 stride 2 pad 1 on 4: ceil(4 / 2) + 1 = 3 windows start at -1, 1, 3.
+  EXPECT_EQ(*Pool2dLayer(ceil, &context).OutputShape({1, 4, 4}), (Shape{1, 3, 3}));
+  // An average counting padding whose last window overhangs is refused.
+  ceil.pad_rows = ceil.pad_cols = 0;
+  ceil.kind = PoolKind::kAverage;
+  ceil.count_include_pad = true;
+  const absl::Status overhang = Pool2dLayer(ceil, &context).OutputShape({1, 7, 7}).status();
+  EXPECT_EQ(overhang.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(overhang.message(), HasSubstr("hangs over the padding"));
+  EXPECT_TRUE(Pool2dLayer(ceil, &context).OutputShape({1, 8, 8}).ok());
 }
 
 // ---- Batch normalization ----
@@ -923,6 +970,92 @@ TEST(SmallConvNetTest, GradientsThroughTheWholeChainMatchFiniteDifferences) {
     check("bn beta", &net.bn().beta().value, beta, 1e-3, 5e-3);
     check("linear weight", &net.linear().weight().value, linear_weight, 1e-3, 5e-3);
   }
+}
+
+// Leaky ReLU, sigmoid and tanh: the header's formulas, element by element,
+// on image and flat tensors.
+TEST(ActivationLayerTest, ForwardMatchesTheFormulas) {
+  DnnlContext context;
+  struct Case {
+    ActivationKind kind;
+    float alpha;
+    double (*f)(double, double);
+  };
+  const Case cases[] = {
+      {ActivationKind::kLeakyRelu, 0.1f, [](double x, double a) { return x > 0 ? x : a * x; }},
+      {ActivationKind::kLeakyRelu, -0.3f, [](double x, double a) { return x > 0 ? x : a * x; }},
+      {ActivationKind::kSigmoid, 0.f, [](double x, double) { return 1 / (1 + std::exp(-x)); }},
+      {ActivationKind::kTanh, 0.f, [](double x, double) { return std::tanh(x); }},
+  };
+  uint64_t seed = 900;
+  for (const Case& c : cases) {
+    ActivationLayer layer(c.kind, c.alpha, &context);
+    SCOPED_TRACE(layer.Describe());
+    for (const Shape& shape : {Shape{3, 2, 4, 5}, Shape{7, 11}}) {
+      const Tensor input = RandomTensor(shape, ++seed, 3.f);
+      Tensor output;
+      ASSERT_TRUE(layer.Forward(input, true, &output).ok());
+      ASSERT_EQ(output.shape(), shape);
+      for (int64_t i = 0; i < input.size(); ++i) {
+        EXPECT_NEAR(output.data()[i], c.f(input.data()[i], c.alpha), 1e-6) << i;
+      }
+    }
+  }
+  EXPECT_EQ(ActivationLayer(ActivationKind::kLeakyRelu, 0.01f, &context).Describe(),
+            "LeakyReLU(0.01)");
+  EXPECT_EQ(ActivationLayer(ActivationKind::kSigmoid, 0.5f, &context).alpha(), 0.f);
+}
+
+TEST(ActivationLayerTest, GradientsMatchFiniteDifferences) {
+  DnnlContext context;
+  uint64_t seed = 950;
+  for (const auto& [kind, alpha] :
+       std::vector<std::pair<ActivationKind, float>>{{ActivationKind::kLeakyRelu, 0.01f},
+                                                     {ActivationKind::kLeakyRelu, 0.2f},
+                                                     {ActivationKind::kSigmoid, 0.f},
+                                                     {ActivationKind::kTanh, 0.f}}) {
+    ActivationLayer layer(kind, alpha, &context);
+    SCOPED_TRACE(layer.Describe());
+    // 0.05 apart and shifted by 0.025: no input within a step of the leaky
+    // ReLU's kink at 0.
+    Tensor input = DistinctTensor({2, 3, 3, 4}, seed += 2);
+    for (int64_t i = 0; i < input.size(); ++i) input.data()[i] += 0.025f;
+    ExpectLayerGradientsMatch(layer, input, true, seed + 1, 5e-3);
+    // And through a second shape (primitives built per shape).
+    Tensor flat = DistinctTensor({4, 9}, seed + 7);
+    for (int64_t i = 0; i < flat.size(); ++i) flat.data()[i] += 0.025f;
+    ExpectLayerGradientsMatch(layer, flat, false, seed + 8, 5e-3);
+  }
+}
+
+TEST(ActivationLayerTest, BackwardRefusesMismatchedShapes) {
+  DnnlContext context;
+  ActivationLayer layer(ActivationKind::kTanh, 0.f, &context);
+  const Tensor input = RandomTensor({2, 6}, 1);
+  Tensor output, grad;
+  ASSERT_TRUE(layer.Forward(input, true, &output).ok());
+  const absl::Status s = layer.Backward(input, output, RandomTensor({2, 5}, 2), &grad);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("Tanh Backward"));
+}
+
+TEST(GlobalAvgPoolLayerTest, ForwardBackwardAndShapes) {
+  GlobalAvgPoolLayer layer;
+  EXPECT_EQ(*layer.OutputShape({5, 7, 3}), (Shape{5, 1, 1}));
+  EXPECT_EQ(layer.OutputShape({12}).status().code(), absl::StatusCode::kInvalidArgument);
+  const Tensor input = RandomTensor({2, 3, 4, 5}, 77);
+  Tensor output;
+  ASSERT_TRUE(layer.Forward(input, false, &output).ok());
+  ASSERT_EQ(output.shape(), (Shape{2, 3, 1, 1}));
+  for (int64_t k = 0; k < 6; ++k) {
+    double sum = 0;
+    for (int64_t i = 0; i < 20; ++i) sum += input.data()[k * 20 + i];
+    EXPECT_NEAR(output.data()[k], sum / 20, 1e-6) << k;
+  }
+  ExpectLayerGradientsMatch(layer, RandomTensor({2, 3, 4, 5}, 78), true, 79);
+  ExpectLayerGradientsMatch(layer, RandomTensor({1, 2, 7, 3}, 80), true, 81);
+  Tensor flat = RandomTensor({2, 6}, 3);
+  EXPECT_EQ(layer.Forward(flat, false, &output).code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -234,5 +234,80 @@ TEST(NetworkTest, ConvolutionalBackpropagationMatchesFiniteDifferences) {
   }
 }
 
+// The activation and global pooling tokens: parsed, built, trained a step,
+// written to a checkpoint and read back bit for bit, and back-propagated
+// through against finite differences.
+TEST(NetworkTest, LeakyReluSigmoidTanhAndGlobalPoolingLayers) {
+  NetworkSpec spec = *NetworkSpec::Parse(
+      "conv3x3:4/p1:none,leakyrelu:0.1,conv3x3:3:none,tanh,gap,fc:5:none,"
+      "sigmoid,fc:3",
+      {2, 6, 6});
+  EXPECT_EQ(spec.ArchitectureString(),
+            "conv3x3/p1:4:none,leakyrelu:0.1,conv3x3:3:none,tanh,gap,flatten,fc:5:none,sigmoid,"
+            "fc:3:none");
+  auto network = *Network::Create(spec, 3);
+  EXPECT_EQ(network->layer_shapes()[4], (Shape{3, 1, 1}));
+  EXPECT_EQ(network->Describe().find("LeakyReLU(0.1) -> Conv2d") != std::string::npos, true)
+      << network->Describe();
+  EXPECT_EQ(NetworkSpec::Parse(spec.ArchitectureString(), {2, 6, 6})->ArchitectureString(),
+            spec.ArchitectureString());
+  Tensor input = RandomMatrix(3, 72, 8);
+  ASSERT_TRUE(input.Reinterpret({3, 2, 6, 6}));
+  const std::vector<int> labels = {2, 0, 1};
+  CrossEntropyLoss loss;
+  auto value = [&] {
+    const Tensor* logits = nullptr;
+    EXPECT_TRUE(network->Forward(input, true, 1, &logits).ok());
+    Tensor unused;
+    return *loss.Compute(*logits, labels, 1.f, &unused);
+  };
+  const Tensor* logits = nullptr;
+  ASSERT_TRUE(network->Forward(input, true, 1, &logits).ok());
+  Tensor grad_logits;
+  ASSERT_TRUE(loss.Compute(*logits, labels, 1.f, &grad_logits).ok());
+  ASSERT_TRUE(network->Backward(grad_logits).ok());
+  std::vector<Parameter*> params = network->Parameters();
+  std::vector<Tensor> grads;
+  for (Parameter* p : params) grads.push_back(p->grad);
+  for (size_t i = 0; i < params.size(); ++i) {
+    SCOPED_TRACE(params[i]->name);
+    ExpectGradientMatches(value, &params[i]->value, grads[i], 1e-3, 3e-2, 1e-3,
+                          /*skip_kinks=*/true);
+  }
+  const Tensor* before = nullptr;
+  ASSERT_TRUE(network->Predict(input, &before).ok());
+  const Tensor expected = *before;
+  distill::v1::Checkpoint checkpoint = MakeCheckpoint(*network, "student");
+  EXPECT_EQ(checkpoint.architecture().layers(1).kind(), "leakyrelu");
+  EXPECT_FLOAT_EQ(checkpoint.architecture().layers(1).alpha(), 0.1f);
+  EXPECT_EQ(checkpoint.architecture().layers(4).kind(), "globalavgpool");
+  auto restored = *NetworkFromCheckpoint(checkpoint);
+  EXPECT_EQ(restored->spec().ArchitectureString(), spec.ArchitectureString());
+  const Tensor* after = nullptr;
+  ASSERT_TRUE(restored->Predict(input, &after).ok());
+  EXPECT_EQ(*after, expected);
+  // A slope that is not a number is refused, naming the token.
+  auto bad = NetworkSpec::Parse("leakyrelu:x,fc:3", {4});
+  EXPECT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("\"leakyrelu:x\" needs a finite slope"),
+            absl::string_view::npos)
+      << bad.status();
+  EXPECT_FALSE(NetworkSpec::Parse("leakyrelu:inf,fc:3", {4}).ok());
+  // gap takes images only.
+  EXPECT_FALSE(Network::Create(*NetworkSpec::Parse("gap,fc:3", {4}), 1).ok());
+}
+
+TEST(NetworkSpecTest, CeilModePoolingTokens) {
+  NetworkSpec spec = *NetworkSpec::Parse("maxpool2/ceil,avgpool3/s2/p1/ceil,fc:3", {1, 7, 7});
+  EXPECT_EQ(spec.ArchitectureString(), "maxpool2x2/ceil,avgpool3x3/s2/p1/ceil,flatten,fc:3:none");
+  EXPECT_TRUE(spec.layers[0].ceil_mode);
+  auto network = *Network::Create(spec, 1);
+  EXPECT_EQ(network->layer_shapes()[0], (Shape{1, 4, 4}));  // 7 -> 4, not 3
+  EXPECT_EQ(network->layer_shapes()[1], (Shape{1, 3, 3}));  // 4 + 2 - 3 = 3 -> 3 (2 + 1)
+  auto restored = *NetworkFromCheckpoint(MakeCheckpoint(*network, "student"));
+  EXPECT_EQ(restored->spec().ArchitectureString(), spec.ArchitectureString());
+  EXPECT_FALSE(NetworkSpec::Parse("conv3x3:4/ceil,fc:3", {1, 7, 7}).ok());
+}
+
 }  // namespace
 }  // namespace distillery

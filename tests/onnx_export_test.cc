@@ -254,6 +254,36 @@ TEST(OnnxExportTest, GraphComputesTheForwardPassOnRawPixels) {
   }
 }
 
+TEST(OnnxExportTest, ThePreprocessingMeanAndStdFollowTheScale) {
+  distill::v1::Checkpoint checkpoint = SmallCheckpoint("teacher", 5);
+  Preprocessing p;
+  p.mean = {0.1307f};
+  p.std = {0.3081f};
+  SetCheckpointPreprocessing(p, &checkpoint);
+  const onnx::ModelProto model = ExportAndParse(checkpoint, {}, "normalised.onnx");
+  const onnx::GraphProto& graph = model.graph();
+  ASSERT_GE(graph.node_size(), 4);
+  EXPECT_EQ(graph.node(0).op_type(), "Mul");
+  EXPECT_EQ(graph.node(1).op_type(), "Sub");
+  EXPECT_EQ(graph.node(1).input(0), graph.node(0).output(0));
+  EXPECT_EQ(graph.node(1).input(1), "input_mean");
+  EXPECT_EQ(graph.node(2).op_type(), "Div");
+  EXPECT_EQ(graph.node(2).input(0), graph.node(1).output(0));
+  EXPECT_EQ(graph.node(2).input(1), "input_std");
+  EXPECT_EQ(graph.node(3).input(0), graph.node(2).output(0));
+  // A flat input (this MLP takes [batch, 12]): one value per input element.
+  const onnx::TensorProto* mean = FindInitializer(graph, "input_mean");
+  const onnx::TensorProto* std = FindInitializer(graph, "input_std");
+  ASSERT_NE(mean, nullptr);
+  ASSERT_NE(std, nullptr);
+  EXPECT_EQ(FloatsOf(*mean), std::vector<float>(12, 0.1307f));
+  EXPECT_EQ(FloatsOf(*std), std::vector<float>(12, 0.3081f));
+  // The default preprocessing adds neither.
+  const onnx::ModelProto plain = ExportAndParse(SmallCheckpoint("teacher", 5), {}, "plain.onnx");
+  EXPECT_EQ(FindInitializer(plain.graph(), "input_mean"), nullptr);
+  EXPECT_EQ(FindInitializer(plain.graph(), "input_std"), nullptr);
+}
+
 TEST(OnnxExportTest, SoftmaxOptionEndsInProbabilities) {
   OnnxExportOptions options;
   options.softmax = true;
@@ -312,8 +342,8 @@ void ExpectRefused(const distill::v1::Checkpoint& checkpoint, absl::StatusCode c
 
 TEST(OnnxExportTest, UnsupportedCheckpointsAreRefused) {
   distill::v1::Checkpoint c = SmallCheckpoint();
-  c.mutable_architecture()->mutable_layers(1)->set_kind("tanh");
-  ExpectRefused(c, absl::StatusCode::kDataLoss, "unknown layer kind \"tanh\"");
+  c.mutable_architecture()->mutable_layers(1)->set_kind("softplus");
+  ExpectRefused(c, absl::StatusCode::kDataLoss, "unknown layer kind \"softplus\"");
 
   c = SmallCheckpoint();
   c.set_format_version(3);

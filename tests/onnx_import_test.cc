@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "common/formats/checkpoint.h"
+#include "common/nn/layers/pool2d_layer.h"
+#include "common/tensor/dnnl_context.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/onnx_test_models.h"
@@ -145,12 +147,11 @@ TEST(OnnxImportTest, FoldsBatchNormIntoConvAndMatchesTheUnfoldedForward) {
 TEST(OnnxImportTest, ImportsPyTorchViewPatternMatMulAddAndAveragePools) {
   auto c = Import(onnx_test::ViewModel());
   ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_THAT(Kinds(*c), ::testing::ElementsAre("conv2d", "relu", "avgpool2d", "avgpool2d",
+  EXPECT_THAT(Kinds(*c), ::testing::ElementsAre("conv2d", "relu", "avgpool2d", "globalavgpool",
                                                 "flatten", "linear"));
   const distill::v1::Layer& conv = c->architecture().layers(0);
   EXPECT_EQ(conv.pad_rows(), 1);  // SAME_UPPER, 3x3, stride 1
   EXPECT_TRUE(c->architecture().layers(2).count_include_pad());
-  EXPECT_EQ(c->architecture().layers(3).kernel_rows(), 6);  // global
   const distill::v1::Tensor& bias = Param(*c, "layer1.bias");
   ASSERT_EQ(bias.values_size(), 3);
   EXPECT_FLOAT_EQ(bias.values(1), Values(3, 23)[1]);
@@ -180,14 +181,76 @@ TEST(OnnxImportTest, BatchNormNotAfterALayerBecomesABatchNormLayer) {
 TEST(OnnxImportTest, NamesEveryUnsupportedOperator) {
   ModelBuilder b({-1, 1, 4, 4});
   b.Node("Flatten", {""});
-  b.Node("LeakyRelu", {""}, "leaky");
-  b.Node("Tanh", {""}, "squash");
+  b.Node("Elu", {""}, "smooth");
+  b.Node("Softplus", {""}, "squash");
   b.Node("Gemm", {"", b.Weight("w", {2, 16}, Values(32, 1))});
   auto c = Import(b.Finish());
   ASSERT_FALSE(c.ok());
   EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(c.status().message(), HasSubstr("LeakyRelu \"leaky\""));
-  EXPECT_THAT(c.status().message(), HasSubstr("Tanh \"squash\""));
+  EXPECT_THAT(c.status().message(), HasSubstr("Elu \"smooth\""));
+  EXPECT_THAT(c.status().message(), HasSubstr("Softplus \"squash\""));
+}
+
+// Conv -> LeakyRelu(0.2) -> GlobalAveragePool -> Flatten -> Gemm -> Sigmoid
+// -> Gemm -> Tanh -> LeakyRelu (ONNX's default alpha 0.01), computed by hand.
+TEST(OnnxImportTest, ImportsLeakyReluSigmoidTanhAndGlobalAveragePool) {
+  ModelBuilder b({-1, 1, 5, 5});
+  onnx::NodeProto* conv = b.Node("Conv", {"", b.Weight("conv.w", {2, 1, 3, 3}, Values(18, 31)),
+                                          b.Weight("conv.b", {2}, Values(2, 32))});
+  onnx_test::SetInts(conv, "kernel_shape", {3, 3});
+  onnx_test::SetFloat(b.Node("LeakyRelu", {""}), "alpha", 0.2f);
+  b.Node("GlobalAveragePool", {""});
+  b.Node("Flatten", {""});
+  onnx_test::SetInt(b.Node("Gemm", {"", b.Weight("fc1.w", {3, 2}, Values(6, 33)),
+                                    b.Weight("fc1.b", {3}, Values(3, 34))}),
+                    "transB", 1);
+  b.Node("Sigmoid", {""});
+  onnx_test::SetInt(b.Node("Gemm", {"", b.Weight("fc2.w", {4, 3}, Values(12, 35)),
+                                    b.Weight("fc2.b", {4}, Values(4, 36))}),
+                    "transB", 1);
+  b.Node("Tanh", {""});
+  b.Node("LeakyRelu", {""});
+  auto c = Import(b.Finish());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_THAT(Kinds(*c),
+              ::testing::ElementsAre("conv2d", "leakyrelu", "globalavgpool", "flatten", "linear",
+                                     "sigmoid", "linear", "tanh", "leakyrelu"));
+  EXPECT_FLOAT_EQ(c->architecture().layers(1).alpha(), 0.2f);
+  EXPECT_FLOAT_EQ(c->architecture().layers(8).alpha(), 0.01f);
+  auto network = NetworkFromCheckpoint(*c);
+  ASSERT_TRUE(network.ok()) << network.status();
+  const std::vector<float> x = Values(25, 37, -1.f);
+  Tensor input({1, 1, 5, 5});
+  std::copy(x.begin(), x.end(), input.data());
+  const Tensor* out = nullptr;
+  ASSERT_TRUE((*network)->Infer(input, &out).ok());
+  const std::vector<float> cw = Values(18, 31), cb = Values(2, 32), w1 = Values(6, 33),
+                           b1 = Values(3, 34), w2 = Values(12, 35), b2 = Values(4, 36);
+  double gap[2];
+  for (int o = 0; o < 2; ++o) {
+    double sum = 0;
+    for (int y = 0; y < 3; ++y) {
+      for (int xx = 0; xx < 3; ++xx) {
+        double v = cb[o];
+        for (int i = 0; i < 3; ++i) {
+          for (int j = 0; j < 3; ++j) v += cw[o * 9 + i * 3 + j] * x[(y + i) * 5 + xx + j];
+        }
+        sum += v > 0 ? v : 0.2 * v;
+      }
+    }
+    gap[o] = sum / 9;
+  }
+  double hidden[3];
+  for (int h = 0; h < 3; ++h) {
+    const double z = b1[h] + w1[h * 2] * gap[0] + w1[h * 2 + 1] * gap[1];
+    hidden[h] = 1 / (1 + std::exp(-z));
+  }
+  for (int o = 0; o < 4; ++o) {
+    double z = b2[o];
+    for (int h = 0; h < 3; ++h) z += w2[o * 3 + h] * hidden[h];
+    const double t = std::tanh(z);
+    EXPECT_NEAR(out->data()[o], t > 0 ? t : 0.01 * t, 1e-5) << o;
+  }
 }
 
 TEST(OnnxImportTest, RefusesDynamicSpatialShapeWithoutInputShape) {
@@ -275,7 +338,7 @@ TEST(OnnxImportTest, RefusesMalformedAndTruncatedBytes) {
   EXPECT_TRUE(ImportOnnxModel(bytes, {}, "whole.onnx").ok());
 }
 
-TEST(OnnxImportTest, RefusesCeilModeOpsetsAndBranches) {
+TEST(OnnxImportTest, CeilModePoolingAndRefusedOpsetsAndBranches) {
   {
     ModelBuilder b({-1, 1, 4, 4});
     onnx::NodeProto* pool = b.Node("MaxPool", {""}, "pool");
@@ -283,9 +346,57 @@ TEST(OnnxImportTest, RefusesCeilModeOpsetsAndBranches) {
     onnx_test::SetInt(pool, "ceil_mode", 1);
     b.Node("Flatten", {""});
     b.Node("Gemm", {"", b.Weight("w", {4, 2}, Values(8, 1))});
+    onnx_test::SetInts(pool, "strides", {2, 2});
+    onnx_test::SetInt(pool, "count_include_pad", 1);
+    pool->set_op_type("AveragePool");
     auto c = Import(b.Finish());
-    ASSERT_FALSE(c.ok());
-    EXPECT_THAT(c.status().message(), HasSubstr("ceil_mode"));
+    // 4x4 -> 2x2 with no overhang: imported.
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_TRUE(c->architecture().layers(0).ceil_mode());
+  }
+  {
+    // 5x5 -> 3x3 in ceil mode, the last windows overhanging: a max pooling
+    // is imported, an average counting the padding refused.
+    for (const bool average : {false, true}) {
+      ModelBuilder b({-1, 1, 5, 5});
+      onnx::NodeProto* pool = b.Node(average ? "AveragePool" : "MaxPool", {""}, "pool");
+      onnx_test::SetInts(pool, "kernel_shape", {2, 2});
+      onnx_test::SetInts(pool, "strides", {2, 2});
+      onnx_test::SetInt(pool, "ceil_mode", 1);
+      if (average) onnx_test::SetInt(pool, "count_include_pad", 1);
+      b.Node("Flatten", {""});
+      b.Node("Gemm", {"", b.Weight("w", {9, 2}, Values(18, 1))});
+      auto c = Import(b.Finish());
+      if (!average) {
+        ASSERT_TRUE(c.ok()) << c.status();
+        EXPECT_EQ(c->architecture().layers(0).kind(), "maxpool2d");
+        EXPECT_TRUE(c->architecture().layers(0).ceil_mode());
+        auto network = NetworkFromCheckpoint(*c);
+        ASSERT_TRUE(network.ok());
+        EXPECT_EQ((*network)->layer_shapes()[0], (Shape{1, 3, 3}));
+        // The last row and column pool the image's edge alone.
+        Tensor input({1, 1, 5, 5});
+        for (int i = 0; i < 25; ++i) input.data()[i] = static_cast<float>(i);
+        const distill::v1::Layer& l = c->architecture().layers(0);
+        Pool2dOptions o;
+        o.window_rows = l.kernel_rows();
+        o.window_cols = l.kernel_cols();
+        o.stride_rows = l.stride_rows();
+        o.stride_cols = l.stride_cols();
+        o.ceil_mode = l.ceil_mode();
+        DnnlContext context;
+        Pool2dLayer layer(o, &context);
+        Tensor pooled;
+        ASSERT_TRUE(layer.Forward(input, false, &pooled).ok());
+        ASSERT_EQ(pooled.shape(), (Shape{1, 1, 3, 3}));
+        EXPECT_EQ(pooled.data()[2], 9.f);   // rows 0-1, col 4
+        EXPECT_EQ(pooled.data()[8], 24.f);  // row 4, col 4
+      } else {
+        ASSERT_FALSE(c.ok());
+        EXPECT_THAT(c.status().message(), HasSubstr("AveragePool \"pool\""));
+        EXPECT_THAT(c.status().message(), HasSubstr("hangs over the padding"));
+      }
+    }
   }
   {
     ModelBuilder b({-1, 4}, 10);
@@ -328,7 +439,7 @@ TEST(OnnxImportTest, SqueezeAfterGlobalPoolConstantNodesAndLogSoftmax) {
   b.Node("LogSoftmax", {""});
   auto c = Import(b.Finish());
   ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_THAT(Kinds(*c), ::testing::ElementsAre("avgpool2d", "flatten", "linear"));
+  EXPECT_THAT(Kinds(*c), ::testing::ElementsAre("globalavgpool", "flatten", "linear"));
 
   // A Softmax that is not the last node is refused.
   ModelBuilder s({-1, 4});

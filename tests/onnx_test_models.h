@@ -70,6 +70,10 @@ class ModelBuilder {
   }
 
   onnx::GraphProto* graph() { return model_.mutable_graph(); }
+  void Producer(const std::string& name, const std::string& version) {
+    model_.set_producer_name(name);
+    model_.set_producer_version(version);
+  }
   // The output of the last node added.
   const std::string& last() const { return last_; }
 

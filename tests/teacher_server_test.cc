@@ -130,7 +130,7 @@ TEST_F(TeacherServerTest, ModelInfoDescribesTheTeacher) {
   EXPECT_EQ(contract.teacher().input().cols(), 28u);
   EXPECT_FLOAT_EQ(contract.teacher().input().scale(), 1.f / 255.f);
   EXPECT_EQ(contract.teacher().precision(), distill::v1::PRECISION_F32);
-  EXPECT_EQ(contract.teacher().source(), "distillery");
+  EXPECT_EQ(contract.teacher().source(), kSourceDistillery);
   EXPECT_EQ(info.teacher_hash(), TeacherHash(contract.teacher()));
   EXPECT_EQ(contract.teacher_hash(), info.teacher_hash());
   EXPECT_NE(info.teacher_hash(), contract.teacher().weights_hash());

@@ -83,6 +83,8 @@ void FillLayer(const LayerSpec& spec, distill::v1::Layer* layer) {
   layer->set_rate(spec.rate);
   layer->set_seed_salt(spec.seed_salt);
   layer->set_max_norm(spec.max_norm);
+  layer->set_alpha(spec.alpha);
+  layer->set_ceil_mode(spec.ceil_mode);
 }
 
 absl::StatusOr<LayerSpec> LayerFromProto(const distill::v1::Layer& layer) {
@@ -101,6 +103,8 @@ absl::StatusOr<LayerSpec> LayerFromProto(const distill::v1::Layer& layer) {
   spec.rate = layer.rate();
   spec.seed_salt = layer.seed_salt();
   spec.max_norm = layer.max_norm();
+  spec.alpha = layer.alpha();
+  spec.ceil_mode = layer.ceil_mode();
   return spec;
 }
 
@@ -194,7 +198,31 @@ absl::Status ValidateCheckpoint(const distill::v1::Checkpoint& checkpoint) {
   for (const distill::v1::Tensor& tensor : checkpoint.training_state().optimizer_state()) {
     RETURN_IF_ERROR(TensorFromProto(tensor).status());
   }
-  return absl::OkStatus();
+  return CheckpointPreprocessing(checkpoint).status();
+}
+
+absl::StatusOr<Preprocessing> CheckpointPreprocessing(const distill::v1::Checkpoint& checkpoint) {
+  const distill::v1::Architecture& arch = checkpoint.architecture();
+  Preprocessing p;
+  if (arch.has_input_scale()) p.scale = arch.input_scale();
+  p.mean.assign(arch.input_mean().begin(), arch.input_mean().end());
+  p.std.assign(arch.input_std().begin(), arch.input_std().end());
+  const int64_t channels =
+      checkpoint.format_version() >= 2 ? std::max(1, arch.image_channels()) : 1;
+  if (absl::Status s = p.Validate(channels); !s.ok()) {
+    return absl::DataLossError(absl::StrCat("invalid preprocessing: ", s.message()));
+  }
+  return p;
+}
+
+void SetCheckpointPreprocessing(const Preprocessing& preprocessing,
+                                distill::v1::Checkpoint* checkpoint) {
+  distill::v1::Architecture* arch = checkpoint->mutable_architecture();
+  arch->set_input_scale(preprocessing.scale);
+  arch->clear_input_mean();
+  arch->clear_input_std();
+  for (float m : preprocessing.mean) arch->add_input_mean(m);
+  for (float s : preprocessing.std) arch->add_input_std(s);
 }
 
 distill::v1::Checkpoint MakeCheckpoint(Network& network, const std::string& role,
@@ -212,7 +240,8 @@ distill::v1::Checkpoint MakeCheckpoint(Network& network, const std::string& role
   arch->set_image_channels(in.size() == 3 ? static_cast<int32_t>(in[0]) : 1);
   arch->set_image_rows(in.size() == 3 ? static_cast<int32_t>(in[1]) : 1);
   arch->set_image_cols(static_cast<int32_t>(in.back()));
-  arch->set_input_scale(1.f / 255.f);
+  // What the trainer feeds every network (GatherBatch): pixels / 255.
+  SetCheckpointPreprocessing(Preprocessing(), &checkpoint);
   for (Parameter* p : network.Parameters()) {
     FillTensor(p->name, p->value, checkpoint.add_parameters());
   }
@@ -339,14 +368,15 @@ absl::Status RestoreOptimizerState(const distill::v1::Checkpoint& checkpoint, Ne
 
 absl::StatusOr<std::string> DescribeCheckpoint(const distill::v1::Checkpoint& checkpoint) {
   ASSIGN_OR_RETURN(std::unique_ptr<Network> network, NetworkFromCheckpoint(checkpoint));
-  const distill::v1::Architecture& arch = checkpoint.architecture();
+  ASSIGN_OR_RETURN(Preprocessing preprocessing, CheckpointPreprocessing(checkpoint));
   std::string out = absl::StrCat("format version:  ", checkpoint.format_version(),
                                  checkpoint.format_version() == 1 ? " (release 0.1, MLP)" : "",
                                  "\nrole:            ", checkpoint.role(),
                                  "\narchitecture:    ", network->spec().ArchitectureString(),
                                  "\ninput shape:     ", ShapeString(network->input_shape()),
-                                 " (channels, rows, cols)\npreprocessing:   pixels x ",
-                                 arch.input_scale(), "\nlayers:\n");
+                                 " (channels, rows, cols)\npreprocessing:   (pixel x scale - "
+                                 "mean) / std: ",
+                                 preprocessing.Describe(), "\nlayers:\n");
   std::vector<Parameter*> params = network->Parameters();
   const std::vector<Shape>& shapes = network->layer_shapes();
   const std::vector<std::string> layers = absl::StrSplit(network->Describe(), " -> ");

@@ -20,6 +20,7 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
+#include "common/data/preprocessing.h"
 #include "common/nn/network.h"
 #include "common/nn/optimizer.h"
 #include "distill/v1/checkpoint.pb.h"
@@ -62,9 +63,19 @@ absl::StatusOr<distill::v1::Checkpoint> DecodeCheckpoint(const std::string& name
 // Checks that a parsed checkpoint describes a network that can be built: a
 // payload version this release reads (a newer one is refused, naming it), a
 // valid architecture whose layers fit its input shape, every parameter and
-// buffer present with its exact name and shape, every value finite. DataLoss naming
-// the problem otherwise. (LoadCheckpoint already calls it.)
+// buffer present with its exact name and shape, every value finite, a valid preprocessing. DataLoss
+// naming the problem otherwise. (LoadCheckpoint already calls it.)
 absl::Status ValidateCheckpoint(const distill::v1::Checkpoint& checkpoint);
+
+// The input preprocessing a checkpoint records (common/data/preprocessing.h):
+// an absent input_scale reads as 1/255, absent means and stds as 0 and 1.
+// DataLoss naming the value for an invalid one (ValidateCheckpoint calls it).
+absl::StatusOr<Preprocessing> CheckpointPreprocessing(const distill::v1::Checkpoint& checkpoint);
+
+// Records `preprocessing` in the checkpoint's architecture (MakeCheckpoint
+// records the default, pixels / 255, which every network trained here takes).
+void SetCheckpointPreprocessing(const Preprocessing& preprocessing,
+                                distill::v1::Checkpoint* checkpoint);
 
 // The network a verified checkpoint describes, with its weights.
 absl::StatusOr<std::unique_ptr<Network>> NetworkFromCheckpoint(

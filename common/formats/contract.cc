@@ -71,6 +71,12 @@ absl::Status Differs(const std::string& term, const std::string& got, const std:
 
 }  // namespace
 
+std::string TeacherSource(const distill::v1::Checkpoint& checkpoint) {
+  const auto it = checkpoint.metadata().find("source");
+  if (it == checkpoint.metadata().end() || it->second.empty()) return kSourceDistillery;
+  return absl::StrCat("imported from ", it->second);
+}
+
 std::string TeacherHash(const distill::v1::TeacherIdentity& identity) {
   uint64_t hash = SplitMix64(0x5465616368657232ULL);  // "Teacher2"
   hash = HashString(hash, identity.weights_hash());

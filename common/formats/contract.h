@@ -19,6 +19,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/data/dataset.h"
+#include "distill/v1/checkpoint.pb.h"
 #include "distill/v1/teacher.pb.h"
 
 namespace distillery {
@@ -33,8 +34,14 @@ inline constexpr uint32_t kContractVersion = 2;
 // p % k == s, in order; batch b of size B is the shard's [b*B, (b+1)*B).
 inline constexpr char kOrderScheme[] = "fisher-yates-mt19937_64/v1";
 
-// The producer named in TeacherIdentity.source for networks trained here.
-inline constexpr char kSourceDistillery[] = "distillery";
+// TeacherIdentity.source of networks trained here.
+inline constexpr char kSourceDistillery[] = "trained by distillery";
+
+// TeacherIdentity.source of the network in `checkpoint`: "imported from
+// <metadata source>" when its metadata names a source (the ONNX import
+// writes "onnx:<producer_name> <producer_version>", e.g. "onnx:pytorch
+// 1.13.1"), else kSourceDistillery.
+std::string TeacherSource(const distill::v1::Checkpoint& checkpoint);
 
 // The summary of everything that decides the teacher's logits: weights_hash,
 // architecture, input spec, precision, ensemble rule and members (not

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/formats/checkpoint.h"
 #include "common/nn/network.h"
 #include "common/util/file_util.h"
@@ -20,14 +21,10 @@ namespace {
 // Verifies that `checkpoint` describes a network the export supports and
 // that its contents are consistent (see BuildOnnxModel).
 absl::Status ValidateForExport(const distill::v1::Checkpoint& checkpoint,
-                               const OnnxExportOptions& options) {
+                               const OnnxExportOptions& /*options*/) {
   // Layers, tensors, shapes and finiteness: as for any checkpoint.
   RETURN_IF_ERROR(ValidateCheckpoint(checkpoint));
-  const distill::v1::Architecture& arch = checkpoint.architecture();
-  if (options.scale_input && !(std::isfinite(arch.input_scale()) && arch.input_scale() > 0.f)) {
-    return absl::DataLossError(
-        absl::StrCat("input scale ", arch.input_scale(), " is not a finite number > 0"));
-  }
+  // It also checks the preprocessing (scale, mean, std).
   return absl::OkStatus();
 }
 
@@ -103,8 +100,10 @@ void AddTensorInitializer(const std::string& name, const Tensor& value, const Sh
 bool TakesImages(const NetworkSpec& spec) {
   for (const LayerSpec& layer : spec.layers) {
     if (layer.kind == LayerSpec::Kind::kDropout) continue;
-    return layer.kind != LayerSpec::Kind::kLinear && layer.kind != LayerSpec::Kind::kRelu &&
-           spec.input_shape.size() == 3;
+    using Kind = LayerSpec::Kind;
+    const bool elementwise = layer.kind == Kind::kRelu || layer.kind == Kind::kLeakyRelu ||
+                             layer.kind == Kind::kSigmoid || layer.kind == Kind::kTanh;
+    return layer.kind != Kind::kLinear && !elementwise && spec.input_shape.size() == 3;
   }
   return false;
 }
@@ -141,13 +140,17 @@ void AddLayerNodes(const LayerSpec& layer, int index, bool last, std::vector<Par
       AddIntAttribute("group", layer.groups, conv);
       break;
     }
-    case Kind::kMaxPool2d:
-      window(AddNode("MaxPool", prefix + ".maxpool", {*current}, out, graph));
+    case Kind::kMaxPool2d: {
+      onnx::NodeProto* pool = AddNode("MaxPool", prefix + ".maxpool", {*current}, out, graph);
+      window(pool);
+      if (layer.ceil_mode) AddIntAttribute("ceil_mode", 1, pool);
       break;
+    }
     case Kind::kAvgPool2d: {
       onnx::NodeProto* pool = AddNode("AveragePool", prefix + ".avgpool", {*current}, out, graph);
       window(pool);
       AddIntAttribute("count_include_pad", layer.count_include_pad ? 1 : 0, pool);
+      if (layer.ceil_mode) AddIntAttribute("ceil_mode", 1, pool);
       break;
     }
     case Kind::kBatchNorm: {
@@ -169,6 +172,19 @@ void AddLayerNodes(const LayerSpec& layer, int index, bool last, std::vector<Par
       break;
     case Kind::kRelu:
       AddNode("Relu", prefix + ".relu", {*current}, out, graph);
+      break;
+    case Kind::kLeakyRelu:
+      AddFloatAttribute("alpha", layer.alpha,
+                        AddNode("LeakyRelu", prefix + ".leakyrelu", {*current}, out, graph));
+      break;
+    case Kind::kSigmoid:
+      AddNode("Sigmoid", prefix + ".sigmoid", {*current}, out, graph);
+      break;
+    case Kind::kTanh:
+      AddNode("Tanh", prefix + ".tanh", {*current}, out, graph);
+      break;
+    case Kind::kGlobalAvgPool:
+      AddNode("GlobalAveragePool", prefix + ".gap", {*current}, out, graph);
       break;
     case Kind::kDropout:
       return;  // the identity at inference: no node
@@ -209,7 +225,14 @@ absl::StatusOr<onnx::ModelProto> BuildOnnxModel(const distill::v1::Checkpoint& c
   AddMetadata("distillery.role", checkpoint.role(), &model);
   AddMetadata("distillery.architecture", architecture, &model);
   AddMetadata("distillery.image_shape", image_shape, &model);
-  AddMetadata("distillery.input_scale", absl::StrCat(arch.input_scale()), &model);
+  const Preprocessing preprocessing = *CheckpointPreprocessing(checkpoint);  // validated
+  AddMetadata("distillery.input_scale", absl::StrCat(preprocessing.scale), &model);
+  if (!preprocessing.mean.empty()) {
+    AddMetadata("distillery.input_mean", absl::StrJoin(preprocessing.mean, ","), &model);
+  }
+  if (!preprocessing.std.empty()) {
+    AddMetadata("distillery.input_std", absl::StrJoin(preprocessing.std, ","), &model);
+  }
   AddMetadata("distillery.input", options.scale_input ? "raw pixels" : "scaled pixels", &model);
   AddMetadata("distillery.output", output_name, &model);
   // The checkpoint's own provenance, in a stable (sorted) order so that the
@@ -224,12 +247,13 @@ absl::StatusOr<onnx::ModelProto> BuildOnnxModel(const distill::v1::Checkpoint& c
                                              : options.graph_name);
   const std::string images = absl::StrCat(image_shape, " images");
   const std::string layout = images_in ? "planar (channels, rows, cols)" : "flattened row-major";
-  SetBatchTensorType(
-      kOnnxInputName, images_in ? network->input_shape() : Shape{network->input_size()},
-      options.scale_input
-          ? absl::StrCat("raw pixel values (0..255) of ", images, ", ", layout)
-          : absl::StrCat("pixel values times ", arch.input_scale(), " of ", images, ", ", layout),
-      graph->add_input());
+  SetBatchTensorType(kOnnxInputName,
+                     images_in ? network->input_shape() : Shape{network->input_size()},
+                     options.scale_input
+                         ? absl::StrCat("raw pixel values (0..255) of ", images, ", ", layout)
+                         : absl::StrCat("preprocessed pixel values ((pixel x scale - mean) / std, ",
+                                        preprocessing.Describe(), ") of ", images, ", ", layout),
+                     graph->add_input());
   SetBatchTensorType(output_name, {network->num_classes()},
                      options.softmax ? "class probabilities, softmax(logits) at T = 1"
                                      : "class logits (softmax at T = 1 gives probabilities)",
@@ -237,10 +261,37 @@ absl::StatusOr<onnx::ModelProto> BuildOnnxModel(const distill::v1::Checkpoint& c
 
   std::string current = kOnnxInputName;
   if (options.scale_input) {
-    const float scale = arch.input_scale();
+    const float scale = preprocessing.scale;
     AddFloatInitializer("input_scale", {}, &scale, 1, graph);
     AddNode("Mul", "scale_input", {current, "input_scale"}, "scaled_pixels", graph);
     current = "scaled_pixels";
+    // Per-channel mean and std, broadcast over (C, 1, 1) for images or
+    // repeated over each channel's pixels for a flat input.
+    const int64_t channels = std::max(1, arch.image_channels());
+    const int64_t plane = network->input_size() / channels;
+    const Shape dims = images_in ? Shape{channels, 1, 1} : Shape{network->input_size()};
+    auto per_channel = [&](bool mean) {
+      std::vector<float> values;
+      for (int64_t c = 0; c < channels; ++c) {
+        const float v = mean ? preprocessing.Mean(c) : preprocessing.Std(c);
+        values.insert(values.end(), images_in ? 1 : plane, v);
+      }
+      return values;
+    };
+    if (!preprocessing.mean.empty()) {
+      const std::vector<float> values = per_channel(true);
+      AddFloatInitializer("input_mean", dims, values.data(), static_cast<int64_t>(values.size()),
+                          graph);
+      AddNode("Sub", "subtract_mean", {current, "input_mean"}, "centred_pixels", graph);
+      current = "centred_pixels";
+    }
+    if (!preprocessing.std.empty()) {
+      const std::vector<float> values = per_channel(false);
+      AddFloatInitializer("input_std", dims, values.data(), static_cast<int64_t>(values.size()),
+                          graph);
+      AddNode("Div", "divide_std", {current, "input_std"}, "normalised_pixels", graph);
+      current = "normalised_pixels";
+    }
   }
   // The last layer that leaves a node writes "logits".
   size_t last = spec.layers.size();

@@ -9,10 +9,12 @@
 //   Conv (2-D; symmetric pads, one dilation for both axes, groups; auto_pad
 //        NOTSET, VALID, or SAME_UPPER/SAME_LOWER where the padding is
 //        symmetric)                                      -> conv2d
-//   Relu                                                 -> relu
-//   MaxPool, AveragePool (count_include_pad; ceil_mode 0 only)
+//   Relu, LeakyRelu (alpha), Sigmoid, Tanh               -> relu, leakyrelu,
+//                                                           sigmoid, tanh
+//   MaxPool, AveragePool (count_include_pad, ceil_mode; not an average with
+//        count_include_pad whose ceil-mode last window overhangs)
 //                                                        -> maxpool2d, avgpool2d
-//   GlobalAveragePool      -> avgpool2d over the whole image
+//   GlobalAveragePool                                    -> globalavgpool
 //   Flatten (axis 1); Reshape, Squeeze and Unsqueeze where they flatten
 //        (batch, ...) to (batch, features), including PyTorch's
 //        Shape -> Gather -> Unsqueeze -> Concat -> Reshape of
@@ -29,17 +31,20 @@
 // one message with their op type and node name), an opset outside 11..18, a
 // graph that branches, more than one graph output, a dynamic spatial input
 // shape without an explicit input shape, a flat (N, F) input without one,
-// ceil_mode pooling, attributes the engine cannot express. Refused with
+// attributes the engine cannot express, an invalid preprocessing. Refused with
 // DataLoss: bytes that are not a model (malformed, truncated), tensors in
 // external data files (a path out of the model is never followed), weights
 // that are not float32, not finite, or whose data does not fit their shape.
 //
 // Preprocessing: the imported network takes what its exporter's training
-// fed it. This release records input_scale = 1/255 in the checkpoint: the
-// student sends raw pixels (0..255) and the teacher scales them by 1/255, so
-// the ONNX model must have been trained on pixels / 255. A model trained on
-// another normalisation (e.g. ImageNet mean/std) needs the preprocessing
-// options (--input_mean/--input_std) of OnnxImportOptions below, to come.
+// fed it. OnnxImportOptions::preprocessing says what that was, as a scale
+// and per-channel mean and std (--input_scale, --input_mean, --input_std),
+// e.g. scale 1/255, mean 0.1307, std 0.3081 for a model trained on
+// torchvision's Normalize((0.1307,), (0.3081,)) of MNIST. It is recorded in
+// the checkpoint; the teacher applies it to the raw pixels students send.
+// An invalid one (scale <= 0, a std <= 0, a non-finite value, a mean or std
+// list that is not one value per channel of the model's input) is refused
+// with InvalidArgument.
 #ifndef DISTILLERY_COMMON_FORMATS_ONNX_IMPORT_H_
 #define DISTILLERY_COMMON_FORMATS_ONNX_IMPORT_H_
 
@@ -48,6 +53,7 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
+#include "common/data/preprocessing.h"
 #include "common/tensor/tensor.h"
 #include "distill/v1/checkpoint.pb.h"
 
@@ -63,11 +69,8 @@ struct OnnxImportOptions {
   // flat, (N, F), or has dynamic spatial dimensions; when the model's input
   // has fixed dimensions they must agree. Empty = from the model.
   Shape input_shape;
-  // The scale from raw pixels to the network's inputs (recorded as the
-  // checkpoint's input_scale).
-  float input_scale = 1.f / 255.f;
-  // Preprocessing beyond the scale (per-channel mean and std) goes here,
-  // with the checkpoint fields that carry it: not supported yet.
+  // How raw pixels become the network's inputs (recorded in the checkpoint).
+  Preprocessing preprocessing;
   // The checkpoint's role.
   std::string role = "teacher";
 };

@@ -1,12 +1,15 @@
 #include "common/nn/layer_factory.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "common/nn/layers/activation_layer.h"
 #include "common/nn/layers/batch_norm_layer.h"
 #include "common/nn/layers/conv2d_layer.h"
 #include "common/nn/layers/dropout_layer.h"
 #include "common/nn/layers/flatten_layer.h"
+#include "common/nn/layers/global_avg_pool_layer.h"
 #include "common/nn/layers/linear_layer.h"
 #include "common/nn/layers/pool2d_layer.h"
 #include "common/nn/layers/relu_layer.h"
@@ -46,6 +49,10 @@ absl::Status ValidateHyperparameters(const LayerSpec& spec) {
     if (spec.groups < 1 || spec.units % spec.groups != 0)
       return out_of_range("groups", spec.groups);
   }
+  if (spec.kind == Kind::kLeakyRelu && !std::isfinite(spec.alpha)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("leaky ReLU slope must be finite, got ", spec.alpha));
+  }
   if (spec.kind == Kind::kDropout && !(spec.rate >= 0.f && spec.rate < 1.f)) {
     return absl::InvalidArgumentError(
         absl::StrCat("dropout rate must be in [0, 1), got ", spec.rate));
@@ -69,6 +76,15 @@ absl::StatusOr<std::unique_ptr<Layer>> MakeLayer(const LayerSpec& spec, int para
       return std::make_unique<DropoutLayer>(spec.rate, HashCombine(seed, spec.seed_salt));
     case Kind::kFlatten:
       return std::make_unique<FlattenLayer>();
+    case Kind::kLeakyRelu:
+      return std::make_unique<ActivationLayer>(ActivationKind::kLeakyRelu, spec.alpha, context);
+    case Kind::kSigmoid:
+      return std::make_unique<ActivationLayer>(ActivationKind::kSigmoid, 0.f, context);
+    case Kind::kTanh:
+      return std::make_unique<ActivationLayer>(ActivationKind::kTanh, 0.f, context);
+    case Kind::kGlobalAvgPool:
+      if (input_shape.size() != 3) break;
+      return std::make_unique<GlobalAvgPoolLayer>();
     case Kind::kConv2d: {
       if (input_shape.size() != 3) break;
       Conv2dOptions o;
@@ -97,6 +113,7 @@ absl::StatusOr<std::unique_ptr<Layer>> MakeLayer(const LayerSpec& spec, int para
       o.pad_rows = spec.pad_rows;
       o.pad_cols = spec.pad_cols;
       o.count_include_pad = spec.count_include_pad;
+      o.ceil_mode = spec.ceil_mode;
       return std::make_unique<Pool2dLayer>(o, context);
     }
     case Kind::kBatchNorm:

@@ -1,5 +1,6 @@
 #include "common/nn/network_spec.h"
 
+#include <cmath>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -27,6 +28,8 @@ constexpr KindName kKindNames[] = {
     {Kind::kMaxPool2d, "maxpool2d"}, {Kind::kAvgPool2d, "avgpool2d"},
     {Kind::kBatchNorm, "batchnorm"}, {Kind::kFlatten, "flatten"},
     {Kind::kRelu, "relu"},           {Kind::kDropout, "dropout"},
+    {Kind::kLeakyRelu, "leakyrelu"}, {Kind::kSigmoid, "sigmoid"},
+    {Kind::kTanh, "tanh"},           {Kind::kGlobalAvgPool, "globalavgpool"},
 };
 
 absl::Status TokenError(const std::string& text, absl::string_view token, absl::string_view why) {
@@ -94,6 +97,7 @@ struct WindowOptions {
   int dilation = 1;
   int groups = 1;
   bool include_pad = false;
+  bool ceil = false;
 };
 
 absl::Status ParseWindowOptions(const std::string& text, absl::string_view token,
@@ -105,6 +109,8 @@ absl::Status ParseWindowOptions(const std::string& text, absl::string_view token
       out->same = true;
     } else if (o == "inclpad") {
       out->include_pad = true;
+    } else if (o == "ceil") {
+      out->ceil = true;
     } else if (absl::ConsumePrefix(&o, "s") && ParseInt(o, 1, kMaxWindow, &v)) {
       out->stride = static_cast<int>(v);
     } else if (absl::ConsumePrefix(&o, "p") && ParseInt(o, 0, kMaxWindow, &v)) {
@@ -117,7 +123,7 @@ absl::Status ParseWindowOptions(const std::string& text, absl::string_view token
       return TokenError(text, token,
                         absl::StrCat("has an unknown option \"", options[i],
                                      "\" (s<stride>, p<pad>, same, d<dilation>, g<groups>, "
-                                     "inclpad)"));
+                                     "inclpad, ceil)"));
     }
   }
   return absl::OkStatus();
@@ -219,7 +225,9 @@ absl::Status ParseConv(const std::string& text, absl::string_view token,
   }
   conv.dilation = o.dilation;
   conv.groups = o.groups;
-  if (o.include_pad) return TokenError(text, token, "cannot take inclpad (pooling only)");
+  if (o.include_pad || o.ceil) {
+    return TokenError(text, token, "cannot take inclpad or ceil (pooling only)");
+  }
   return ParseUnitsTail(text, token, tail_head + activation, false, conv, 0.f, out);
 }
 
@@ -233,7 +241,7 @@ absl::Status ParsePool(const std::string& text, absl::string_view token, Kind ki
   WindowOptions o;
   RETURN_IF_ERROR(ParseWindowOptions(text, token, options, &o));
   if (o.same || o.dilation != 1 || o.groups != 1) {
-    return TokenError(text, token, "takes only /s<stride>, /p<pad> and /inclpad");
+    return TokenError(text, token, "takes only /s<stride>, /p<pad>, /inclpad and /ceil");
   }
   if (o.include_pad && kind != Kind::kAvgPool2d) {
     return TokenError(text, token, "takes /inclpad only for average pooling");
@@ -242,6 +250,7 @@ absl::Status ParsePool(const std::string& text, absl::string_view token, Kind ki
   pool.stride_cols = o.stride == 0 ? pool.kernel_cols : o.stride;
   pool.pad_rows = pool.pad_cols = o.pad;
   pool.count_include_pad = o.include_pad;
+  pool.ceil_mode = o.ceil;
   out->push_back(pool);
   return absl::OkStatus();
 }
@@ -263,6 +272,17 @@ absl::Status ParseToken(const std::string& text, absl::string_view token, bool l
   if (token == "bn") return out->push_back(LayerSpec{Kind::kBatchNorm}), absl::OkStatus();
   if (token == "relu") return out->push_back(LayerSpec{Kind::kRelu}), absl::OkStatus();
   if (token == "flatten") return out->push_back(LayerSpec{Kind::kFlatten}), absl::OkStatus();
+  if (token == "sigmoid") return out->push_back(LayerSpec{Kind::kSigmoid}), absl::OkStatus();
+  if (token == "tanh") return out->push_back(LayerSpec{Kind::kTanh}), absl::OkStatus();
+  if (token == "gap") return out->push_back(LayerSpec{Kind::kGlobalAvgPool}), absl::OkStatus();
+  if (absl::ConsumePrefix(&body, "leakyrelu:")) {
+    LayerSpec leaky{Kind::kLeakyRelu};
+    if (!absl::SimpleAtof(body, &leaky.alpha) || !std::isfinite(leaky.alpha)) {
+      return TokenError(text, token, "needs a finite slope, e.g. leakyrelu:0.01");
+    }
+    out->push_back(leaky);
+    return absl::OkStatus();
+  }
   if (absl::ConsumePrefix(&body, "dropout:")) {
     LayerSpec dropout{Kind::kDropout};
     if (!absl::SimpleAtof(body, &dropout.rate) || !(dropout.rate >= 0.f && dropout.rate < 1.f)) {
@@ -273,11 +293,13 @@ absl::Status ParseToken(const std::string& text, absl::string_view token, bool l
   }
   return TokenError(text, token,
                     "is not a layer (conv<R>x<C>:<channels>, fc:<units>, maxpool<K>, "
-                    "avgpool<K>, bn, relu, dropout:<rate>, flatten)");
+                    "avgpool<K>, gap, bn, relu, leakyrelu:<alpha>, sigmoid, tanh, "
+                    "dropout:<rate>, flatten)");
 }
 
 bool IsImageLayer(Kind kind) {
-  return kind == Kind::kConv2d || kind == Kind::kMaxPool2d || kind == Kind::kAvgPool2d;
+  return kind == Kind::kConv2d || kind == Kind::kMaxPool2d || kind == Kind::kAvgPool2d ||
+         kind == Kind::kGlobalAvgPool;
 }
 
 absl::StatusOr<NetworkSpec> ParseLayerList(const std::string& text, const Shape& input_shape,
@@ -350,9 +372,10 @@ std::string LayerSpec::Token() const {
       return absl::StrCat(t, ":", units, ":none");
     }
     case Kind::kMaxPool2d:
-      return window("maxpool");
+      return absl::StrCat(window("maxpool"), ceil_mode ? "/ceil" : "");
     case Kind::kAvgPool2d:
-      return absl::StrCat(window("avgpool"), count_include_pad ? "/inclpad" : "");
+      return absl::StrCat(window("avgpool"), count_include_pad ? "/inclpad" : "",
+                          ceil_mode ? "/ceil" : "");
     case Kind::kBatchNorm:
       return "bn";
     case Kind::kFlatten:
@@ -361,6 +384,14 @@ std::string LayerSpec::Token() const {
       return "relu";
     case Kind::kDropout:
       return absl::StrCat("dropout:", rate);
+    case Kind::kLeakyRelu:
+      return absl::StrCat("leakyrelu:", alpha);
+    case Kind::kSigmoid:
+      return "sigmoid";
+    case Kind::kTanh:
+      return "tanh";
+    case Kind::kGlobalAvgPool:
+      return "gap";
   }
   return "unknown";
 }

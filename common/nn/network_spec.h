@@ -22,12 +22,17 @@
 //                          defaults to none (its outputs are the logits),
 //                          every other one's to relu, followed by dropout
 //                          at the hidden rate when that is > 0.
-//       maxpool<K>[/s<stride>][/p<pad>]   (or pool<K>) max pooling, K x K
-//       avgpool<K>[/s<stride>][/p<pad>][/inclpad]
+//       maxpool<K>[/s<stride>][/p<pad>][/ceil]   (or pool<K>) max pooling, K x K
+//       avgpool<K>[/s<stride>][/p<pad>][/inclpad][/ceil]
 //                          average pooling (padding excluded from the
-//                          average unless /inclpad); stride defaults to K
+//                          average unless /inclpad); stride defaults to K;
+//                          /ceil rounds the output size up (ceil_mode)
 //       bn                 batch normalization
 //       relu               rectified linear unit
+//       leakyrelu:<alpha>  leaky ReLU, slope alpha below 0 (e.g. leakyrelu:0.01)
+//       sigmoid, tanh      the logistic sigmoid and the hyperbolic tangent
+//       gap                global average pooling: (channels, rows, cols) ->
+//                          (channels, 1, 1), any image size
 //       dropout:<rate>     inverted dropout
 //       flatten            (channels, rows, cols) -> (channels*rows*cols);
 //                          inserted by itself before the first fc that
@@ -62,6 +67,10 @@ struct LayerSpec {
     kFlatten,
     kRelu,
     kDropout,
+    kLeakyRelu,
+    kSigmoid,
+    kTanh,
+    kGlobalAvgPool,
   };
   Kind kind = Kind::kLinear;
   // Linear: output features; Conv2d: output channels.
@@ -75,10 +84,14 @@ struct LayerSpec {
   int groups = 1;
   // AvgPool2d: whether padded elements count in the average.
   bool count_include_pad = false;
+  // Pooling: the output size rounded up (PyTorch's ceil_mode).
+  bool ceil_mode = false;
   // Dropout: the probability of dropping a unit, and the salt that keys its
   // masks with the network's seed.
   float rate = 0.f;
   uint64_t seed_salt = 0;
+  // LeakyRelu: the slope for negative inputs.
+  float alpha = 0.f;
   // Linear and Conv2d: whether max-norm applies to the weights (hidden
   // layers: true; the output layer: false).
   bool max_norm = false;
@@ -88,7 +101,8 @@ struct LayerSpec {
 };
 
 // "linear", "conv2d", "maxpool2d", "avgpool2d", "batchnorm", "flatten",
-// "relu", "dropout": the kind's name in checkpoints.
+// "relu", "dropout", "leakyrelu", "sigmoid", "tanh", "globalavgpool": the
+// kind's name in checkpoints.
 const char* LayerKindName(LayerSpec::Kind kind);
 // The inverse of LayerKindName; InvalidArgument for an unknown name.
 absl::StatusOr<LayerSpec::Kind> LayerKindFromName(const std::string& name);

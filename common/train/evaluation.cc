@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/util/status_macros.h"
 
 namespace distillery {
 
@@ -32,7 +33,9 @@ std::string EvaluationResult::ConfusionTable() const {
 }
 
 absl::StatusOr<EvaluationResult> Evaluate(Network& mlp, const Dataset& data, int64_t batch_size,
-                                          const std::vector<float>& class_bias) {
+                                          const std::vector<float>& class_bias,
+                                          const Preprocessing& preprocessing) {
+  RETURN_IF_ERROR(preprocessing.Validate(data.channels));
   if (!data.has_labels()) return absl::InvalidArgumentError("cannot evaluate on unlabeled data");
   if (data.input_size() != mlp.input_size()) {
     return absl::InvalidArgumentError(absl::StrCat("data has ", data.input_size(),
@@ -54,7 +57,7 @@ absl::StatusOr<EvaluationResult> Evaluate(Network& mlp, const Dataset& data, int
     const int64_t end = std::min(data.num_examples, begin + batch_size);
     indices.resize(end - begin);
     std::iota(indices.begin(), indices.end(), begin);
-    GatherBatch(data, indices, 0, nullptr, &inputs, &labels);
+    GatherPreprocessedBatch(data, indices, preprocessing, &inputs, &labels);
     const Tensor* logits = nullptr;
     if (absl::Status s = mlp.Infer(inputs, &logits); !s.ok()) return s;
     for (int64_t n = 0; n < logits->rows(); ++n) {

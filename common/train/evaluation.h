@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/data/dataset.h"
+#include "common/data/preprocessing.h"
 #include "common/nn/network.h"
 
 namespace distillery {
@@ -31,10 +32,13 @@ struct EvaluationResult {
 // batches of `batch_size`, with dropout off. `class_bias`, when not empty,
 // is added to the logits first (one value per class; the paper's "raise the
 // bias of class 3" experiment). InvalidArgument when the data is unlabeled
-// or its shape does not fit the network.
+// or its shape does not fit the network. The network takes the images
+// after `preprocessing` (an imported teacher's own; every network trained
+// here takes the default, pixels / 255).
 absl::StatusOr<EvaluationResult> Evaluate(Network& mlp, const Dataset& data,
                                           int64_t batch_size = 1000,
-                                          const std::vector<float>& class_bias = {});
+                                          const std::vector<float>& class_bias = {},
+                                          const Preprocessing& preprocessing = Preprocessing());
 
 }  // namespace distillery
 

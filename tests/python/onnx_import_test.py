@@ -2,21 +2,28 @@
 """End-to-end test of `teacher_server import` (bring your own teacher).
 
 At test time, PyTorch (Debian's python3-torch, importable only by
-/usr/bin/python3) trains two small MNIST classifiers on pixels / 255 and
-exports them with torch.onnx.export (opset 13, dynamic batch axis):
+/usr/bin/python3) trains two small MNIST classifiers on inputs normalised as
+torchvision's Normalize((0.1307,), (0.3081,)) does, (pixels / 255 - 0.1307) /
+0.3081, and exports them with torch.onnx.export (opset 13, dynamic batch
+axis):
 
-  * a CNN: conv-bn-relu-pool-conv-bn-relu-pool-flatten-fc-dropout-fc (the
-    batch norms are folded into the convolutions at import);
+  * a CNN: conv-bn-relu-pool-conv-bn-relu-pool-pool(ceil_mode)-flatten-fc-
+    dropout-fc (the batch norms are folded into the convolutions at import);
   * an MLP on flat (N, 784) inputs, Gemm layers with a final Softmax (which
     the import strips: the teacher serves logits).
 
-`teacher_server import` converts both into checkpoints; `student_trainer
-export --dump_outputs` writes the C++ engine's logits for the first 1,000
-MNIST test images, which must match ONNX Runtime's (this interpreter's
-onnxruntime) within 1e-4 with identical classes. `teacher_server serve
---onnx` serves the CNN imported in memory, and its soft targets at T=1 and
-T=4 (asked through Debian's python3-grpcio) are ONNX Runtime's
-softmax(logits / T) within 1e-4. A model with an LSTM (built with
+`teacher_server import --input_mean=0.1307 --input_std=0.3081` converts both
+into checkpoints that record that preprocessing; `student_trainer export
+--dump_outputs` writes the C++ engine's logits for the first 1,000 MNIST test
+images (preprocessed as the checkpoint says), which must match ONNX
+Runtime's (this interpreter's onnxruntime) on the normalised images within
+1e-4 with identical classes, and the re-exported model (whose graph
+normalises raw pixels itself) must match too. `teacher_server serve --onnx
+--input_mean=0.1307 --input_std=0.3081` serves the CNN imported in memory; a
+client sends raw pixels, and the soft targets at T=1 and T=4 (asked through
+Debian's python3-grpcio) are ONNX Runtime's softmax(logits / T) of the
+normalised images within 1e-4; ModelInfo reports the mean, std and the
+producer. A model with an LSTM (built with
 onnx.helper) is refused naming the node, and no file is written.
 
 Run:
@@ -45,6 +52,10 @@ except ImportError as error:  # pragma: no cover - environment problem
     sys.exit(f"{error}: install onnx and onnxruntime for {sys.executable}")
 
 TEACHER_SERVER = "teacher_server"
+# torchvision's MNIST normalisation, given to the teacher as its preprocessing.
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+PREPROCESSING_FLAGS = [f"--input_mean={MNIST_MEAN}", f"--input_std={MNIST_STD}"]
 STUDENT_TRAINER = "student_trainer"
 MNIST_DIR = "/work/shared/data/mnist"
 TORCH_PYTHON = "/usr/bin/python3"
@@ -71,7 +82,7 @@ def read_idx(path):
 
 images = read_idx(os.path.join(mnist, "train-images-idx3-ubyte.gz"))[:6000]
 labels = read_idx(os.path.join(mnist, "train-labels-idx1-ubyte.gz"))[:6000]
-x_all = torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 255.0
+x_all = (torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 255.0 - 0.1307) / 0.3081
 y_all = torch.tensor(labels, dtype=torch.int64)
 
 class Cnn(nn.Module):
@@ -79,8 +90,9 @@ class Cnn(nn.Module):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, 8, 5, padding=2), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2))
-        self.fc1 = nn.Linear(16 * 7 * 7, 64)
+            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+            nn.MaxPool2d(2, ceil_mode=True))  # 7x7 -> 4x4: the last window overhangs
+        self.fc1 = nn.Linear(16 * 4 * 4, 64)
         self.dropout = nn.Dropout(0.3)
         self.fc2 = nn.Linear(64, 10)
 
@@ -135,6 +147,13 @@ port, stubs, mnist, count, prefix = sys.argv[2], sys.argv[3], sys.argv[4], int(s
 pb2, pb2_grpc = tct._generate_stubs(stubs)
 stub = pb2_grpc.TeacherStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
 pixels = tct._read_idx_images(os.path.join(mnist, "t10k-images-idx3-ubyte.gz"), count)
+# What the teacher says it does to raw pixels.
+info = stub.GetModelInfo(pb2.GetModelInfoRequest(), timeout=60)
+spec = info.contract.teacher.input
+with open(f"{prefix}_info.txt", "w") as f:
+    f.write(f"scale={spec.scale:.6g} mean={','.join(f'{v:.6g}' for v in spec.mean)} "
+            f"std={','.join(f'{v:.6g}' for v in spec.std)} source={info.contract.teacher.source}\n")
+# Raw pixels: the teacher applies its own preprocessing.
 for t in (1.0, 4.0):
     request = pb2.SoftTargetsRequest(num_examples=count,
                                      pixels_u8=np.ascontiguousarray(pixels).tobytes(),
@@ -179,7 +198,9 @@ class OnnxImportTest(unittest.TestCase):
         if torch_run.returncode != 0:
             raise RuntimeError(f"PyTorch training/export failed:\n{torch_run.stderr[-4000:]}")
         images = _read_idx(os.path.join(MNIST_DIR, "t10k-images-idx3-ubyte.gz"))
-        cls.scaled = images[:COMPARED_IMAGES].astype(np.float32) / np.float32(255.0)
+        cls.raw = images[:COMPARED_IMAGES].astype(np.float32)
+        cls.normalised = ((cls.raw / np.float32(255.0) - np.float32(MNIST_MEAN)) /
+                          np.float32(MNIST_STD))
 
     @classmethod
     def tearDownClass(cls):
@@ -189,13 +210,15 @@ class OnnxImportTest(unittest.TestCase):
         model = os.path.join(self.tmp, f"{name}.onnx")
         ckpt = os.path.join(self.tmp, f"{name}.ckpt")
         result = _run([TEACHER_SERVER, "import", f"--onnx={model}", f"--checkpoint={ckpt}",
-                       *extra])
+                       *PREPROCESSING_FLAGS, *extra])
         self.assertEqual(result.returncode, 0, result.stderr[-4000:])
         self.assertTrue(os.path.exists(ckpt))
         inspect = _run([TEACHER_SERVER, "inspect", f"--checkpoint={ckpt}"])
         self.assertEqual(inspect.returncode, 0, inspect.stderr[-4000:])
-        self.assertIn("onnx:pytorch", inspect.stdout + inspect.stderr)
-        return model, ckpt, inspect.stdout + inspect.stderr
+        summary = inspect.stdout + inspect.stderr
+        self.assertIn("onnx:pytorch", summary)
+        self.assertIn(f"mean [{MNIST_MEAN}], std [{MNIST_STD}]", summary)
+        return model, ckpt, summary
 
     def _cpp_logits(self, name, ckpt):
         dump = os.path.join(self.tmp, f"{name}_cpp.f32")
@@ -204,14 +227,18 @@ class OnnxImportTest(unittest.TestCase):
                        f"--data_dir={MNIST_DIR}", f"--dump_outputs={dump}",
                        f"--dump_count={COMPARED_IMAGES}", "--threads=1"])
         self.assertEqual(result.returncode, 0, result.stderr[-4000:])
-        return np.fromfile(dump, dtype="<f4").reshape(COMPARED_IMAGES, 10)
+        cpp = np.fromfile(dump, dtype="<f4").reshape(COMPARED_IMAGES, 10)
+        # The re-exported model takes raw pixel images and normalises them
+        # itself (Mul, Sub, Div in its graph).
+        self._compare(cpp, self._ort(reexport, self.raw.reshape(-1, 1, 28, 28), "pixels"))
+        return cpp
 
-    def _ort(self, model, inputs):
+    def _ort(self, model, inputs, name="input"):
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = 1
         session = onnxruntime.InferenceSession(model, sess_options=options,
                                                providers=["CPUExecutionProvider"])
-        (output,) = session.run(None, {"input": inputs})
+        (output,) = session.run(None, {name: inputs})
         return output
 
     def _compare(self, cpp, ort):
@@ -224,7 +251,7 @@ class OnnxImportTest(unittest.TestCase):
         # The batch norms were folded: no batch-norm layer remains.
         self.assertNotIn("BatchNorm", summary)
         cpp = self._cpp_logits("cnn", ckpt)
-        ort = self._ort(model, self.scaled.reshape(-1, 1, 28, 28))
+        ort = self._ort(model, self.normalised.reshape(-1, 1, 28, 28))
         self._compare(cpp, ort)
         # A trained model, not a trivial one: it classifies most images.
         labels = _read_idx(os.path.join(MNIST_DIR, "t10k-labels-idx1-ubyte.gz"))
@@ -237,7 +264,8 @@ class OnnxImportTest(unittest.TestCase):
         port_file = os.path.join(self.tmp, "port")
         log = open(os.path.join(self.tmp, "serve.log"), "w")
         env = dict(os.environ, OMP_NUM_THREADS="2", OMP_WAIT_POLICY="PASSIVE")
-        server = subprocess.Popen([TEACHER_SERVER, "serve", f"--onnx={model}", "--no_transfer_set",
+        server = subprocess.Popen([TEACHER_SERVER, "serve", f"--onnx={model}", *PREPROCESSING_FLAGS,
+                                   "--no_transfer_set",
                                    "--address=127.0.0.1:0", f"--port_file={port_file}",
                                    "--metrics_address=", "--threads=1"],
                                   stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -260,7 +288,11 @@ class OnnxImportTest(unittest.TestCase):
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=60)
             log.close()
-        logits = self._ort(model, self.scaled.reshape(-1, 1, 28, 28)).astype(np.float64)
+        with open(f"{prefix}_info.txt") as f:
+            info = f.read()
+        self.assertIn(f"scale=0.00392157 mean={MNIST_MEAN} std={MNIST_STD} "
+                      "source=imported from onnx:pytorch ", info)
+        logits = self._ort(model, self.normalised.reshape(-1, 1, 28, 28)).astype(np.float64)
         for t in (1, 4):
             served = np.load(f"{prefix}_T{t}.npy")
             z = logits / t
@@ -279,7 +311,7 @@ class OnnxImportTest(unittest.TestCase):
         self.assertFalse(os.path.exists(ckpt))
         self._import("mlp", ["--input_shape=1,28,28"])
         cpp = self._cpp_logits("mlp", ckpt)
-        probabilities = self._ort(model, self.scaled.reshape(-1, 784))
+        probabilities = self._ort(model, self.normalised.reshape(-1, 784))
         # The teacher serves logits: their softmax is the model's output.
         e = np.exp(cpp - cpp.max(axis=1, keepdims=True))
         self._compare(e / e.sum(axis=1, keepdims=True), probabilities)

@@ -229,13 +229,18 @@ class ConvOnnxRuntimeTest(unittest.TestCase):
     AveragePool, Flatten, Gemm and Relu nodes, run by ONNX Runtime on
     (batch, 1, 28, 28) raw pixels, against the C++ forward pass."""
 
+    ARCHITECTURE = CONV_ARCHITECTURE
+    OPS = ["Mul", "Conv", "BatchNormalization", "Relu", "MaxPool", "Conv", "BatchNormalization",
+           "Relu", "AveragePool", "Flatten", "Gemm", "Relu", "Gemm"]
+    MIN_LOGIT_STD = 0.5
+
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="onnx_runtime_conv_test.")
         cls.addClassCleanup(shutil.rmtree, cls.tmp, ignore_errors=True)
         cls.checkpoint = os.path.join(cls.tmp, "conv.ckpt")
         train = _run([STUDENT_TRAINER, "baseline", f"--data_dir={MNIST_DIR}",
-                      f"--architecture={CONV_ARCHITECTURE}", "--epochs=1",
+                      f"--architecture={cls.ARCHITECTURE}", "--epochs=1",
                       "--train_range=0:3000", "--jitter=1", "--lr=0.05",
                       f"--checkpoint={cls.checkpoint}", "--threads=1"])
         if train.returncode != 0 or not os.path.exists(cls.checkpoint):
@@ -257,9 +262,7 @@ class ConvOnnxRuntimeTest(unittest.TestCase):
         model = onnx.load(self.model)
         onnx.checker.check_model(model, full_check=True)
         ops = [node.op_type for node in model.graph.node]
-        self.assertEqual(ops, ["Mul", "Conv", "BatchNormalization", "Relu", "MaxPool", "Conv",
-                               "BatchNormalization", "Relu", "AveragePool", "Flatten", "Gemm",
-                               "Relu", "Gemm"])
+        self.assertEqual(ops, self.OPS)
 
     def test_outputs_match_the_cpp_forward_pass(self):
         options = onnxruntime.SessionOptions()
@@ -273,7 +276,24 @@ class ConvOnnxRuntimeTest(unittest.TestCase):
         self.assertLess(diff, TOLERANCE, f"max |onnxruntime - C++| = {diff}")
         mismatches = np.flatnonzero(ort.argmax(axis=1) != self.cpp.argmax(axis=1))
         self.assertEqual(mismatches.size, 0, f"classes differ on images {mismatches[:20]}")
-        self.assertGreater(float(np.std(self.cpp)), 0.5)
+        self.assertGreater(float(np.std(self.cpp)), self.MIN_LOGIT_STD)
+
+
+class ActivationsOnnxRuntimeTest(ConvOnnxRuntimeTest):
+    """The same with leaky ReLU, tanh, global average pooling and sigmoid:
+    LeakyRelu (its alpha), Tanh, GlobalAveragePool and Sigmoid nodes."""
+
+    ARCHITECTURE = ("conv5x5:8/same:none,leakyrelu:0.1,maxpool2,conv3x3:16:none,tanh,gap,"
+                    "fc:32:none,sigmoid,fc:10")
+    OPS = ["Mul", "Conv", "LeakyRelu", "MaxPool", "Conv", "Tanh", "GlobalAveragePool", "Flatten",
+           "Gemm", "Sigmoid", "Gemm"]
+    MIN_LOGIT_STD = 0.05
+
+    def test_leaky_relu_keeps_its_slope(self):
+        model = onnx.load(self.model)
+        (leaky,) = [n for n in model.graph.node if n.op_type == "LeakyRelu"]
+        (alpha,) = [a for a in leaky.attribute if a.name == "alpha"]
+        self.assertAlmostEqual(onnx.helper.get_attribute_value(alpha), 0.1, places=6)
 
 
 if __name__ == "__main__":

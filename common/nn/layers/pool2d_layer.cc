@@ -1,5 +1,7 @@
 #include "common/nn/layers/pool2d_layer.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 
 namespace distillery {
@@ -10,6 +12,22 @@ namespace {
 
 std::string Pair(int64_t rows, int64_t cols) {
   return rows == cols ? absl::StrCat(rows) : absl::StrCat(rows, "x", cols);
+}
+
+// Output size along one axis (the header's formulas).
+int64_t PoolOut(int64_t in, int64_t window, int64_t stride, int64_t pad, bool ceil_mode) {
+  const int64_t span = in + 2 * pad - window;
+  if (!ceil_mode) return span / stride + 1;
+  int64_t out = (span + stride - 1) / stride + 1;
+  // The last window must start inside the image or its left padding.
+  if ((out - 1) * stride >= in + pad) --out;
+  return out;
+}
+
+// The padding beyond `pad` on the right/bottom that ceil mode's last window
+// covers (0 in floor mode).
+int64_t CeilExtra(int64_t in, int64_t window, int64_t stride, int64_t pad, int64_t out) {
+  return std::max<int64_t>(0, (out - 1) * stride + window - (in + 2 * pad));
 }
 
 }  // namespace
@@ -23,6 +41,7 @@ std::string Pool2dLayer::Describe() const {
     absl::StrAppend(&s, ", pad ", Pair(o.pad_rows, o.pad_cols));
     if (o.kind == PoolKind::kAverage && !o.count_include_pad) absl::StrAppend(&s, ", exclude pad");
   }
+  if (o.ceil_mode) absl::StrAppend(&s, ", ceil");
   return s + ")";
 }
 
@@ -36,9 +55,6 @@ absl::StatusOr<Shape> Pool2dLayer::OutputShape(const Shape& example_shape) const
   if (2 * o.pad_rows > o.window_rows || 2 * o.pad_cols > o.window_cols) {
     return absl::InvalidArgumentError(
         absl::StrCat(Describe(), ": padding must be at most half the window"));
-  }
-  if (o.ceil_mode) {
-    return absl::UnimplementedError(absl::StrCat(Describe(), ": ceil_mode is not supported"));
   }
   if (example_shape.size() != 3) {
     return absl::InvalidArgumentError(
@@ -54,8 +70,17 @@ absl::StatusOr<Shape> Pool2dLayer::OutputShape(const Shape& example_shape) const
                                                    "of example shape ",
                                                    ShapeString(example_shape)));
   }
-  return Shape{example_shape[0], (rows + 2 * o.pad_rows - o.window_rows) / o.stride_rows + 1,
-               (cols + 2 * o.pad_cols - o.window_cols) / o.stride_cols + 1};
+  const int64_t out_rows = PoolOut(rows, o.window_rows, o.stride_rows, o.pad_rows, o.ceil_mode);
+  const int64_t out_cols = PoolOut(cols, o.window_cols, o.stride_cols, o.pad_cols, o.ceil_mode);
+  if (o.ceil_mode && o.kind == PoolKind::kAverage && o.count_include_pad &&
+      (CeilExtra(rows, o.window_rows, o.stride_rows, o.pad_rows, out_rows) > 0 ||
+       CeilExtra(cols, o.window_cols, o.stride_cols, o.pad_cols, out_cols) > 0)) {
+    return absl::UnimplementedError(absl::StrCat(
+        Describe(), ": on example shape ", ShapeString(example_shape),
+        " the last window hangs over the padding, and averaging it with count_include_pad "
+        "(whose divisor counts the padding but not the overhang) is not supported"));
+  }
+  return Shape{example_shape[0], out_rows, out_cols};
 }
 
 absl::Status Pool2dLayer::CheckInput(const char* what, const Tensor& input) const {
@@ -83,9 +108,12 @@ absl::Status Pool2dLayer::GetPrimitives(const Tensor& input, bool training,
   const memory::dims strides = {o.stride_rows, o.stride_cols};
   const memory::dims kernel = {o.window_rows, o.window_cols};
   const memory::dims padding_l = {o.pad_rows, o.pad_cols};
-  // Floor mode: the right-hand padding equals the left. Ceil mode would
-  // enlarge it to cover the last, overhanging window.
-  const memory::dims padding_r = padding_l;
+  // Floor mode: the right-hand padding equals the left. Ceil mode enlarges
+  // it to cover the last, overhanging window (never chosen by max pooling,
+  // never counted by an average that excludes padding).
+  const memory::dims padding_r = {
+      o.pad_rows + CeilExtra(key[2], o.window_rows, o.stride_rows, o.pad_rows, (*out)[1]),
+      o.pad_cols + CeilExtra(key[3], o.window_cols, o.stride_cols, o.pad_cols, (*out)[2])};
   const dnnl::algorithm algorithm = o.kind == PoolKind::kMax ? dnnl::algorithm::pooling_max
                                     : o.count_include_pad
                                         ? dnnl::algorithm::pooling_avg_include_padding

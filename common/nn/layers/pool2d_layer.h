@@ -5,6 +5,14 @@
 //   input  (batch, channels, rows, cols)
 //   output (batch, channels, out_rows, out_cols), where per axis
 //     out = (in + 2 * pad - window) / stride + 1   (floor mode)
+//     out = ceil((in + 2 * pad - window) / stride) + 1, less 1 when the last
+//           window would start beyond the left padding and the image
+//                                                  (ceil mode, PyTorch's)
+//   In ceil mode the last window may hang over the right/bottom edge: that
+//   overhang is padding on the right/bottom only, which max pooling never
+//   chooses and an average excluding padding never counts. An average with
+//   count_include_pad whose last window overhangs is Unimplemented (PyTorch
+//   divides it by the window clipped to the declared padding).
 // Forward, over the window of output element (n, c, y, x): the input rows
 // y * stride_rows - pad_rows + [0, window_rows) and the columns likewise:
 //   max:     output = the largest input element of the window (padding is
@@ -45,8 +53,7 @@ struct Pool2dOptions {
   // Average pooling: whether the padding counts in the divisor.
   bool count_include_pad = true;
   // PyTorch's ceil_mode (out rounded up, the last window hanging over the
-  // bottom/right edge). Not supported yet: OutputShape says Unimplemented.
-  // Its place is the right-hand padding given to oneDNN (GetPrimitives).
+  // bottom/right edge): extra right-hand padding given to oneDNN.
   bool ceil_mode = false;
 };
 
