@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The distillation demo: split a training set, train a teacher on one part,
-# serve it, and train a baseline student (hard labels) and a distilled student
-# (the transfer part without labels, soft targets from the server) at the same
-# time; then print the table and plot test errors per epoch.
+# The distillation demo: split a training set, train a convolutional teacher
+# on one part, serve it, and train a baseline student (hard labels) and a
+# distilled student (the transfer part without labels, soft targets from the
+# server) at the same time, both on the same 1-px jittered views so that the
+# gap measures distillation alone; then print the table and plot test errors
+# per epoch. Every stage prints its progress (epochs, test errors, time left).
 #
 # Usage: scripts/distill_demo.sh [options]
 #   --data_dir=DIR     MNIST-format directory (default: Debian's Fashion-MNIST)
@@ -36,24 +38,30 @@ done
 [ -d "$DATA" ] || { echo "no data directory $DATA (apt-get install dataset-fashion-mnist)" >&2; exit 1; }
 
 if [ "$QUICK" = 1 ]; then
-  TEACHER_ARCH=784-400-400-10; TEACHER_RANGE=0:10000; TRANSFER_RANGE=10000:12000
-  TEACHER_EPOCHS=${TEACHER_EPOCHS:-8}; STUDENT_EPOCHS=${STUDENT_EPOCHS:-10}
-  TEACHER_FLAGS=(--input_dropout=0 --hidden_dropout=0.2 --jitter=1)
+  TEACHER_ARCH="conv5x5:16/same+bn,pool2,fc:128,fc:10"; TEACHER_RANGE=0:10000
+  TRANSFER_RANGE=10000:12000; TEACHER_SETUP=()
+  TEACHER_EPOCHS=${TEACHER_EPOCHS:-4}; STUDENT_EPOCHS=${STUDENT_EPOCHS:-10}
+  TEACHER_FLAGS=(--input_dropout=0 --hidden_dropout=0.2 --jitter=1 --lr=0.05 --max_norm=0
+                 --momentum_start=0.9 --momentum_end=0.9 --momentum_ramp_epochs=0
+                 --dampened_momentum=false)
   DISTILL_FLAGS=(--lr=0.1)
-  STUDENT_ARCH=784-200-200-10; EVAL_EVERY=1
+  STUDENT_ARCH=784-200-200-10; EVAL_EVERY=1; DEFAULT_T=2
 else
   # The teacher learns from the first 50,000 images; the students from the
-  # other 10,000, the distilled one without their labels.
-  TEACHER_ARCH=784-1200-1200-10; TEACHER_RANGE=0:50000; TRANSFER_RANGE=50000:60000
-  TEACHER_EPOCHS=${TEACHER_EPOCHS:-40}; STUDENT_EPOCHS=${STUDENT_EPOCHS:-50}
-  TEACHER_FLAGS=(--input_dropout=0.1 --hidden_dropout=0.3 --jitter=1 --lr=0.1
-                 --momentum_start=0.9 --momentum_end=0.9 --dampened_momentum=false)
+  # other 10,000, the distilled one without their labels. A small LeNet-like
+  # CNN with batch norm: about 2 minutes on 2 cores.
+  TEACHER_ARCH="conv5x5:16/same+bn,pool2,conv5x5:32/same+bn,pool2,fc:256,fc:10"
+  TEACHER_RANGE=0:50000; TRANSFER_RANGE=50000:60000; TEACHER_SETUP=()
+  TEACHER_EPOCHS=${TEACHER_EPOCHS:-8}; STUDENT_EPOCHS=${STUDENT_EPOCHS:-100}
+  TEACHER_FLAGS=(--input_dropout=0 --hidden_dropout=0.3 --jitter=1 --lr=0.05 --max_norm=0
+                 --weight_decay=5e-4 --momentum_start=0.9 --momentum_end=0.9
+                 --momentum_ramp_epochs=0 --dampened_momentum=false)
   # This teacher's logits are large: a gentler start keeps the T^2-scaled
   # loss from blowing up the student.
   DISTILL_FLAGS=(--lr=0.03 --warmup_epochs=1)
-  STUDENT_ARCH=784-800-800-10; EVAL_EVERY=1
+  STUDENT_ARCH=784-800-800-10; EVAL_EVERY=1; DEFAULT_T=4
 fi
-T=${TEMPERATURE:-4}
+T=${TEMPERATURE:-$DEFAULT_T}
 mkdir -p "$OUT"
 rm -f "$OUT"/*.csv "$OUT"/*.ckpt "$OUT"/port
 start=$(date +%s)
@@ -62,12 +70,23 @@ export OMP_WAIT_POLICY=PASSIVE
 
 log "data: $DATA; teacher on training examples [$TEACHER_RANGE), transfer set [$TRANSFER_RANGE)"
 log "1/4 training the teacher $TEACHER_ARCH for $TEACHER_EPOCHS epochs (log: $OUT/teacher.log)"
+# The teacher's epoch lines, shortened, as they come.
+show_epochs() {
+  local line
+  while IFS= read -r line; do
+    case "$line" in
+      *"] epoch "*)
+        log "   teacher epoch $(sed -n 's/.*epoch *\([0-9]*\/[0-9]*\).*test errors \([0-9]*\).*left \(.*\)$/\1: \2 test errors, \3 left/p' <<<"$line")" ;;
+    esac
+  done
+}
 "$TEACHER_BIN" train --data_dir="$DATA" --train_range="$TEACHER_RANGE" \
-  --architecture="$TEACHER_ARCH" --epochs="$TEACHER_EPOCHS" --momentum_ramp_epochs=2 \
-  "${TEACHER_FLAGS[@]}" \
+  --architecture="$TEACHER_ARCH" --epochs="$TEACHER_EPOCHS" "${TEACHER_SETUP[@]}" \
+  "${TEACHER_FLAGS[@]}" --progress=plain \
   --eval_every="$EVAL_EVERY" --threads=2 \
-  --checkpoint="$OUT/teacher.ckpt" --metrics_csv="$OUT/teacher.csv" >"$OUT/teacher.log" 2>&1 || {
-  tail -5 "$OUT/teacher.log"; exit 1; }
+  --checkpoint="$OUT/teacher.ckpt" --metrics_csv="$OUT/teacher.csv" 2>&1 |
+  tee "$OUT/teacher.log" | show_epochs
+[ "${PIPESTATUS[0]}" = 0 ] || { tail -5 "$OUT/teacher.log"; exit 1; }
 log "   $(grep -o 'done: .*' "$OUT/teacher.log")"
 
 log "2/4 serving the teacher (log: $OUT/server.log)"
@@ -78,22 +97,36 @@ log "   teacher serving on 127.0.0.1:$PORT"
 
 log "3/4 training two students $STUDENT_ARCH at once for $STUDENT_EPOCHS epochs:"
 log "    baseline on the hard labels of [$TRANSFER_RANGE), distilled on the teacher's soft targets"
-log "    at T=$T for the same images without labels, shifted up to 1 px (the teacher labels each view)"
+log "    at T=$T for the same images without labels; both see each image shifted by up to 1 px"
+log "    (the teacher labels each view the distilled student sees)"
 "$STUDENT_BIN" baseline --data_dir="$DATA" --train_range="$TRANSFER_RANGE" \
-  --architecture="$STUDENT_ARCH" --epochs="$STUDENT_EPOCHS" --lr=0.1 --threads=1 \
-  --eval_every="$EVAL_EVERY" \
+  --architecture="$STUDENT_ARCH" --epochs="$STUDENT_EPOCHS" --lr=0.1 --jitter=1 --threads=1 \
+  --eval_every="$EVAL_EVERY" --progress=plain \
   --checkpoint="$OUT/baseline.ckpt" --metrics_csv="$OUT/baseline.csv" >"$OUT/baseline.log" 2>&1 &
 BASELINE=$!
 "$STUDENT_BIN" distill --teacher="127.0.0.1:$PORT" --data_dir="$DATA" \
   --train_range="$TRANSFER_RANGE" --architecture="$STUDENT_ARCH" --epochs="$STUDENT_EPOCHS" \
   --distill_temperature="$T" --alpha=1 "${DISTILL_FLAGS[@]}" --jitter=1 --threads=1 \
-  --eval_every="$EVAL_EVERY" \
+  --eval_every="$EVAL_EVERY" --progress=plain \
   --checkpoint="$OUT/distilled.ckpt" --metrics_csv="$OUT/distilled.csv" >"$OUT/distilled.log" 2>&1 &
 DISTILLED=$!
+# "12/50 (1,402 test errors)" for a student's metrics CSV.
+student_status() {
+  local done errors
+  done=$(tail -n +2 "$OUT/$1.csv" 2>/dev/null | wc -l)
+  errors=$( [ "$done" -gt 0 ] && tail -n 1 "$OUT/$1.csv" | cut -d, -f6 || echo -)
+  echo "$done/$STUDENT_EPOCHS ($errors test errors)"
+}
+students_start=$(date +%s)
 while kill -0 $BASELINE 2>/dev/null || kill -0 $DISTILLED 2>/dev/null; do
-  sleep 15
-  b=$(tail -n +2 "$OUT/baseline.csv" 2>/dev/null | wc -l); d=$(tail -n +2 "$OUT/distilled.csv" 2>/dev/null | wc -l)
-  log "   epochs done: baseline $b/$STUDENT_EPOCHS, distilled $d/$STUDENT_EPOCHS"
+  sleep 10
+  d=$(tail -n +2 "$OUT/distilled.csv" 2>/dev/null | wc -l)
+  left=-
+  if [ "$d" -gt 0 ]; then
+    s=$(( ( $(date +%s) - students_start ) * (STUDENT_EPOCHS - d) / d ))
+    left=$(printf '%d:%02d' $((s / 60)) $((s % 60)))
+  fi
+  log "   epochs: baseline $(student_status baseline), distilled $(student_status distilled), $left left"
 done
 wait $BASELINE || { tail -5 "$OUT/baseline.log"; exit 1; }
 wait $DISTILLED || { tail -5 "$OUT/distilled.log"; exit 1; }
@@ -101,17 +134,18 @@ stop_teacher_server
 
 log "4/4 results"
 errors() { tail -n 1 "$OUT/$1.csv" | cut -d, -f6; }
-params() { awk -F- '{ n = 0; for (i = 1; i < NF; i++) n += $i * $(i+1) + $(i+1); print n }' <<<"$1"; }
+# A network's parameter count, from its training log.
+params() { sed -n 's/.*training .* (\([0-9]*\) parameters).*/\1/p' "$OUT/$1.log" | head -1; }
 TE=$(errors teacher); BE=$(errors baseline); DE=$(errors distilled)
 TOTAL=$(tail -n 1 "$OUT/teacher.csv" | cut -d, -f7)
 {
   echo "network,architecture,parameters,test_errors,test_examples"
-  echo "teacher,$TEACHER_ARCH,$(params $TEACHER_ARCH),$TE,$TOTAL"
-  echo "baseline_student,$STUDENT_ARCH,$(params $STUDENT_ARCH),$BE,$TOTAL"
-  echo "distilled_student,$STUDENT_ARCH,$(params $STUDENT_ARCH),$DE,$TOTAL"
+  echo "teacher,${TEACHER_ARCH//,/ },$(params teacher),$TE,$TOTAL"
+  echo "baseline_student,$STUDENT_ARCH,$(params baseline),$BE,$TOTAL"
+  echo "distilled_student,$STUDENT_ARCH,$(params distilled),$DE,$TOTAL"
 } >"$OUT/summary.csv"
 awk -F, -v te="$TE" -v be="$BE" -v de="$DE" 'NR > 1 {
-  printf "  %-18s %-18s %10s params %6s test errors\n", $1, $2, $3, $4 }
+  printf "  %-18s %10s params %6s test errors   %s\n", $1, $3, $4, $2 }
   END { if (be > te) printf "  distillation closed %.0f%% of the gap between the baseline and the teacher\n",
         100 * (be - de) / (be - te);
         else printf "  the teacher is no better than the baseline student here: there is no gap to close\n" }' "$OUT/summary.csv" | tee "$OUT/summary.txt"
@@ -124,7 +158,7 @@ set datafile separator ","
 set title "Test errors per epoch ($(basename "$DATA"))"
 set xlabel "epoch"; set ylabel "test errors (of $TOTAL)"; set key top right; set grid
 plot "$OUT/teacher.csv" using 1:6 every ::1 with linespoints title "teacher $TEACHER_ARCH", \
-     "$OUT/baseline.csv" using 1:6 every ::1 with linespoints title "baseline student (hard labels)", \
+     "$OUT/baseline.csv" using 1:6 every ::1 with linespoints title "baseline student (hard labels, 1-px jitter)", \
      "$OUT/distilled.csv" using 1:6 every ::1 with linespoints title "distilled student (T=$T, no labels, 1-px jitter)"
 GP
   log "plot: $OUT/test_errors.png"

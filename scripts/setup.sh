@@ -25,6 +25,11 @@ PACKAGES=(
   python3 python3-numpy python3-torch python3-grpcio python3-protobuf libopenblas0-openmp
   # pip, for the Python packages Debian 12 does not have (below).
   python3-pip
+  # The Python client package (python/): a venv, its build without PyPI
+  # (pip install --no-build-isolation), and its tests (pytest). Its stubs are
+  # generated with protoc and grpc_python_plugin (protobuf-compiler-grpc,
+  # above), or python3-grpc-tools.
+  python3-venv python3-setuptools python3-wheel python3-pytest python3-grpc-tools
   # Deployment (deploy/): the base image made with debootstrap (no image
   # registry), the compose test's client and HTTP queries; Docker Engine itself
   # comes with the machine.

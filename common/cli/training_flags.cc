@@ -1,5 +1,7 @@
 #include "common/cli/training_flags.h"
 
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 
@@ -72,6 +74,9 @@ ABSL_FLAG(std::vector<std::string>, resume_allow_changes, {},
           "epochs,lr (also: warmup_steps, momentum_ramp_steps, examples_per_epoch, "
           "batches_per_epoch, data). The optimizer kind can never change");
 ABSL_FLAG(int32_t, threads, 2, "Compute threads (set explicitly when processes share cores)");
+ABSL_FLAG(std::string, progress, "auto",
+          "Progress within each epoch: auto (a line that rewrites itself when stdout is a "
+          "terminal, plain per-epoch lines otherwise), line, or plain");
 
 namespace distillery {
 
@@ -95,6 +100,12 @@ void SetTrainingFlagDefaults(const TrainerConfig& d, double momentum_ramp_epochs
 
 absl::StatusOr<TrainerConfig> TrainerConfigFromFlags() {
   TrainerConfig c;
+  const std::string progress = absl::GetFlag(FLAGS_progress);
+  if (progress != "auto" && progress != "line" && progress != "plain") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--progress must be auto, line or plain, got \"", progress, "\""));
+  }
+  c.progress_line = progress == "line" || (progress == "auto" && isatty(fileno(stdout)) == 1);
   c.architecture = absl::GetFlag(FLAGS_architecture);
   c.input_dropout = static_cast<float>(absl::GetFlag(FLAGS_input_dropout));
   c.hidden_dropout = static_cast<float>(absl::GetFlag(FLAGS_hidden_dropout));

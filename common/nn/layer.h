@@ -9,6 +9,17 @@
 // the gradients of its parameters (one Backward per Forward; no accumulation).
 // Each layer's header states the shapes it takes and gives.
 //
+// Layouts (common/tensor/tensor.h): layers take and give plain tensors,
+// unless TakesBlocked() says that a layer also takes channel-blocked rank-4
+// inputs. Such a layer, given a blocked input, gives its output, takes
+// grad_output and gives grad_input in the input's layout; a producer (a
+// convolution) gives its output in a blocked layout of oneDNN's choosing
+// when AllowBlockedOutput(true) was called, and Backward then takes
+// grad_output in that layout. Keeping image activations blocked between
+// convolution, batch-norm, ReLU and pooling layers saves a reorder at each
+// edge and lets oneDNN run its fast blocked kernels; ForwardInLayout and
+// BackwardInLayout (common/nn/layout_bridge.h) convert for the other layers.
+//
 // Element types: layers take and give f32 tensors today; a layer that
 // computes in bf16 (the bf16 issue) converts at its edges, so that its
 // neighbours never see the difference, and keeps f32 master weights.
@@ -79,6 +90,13 @@ class Layer {
 
   // The layer's non-trainable state kept in checkpoints. Empty by default.
   virtual std::vector<Buffer> Buffers() { return {}; }
+
+  // Whether the layer takes channel-blocked inputs (see Layouts above).
+  virtual bool TakesBlocked() const { return false; }
+  // Lets a producer of image activations give its output blocked (false,
+  // the default: plain). Layers that never produce blocked tensors of their
+  // own choosing ignore it.
+  virtual void AllowBlockedOutput(bool /*allow*/) {}
 
   // Sets the step number that seeds the layer's randomness (dropout masks)
   // for the next Forward, so that a run resumed at step s draws the same

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/nn/layer_factory.h"
+#include "common/nn/layout_bridge.h"
 #include "common/util/random.h"
 #include "common/util/status_macros.h"
 
@@ -52,7 +53,14 @@ absl::Status Network::BuildLayers() {
                      " per example, not a vector of classes: end it with fc:<classes>"));
   }
   num_classes_ = shape[0];
+  // Image activations stay channel-blocked from a convolution on through
+  // the layers that take them (common/nn/layer.h).
+  for (size_t i = 0; i + 1 < layers_.size(); ++i) {
+    layers_[i]->AllowBlockedOutput(layers_[i + 1]->TakesBlocked());
+  }
   activations_.resize(layers_.size());
+  plain_inputs_.resize(layers_.size());
+  seen_inputs_.assign(layers_.size(), nullptr);
   gradients_.resize(2);
   return absl::OkStatus();
 }
@@ -105,7 +113,7 @@ absl::StatusOr<const Tensor*> Network::Shaped(const Tensor& input, Tensor* scrat
 
 absl::Status Network::Infer(const Tensor& input, const Tensor** logits) {
   ASSIGN_OR_RETURN(const Tensor* shaped, Shaped(input, &inference_input_));
-  RETURN_IF_ERROR(inference_.Run(layers_, *shaped, &inference_logits_));
+  RETURN_IF_ERROR(inference_.Run(layers_, *shaped, context_.get(), &inference_logits_));
   *logits = &inference_logits_;
   return absl::OkStatus();
 }
@@ -116,7 +124,8 @@ absl::Status Network::Forward(const Tensor& input, bool training, uint64_t noise
   const Tensor* current = input_;
   for (size_t i = 0; i < layers_.size(); ++i) {
     if (training) layers_[i]->SetNoiseStep(noise_step);
-    RETURN_IF_ERROR(layers_[i]->Forward(*current, training, &activations_[i]));
+    RETURN_IF_ERROR(ForwardInLayout(*layers_[i], *current, training, context_.get(),
+                                    &plain_inputs_[i], &seen_inputs_[i], &activations_[i]));
     current = &activations_[i];
   }
   *logits = current;
@@ -131,7 +140,8 @@ absl::Status Network::Backward(const Tensor& grad_logits) {
   for (size_t i = layers_.size(); i-- > first_trainable_;) {
     const Tensor& layer_input = i == 0 ? *input_ : activations_[i - 1];
     Tensor* grad_input = i == first_trainable_ ? nullptr : &gradients_[i % 2];
-    RETURN_IF_ERROR(layers_[i]->Backward(layer_input, activations_[i], *grad_output, grad_input));
+    RETURN_IF_ERROR(BackwardInLayout(*layers_[i], layer_input, *seen_inputs_[i], activations_[i],
+                                     *grad_output, context_.get(), &grad_scratch_, grad_input));
     grad_output = grad_input;
   }
   return absl::OkStatus();

@@ -112,6 +112,12 @@ class Network {
   Tensor shaped_input_;              // a copy of it, when its shape was another reading
   std::vector<Tensor> activations_;  // activations_[i] is layer i's output
   std::vector<Tensor> gradients_;    // scratch for back-propagation
+  // Plain copies of blocked activations for layers that take only plain
+  // tensors, and the tensor each layer's last Forward was given (its input
+  // or that copy): common/nn/layout_bridge.h.
+  std::vector<Tensor> plain_inputs_;
+  std::vector<const Tensor*> seen_inputs_;
+  Tensor grad_scratch_;  // a plain gradient before its conversion
   TiledInference inference_;
   Tensor inference_input_;   // Infer's input in the network's shape, when copied
   Tensor inference_logits_;  // Infer's result

@@ -3,11 +3,12 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "common/nn/layout_bridge.h"
 
 namespace distillery {
 
 absl::Status TiledInference::Run(const std::vector<std::unique_ptr<Layer>>& layers,
-                                 const Tensor& input, Tensor* output) {
+                                 const Tensor& input, DnnlContext* context, Tensor* output) {
   if (layers.empty()) return absl::InvalidArgumentError("inference through no layers");
   if (input.rank() < 1 || input.rows() < 1 || input.size() == 0) {
     return absl::InvalidArgumentError(
@@ -21,6 +22,7 @@ absl::Status TiledInference::Run(const std::vector<std::unique_ptr<Layer>>& laye
   Shape tile_shape = input.shape();
   tile_shape[0] = tile_rows_;
   activations_.resize(layers.size());
+  plain_inputs_.resize(layers.size());
   for (int64_t begin = 0; begin < rows; begin += tile_rows_) {
     const int64_t count = std::min(tile_rows_, rows - begin);
     // Every tile is a copy, padded with zeros: the layers see one shape, and
@@ -31,7 +33,9 @@ absl::Status TiledInference::Run(const std::vector<std::unique_ptr<Layer>>& laye
     std::fill(tile_.data() + count * in_width, tile_.data() + tile_rows_ * in_width, 0.f);
     const Tensor* current = &tile_;
     for (size_t i = 0; i < layers.size(); ++i) {
-      if (absl::Status s = layers[i]->Forward(*current, /*training=*/false, &activations_[i]);
+      const Tensor* seen = nullptr;
+      if (absl::Status s = ForwardInLayout(*layers[i], *current, /*training=*/false, context,
+                                           &plain_inputs_[i], &seen, &activations_[i]);
           !s.ok()) {
         return s;
       }

@@ -25,6 +25,7 @@
 
 #include "absl/status/status.h"
 #include "common/nn/layer.h"
+#include "common/tensor/dnnl_context.h"
 #include "common/tensor/tensor.h"
 
 namespace distillery {
@@ -45,14 +46,16 @@ class TiledInference {
   // the input's rows into `output` (batch, ...), resized here. Only Forward
   // is called, with tensors of this class, so a network's activations of its
   // last training Forward stay as they were. InvalidArgument for an empty
-  // input or no layers.
+  // input or no layers. `context` (the layers' own) converts layouts
+  // between layers that need it (common/nn/layout_bridge.h).
   absl::Status Run(const std::vector<std::unique_ptr<Layer>>& layers, const Tensor& input,
-                   Tensor* output);
+                   DnnlContext* context, Tensor* output);
 
  private:
   int64_t tile_rows_;
-  Tensor tile_;                      // one tile of input rows
-  std::vector<Tensor> activations_;  // each layer's output for one tile
+  Tensor tile_;                       // one tile of input rows
+  std::vector<Tensor> activations_;   // each layer's output for one tile
+  std::vector<Tensor> plain_inputs_;  // plain copies of blocked inputs
 };
 
 }  // namespace distillery

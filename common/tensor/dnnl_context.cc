@@ -2,6 +2,8 @@
 
 #include <omp.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 
 namespace distillery {
@@ -17,6 +19,56 @@ absl::Status DnnlContext::Execute(const char* what, const dnnl::primitive& primi
     return DnnlErrorToStatus(what, e);
   }
   return absl::OkStatus();
+}
+
+absl::Status DnnlContext::ConvertLayout(const Tensor& from, Layout layout, Tensor* to) {
+  to->Reshape(from.shape());
+  if (!to->SetLayout(layout)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a ", ShapeString(from.shape()), " tensor cannot be laid out as ", LayoutName(layout)));
+  }
+  if (from.layout() == layout) {
+    std::copy(from.data(), from.data() + from.size(), to->data());
+    return absl::OkStatus();
+  }
+  try {
+    const dnnl::memory::desc src_desc = TensorDesc(from.shape(), from.layout());
+    const dnnl::memory::desc dst_desc = TensorDesc(from.shape(), layout);
+    dnnl::memory src(src_desc, engine_, const_cast<float*>(from.data()));
+    dnnl::memory dst(dst_desc, engine_, to->data());
+    // oneDNN's primitive cache makes the repeated construction cheap.
+    dnnl::reorder reorder(dnnl::reorder::primitive_desc(engine_, src_desc, engine_, dst_desc));
+    return Execute("layout conversion", reorder, {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst}});
+  } catch (const dnnl::error& e) {
+    return DnnlErrorToStatus("building a layout conversion", e);
+  }
+}
+
+dnnl::memory::desc TensorDesc(const Shape& shape, Layout layout) {
+  using tag = dnnl::memory::format_tag;
+  const dnnl::memory::dims dims(shape.begin(), shape.end());
+  if (shape.size() == 4) {
+    const tag t = layout == Layout::kBlocked16  ? tag::nChw16c
+                  : layout == Layout::kBlocked8 ? tag::nChw8c
+                                                : tag::nchw;
+    return dnnl::memory::desc(dims, dnnl::memory::data_type::f32, t);
+  }
+  // Row-major strides: the last dimension varies fastest.
+  dnnl::memory::dims strides(dims.size(), 1);
+  for (size_t i = dims.size(); i-- > 1;) strides[i - 1] = strides[i] * dims[i];
+  return dnnl::memory::desc(dims, dnnl::memory::data_type::f32, strides);
+}
+
+std::optional<Layout> LayoutOfDesc(const dnnl::memory::desc& desc) {
+  const dnnl::memory::dims dims = desc.dims();
+  const Shape shape(dims.begin(), dims.end());
+  for (Layout layout : {Layout::kPlain, Layout::kBlocked8, Layout::kBlocked16}) {
+    if (layout != Layout::kPlain && (shape.size() != 4 || shape[1] % LayoutBlock(layout) != 0)) {
+      continue;
+    }
+    if (desc == TensorDesc(shape, layout)) return layout;
+  }
+  return std::nullopt;
 }
 
 dnnl::memory::desc PlainMatrixDesc(int64_t rows, int64_t cols) {

@@ -6,10 +6,12 @@
 #ifndef DISTILLERY_COMMON_TENSOR_DNNL_CONTEXT_H_
 #define DISTILLERY_COMMON_TENSOR_DNNL_CONTEXT_H_
 
+#include <optional>
 #include <string>
 #include <unordered_map>
 
 #include "absl/status/status.h"
+#include "common/tensor/tensor.h"
 #include "dnnl.hpp"
 
 namespace distillery {
@@ -27,6 +29,11 @@ class DnnlContext {
   absl::Status Execute(const char* what, const dnnl::primitive& primitive,
                        const std::unordered_map<int, dnnl::memory>& args);
 
+  // Writes `from`'s elements into `to` (reshaped to from's shape) in
+  // `layout`. InvalidArgument when the layout does not fit the shape
+  // (tensor.h). A copy when the layouts are the same.
+  absl::Status ConvertLayout(const Tensor& from, Layout layout, Tensor* to);
+
  private:
   dnnl::engine engine_;
   dnnl::stream stream_;
@@ -37,6 +44,14 @@ class DnnlContext {
 dnnl::memory::desc PlainMatrixDesc(int64_t rows, int64_t cols);
 // A plain vector of `n` f32 values (layout `a`), for biases.
 dnnl::memory::desc PlainVectorDesc(int64_t n);
+
+// The descriptor of f32 elements of `shape` in `layout`: nchw, nChw8c or
+// nChw16c for rank 4; plain row-major (a, ab, abc, ...) for other ranks,
+// which have only the plain layout.
+dnnl::memory::desc TensorDesc(const Shape& shape, Layout layout = Layout::kPlain);
+// The layout whose TensorDesc `desc` is (for its own dims), or nullopt when
+// it is none of them (oneDNN picked another blocking, or padded channels).
+std::optional<Layout> LayoutOfDesc(const dnnl::memory::desc& desc);
 
 // Converts a oneDNN error thrown while doing `what` into a Status.
 absl::Status DnnlErrorToStatus(const char* what, const dnnl::error& e);

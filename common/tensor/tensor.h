@@ -11,6 +11,16 @@
 // (batch, channels, rows, cols) tensor read as (batch, channels*rows*cols)
 // is the flattening every framework uses.
 //
+// Layouts: a rank-4 (batch, channels, rows, cols) tensor may also hold its
+// elements channel-blocked, as oneDNN's nChw8c or nChw16c (channels in
+// blocks of 8 or 16 vary fastest, then cols, rows, channel blocks, batch).
+// Blocked tensors only pass between image layers that say they take them
+// (common/nn/layer.h), and only when the channels are a multiple of the
+// block, so that the element count, size() and the storage are those of the
+// plain tensor. Reading a blocked tensor's elements by the row-major index
+// above (row(), at(), copies out) is a programming error; ConvertLayout
+// (common/tensor/dnnl_context.h) makes a plain copy.
+//
 // Element types: f32 (IEEE binary32), the default, and bf16 (bfloat16, the
 // upper 16 bits of a binary32), for the bf16 compute path. data() is the f32
 // view and bf16_data() the bf16 one; using the view of the other type is a
@@ -36,6 +46,20 @@ enum class DataType : uint8_t {
   kF32 = 0,
   kBF16 = 1,
 };
+
+// The memory layout of a tensor's elements (see the file comment).
+enum class Layout : uint8_t {
+  kPlain = 0,      // row-major: nchw for rank 4
+  kBlocked8 = 1,   // nChw8c (rank 4, channels a multiple of 8)
+  kBlocked16 = 2,  // nChw16c (rank 4, channels a multiple of 16)
+};
+
+// "plain", "nChw8c" or "nChw16c".
+const char* LayoutName(Layout layout);
+// The channel block of a layout: 1 for kPlain, 8 or 16.
+inline int64_t LayoutBlock(Layout layout) {
+  return layout == Layout::kBlocked16 ? 16 : layout == Layout::kBlocked8 ? 8 : 1;
+}
 
 // "f32" or "bf16".
 const char* DataTypeName(DataType type);
@@ -65,6 +89,18 @@ class Tensor {
   int rank() const { return static_cast<int>(shape_.size()); }
   int64_t dim(int i) const { return shape_[static_cast<size_t>(i)]; }
   DataType dtype() const { return dtype_; }
+  Layout layout() const { return layout_; }
+  // Declares the layout the elements are in (the writer of the elements
+  // calls it after Reshape). Returns false, changing nothing, for a blocked
+  // layout that does not fit the shape (rank 4, channels a multiple of the
+  // block).
+  bool SetLayout(Layout layout) {
+    if (layout != Layout::kPlain && (rank() != 4 || dim(1) % LayoutBlock(layout) != 0)) {
+      return false;
+    }
+    layout_ = layout;
+    return true;
+  }
 
   // The 2-D reading: rows = dim(0), cols = the product of the others.
   int64_t rows() const { return shape_.empty() ? 0 : shape_[0]; }
@@ -106,10 +142,11 @@ class Tensor {
 
   // Changes the shape (and type). Keeps the storage when the element count
   // does not grow, so reshaping to a smaller last batch costs nothing.
-  // Contents are unspecified afterwards.
+  // Contents are unspecified afterwards, and the layout is plain.
   void Reshape(const Shape& shape, DataType type = DataType::kF32) {
     shape_ = shape;
     dtype_ = type;
+    layout_ = Layout::kPlain;
     size_ = ShapeSize(shape);
     const size_t n = static_cast<size_t>(size_);
     if (type == DataType::kF32) {
@@ -122,18 +159,18 @@ class Tensor {
   void Resize(int64_t rows, int64_t cols) { Reshape({rows, cols}); }
   // Gives the same elements another shape of the same size (a flatten, or
   // its inverse); contents are kept. Returns false, changing nothing, when
-  // the sizes differ.
+  // the sizes differ or the tensor is not plain.
   bool Reinterpret(const Shape& shape) {
-    if (ShapeSize(shape) != size_) return false;
+    if (ShapeSize(shape) != size_ || layout_ != Layout::kPlain) return false;
     shape_ = shape;
     return true;
   }
   // Sets every element to `value` (f32 tensors).
   void Fill(float value) { std::fill(data(), data() + size_, value); }
 
-  // Same shape, type and element bits.
+  // Same shape, type, layout and element bits.
   bool operator==(const Tensor& other) const {
-    if (shape_ != other.shape_ || dtype_ != other.dtype_) return false;
+    if (shape_ != other.shape_ || dtype_ != other.dtype_ || layout_ != other.layout_) return false;
     if (dtype_ == DataType::kF32) {
       return std::equal(data(), data() + size_, other.data());
     }
@@ -143,6 +180,7 @@ class Tensor {
  private:
   Shape shape_;
   DataType dtype_ = DataType::kF32;
+  Layout layout_ = Layout::kPlain;
   int64_t size_ = 0;
   std::vector<float> f32_;
   std::vector<uint16_t> bf16_;

@@ -13,6 +13,7 @@
 #include "common/formats/checkpoint.h"
 #include "common/nn/losses.h"
 #include "common/nn/softmax.h"
+#include "common/train/progress.h"
 #include "common/train/resume.h"
 #include "common/util/bounded_queue.h"
 #include "common/util/random.h"
@@ -87,7 +88,11 @@ class TrainingRun {
  public:
   TrainingRun(const TrainerConfig& config, BatchSource& source, const Dataset& test,
               const Dataset& validation)
-      : config_(config), source_(source), test_(test), validation_(validation) {}
+      : config_(config),
+        source_(source),
+        test_(test),
+        validation_(validation),
+        progress_(config.log_progress && config.progress_line, stdout) {}
 
   absl::StatusOr<TrainingResult> Run();
 
@@ -117,6 +122,9 @@ class TrainingRun {
   CrossEntropyLoss cross_entropy_;
   DistillationLoss distillation_;
   Tensor grad_logits_;
+  ProgressLine progress_;
+  RunClock clock_;  // epoch times, evaluation included, for the time left
+  Clock::time_point epoch_start_;
 };
 
 absl::Status TrainingRun::Setup() {
@@ -216,14 +224,17 @@ absl::Status TrainingRun::TrainStep(TrainingBatch& batch, int64_t epoch, double*
 
 absl::Status TrainingRun::RunEpoch(int64_t epoch, EpochMetrics* metrics) {
   const auto epoch_start = Clock::now();
+  epoch_start_ = epoch_start;
   double loss_sum = 0;
   int64_t batches_done = 0;
   absl::Status train_status, produce_status;
+  progress_.StartEpoch(epoch, config_.epochs, batches_per_epoch_, config_.batch_size);
   auto train = [&](TrainingBatch& batch) {
     double loss = 0;
     train_status = TrainStep(batch, epoch, &loss);
     loss_sum += loss;
     ++batches_done;
+    progress_.BatchDone(batches_done);
     return train_status.ok();
   };
   if (config_.prefetch_batches > 0) {
@@ -242,6 +253,7 @@ absl::Status TrainingRun::RunEpoch(int64_t epoch, EpochMetrics* metrics) {
     produce_status =
         source_.ProduceEpoch(epoch, [&](TrainingBatch&& batch) { return train(batch); });
   }
+  progress_.Clear();
   RETURN_IF_ERROR(train_status);
   RETURN_IF_ERROR(produce_status);
   if (batches_done != batches_per_epoch_) {
@@ -289,15 +301,17 @@ absl::Status TrainingRun::FinishEpoch(int64_t epoch, EpochMetrics& metrics) {
       metrics.validation_examples = eval.examples;
     }
   }
+  clock_.EpochDone(std::chrono::duration<double>(Clock::now() - epoch_start_).count());
   if (config_.log_progress) {
     spdlog::info(
-        "epoch {:>4}/{}  loss {:.4f}  lr {:.4g}  {:.0f} examples/s  test errors {}{}",
+        "epoch {:>4}/{}  loss {:.4f}  lr {:.4g}  {:.0f} examples/s  test errors {}{}  left {}",
         metrics.epoch, config_.epochs, metrics.train_loss, metrics.learning_rate,
         metrics.examples_per_second, ErrorsText(metrics.test_errors, metrics.test_examples),
         validation_.num_examples > 0
             ? absl::StrCat("  validation errors ",
                            ErrorsText(metrics.validation_errors, metrics.validation_examples))
-            : "");
+            : "",
+        FormatDuration(clock_.SecondsLeft(config_.epochs - metrics.epoch)));
   }
   RETURN_IF_ERROR(SaveBestCheckpoint(metrics));
   if (!config_.checkpoint_path.empty()) {

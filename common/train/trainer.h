@@ -86,8 +86,12 @@ struct TrainerConfig {
   // What the training data is (e.g. "train[0,5000)"), recorded in the
   // checkpoint and compared on resume like a setting ("data").
   std::string data_description;
-  // Print a line per epoch (spdlog info).
+  // Print a line per epoch (spdlog info), with the run's time left.
   bool log_progress = true;
+  // Also a progress line within each epoch that rewrites itself on stdout
+  // (common/train/progress.h). The programs set it when stdout is a
+  // terminal; off a terminal logs get plain lines only.
+  bool progress_line = false;
   // Batches prepared ahead of training (gathering, jitter and the teacher's
   // soft targets) by a producer thread, through a bounded queue, so that the
   // data and a remote teacher stay off the critical path. 0 = inline.

@@ -60,7 +60,7 @@ absl::Status BatchNormLayer::CheckInput(const char* what, const Tensor& input) c
 absl::Status BatchNormLayer::GetPrimitives(const Tensor& input, Kind kind,
                                            Primitives** primitives) {
   const ShapeKey key = {input.dim(0), input.rank() == 4 ? input.dim(2) : 1,
-                        input.rank() == 4 ? input.dim(3) : 1};
+                        input.rank() == 4 ? input.dim(3) : 1, static_cast<int64_t>(input.layout())};
   Primitives* found = primitives_by_shape_.Find(key);
   if (found != nullptr && found->has[kind]) {
     *primitives = found;
@@ -68,8 +68,7 @@ absl::Status BatchNormLayer::GetPrimitives(const Tensor& input, Kind kind,
   }
   try {
     const dnnl::engine& engine = context_->engine();
-    const memory::desc data = memory::desc({key[0], channels_, key[1], key[2]},
-                                           memory::data_type::f32, memory::format_tag::nchw);
+    const memory::desc data = TensorDesc({key[0], channels_, key[1], key[2]}, input.layout());
     using flags = dnnl::normalization_flags;
     const flags affine = flags::use_scale | flags::use_shift;
     const flags global = affine | flags::use_global_stats;
@@ -151,6 +150,7 @@ absl::Status BatchNormLayer::Forward(const Tensor& input, bool training, Tensor*
     return s;
   }
   output->Reshape(input.shape());
+  output->SetLayout(input.layout());
   const dnnl::engine& engine = context_->engine();
   memory src(p->data, engine, const_cast<float*>(input.data()));
   memory dst(p->data, engine, output->data());
@@ -199,6 +199,11 @@ absl::Status BatchNormLayer::Backward(const Tensor& input, const Tensor& /*outpu
         absl::StrCat(Describe(), " Backward: gradient shape ", ShapeString(grad_output.shape()),
                      " does not match output ", ShapeString(input.shape())));
   }
+  if (grad_output.layout() != input.layout()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Describe(), " Backward: gradient layout ", LayoutName(grad_output.layout()),
+                     " does not match the input's ", LayoutName(input.layout())));
+  }
   Primitives* p = nullptr;
   if (absl::Status s =
           GetPrimitives(input, last_forward_training_ ? kBackwardTraining : kBackwardInference, &p);
@@ -208,6 +213,7 @@ absl::Status BatchNormLayer::Backward(const Tensor& input, const Tensor& /*outpu
   // oneDNN always computes the data gradient.
   Tensor* diff_src_tensor = grad_input != nullptr ? grad_input : &scratch_grad_input_;
   diff_src_tensor->Reshape(input.shape());
+  diff_src_tensor->SetLayout(input.layout());
   const dnnl::engine& engine = context_->engine();
   memory src(p->data, engine, const_cast<float*>(input.data()));
   memory diff_dst(p->data, engine, const_cast<float*>(grad_output.data()));

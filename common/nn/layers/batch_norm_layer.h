@@ -14,6 +14,8 @@
 //              (m must be at least 2)
 //   inference: output = gamma[c] * (x - running_mean) / sqrt(running_var + eps)
 //                       + beta[c]
+// Takes channel-blocked inputs (common/nn/layer.h), where oneDNN runs its
+// JIT kernels rather than the plain layout's slower reference-style ones.
 // eps = 1e-5, momentum = 0.1. The statistics of the last training Forward
 // are kept for Backward.
 // Backward, with xhat = (x - mean) / sqrt(var + eps) and g = dL/doutput:
@@ -50,6 +52,7 @@ class BatchNormLayer : public Layer {
   std::string Describe() const override;
   // Takes (C, rows, cols) or (C) and gives the same shape.
   absl::StatusOr<Shape> OutputShape(const Shape& example_shape) const override;
+  bool TakesBlocked() const override { return true; }
   absl::Status Forward(const Tensor& input, bool training, Tensor* output) override;
   absl::Status Backward(const Tensor& input, const Tensor& output, const Tensor& grad_output,
                         Tensor* grad_input) override;
@@ -85,7 +88,7 @@ class BatchNormLayer : public Layer {
     dnnl::batch_normalization_backward backward_training;
     dnnl::batch_normalization_backward backward_inference;  // use_global_stats
   };
-  using ShapeKey = std::array<int64_t, 3>;  // batch, rows, cols
+  using ShapeKey = std::array<int64_t, 4>;  // batch, rows, cols, layout
   absl::Status CheckInput(const char* what, const Tensor& input) const;
   // The entry for `input`'s shape with primitive `kind` built. The pointer
   // is valid until the next call.

@@ -1,6 +1,7 @@
 #include "common/nn/layers/conv2d_layer.h"
 
 #include <initializer_list>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -105,7 +106,8 @@ absl::Status Conv2dLayer::CheckInput(const char* what, const Tensor& input) cons
 
 absl::Status Conv2dLayer::GetPrimitives(const Tensor& input, bool backward,
                                         Primitives** primitives) {
-  const ShapeKey key = {input.dim(0), input.dim(2), input.dim(3)};
+  const ShapeKey key = {input.dim(0), input.dim(2), input.dim(3),
+                        static_cast<int64_t>(input.layout()), allow_blocked_output_ ? 1 : 0};
   Primitives* found = primitives_by_shape_.Find(key);
   if (found != nullptr && (!backward || found->has_backward)) {
     *primitives = found;
@@ -150,8 +152,9 @@ absl::Status Conv2dLayer::GetPrimitives(const Tensor& input, bool backward,
 
     if (found == nullptr) {
       Primitives p;
-      p.src = Nchw({key[0], o.in_channels, key[1], key[2]});
-      p.dst = Nchw({key[0], o.out_channels, (*out)[1], (*out)[2]});
+      p.plain_src = Nchw({key[0], o.in_channels, key[1], key[2]});
+      p.plain_dst = Nchw({key[0], o.out_channels, (*out)[1], (*out)[2]});
+      p.src = TensorDesc({key[0], o.in_channels, key[1], key[2]}, input.layout());
       p.bias = PlainVectorDesc(o.out_channels);
       if (o.groups == 1) {
         p.weights = Nchw({o.out_channels, o.in_channels, o.kernel_rows, o.kernel_cols});
@@ -169,13 +172,19 @@ absl::Status Conv2dLayer::GetPrimitives(const Tensor& input, bool backward,
                                                          strides, dilates, padding, padding),
                          engine);
       };
-      ForwardPd forward_pd = any ? forward_of(any_desc(p.src), any_desc(p.weights), any_desc(p.dst))
-                                 : forward_of(p.src, p.weights, p.dst);
-      if (o.layout == ConvLayout::kAuto && !compact({{forward_pd.src_desc(), p.src},
+      ForwardPd forward_pd =
+          any ? forward_of(any_desc(p.plain_src), any_desc(p.weights), any_desc(p.plain_dst))
+              : forward_of(p.plain_src, p.weights, p.plain_dst);
+      if (o.layout == ConvLayout::kAuto && !compact({{forward_pd.src_desc(), p.plain_src},
                                                      {forward_pd.weights_desc(), p.weights},
-                                                     {forward_pd.dst_desc(), p.dst}})) {
-        forward_pd = forward_of(p.src, p.weights, p.dst);
+                                                     {forward_pd.dst_desc(), p.plain_dst}})) {
+        forward_pd = forward_of(p.plain_src, p.weights, p.plain_dst);
       }
+      // The output stays in oneDNN's layout when that is a channel-blocked
+      // one the next layer takes.
+      const std::optional<Layout> chosen = LayoutOfDesc(forward_pd.dst_desc());
+      p.dst_layout = allow_blocked_output_ && chosen.has_value() ? *chosen : Layout::kPlain;
+      p.dst = p.dst_layout == Layout::kPlain ? p.plain_dst : forward_pd.dst_desc();
       p.forward = dnnl::convolution_forward(forward_pd);
       p.forward_src = bridge(p.src, forward_pd.src_desc(), true);
       p.forward_weights = bridge(p.weights, forward_pd.weights_desc(), true);
@@ -187,8 +196,8 @@ absl::Status Conv2dLayer::GetPrimitives(const Tensor& input, bool backward,
     }
     if (backward) {
       Primitives& p = *found;
-      const memory::desc any_src = any_desc(p.src), any_weights = any_desc(p.weights),
-                         any_dst = any_desc(p.dst);
+      const memory::desc any_src = any_desc(p.plain_src), any_weights = any_desc(p.weights),
+                         any_dst = any_desc(p.plain_dst);
       auto data_of = [&](const memory::desc& src, const memory::desc& weights,
                          const memory::desc& dst) {
         return DataPd(dnnl::convolution_backward_data::desc(algorithm, src, weights, dst, strides,
@@ -202,19 +211,19 @@ absl::Status Conv2dLayer::GetPrimitives(const Tensor& input, bool backward,
                                                      dilates, padding, padding),
             engine, p.forward_pd);
       };
-      DataPd data_pd =
-          any ? data_of(any_src, any_weights, any_dst) : data_of(p.src, p.weights, p.dst);
-      if (o.layout == ConvLayout::kAuto && !compact({{data_pd.diff_src_desc(), p.src},
+      DataPd data_pd = any ? data_of(any_src, any_weights, any_dst)
+                           : data_of(p.plain_src, p.weights, p.plain_dst);
+      if (o.layout == ConvLayout::kAuto && !compact({{data_pd.diff_src_desc(), p.plain_src},
                                                      {data_pd.weights_desc(), p.weights},
-                                                     {data_pd.diff_dst_desc(), p.dst}})) {
-        data_pd = data_of(p.src, p.weights, p.dst);
+                                                     {data_pd.diff_dst_desc(), p.plain_dst}})) {
+        data_pd = data_of(p.plain_src, p.weights, p.plain_dst);
       }
-      WeightsPd weights_pd =
-          any ? weights_of(any_src, any_weights, any_dst) : weights_of(p.src, p.weights, p.dst);
-      if (o.layout == ConvLayout::kAuto && !compact({{weights_pd.src_desc(), p.src},
+      WeightsPd weights_pd = any ? weights_of(any_src, any_weights, any_dst)
+                                 : weights_of(p.plain_src, p.weights, p.plain_dst);
+      if (o.layout == ConvLayout::kAuto && !compact({{weights_pd.src_desc(), p.plain_src},
                                                      {weights_pd.diff_weights_desc(), p.weights},
-                                                     {weights_pd.diff_dst_desc(), p.dst}})) {
-        weights_pd = weights_of(p.src, p.weights, p.dst);
+                                                     {weights_pd.diff_dst_desc(), p.plain_dst}})) {
+        weights_pd = weights_of(p.plain_src, p.weights, p.plain_dst);
       }
       // Built aside and moved in at the end, so that a failure leaves the
       // entry without backward primitives rather than half of them.
@@ -249,6 +258,7 @@ absl::Status Conv2dLayer::Forward(const Tensor& input, bool /*training*/, Tensor
   if (absl::Status s = GetPrimitives(input, /*backward=*/false, &p); !s.ok()) return s;
   const memory::dims& dst_dims = p->dst.dims();
   output->Reshape({dst_dims[0], dst_dims[1], dst_dims[2], dst_dims[3]});
+  output->SetLayout(p->dst_layout);
   const dnnl::engine& engine = context_->engine();
   memory src(p->src, engine, const_cast<float*>(input.data()));
   memory weights(p->weights, engine, weight_.value.data());
@@ -297,6 +307,11 @@ absl::Status Conv2dLayer::Backward(const Tensor& input, const Tensor& /*output*/
     return absl::InvalidArgumentError(
         absl::StrCat(Describe(), " Backward: gradient shape ", ShapeString(grad_output.shape()),
                      " does not match output ", ShapeString(out_shape)));
+  }
+  if (grad_output.layout() != p->dst_layout) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Describe(), " Backward: gradient layout ", LayoutName(grad_output.layout()),
+                     " does not match the output's ", LayoutName(p->dst_layout)));
   }
   const dnnl::engine& engine = context_->engine();
   memory src(p->src, engine, const_cast<float*>(input.data()));
@@ -352,6 +367,7 @@ absl::Status Conv2dLayer::Backward(const Tensor& input, const Tensor& /*output*/
 
   // Data.
   grad_input->Reshape(input.shape());
+  grad_input->SetLayout(input.layout());
   memory diff_src(p->src, engine, grad_input->data());
   memory weights(p->weights, engine, weight_.value.data());
   memory diff_dst_for_data = diff_dst;

@@ -23,9 +23,10 @@
 // Max-norm, when it applies, clips each filter's incoming weights: the rows
 // of W read as (out_channels, in_channels / groups * kernel_rows * kernel_cols).
 //
-// Cost: with blocked layouts (ConvLayout) every call reorders its
-// activations and gradients between plain NCHW and oneDNN's layout, and the
-// weights each call (they change every step). Backward reuses Forward's
+// Cost: with blocked layouts (ConvLayout) a call reorders activations and
+// gradients between their layout and oneDNN's only where they differ (a
+// network keeps them blocked between image layers, common/nn/layer.h), and
+// the weights each call (they change every step). Backward reuses Forward's
 // reordered input when it is the same tensor (the Layer contract), and keeps
 // one scratch buffer per reordered tensor and input shape. Primitives and
 // buffers are cached for a few input shapes (common/nn/primitive_cache.h);
@@ -42,8 +43,8 @@
 
 namespace distillery {
 
-// How the layer lays out data for oneDNN. Tensors between layers are always
-// plain NCHW; this is only the layer's inside.
+// How the layer lays out data for oneDNN inside. Tensors between layers are
+// plain NCHW, or channel-blocked when the network lets them be.
 enum class ConvLayout : uint8_t {
   // Plain NCHW activations and OIHW weights given to oneDNN as they are: no
   // reorders; oneDNN runs its im2col + GEMM kernels (or a JIT kernel that
@@ -102,6 +103,11 @@ class Conv2dLayer : public Layer {
   absl::Status Backward(const Tensor& input, const Tensor& output, const Tensor& grad_output,
                         Tensor* grad_input) override;
   std::vector<Parameter*> Parameters() override { return {&weight_, &bias_}; }
+  // Takes plain or channel-blocked inputs; gives its output in oneDNN's
+  // channel-blocked layout (nChw16c on AVX-512, nChw8c on AVX2) when
+  // allowed and oneDNN picked one, else plain.
+  bool TakesBlocked() const override { return true; }
+  void AllowBlockedOutput(bool allow) override { allow_blocked_output_ = allow; }
 
   const Conv2dOptions& options() const { return options_; }
   Parameter& weight() { return weight_; }
@@ -130,7 +136,10 @@ class Conv2dLayer : public Layer {
   // ones (and their bridges) by its first Backward. The forward
   // primitive_desc is kept as the hint the backward ones are built from.
   struct Primitives {
-    dnnl::memory::desc src, weights, bias, dst;  // plain
+    // src in the input's layout, dst in the output's (dst_layout), weights
+    // and bias plain; plain_src and plain_dst are the plain NCHW ones.
+    dnnl::memory::desc src, weights, bias, dst, plain_src, plain_dst;
+    Layout dst_layout = Layout::kPlain;
     dnnl::convolution_forward::primitive_desc forward_pd;
     dnnl::convolution_forward forward;
     Bridge forward_src, forward_weights, forward_dst;
@@ -140,7 +149,8 @@ class Conv2dLayer : public Layer {
     Bridge data_diff_dst, data_weights, data_diff_src;
     Bridge weights_src, weights_diff_dst, weights_diff_weights;
   };
-  using ShapeKey = std::array<int64_t, 3>;  // batch, rows, cols
+  // batch, rows, cols, input layout, whether blocked output is allowed
+  using ShapeKey = std::array<int64_t, 5>;
   absl::Status CheckOptions() const;
   absl::Status CheckInput(const char* what, const Tensor& input) const;
   // The entry for `input`'s shape, with the backward primitives built when
@@ -149,6 +159,7 @@ class Conv2dLayer : public Layer {
 
   Conv2dOptions options_;
   DnnlContext* context_;
+  bool allow_blocked_output_ = false;
   Parameter weight_;
   Parameter bias_;
   // A few shapes at most (common/nn/primitive_cache.h).

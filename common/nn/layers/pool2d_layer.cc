@@ -14,10 +14,6 @@ std::string Pair(int64_t rows, int64_t cols) {
   return rows == cols ? absl::StrCat(rows) : absl::StrCat(rows, "x", cols);
 }
 
-memory::desc Nchw(const memory::dims& dims) {
-  return memory::desc(dims, memory::data_type::f32, memory::format_tag::nchw);
-}
-
 // Output size along one axis (the header's formulas).
 int64_t PoolOut(int64_t in, int64_t window, int64_t stride, int64_t pad, bool ceil_mode) {
   const int64_t span = in + 2 * pad - window;
@@ -99,7 +95,8 @@ absl::Status Pool2dLayer::CheckInput(const char* what, const Tensor& input) cons
 
 absl::Status Pool2dLayer::GetPrimitives(const Tensor& input, bool training,
                                         Primitives** primitives) {
-  const ShapeKey key = {input.dim(0), input.dim(1), input.dim(2), input.dim(3)};
+  const ShapeKey key = {input.dim(0), input.dim(1), input.dim(2), input.dim(3),
+                        static_cast<int64_t>(input.layout())};
   Primitives* found = primitives_by_shape_.Find(key);
   if (found != nullptr && (training ? found->has_training : found->has_inference)) {
     *primitives = found;
@@ -123,8 +120,8 @@ absl::Status Pool2dLayer::GetPrimitives(const Tensor& input, bool training,
                                         : dnnl::algorithm::pooling_avg_exclude_padding;
   try {
     const dnnl::engine& engine = context_->engine();
-    const memory::desc src = Nchw({key[0], key[1], key[2], key[3]});
-    const memory::desc dst = Nchw({key[0], key[1], (*out)[1], (*out)[2]});
+    const memory::desc src = TensorDesc({key[0], key[1], key[2], key[3]}, input.layout());
+    const memory::desc dst = TensorDesc({key[0], key[1], (*out)[1], (*out)[2]}, input.layout());
     Primitives built;
     if (training) {
       dnnl::pooling_forward::primitive_desc training_pd(
@@ -174,6 +171,7 @@ absl::Status Pool2dLayer::Forward(const Tensor& input, bool training, Tensor* ou
   if (absl::Status s = GetPrimitives(input, training, &p); !s.ok()) return s;
   const memory::dims& d = p->dst.dims();
   output->Reshape({d[0], d[1], d[2], d[3]});
+  output->SetLayout(input.layout());
   const dnnl::engine& engine = context_->engine();
   memory src(p->src, engine, const_cast<float*>(input.data()));
   memory dst(p->dst, engine, output->data());
@@ -202,6 +200,11 @@ absl::Status Pool2dLayer::Backward(const Tensor& input, const Tensor& /*output*/
         absl::StrCat(Describe(), " Backward: gradient shape ", ShapeString(grad_output.shape()),
                      " does not match output ", ShapeString(out_shape)));
   }
+  if (grad_output.layout() != input.layout()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Describe(), " Backward: gradient layout ", LayoutName(grad_output.layout()),
+                     " does not match the input's ", LayoutName(input.layout())));
+  }
   // The workspace of this shape must come from a training Forward (not one
   // since evicted from the cache).
   if (p->has_workspace && (!last_forward_training_ || !p->workspace_filled)) {
@@ -209,6 +212,7 @@ absl::Status Pool2dLayer::Backward(const Tensor& input, const Tensor& /*output*/
         absl::StrCat(Describe(), " Backward needs a training Forward before it"));
   }
   grad_input->Reshape(input.shape());
+  grad_input->SetLayout(input.layout());
   const dnnl::engine& engine = context_->engine();
   memory diff_dst(p->dst, engine, const_cast<float*>(grad_output.data()));
   memory diff_src(p->src, engine, grad_input->data());

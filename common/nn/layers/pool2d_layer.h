@@ -1,6 +1,7 @@
 // 2-D max and average pooling on oneDNN pooling primitives (f32).
 //
-// Shapes (plain row-major NCHW):
+// Shapes (NCHW; the layer also takes channel-blocked inputs and then gives
+// blocked outputs and gradients, common/nn/layer.h):
 //   input  (batch, channels, rows, cols)
 //   output (batch, channels, out_rows, out_cols), where per axis
 //     out = (in + 2 * pad - window) / stride + 1   (floor mode)
@@ -67,6 +68,7 @@ class Pool2dLayer : public Layer {
   std::string Describe() const override;
   // Takes (channels, rows, cols), gives (channels, out_rows, out_cols).
   absl::StatusOr<Shape> OutputShape(const Shape& example_shape) const override;
+  bool TakesBlocked() const override { return true; }
   absl::Status Forward(const Tensor& input, bool training, Tensor* output) override;
   absl::Status Backward(const Tensor& input, const Tensor& output, const Tensor& grad_output,
                         Tensor* grad_input) override;
@@ -87,7 +89,7 @@ class Pool2dLayer : public Layer {
   // forward_inference; the first training Forward or Backward of the shape
   // builds forward_training, backward and the workspace.
   struct Primitives {
-    dnnl::memory::desc src, dst;  // plain
+    dnnl::memory::desc src, dst;  // in the input's layout
     bool has_inference = false;
     dnnl::pooling_forward forward_inference;
     bool has_training = false;
@@ -97,7 +99,7 @@ class Pool2dLayer : public Layer {
     bool has_workspace = false;
     bool workspace_filled = false;  // by a training Forward of this entry
   };
-  using ShapeKey = std::array<int64_t, 4>;
+  using ShapeKey = std::array<int64_t, 5>;  // batch, channels, rows, cols, layout
   absl::Status CheckInput(const char* what, const Tensor& input) const;
   // The entry for `input`'s shape with the inference or the training
   // primitives built. The pointer is valid until the next call.

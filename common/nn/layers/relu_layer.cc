@@ -44,6 +44,7 @@ absl::Status ReluLayer::Forward(const Tensor& input, bool /*training*/, Tensor* 
   if (absl::Status s = GetPrimitives(input.rows(), input.cols(), /*backward=*/false, &p); !s.ok())
     return s;
   output->Reshape(input.shape());
+  output->SetLayout(input.layout());
   const memory::desc desc = PlainMatrixDesc(input.rows(), input.cols());
   memory src(desc, context_->engine(), const_cast<float*>(input.data()));
   memory dst(desc, context_->engine(), output->data());
@@ -58,10 +59,16 @@ absl::Status ReluLayer::Backward(const Tensor& /*input*/, const Tensor& output,
                                                    grad_output.cols(), " != output shape ",
                                                    output.rows(), "x", output.cols()));
   }
+  if (grad_output.layout() != output.layout()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ReLU: gradient layout ", LayoutName(grad_output.layout()),
+                     " != output layout ", LayoutName(output.layout())));
+  }
   Primitives* p = nullptr;
   if (absl::Status s = GetPrimitives(output.rows(), output.cols(), /*backward=*/true, &p); !s.ok())
     return s;
   grad_input->Reshape(output.shape());
+  grad_input->SetLayout(output.layout());
   const memory::desc desc = PlainMatrixDesc(output.rows(), output.cols());
   const dnnl::engine& engine = context_->engine();
   memory dst(desc, engine, const_cast<float*>(output.data()));

@@ -2,6 +2,7 @@
 //   output = max(input, 0)
 //   dL/dinput = dL/doutput where output > 0, else 0
 // (computed from the output, oneDNN's eltwise_relu_use_dst_for_bwd).
+// Element-wise, so it takes any layout and gives the input's.
 #ifndef DISTILLERY_COMMON_NN_LAYERS_RELU_LAYER_H_
 #define DISTILLERY_COMMON_NN_LAYERS_RELU_LAYER_H_
 
@@ -23,6 +24,7 @@ class ReluLayer : public Layer {
   absl::StatusOr<Shape> OutputShape(const Shape& example_shape) const override {
     return example_shape;
   }
+  bool TakesBlocked() const override { return true; }
   absl::Status Forward(const Tensor& input, bool training, Tensor* output) override;
   absl::Status Backward(const Tensor& input, const Tensor& output, const Tensor& grad_output,
                         Tensor* grad_input) override;
