@@ -297,6 +297,20 @@ TEST(NetworkTest, LeakyReluSigmoidTanhAndGlobalPoolingLayers) {
   EXPECT_FALSE(Network::Create(*NetworkSpec::Parse("gap,fc:3", {4}), 1).ok());
 }
 
+TEST(NetworkSpecTest, ConvDilationPerAxis) {
+  NetworkSpec spec = *NetworkSpec::Parse("conv3x3:2/d3x1,fc:3", {1, 9, 9});
+  EXPECT_EQ(spec.layers[0].dilation, 3);
+  EXPECT_EQ(spec.layers[0].dilation_cols, 1);
+  EXPECT_EQ(spec.ArchitectureString(), "conv3x3/d3x1:2:none,relu,flatten,fc:3:none");
+  EXPECT_EQ(NetworkSpec::Parse("conv3x3:2/d2x2,fc:3", {1, 9, 9})->layers[0].Token(),
+            "conv3x3/d2:2:none");
+  auto network = *Network::Create(spec, 1);
+  EXPECT_EQ(network->layer_shapes()[0], (Shape{2, 3, 7}));  // 9 - 3*2, 9 - 2
+  auto restored = *NetworkFromCheckpoint(MakeCheckpoint(*network, "student"));
+  EXPECT_EQ(restored->spec().ArchitectureString(), spec.ArchitectureString());
+  EXPECT_FALSE(NetworkSpec::Parse("maxpool2/d2x1,fc:3", {1, 9, 9}).ok());
+}
+
 TEST(NetworkSpecTest, CeilModePoolingTokens) {
   NetworkSpec spec = *NetworkSpec::Parse("maxpool2/ceil,avgpool3/s2/p1/ceil,fc:3", {1, 7, 7});
   EXPECT_EQ(spec.ArchitectureString(), "maxpool2x2/ceil,avgpool3x3/s2/p1/ceil,flatten,fc:3:none");

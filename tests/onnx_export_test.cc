@@ -284,6 +284,29 @@ TEST(OnnxExportTest, ThePreprocessingMeanAndStdFollowTheScale) {
   EXPECT_EQ(FindInitializer(plain.graph(), "input_std"), nullptr);
 }
 
+TEST(OnnxExportTest, ConvDilationsPerAxisAndCeilModePooling) {
+  NetworkSpec spec = *NetworkSpec::Parse("conv3x3:2/d2x1,maxpool2/ceil,fc:3", {1, 9, 9});
+  std::unique_ptr<Network> network = *Network::Create(spec, 2);
+  const onnx::ModelProto model =
+      ExportAndParse(MakeCheckpoint(*network, "student"), {}, "dilated.onnx");
+  bool conv_seen = false, pool_seen = false;
+  for (const onnx::NodeProto& node : model.graph().node()) {
+    for (const onnx::AttributeProto& a : node.attribute()) {
+      if (node.op_type() == "Conv" && a.name() == "dilations") {
+        conv_seen = true;
+        EXPECT_EQ(std::vector<int64_t>(a.ints().begin(), a.ints().end()),
+                  (std::vector<int64_t>{2, 1}));
+      }
+      if (node.op_type() == "MaxPool" && a.name() == "ceil_mode") {
+        pool_seen = true;
+        EXPECT_EQ(a.i(), 1);
+      }
+    }
+  }
+  EXPECT_TRUE(conv_seen);
+  EXPECT_TRUE(pool_seen);
+}
+
 TEST(OnnxExportTest, SoftmaxOptionEndsInProbabilities) {
   OnnxExportOptions options;
   options.softmax = true;

@@ -338,6 +338,40 @@ TEST(OnnxImportTest, RefusesMalformedAndTruncatedBytes) {
   EXPECT_TRUE(ImportOnnxModel(bytes, {}, "whole.onnx").ok());
 }
 
+// Conv with dilations (2, 1): rows and columns dilated apart, against a
+// direct loop; the checkpoint keeps both and the export gives them back.
+TEST(OnnxImportTest, ConvWithDilationsPerAxis) {
+  ModelBuilder b({-1, 1, 7, 7});
+  onnx::NodeProto* conv = b.Node("Conv", {"", b.Weight("w", {1, 1, 3, 3}, Values(9, 41))});
+  onnx_test::SetInts(conv, "kernel_shape", {3, 3});
+  onnx_test::SetInts(conv, "dilations", {2, 1});
+  b.Node("Flatten", {""});
+  onnx_test::SetInt(b.Node("Gemm", {"", b.Weight("fc", {1, 15}, std::vector<float>(15, 1.f))}),
+                    "transB", 1);
+  auto c = Import(b.Finish());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->architecture().layers(0).dilation(), 2);
+  EXPECT_EQ(c->architecture().layers(0).dilation_cols(), 1);
+  auto network = NetworkFromCheckpoint(*c);
+  ASSERT_TRUE(network.ok()) << network.status();
+  EXPECT_EQ((*network)->layer_shapes()[0], (Shape{1, 3, 5}));  // 7 - 2*2, 7 - 2
+  EXPECT_EQ((*network)->spec().layers[0].Token(), "conv3x3/d2x1:1:none");
+  const std::vector<float> x = Values(49, 42), w = Values(9, 41);
+  Tensor input({1, 1, 7, 7});
+  std::copy(x.begin(), x.end(), input.data());
+  const Tensor* out = nullptr;
+  ASSERT_TRUE((*network)->Infer(input, &out).ok());
+  double sum = 0;  // the Gemm of ones sums the convolution's 15 outputs
+  for (int y = 0; y < 3; ++y) {
+    for (int xx = 0; xx < 5; ++xx) {
+      for (int i = 0; i < 3; ++i) {
+        for (int j = 0; j < 3; ++j) sum += w[i * 3 + j] * x[(y + 2 * i) * 7 + xx + j];
+      }
+    }
+  }
+  EXPECT_NEAR(out->data()[0], sum, 1e-4);
+}
+
 TEST(OnnxImportTest, CeilModePoolingAndRefusedOpsetsAndBranches) {
   {
     ModelBuilder b({-1, 1, 4, 4});

@@ -85,6 +85,7 @@ void FillLayer(const LayerSpec& spec, distill::v1::Layer* layer) {
   layer->set_max_norm(spec.max_norm);
   layer->set_alpha(spec.alpha);
   layer->set_ceil_mode(spec.ceil_mode);
+  layer->set_dilation_cols(spec.dilation_cols);
 }
 
 absl::StatusOr<LayerSpec> LayerFromProto(const distill::v1::Layer& layer) {
@@ -105,6 +106,7 @@ absl::StatusOr<LayerSpec> LayerFromProto(const distill::v1::Layer& layer) {
   spec.max_norm = layer.max_norm();
   spec.alpha = layer.alpha();
   spec.ceil_mode = layer.ceil_mode();
+  spec.dilation_cols = layer.dilation_cols();
   return spec;
 }
 

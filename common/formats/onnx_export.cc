@@ -136,7 +136,9 @@ void AddLayerNodes(const LayerSpec& layer, int index, bool last, std::vector<Par
       onnx::NodeProto* conv = AddNode("Conv", prefix + ".conv",
                                       {*current, params[0]->name, params[1]->name}, out, graph);
       window(conv);
-      AddIntsAttribute("dilations", {layer.dilation, layer.dilation}, conv);
+      AddIntsAttribute(
+          "dilations",
+          {layer.dilation, layer.dilation_cols != 0 ? layer.dilation_cols : layer.dilation}, conv);
       AddIntAttribute("group", layer.groups, conv);
       break;
     }

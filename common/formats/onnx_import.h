@@ -6,7 +6,7 @@
 // operators from the one graph input to the one graph output:
 //   Gemm (alpha = beta = 1, transA = 0, transB 0 or 1)  -> linear
 //   MatMul followed by Add (the bias)                    -> linear
-//   Conv (2-D; symmetric pads, one dilation for both axes, groups; auto_pad
+//   Conv (2-D; symmetric pads, dilations, groups; auto_pad
 //        NOTSET, VALID, or SAME_UPPER/SAME_LOWER where the padding is
 //        symmetric)                                      -> conv2d
 //   Relu, LeakyRelu (alpha), Sigmoid, Tanh               -> relu, leakyrelu,

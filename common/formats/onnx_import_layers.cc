@@ -93,10 +93,10 @@ absl::Status Importer::ConvertConv(const onnx::NodeProto& node) {
   std::vector<int64_t> dilations = IntsAttr(node, "dilations");
   if (dilations.empty()) dilations = {1, 1};
   if (strides.size() != 2 || strides[0] < 1 || strides[1] < 1 || strides[0] > 65536 ||
-      strides[1] > 65536 || dilations.size() != 2 || dilations[0] != dilations[1] ||
-      dilations[0] < 1 || dilations[0] > 65536) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        NodeName(node), ": strides must be positive and dilations equal on both axes"));
+      strides[1] > 65536 || dilations.size() != 2 || dilations[0] < 1 || dilations[1] < 1 ||
+      dilations[0] > 65536 || dilations[1] > 65536) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(NodeName(node), ": needs 2-D positive strides and dilations"));
   }
   const int64_t stride[2] = {strides[0], strides[1]};
   const int64_t dilation[2] = {dilations[0], dilations[1]};
@@ -112,6 +112,7 @@ absl::Status Importer::ConvertConv(const onnx::NodeProto& node) {
   layer.spec.pad_rows = static_cast<int>(pad[0]);
   layer.spec.pad_cols = static_cast<int>(pad[1]);
   layer.spec.dilation = static_cast<int>(dilation[0]);
+  if (dilation[1] != dilation[0]) layer.spec.dilation_cols = static_cast<int>(dilation[1]);
   layer.spec.groups = static_cast<int>(group);
   layer.weight = w->f;
   layer.bias.assign(out_channels, 0.f);

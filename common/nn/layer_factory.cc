@@ -46,6 +46,9 @@ absl::Status ValidateHyperparameters(const LayerSpec& spec) {
     if (spec.dilation < 1 || spec.dilation > kMaxLayerWindow) {
       return out_of_range("dilation", spec.dilation);
     }
+    if (spec.dilation_cols < 0 || spec.dilation_cols > kMaxLayerWindow) {
+      return out_of_range("column dilation", spec.dilation_cols);
+    }
     if (spec.groups < 1 || spec.units % spec.groups != 0)
       return out_of_range("groups", spec.groups);
   }
@@ -96,7 +99,8 @@ absl::StatusOr<std::unique_ptr<Layer>> MakeLayer(const LayerSpec& spec, int para
       o.stride_cols = spec.stride_cols;
       o.pad_rows = spec.pad_rows;
       o.pad_cols = spec.pad_cols;
-      o.dilation_rows = o.dilation_cols = spec.dilation;
+      o.dilation_rows = spec.dilation;
+      o.dilation_cols = spec.dilation_cols != 0 ? spec.dilation_cols : spec.dilation;
       o.groups = spec.groups;
       o.max_norm_applies = spec.max_norm;
       return std::make_unique<Conv2dLayer>(parameter_index, o, context);

@@ -89,12 +89,15 @@ absl::StatusOr<NetworkSpec> ParseMlp(const std::string& text, const Shape& input
   return spec;
 }
 
+bool ParseWindow(absl::string_view s, int* rows, int* cols);
+
 // Splits "body/opt1/opt2" options of a conv or pool token.
 struct WindowOptions {
   int stride = 0;  // 0: the default
   int pad = 0;
   bool same = false;
   int dilation = 1;
+  int dilation_cols = 0;  // 0: the same as dilation
   int groups = 1;
   bool include_pad = false;
   bool ceil = false;
@@ -117,13 +120,19 @@ absl::Status ParseWindowOptions(const std::string& text, absl::string_view token
       out->pad = static_cast<int>(v);
     } else if (absl::ConsumePrefix(&o, "d") && ParseInt(o, 1, kMaxWindow, &v)) {
       out->dilation = static_cast<int>(v);
+    } else if (int r = 0, c = 0; absl::StartsWith(options[i], "d") &&
+                                 absl::StrContains(options[i], "x") &&
+                                 ParseWindow(options[i].substr(1), &r, &c)) {
+      out->dilation = r;
+      out->dilation_cols = c == r ? 0 : c;
     } else if (absl::ConsumePrefix(&o, "g") && ParseInt(o, 1, kMaxUnits, &v)) {
       out->groups = static_cast<int>(v);
     } else {
-      return TokenError(text, token,
-                        absl::StrCat("has an unknown option \"", options[i],
-                                     "\" (s<stride>, p<pad>, same, d<dilation>, g<groups>, "
-                                     "inclpad, ceil)"));
+      return TokenError(
+          text, token,
+          absl::StrCat("has an unknown option \"", options[i],
+                       "\" (s<stride>, p<pad>, same, d<dilation>, d<R>x<C>, g<groups>, "
+                       "inclpad, ceil)"));
     }
   }
   return absl::OkStatus();
@@ -224,6 +233,7 @@ absl::Status ParseConv(const std::string& text, absl::string_view token,
     conv.pad_cols = (conv.kernel_cols - 1) / 2;
   }
   conv.dilation = o.dilation;
+  conv.dilation_cols = o.dilation_cols;
   conv.groups = o.groups;
   if (o.include_pad || o.ceil) {
     return TokenError(text, token, "cannot take inclpad or ceil (pooling only)");
@@ -240,7 +250,7 @@ absl::Status ParsePool(const std::string& text, absl::string_view token, Kind ki
   }
   WindowOptions o;
   RETURN_IF_ERROR(ParseWindowOptions(text, token, options, &o));
-  if (o.same || o.dilation != 1 || o.groups != 1) {
+  if (o.same || o.dilation != 1 || o.dilation_cols != 0 || o.groups != 1) {
     return TokenError(text, token, "takes only /s<stride>, /p<pad>, /inclpad and /ceil");
   }
   if (o.include_pad && kind != Kind::kAvgPool2d) {
@@ -367,7 +377,11 @@ std::string LayerSpec::Token() const {
       return absl::StrCat("fc:", units, ":none");
     case Kind::kConv2d: {
       std::string t = window("conv");
-      if (dilation != 1) absl::StrAppend(&t, "/d", dilation);
+      if (dilation_cols != 0 && dilation_cols != dilation) {
+        absl::StrAppend(&t, "/d", dilation, "x", dilation_cols);
+      } else if (dilation != 1) {
+        absl::StrAppend(&t, "/d", dilation);
+      }
       if (groups != 1) absl::StrAppend(&t, "/g", groups);
       return absl::StrCat(t, ":", units, ":none");
     }

@@ -11,7 +11,7 @@
 //  2. The layer-list form, tokens joined by ',', e.g.
 //       "conv5x5:32,pool2,conv5x5:64,pool2,fc:1024,fc:10"
 //     Tokens:
-//       conv<R>x<C>:<channels>[/s<stride>][/p<pad>|/same][/d<dilation>]
+//       conv<R>x<C>:<channels>[/s<stride>][/p<pad>|/same][/d<dilation>|/d<R>x<C>]
 //           [/g<groups>][+bn][:<activation>]
 //                          2-D convolution with an R x C kernel; "same"
 //                          pads (R-1)/2 and (C-1)/2 (odd kernels, stride 1);
@@ -79,8 +79,10 @@ struct LayerSpec {
   int kernel_rows = 0, kernel_cols = 0;
   int stride_rows = 1, stride_cols = 1;
   int pad_rows = 0, pad_cols = 0;
-  // Conv2d only.
+  // Conv2d only: the dilation of the rows, and of the columns when
+  // dilation_cols is not 0 (else the same).
   int dilation = 1;
+  int dilation_cols = 0;
   int groups = 1;
   // AvgPool2d: whether padded elements count in the average.
   bool count_include_pad = false;
