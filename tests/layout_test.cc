@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/nn/layer.h"
+#include "common/nn/layers/activation_layer.h"
 #include "common/nn/layers/batch_norm_layer.h"
 #include "common/nn/layers/conv2d_layer.h"
 #include "common/nn/layers/flatten_layer.h"
@@ -100,7 +101,7 @@ TEST(ConvertLayoutTest, DescriptorsNameTheirLayouts) {
   EXPECT_FALSE(LayoutOfDesc(nhwc).has_value());
 }
 
-// conv 5x5 3->16, bn, relu, max pool, conv 3x3 16->32, bn, relu, avg pool,
+// conv 5x5 3->16, bn, relu, max pool, conv 3x3 16->32, bn, tanh, avg pool,
 // flatten, fc 10: every image layer, and the edge to a plain-only layer.
 std::vector<std::unique_ptr<Layer>> Chain(DnnlContext* context, bool blocked) {
   std::vector<std::unique_ptr<Layer>> layers;
@@ -122,7 +123,7 @@ std::vector<std::unique_ptr<Layer>> Chain(DnnlContext* context, bool blocked) {
   second.pad_rows = second.pad_cols = 1;
   layers.push_back(std::make_unique<Conv2dLayer>(4, second, context));
   layers.push_back(std::make_unique<BatchNormLayer>(5, 32, context));
-  layers.push_back(std::make_unique<ReluLayer>(context));
+  layers.push_back(std::make_unique<ActivationLayer>(ActivationKind::kTanh, 0.f, context));
   Pool2dOptions avg_pool = max_pool;
   avg_pool.kind = PoolKind::kAverage;
   layers.push_back(std::make_unique<Pool2dLayer>(avg_pool, context));

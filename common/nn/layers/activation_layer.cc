@@ -73,6 +73,7 @@ absl::Status ActivationLayer::Forward(const Tensor& input, bool /*training*/, Te
   if (absl::Status s = GetPrimitives(input.rows(), input.cols(), /*backward=*/false, &p); !s.ok())
     return s;
   output->Reshape(input.shape());
+  output->SetLayout(input.layout());
   const memory::desc desc = PlainMatrixDesc(input.rows(), input.cols());
   memory src(desc, context_->engine(), const_cast<float*>(input.data()));
   memory dst(desc, context_->engine(), output->data());
@@ -89,10 +90,16 @@ absl::Status ActivationLayer::Backward(const Tensor& input, const Tensor& output
                      ShapeString(output.shape()), " and gradient ",
                      ShapeString(grad_output.shape()), " must have the same shape"));
   }
+  if (grad_output.layout() != output.layout() || input.layout() != output.layout()) {
+    return absl::InvalidArgumentError(absl::StrCat(Describe(),
+                                                   " Backward: input, output and gradient must "
+                                                   "have the same layout"));
+  }
   Primitives* p = nullptr;
   if (absl::Status s = GetPrimitives(output.rows(), output.cols(), /*backward=*/true, &p); !s.ok())
     return s;
   grad_input->Reshape(output.shape());
+  grad_input->SetLayout(output.layout());
   const memory::desc desc = PlainMatrixDesc(output.rows(), output.cols());
   const dnnl::engine& engine = context_->engine();
   memory data(desc, engine,

@@ -9,7 +9,8 @@
 // *_use_dst_for_bwd algorithms), the leaky ReLU's from the input (alpha may
 // be any finite number, as in ONNX). The forward primitive of a shape is built
 // on its first Forward, the backward one on its first Backward, both kept in
-// a bounded cache (common/nn/primitive_cache.h).
+// a bounded cache (common/nn/primitive_cache.h). Element-wise, so they take
+// any layout and give the input's (common/nn/layer.h).
 #ifndef DISTILLERY_COMMON_NN_LAYERS_ACTIVATION_LAYER_H_
 #define DISTILLERY_COMMON_NN_LAYERS_ACTIVATION_LAYER_H_
 
@@ -37,6 +38,7 @@ class ActivationLayer : public Layer {
   absl::StatusOr<Shape> OutputShape(const Shape& example_shape) const override {
     return example_shape;
   }
+  bool TakesBlocked() const override { return true; }
   absl::Status Forward(const Tensor& input, bool training, Tensor* output) override;
   absl::Status Backward(const Tensor& input, const Tensor& output, const Tensor& grad_output,
                         Tensor* grad_input) override;
