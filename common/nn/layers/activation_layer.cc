@@ -8,6 +8,8 @@ using dnnl::memory;
 
 std::string ActivationLayer::Describe() const {
   switch (kind_) {
+    case ActivationKind::kRelu:
+      return "ReLU";
     case ActivationKind::kLeakyRelu:
       return absl::StrCat("LeakyReLU(", alpha_, ")");
     case ActivationKind::kSigmoid:
@@ -20,6 +22,8 @@ std::string ActivationLayer::Describe() const {
 
 dnnl::algorithm ActivationLayer::Algorithm() const {
   switch (kind_) {
+    case ActivationKind::kRelu:
+      return dnnl::algorithm::eltwise_relu_use_dst_for_bwd;
     case ActivationKind::kLeakyRelu:
       return dnnl::algorithm::eltwise_relu;
     case ActivationKind::kSigmoid:

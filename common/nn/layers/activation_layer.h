@@ -1,11 +1,13 @@
 // Element-wise activations on oneDNN eltwise primitives (f32), any shape:
+//   ReLU:               output = max(x, 0)
+//                       dL/dx = dL/dy where y > 0, else 0
 //   leaky ReLU (alpha): output = x if x > 0, else alpha * x
 //                       dL/dx = dL/dy if x > 0, else alpha * dL/dy
 //   sigmoid:            output = 1 / (1 + exp(-x))
 //                       dL/dx = dL/dy * y * (1 - y)
 //   tanh:               output = tanh(x)
 //                       dL/dx = dL/dy * (1 - y^2)
-// The sigmoid and tanh gradients are computed from the output (oneDNN's
+// The ReLU, sigmoid and tanh gradients are computed from the output (oneDNN's
 // *_use_dst_for_bwd algorithms), the leaky ReLU's from the input (alpha may
 // be any finite number, as in ONNX). The forward primitive of a shape is built
 // on its first Forward, the backward one on its first Backward, both kept in
@@ -23,7 +25,7 @@
 
 namespace distillery {
 
-enum class ActivationKind : uint8_t { kLeakyRelu = 0, kSigmoid = 1, kTanh = 2 };
+enum class ActivationKind : uint8_t { kLeakyRelu = 0, kSigmoid = 1, kTanh = 2, kRelu = 3 };
 
 class ActivationLayer : public Layer {
  public:
@@ -32,7 +34,7 @@ class ActivationLayer : public Layer {
   ActivationLayer(ActivationKind kind, float alpha, DnnlContext* context)
       : kind_(kind), alpha_(kind == ActivationKind::kLeakyRelu ? alpha : 0.f), context_(context) {}
 
-  // "LeakyReLU(0.01)", "Sigmoid", "Tanh".
+  // "ReLU", "LeakyReLU(0.01)", "Sigmoid", "Tanh".
   std::string Describe() const override;
   // Any shape; the output has the input's shape.
   absl::StatusOr<Shape> OutputShape(const Shape& example_shape) const override {
