@@ -454,21 +454,17 @@ class TeacherClient:
     # -- retries -------------------------------------------------------------
 
     def _unary(self, what: str, call: Callable[["pb_grpc.TeacherStub"], object]):
-        retrier = _Retrier(self, what)
-        while True:
-            try:
-                answer = call(retrier.stub)
-            except grpc.RpcError as e:
-                retrier.failed(e)
-                continue
-            retrier.succeeded()
-            return answer
+        return self._retried(what, lambda retrier: call(retrier.stub))
 
     def _unary_raw(self, what: str, call: Callable[[_RawCalls], bytes]) -> bytes:
+        return self._retried(what, lambda retrier: call(retrier.raw))
+
+    def _retried(self, what: str, attempt: Callable[["_Retrier"], object]):
+        """attempt(retrier) until it answers, retrying failures as _Retrier decides."""
         retrier = _Retrier(self, what)
         while True:
             try:
-                answer = call(retrier.raw)
+                answer = attempt(retrier)
             except grpc.RpcError as e:
                 retrier.failed(e)
                 continue
