@@ -6,9 +6,9 @@
 
 namespace distillery {
 
-DynamicBatcher::DynamicBatcher(std::unique_ptr<Network> network, const BatcherConfig& config,
+DynamicBatcher::DynamicBatcher(std::unique_ptr<TeacherModel> model, const BatcherConfig& config,
                                BatcherObserver observer)
-    : network_(std::move(network)), config_(config), observer_(std::move(observer)) {
+    : model_(std::move(model)), config_(config), observer_(std::move(observer)) {
   worker_ = std::thread([this] { WorkerLoop(); });
 }
 
@@ -109,7 +109,7 @@ void DynamicBatcher::RunBatch(std::vector<Request>& batch) {
   for (const Request& r : batch) rows += r.inputs.rows();
   const Tensor* inputs = &batch.front().inputs;
   if (batch.size() > 1) {
-    Shape shape = network_->input_shape();
+    Shape shape = model_->input_shape();
     shape.insert(shape.begin(), rows);
     merged_.Reshape(shape);
     int64_t offset = 0;
@@ -120,7 +120,7 @@ void DynamicBatcher::RunBatch(std::vector<Request>& batch) {
     inputs = &merged_;
   }
   const Tensor* logits = nullptr;
-  const absl::Status status = network_->Infer(*inputs, &logits);
+  const absl::Status status = model_->Infer(*inputs, &logits);
   if (observer_.on_forward_pass) {
     observer_.on_forward_pass(rows, static_cast<int64_t>(batch.size()));
   }

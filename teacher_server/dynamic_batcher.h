@@ -2,7 +2,7 @@
 // shared forward passes of the teacher, up to a largest batch or a longest
 // wait, whichever comes first.
 //
-// Forward passes go through Network::Infer (fixed tiles), so a request's
+// Forward passes go through TeacherModel::Infer (Network::Infer, fixed tiles), so a request's
 // answer does not depend on the requests it is merged with. Requests whose
 // deadline has passed, or whose caller has gone, when their batch is formed
 // are answered DEADLINE_EXCEEDED or CANCELLED without being computed.
@@ -21,8 +21,8 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
-#include "common/nn/network.h"
 #include "common/tensor/tensor.h"
+#include "teacher_server/teacher_model.h"
 
 namespace distillery {
 
@@ -51,13 +51,14 @@ struct BatcherObserver {
 
 class DynamicBatcher {
  public:
-  // Called once per request with its logits (rows x classes, the request's
-  // rows in order), or with an error status and null logits.
+  // Called once per request with its logits (rows x the model's members *
+  // classes, as TeacherModel::Infer gives them, the request's rows in
+  // order), or with an error status and null logits.
   using Callback = std::function<void(const absl::Status& status, const Tensor* logits)>;
 
-  // Takes ownership of `network` (used only by the worker thread) and starts
+  // Takes ownership of `model` (used only by the worker thread) and starts
   // the worker.
-  DynamicBatcher(std::unique_ptr<Network> network, const BatcherConfig& config,
+  DynamicBatcher(std::unique_ptr<TeacherModel> model, const BatcherConfig& config,
                  BatcherObserver observer = {});
   // Stops the worker; requests still queued get UNAVAILABLE.
   ~DynamicBatcher();
@@ -85,7 +86,7 @@ class DynamicBatcher {
   void WorkerLoop();
   void RunBatch(std::vector<Request>& batch);
 
-  std::unique_ptr<Network> network_;
+  std::unique_ptr<TeacherModel> model_;
   const BatcherConfig config_;
   BatcherObserver observer_;
   std::mutex mutex_;

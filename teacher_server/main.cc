@@ -14,6 +14,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/time/time.h"
 #include "common/cli/training_flags.h"
 #include "common/formats/checkpoint.h"
@@ -89,6 +91,10 @@ ABSL_FLAG(std::string, input_mean, "",
 ABSL_FLAG(std::string, input_std, "",
           "import, serve --onnx: per-channel standard deviations divided by after the mean, "
           "comma-separated (e.g. 0.3081 for MNIST); empty = 1; each > 0");
+ABSL_FLAG(std::string, ensemble, "",
+          "serve: with several --checkpoint files (comma-separated), how their distributions "
+          "combine: arithmetic (the mean of their softmax(z/T); no LOGITS) or geometric "
+          "(softmax of their mean logits at T)");
 ABSL_FLAG(std::string, probe_target, "127.0.0.1:50051", "probe: gRPC address of the server");
 ABSL_FLAG(std::string, probe_service, "",
           "probe: service whose health is asked (empty = the server as a whole)");
@@ -185,32 +191,55 @@ int Import() {
   return 0;
 }
 
-int Serve() {
-  distillery::ServeConfig config;
-  config.checkpoint_path = absl::GetFlag(FLAGS_checkpoint);
+// The teacher of `serve`: --checkpoint's files (several make an ensemble
+// under --ensemble), or --onnx imported in memory (false after logging a bad
+// flag).
+bool TeacherFromFlags(distillery::ServeConfig* config) {
+  const std::string checkpoints = absl::GetFlag(FLAGS_checkpoint);
+  for (absl::string_view path : absl::StrSplit(checkpoints, ',', absl::SkipWhitespace())) {
+    config->checkpoint_paths.emplace_back(absl::StripAsciiWhitespace(path));
+  }
+  if (const std::string rule = absl::GetFlag(FLAGS_ensemble); !rule.empty()) {
+    auto parsed = distillery::ParseEnsembleRule(rule);
+    if (!parsed.ok()) {
+      spdlog::error("bad --ensemble: {}", parsed.status().ToString());
+      return false;
+    }
+    config->ensemble = *parsed;
+  }
   if (const std::string onnx = absl::GetFlag(FLAGS_onnx); !onnx.empty()) {
+    if (!config->checkpoint_paths.empty() || config->ensemble != distillery::EnsembleRule::kNone) {
+      spdlog::error("serve --onnx serves that one model: drop --checkpoint and --ensemble");
+      return false;
+    }
     distillery::OnnxImportOptions options;
-    if (!ImportOptionsFromFlags(&options)) return 2;
+    if (!ImportOptionsFromFlags(&options)) return false;
     auto checkpoint = distillery::ImportOnnxFile(onnx, options);
     if (!checkpoint.ok()) {
       spdlog::error("import failed: {}", checkpoint.status().ToString());
-      return 1;
+      return false;
     }
-    config.checkpoint = std::move(*checkpoint);
-    config.checkpoint_path = onnx;
+    config->checkpoint = std::move(*checkpoint);
+    config->checkpoint_paths = {onnx};
   }
-  if (config.checkpoint_path.empty()) {
+  if (config->checkpoint_paths.empty()) {
     spdlog::error("serve needs --checkpoint (or --onnx)");
-    return 2;
+    return false;
   }
-  if (!config.checkpoint.has_value() &&
+  if (!config->checkpoint.has_value() &&
       (absl::GetFlag(FLAGS_input_scale) != 1.0 / 255.0 ||
        !absl::GetFlag(FLAGS_input_mean).empty() || !absl::GetFlag(FLAGS_input_std).empty())) {
     spdlog::error(
         "--input_scale, --input_mean and --input_std apply to serve --onnx only; a checkpoint "
         "records its own preprocessing (teacher_server inspect shows it)");
-    return 2;
+    return false;
   }
+  return true;
+}
+
+int Serve() {
+  distillery::ServeConfig config;
+  if (!TeacherFromFlags(&config)) return 2;
   config.address = absl::GetFlag(FLAGS_address);
   config.port_file = absl::GetFlag(FLAGS_port_file);
   config.metrics_address = absl::GetFlag(FLAGS_metrics_address);

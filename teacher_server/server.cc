@@ -6,14 +6,13 @@
 #include "absl/strings/str_cat.h"
 #include "common/data/dataset.h"
 #include "common/data/npy.h"
-#include "common/formats/checkpoint.h"
-#include "common/formats/contract.h"
 #include "common/tensor/dnnl_context.h"
 #include "common/util/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "spdlog/spdlog.h"
+#include "teacher_server/teacher_loader.h"
 
 namespace distillery {
 namespace {
@@ -38,50 +37,17 @@ absl::Status RunServer(const ServeConfig& config) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   SetComputeThreads(config.threads);
-  distill::v1::Checkpoint checkpoint;
-  if (config.checkpoint.has_value()) {
-    RETURN_IF_ERROR(ValidateCheckpoint(*config.checkpoint));
-    checkpoint = *config.checkpoint;
-  } else {
-    ASSIGN_OR_RETURN(checkpoint, LoadCheckpoint(config.checkpoint_path));
-  }
-  ASSIGN_OR_RETURN(std::unique_ptr<Network> teacher, NetworkFromCheckpoint(checkpoint));
-  TeacherIdentity identity;
-  identity.architecture = teacher->spec().ArchitectureString();
-  identity.image_channels =
-      static_cast<uint32_t>(std::max(1, checkpoint.architecture().image_channels()));
-  identity.image_rows = static_cast<uint32_t>(checkpoint.architecture().image_rows());
-  identity.image_cols = static_cast<uint32_t>(checkpoint.architecture().image_cols());
-  identity.num_classes = static_cast<uint32_t>(teacher->num_classes());
-  // Already validated with the checkpoint (ValidateCheckpoint).
-  ASSIGN_OR_RETURN(identity.preprocessing, CheckpointPreprocessing(checkpoint));
-  identity.terms.set_weights_hash(WeightsFingerprint(*teacher));
-  identity.terms.set_architecture(identity.architecture);
-  distill::v1::InputSpec* input = identity.terms.mutable_input();
-  input->set_channels(identity.image_channels);
-  input->set_rows(identity.image_rows);
-  input->set_cols(identity.image_cols);
-  input->set_scale(identity.preprocessing.scale);
-  for (float m : identity.preprocessing.mean) input->add_mean(m);
-  for (float s : identity.preprocessing.std) input->add_std(s);
-  identity.terms.set_precision(distill::v1::PRECISION_F32);
-  identity.terms.set_source(TeacherSource(checkpoint));
-  identity.hash = TeacherHash(identity.terms);
-  if (int64_t{identity.image_channels} * identity.image_rows * identity.image_cols !=
-      teacher->input_size()) {
-    return absl::DataLossError(absl::StrCat("checkpoint ", config.checkpoint_path,
-                                            ": image shape does not match the input layer"));
-  }
-  spdlog::info("teacher {} (weights {}, {}, {} parameters, {}) from {}, {}", identity.hash,
-               identity.terms.weights_hash(), identity.architecture, teacher->ParameterCount(),
-               identity.preprocessing.Describe(), config.checkpoint_path, identity.terms.source());
+  ASSIGN_OR_RETURN(LoadedTeacher teacher,
+                   LoadTeacher(config.checkpoint_paths, config.ensemble, config.checkpoint));
+  const TeacherIdentity& identity = teacher.identity;
   // The largest valid request: a full batch of float inputs (plus framing).
   const uint64_t largest_request =
-      uint64_t{config.service.max_batch_examples} * teacher->input_size() * sizeof(float) + 4096;
+      uint64_t{config.service.max_batch_examples} * teacher.model->input_size() * sizeof(float) +
+      4096;
   if (largest_request > config.service.max_message_bytes) {
     return absl::InvalidArgumentError(absl::StrCat(
         "a request of --max_batch=", config.service.max_batch_examples, " float inputs of ",
-        ShapeString(teacher->input_shape()), " takes ", largest_request,
+        ShapeString(teacher.model->input_shape()), " takes ", largest_request,
         " bytes, more than --max_message_mb allows (", config.service.max_message_bytes,
         " bytes): lower --max_batch or raise --max_message_mb"));
   }
@@ -92,9 +58,8 @@ absl::Status RunServer(const ServeConfig& config) {
     ASSIGN_OR_RETURN(auto range, ParseRange(config.transfer_range, data.train.num_examples));
     ASSIGN_OR_RETURN(Dataset part, SliceDataset(data.train, range.first, range.second));
     if (!config.serve_labels) part = WithoutLabels(part);
-    ASSIGN_OR_RETURN(transfer_set, TransferSet::Create(std::move(part), *teacher,
-                                                       static_cast<uint64_t>(range.first),
-                                                       identity.preprocessing));
+    ASSIGN_OR_RETURN(transfer_set, TransferSet::Create(std::move(part), *teacher.model,
+                                                       static_cast<uint64_t>(range.first)));
     spdlog::info("transfer set: {} examples [{}, {}) of {} (fingerprint {}), logits precomputed",
                  transfer_set->size(), range.first, range.second, config.data_dir,
                  transfer_set->identity().fingerprint());
@@ -113,10 +78,10 @@ absl::Status RunServer(const ServeConfig& config) {
     metrics_ptr->RecordForwardPass(examples, requests);
   };
   observer.on_queue_depth = [metrics_ptr](int64_t depth) { metrics_ptr->SetQueueDepth(depth); };
-  ASSIGN_OR_RETURN(std::unique_ptr<Network> batcher_network, teacher->Clone());
+  ASSIGN_OR_RETURN(std::unique_ptr<TeacherModel> batcher_model, teacher.model->Clone());
   BatcherConfig batcher_config = config.batcher;
   batcher_config.compute_threads = config.threads;
-  DynamicBatcher batcher(std::move(batcher_network), batcher_config, observer);
+  DynamicBatcher batcher(std::move(batcher_model), batcher_config, observer);
   TeacherServiceConfig service_config = config.service;
   service_config.max_batch_examples = static_cast<uint32_t>(
       std::min<int64_t>(service_config.max_batch_examples, config.batcher.max_batch_examples));

@@ -6,22 +6,28 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "distill/v1/checkpoint.pb.h"
 #include "teacher_server/auth.h"
 #include "teacher_server/dynamic_batcher.h"
+#include "teacher_server/teacher_model.h"
 #include "teacher_server/teacher_service.h"
 
 namespace distillery {
 
 struct ServeConfig {
-  // The teacher checkpoint to serve (teacher_server train writes one).
-  std::string checkpoint_path;
+  // The teacher checkpoint to serve (teacher_server train writes one), or
+  // several, served as an ensemble combined by `ensemble`
+  // (teacher_server/teacher_loader.h).
+  std::vector<std::string> checkpoint_paths;
+  EnsembleRule ensemble = EnsembleRule::kNone;
   // A checkpoint already in memory (e.g. imported from ONNX by `serve
-  // --onnx`), served instead of reading checkpoint_path (which then only
-  // names it in logs). It is verified (ValidateCheckpoint) before serving.
+  // --onnx`), served alone instead of reading checkpoint_paths (whose one
+  // entry then only names it in logs). It is verified (ValidateCheckpoint)
+  // before serving.
   std::optional<distill::v1::Checkpoint> checkpoint;
   // gRPC listening address; port 0 picks a free port (see port_file).
   std::string address = "0.0.0.0:50051";

@@ -57,11 +57,24 @@ absl::StatusOr<distill::v1::SoftTargetContract> TeacherService::ResolveContract(
   ASSIGN_OR_RETURN(distill::v1::SoftTargetContract contract,
                    ResolveTargetOptions(options, identity_.num_classes, config_.default_temperature,
                                         identity_.hash));
+  if (identity_.rule == EnsembleRule::kArithmetic &&
+      contract.representation() == distill::v1::LOGITS) {
+    return absl::InvalidArgumentError(
+        "this teacher is an arithmetic ensemble, which has no logits (the mean of its members' "
+        "probabilities is not the softmax of one set of logits): ask for PROBABILITIES");
+  }
   if (!identity_.terms.weights_hash().empty()) {
     contract.set_contract_version(kContractVersion);
     *contract.mutable_teacher() = identity_.terms;
   }
   return contract;
+}
+
+absl::Status TeacherService::Encode(const Tensor& logits,
+                                    const distill::v1::SoftTargetContract& contract,
+                                    distill::v1::Targets* targets) const {
+  return EncodeTeacherTargets(logits, identity_.members, identity_.rule, contract, &ThreadSoftmax(),
+                              targets);
 }
 
 absl::Status TeacherService::Admit() {
@@ -205,8 +218,7 @@ grpc::ServerUnaryReactor* TeacherService::GetSoftTargets(
                                                    const Tensor* logits) {
         absl::Status result = status;
         if (result.ok()) {
-          result = EncodeTargets(*logits, response->contract(), &ThreadSoftmax(),
-                                 response->mutable_targets());
+          result = Encode(*logits, response->contract(), response->mutable_targets());
         }
         CallFinished("GetSoftTargets", result, examples, started);
         reactor->Finish(ToGrpcStatus(result));
@@ -324,8 +336,7 @@ class TeacherService::TransferStream : public grpc::ServerWriteReactor<distill::
       std::copy(set.logits().row(id), set.logits().row(id) + set.logits().cols(), logits_.row(r));
       if (labels) message_.mutable_labels()->push_back(static_cast<char>(data.labels[id]));
     }
-    absl::Status encoded =
-        EncodeTargets(logits_, contract_, &ThreadSoftmax(), message_.mutable_targets());
+    absl::Status encoded = service_->Encode(logits_, contract_, message_.mutable_targets());
     if (!encoded.ok()) {
       Finish(encoded);
       return;

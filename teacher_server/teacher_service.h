@@ -15,11 +15,11 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "common/data/preprocessing.h"
-#include "common/nn/network.h"
 #include "distill/v1/teacher.grpc.pb.h"
 #include "teacher_server/auth.h"
 #include "teacher_server/dynamic_batcher.h"
 #include "teacher_server/metrics.h"
+#include "teacher_server/teacher_model.h"
 #include "teacher_server/transfer_set.h"
 
 namespace distillery {
@@ -56,9 +56,14 @@ struct TeacherIdentity {
   uint32_t image_rows = 0;
   uint32_t image_cols = 0;
   uint32_t num_classes = 0;
-  // What the teacher does to raw pixels (pixels_u8) before its network; the
-  // same as terms.input's scale, mean and std.
+  // What the teacher does to raw pixels (pixels_u8) before its model
+  // (TeacherModel::input_preprocessing); the same as terms.input's scale,
+  // mean and std.
   Preprocessing preprocessing;
+  // An ensemble's rule and size (kNone and 1 for a single network): the
+  // batcher's logits hold `members` blocks of num_classes per row.
+  EnsembleRule rule = EnsembleRule::kNone;
+  int64_t members = 1;
 };
 
 class TeacherService final : public distill::v1::Teacher::CallbackService {
@@ -101,9 +106,14 @@ class TeacherService final : public distill::v1::Teacher::CallbackService {
   // metrics under `method`.
   absl::Status Authenticate(const grpc::CallbackServerContext& context, const char* method);
   // The contract of an answer for `options`: ResolveTargetOptions plus the
-  // version-2 terms (contract_version, teacher).
+  // version-2 terms (contract_version, teacher). InvalidArgument for LOGITS
+  // from an arithmetic ensemble, which has none.
   absl::StatusOr<distill::v1::SoftTargetContract> ResolveContract(
       const distill::v1::TargetOptions& options) const;
+  // The targets of the model's logits (one row per example, every member's
+  // logits side by side) under `contract`.
+  absl::Status Encode(const Tensor& logits, const distill::v1::SoftTargetContract& contract,
+                      distill::v1::Targets* targets) const;
 
   const TeacherServiceConfig config_;
   const TeacherIdentity identity_;

@@ -8,15 +8,17 @@
 
 namespace distillery {
 
-absl::StatusOr<std::unique_ptr<TransferSet>> TransferSet::Create(
-    Dataset data, Network& teacher, uint64_t range_begin, const Preprocessing& preprocessing) {
+absl::StatusOr<std::unique_ptr<TransferSet>> TransferSet::Create(Dataset data,
+                                                                 TeacherModel& teacher,
+                                                                 uint64_t range_begin) {
+  const Preprocessing& preprocessing = teacher.input_preprocessing();
   RETURN_IF_ERROR(preprocessing.Validate(data.channels));
   if (data.input_size() != teacher.input_size()) {
     return absl::InvalidArgumentError(absl::StrCat("transfer-set images have ", data.input_size(),
                                                    " pixels, the teacher takes ",
                                                    teacher.input_size()));
   }
-  Tensor logits(data.num_examples, teacher.num_classes());
+  Tensor logits(data.num_examples, teacher.num_members() * teacher.num_classes());
   Tensor inputs;
   std::vector<int64_t> ids;
   constexpr int64_t kBatch = 1000;

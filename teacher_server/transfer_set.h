@@ -1,5 +1,6 @@
 // The teacher-side transfer set: images (labels optional) and the teacher's
-// logits for each of them, computed once at start-up and kept, so that
+// logits for each of them (every member's, for an ensemble: per-member
+// logits are what any temperature needs), computed once at start-up and kept, so that
 // serving a batch at any temperature costs a softmax, not a forward pass.
 //
 // The examples of an epoch are ordered by ShuffledIndices(size, seed, epoch);
@@ -19,26 +20,25 @@
 #include "absl/status/statusor.h"
 #include "common/data/dataset.h"
 #include "common/data/preprocessing.h"
-#include "common/nn/network.h"
 #include "common/tensor/tensor.h"
 #include "distill/v1/teacher.pb.h"
+#include "teacher_server/teacher_model.h"
 
 namespace distillery {
 
 class TransferSet {
  public:
-  // Runs `teacher` over every image of `data` (Network::Infer, batches of
-  // 1000, no jitter): the same bits GetSoftTargets gives for the same image.
+  // Runs `teacher` over every image of `data` (TeacherModel::Infer of the
+  // images after teacher.input_preprocessing(), batches of 1000, no
+  // jitter): the same bits GetSoftTargets gives for the same image.
   // `range_begin` is the index of data's first example in the teacher's
-  // training data (for identity()). The teacher's network takes the images
-  // after `preprocessing` (the teacher's own; InvalidArgument when it is
-  // invalid for data's channels).
-  static absl::StatusOr<std::unique_ptr<TransferSet>> Create(
-      Dataset data, Network& teacher, uint64_t range_begin = 0,
-      const Preprocessing& preprocessing = Preprocessing());
+  // training data (for identity()). InvalidArgument when the images do not
+  // fit the teacher, or its preprocessing is invalid for data's channels.
+  static absl::StatusOr<std::unique_ptr<TransferSet>> Create(Dataset data, TeacherModel& teacher,
+                                                             uint64_t range_begin = 0);
 
   const Dataset& data() const { return data_; }
-  // size() x classes.
+  // size() x (members * classes), as TeacherModel::Infer gives them.
   const Tensor& logits() const { return logits_; }
   int64_t size() const { return data_.num_examples; }
   // What every TransferBatch's contract names as its transfer set.

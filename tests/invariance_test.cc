@@ -142,7 +142,8 @@ TEST(InvarianceBatcherTest, ExpiredAndCancelledRequestsAreNotComputed) {
   observer.on_dropped = [&](int64_t requests) { dropped += requests; };
   BatcherConfig config;
   config.max_wait = absl::Milliseconds(200);  // all three share one batch
-  DynamicBatcher batcher(std::move(*mlp), config, observer);
+  DynamicBatcher batcher(TeacherModel::Single({std::move(*mlp), Preprocessing(), "mlp"}), config,
+                         observer);
   std::promise<absl::Status> expired, cancelled, live;
   auto record = [](std::promise<absl::Status>* p) {
     return [p](const absl::Status& s, const Tensor* logits) {
@@ -174,7 +175,7 @@ TEST(InvarianceBatcherTest, FullQueueIsMarkedTransient) {
   config.max_wait = absl::Seconds(2);
   config.max_batch_examples = 64;
   config.max_queued_examples = 10;
-  DynamicBatcher batcher(std::move(*mlp), config);
+  DynamicBatcher batcher(TeacherModel::Single({std::move(*mlp), Preprocessing(), "mlp"}), config);
   ASSERT_TRUE(
       batcher.Submit(RandomMatrix(8, 8, 1), [](const absl::Status&, const Tensor*) {}).ok());
   const absl::Status full =

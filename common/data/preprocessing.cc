@@ -48,9 +48,8 @@ bool Preprocessing::IsDefault() const {
   return true;
 }
 
-float Preprocessing::Value(int64_t c, int p) const {
-  const float scaled =
-      scale == kPixelScale ? static_cast<float>(p) / 255.f : static_cast<float>(p) * scale;
+float Preprocessing::ValueOf(int64_t c, float x) const {
+  const float scaled = scale == kPixelScale ? x / 255.f : x * scale;
   const float m = Mean(c), s = Std(c);
   if (m == 0.f && s == 1.f) return scaled;
   return (scaled - m) / s;
@@ -108,6 +107,15 @@ void ApplyPixelTable(const std::vector<float>& table, int64_t channels, int64_t 
     for (int64_t c = 0; c < channels; ++c) {
       const float* values = table.data() + c * 256;
       for (int64_t i = 0; i < plane; ++i) *out++ = values[*pixels++];
+    }
+  }
+}
+
+void ApplyToValues(const Preprocessing& preprocessing, int64_t channels, int64_t plane,
+                   int64_t examples, const float* in, float* out) {
+  for (int64_t n = 0; n < examples; ++n) {
+    for (int64_t c = 0; c < channels; ++c) {
+      for (int64_t i = 0; i < plane; ++i) *out++ = preprocessing.ValueOf(c, *in++);
     }
   }
 }

@@ -46,7 +46,11 @@ struct Preprocessing {
     return c >= 0 && static_cast<size_t>(c) < std.size() ? std[static_cast<size_t>(c)] : 1.f;
   }
   // The network input of pixel value p of channel c, as described above.
-  float Value(int64_t c, int p) const;
+  float Value(int64_t c, int p) const { return ValueOf(c, static_cast<float>(p)); }
+  // The same formula for any value x on the pixel scale (0..255): Value(c, p)
+  // is ValueOf(c, p), bit for bit. An ensemble's members apply it to the
+  // raw-scale inputs they share.
+  float ValueOf(int64_t c, float x) const;
   // Value(c, p) for every channel and pixel value: channels * 256 floats,
   // channel-major. `channels` must have passed Validate.
   std::vector<float> Table(int64_t channels) const;
@@ -67,6 +71,12 @@ absl::StatusOr<std::vector<float>> ParseFloatList(const std::string& text, const
 // Preprocessing::Table(channels).
 void ApplyPixelTable(const std::vector<float>& table, int64_t channels, int64_t plane,
                      int64_t examples, const uint8_t* pixels, float* out);
+
+// Writes ValueOf(c, x) of every value x of `examples` examples of
+// `channels` planes of `plane` values each (planar order) into `out` (which
+// may be `in`).
+void ApplyToValues(const Preprocessing& preprocessing, int64_t channels, int64_t plane,
+                   int64_t examples, const float* in, float* out);
 
 // GatherBatch without jitter, then `preprocessing` (GatherBatch itself for
 // the default one, so the same bits): `inputs` becomes (indices.size(),

@@ -94,6 +94,13 @@ std::string TeacherHash(const distill::v1::TeacherIdentity& identity) {
   return absl::StrFormat("%016x", hash);
 }
 
+std::string EnsembleWeightsHash(const std::vector<std::string>& member_weights_hashes) {
+  uint64_t hash = SplitMix64(0x456E73656D626C65ULL);  // "Ensemble"
+  hash = HashCombine(hash, static_cast<uint64_t>(member_weights_hashes.size()));
+  for (const std::string& h : member_weights_hashes) hash = HashString(hash, h);
+  return absl::StrFormat("%016x", hash);
+}
+
 std::string DatasetFingerprint(const Dataset& data) {
   uint64_t hash = SplitMix64(0x5472616E73666572ULL);  // "Transfer"
   hash = HashCombine(hash, static_cast<uint64_t>(data.num_examples));

@@ -49,6 +49,10 @@ std::string TeacherSource(const distill::v1::Checkpoint& checkpoint);
 // TeacherIdentity must be added here.
 std::string TeacherHash(const distill::v1::TeacherIdentity& identity);
 
+// The weights_hash of an ensemble teacher: a fingerprint of its members'
+// weights hashes, in the members' order. 16 hex digits.
+std::string EnsembleWeightsHash(const std::vector<std::string>& member_weights_hashes);
+
 // A fingerprint of the examples of `data` in order: their pixels and, when
 // present, their labels, with the image shape. 16 hex digits.
 std::string DatasetFingerprint(const Dataset& data);

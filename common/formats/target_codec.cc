@@ -109,7 +109,6 @@ absl::StatusOr<distill::v1::SoftTargetContract> ResolveTargetOptions(
 
 absl::Status EncodeTargets(const Tensor& logits, const distill::v1::SoftTargetContract& contract,
                            TemperatureSoftmax* softmax, distill::v1::Targets* targets) {
-  const int64_t rows = logits.rows(), classes = logits.cols();
   Tensor probabilities;
   const Tensor* values = &logits;
   if (contract.representation() == distill::v1::PROBABILITIES) {
@@ -125,6 +124,13 @@ absl::Status EncodeTargets(const Tensor& logits, const distill::v1::SoftTargetCo
     }
     values = &probabilities;
   }
+  return EncodeTargetValues(*values, contract, targets);
+}
+
+absl::Status EncodeTargetValues(const Tensor& values,
+                                const distill::v1::SoftTargetContract& contract,
+                                distill::v1::Targets* targets) {
+  const int64_t rows = values.rows(), classes = values.cols();
   const int64_t k = contract.top_k() > 0 ? contract.top_k() : classes;
   targets->set_num_examples(static_cast<uint32_t>(rows));
   targets->set_width(static_cast<uint32_t>(k));
@@ -133,7 +139,7 @@ absl::Status EncodeTargets(const Tensor& logits, const distill::v1::SoftTargetCo
     std::vector<int> order(classes);
     targets->mutable_class_indices()->Reserve(static_cast<int>(rows * k));
     for (int64_t n = 0; n < rows; ++n) {
-      const float* row = values->row(n);
+      const float* row = values.row(n);
       std::iota(order.begin(), order.end(), 0);
       std::partial_sort(order.begin(), order.begin() + k, order.end(), [row](int a, int b) {
         return row[a] > row[b] || (row[a] == row[b] && a < b);
@@ -144,7 +150,7 @@ absl::Status EncodeTargets(const Tensor& logits, const distill::v1::SoftTargetCo
       }
     }
   } else {
-    std::copy(values->data(), values->data() + rows * classes, row_values.begin());
+    std::copy(values.data(), values.data() + rows * classes, row_values.begin());
   }
   if (contract.dtype() == distill::v1::FLOAT16) {
     std::string bytes(row_values.size() * 2, '\0');

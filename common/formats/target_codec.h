@@ -39,6 +39,15 @@ absl::StatusOr<distill::v1::SoftTargetContract> ResolveTargetOptions(
 absl::Status EncodeTargets(const Tensor& logits, const distill::v1::SoftTargetContract& contract,
                            TemperatureSoftmax* softmax, distill::v1::Targets* targets);
 
+// Writes `values` (rows x num_classes), already in the contract's
+// representation (probabilities at its T, or logits), into `targets`: its
+// top_k and dtype applied. EncodeTargets is softmax(z / T) (for
+// PROBABILITIES) followed by this; an ensemble's arithmetic mean of
+// probabilities is encoded with it directly.
+absl::Status EncodeTargetValues(const Tensor& values,
+                                const distill::v1::SoftTargetContract& contract,
+                                distill::v1::Targets* targets);
+
 // Decodes `targets` (produced under `contract`) into full probability rows
 // at the contract's temperature, resizing `probabilities` to
 // num_examples x num_classes. DataLoss when the block is inconsistent
