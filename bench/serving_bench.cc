@@ -20,6 +20,7 @@
 #include "distill/v1/teacher.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "spdlog/spdlog.h"
+#include "common/tensor/precision.h"
 #include "tests/server_process.h"
 
 ABSL_FLAG(std::string, checkpoint, "", "Teacher checkpoint to serve");
@@ -27,6 +28,8 @@ ABSL_FLAG(std::string, server, "build/teacher_server/teacher_server", "teacher_s
 ABSL_FLAG(int32_t, threads, 2, "Compute threads (in-process and server)");
 ABSL_FLAG(double, seconds, 4, "Seconds per measurement");
 ABSL_FLAG(double, temperature, 20, "Temperature of the soft targets");
+ABSL_FLAG(std::string, precision, "f32",
+          "The teacher's arithmetic, in process and in the server: f32, bf16 or auto");
 
 namespace distillery {
 namespace {
@@ -104,9 +107,19 @@ int Run() {
   }
   auto teacher = NetworkFromCheckpoint(*checkpoint);
   if (!teacher.ok()) return 1;
+  const std::string precision_flag = absl::GetFlag(FLAGS_precision);
+  auto choice = ParsePrecisionChoice(precision_flag);
+  std::string why;
+  auto precision = choice.ok() ? ResolvePrecision(*choice, &why) : choice.status();
+  if (!precision.ok()) {
+    spdlog::error("{}", precision.status().ToString());
+    return 1;
+  }
+  (*teacher)->SetPrecision(*precision);
   const int64_t input_size = (*teacher)->input_size();
-  std::printf("# teacher %s, %d compute threads, %.0f s per measurement\n",
-              (*teacher)->spec().ArchitectureString().c_str(), threads, seconds);
+  std::printf("# teacher %s, %d compute threads, %.0f s per measurement, precision %s (%s)\n",
+              (*teacher)->spec().ArchitectureString().c_str(), threads, seconds,
+              PrecisionName(*precision), why.c_str());
   int64_t failures = 0;
   const std::string dir = "/tmp";
   for (int64_t batch : {128, 1024}) {
@@ -115,7 +128,7 @@ int Run() {
     if (!server.Start(absl::GetFlag(FLAGS_server),
                       {"--checkpoint=" + absl::GetFlag(FLAGS_checkpoint), "--no_transfer_set",
                        "--metrics_address=", "--threads=" + std::to_string(threads),
-                       "--max_batch=1024", "--batch_wait_ms=0"},
+                       "--max_batch=1024", "--batch_wait_ms=0", "--precision=" + precision_flag},
                       dir)) {
       spdlog::error("cannot start the server");
       return 1;
@@ -136,7 +149,8 @@ int Run() {
     ServerProcess server;
     std::vector<std::string> args = {"--checkpoint=" + absl::GetFlag(FLAGS_checkpoint),
                                      "--no_transfer_set",
-                                     "--metrics_address=", "--threads=" + std::to_string(threads)};
+                                     "--metrics_address=", "--threads=" + std::to_string(threads),
+                                     "--precision=" + precision_flag};
     if (batching) {
       args.insert(args.end(), {"--max_batch=1024", "--batch_wait_ms=2"});
     } else {

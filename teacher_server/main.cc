@@ -95,6 +95,10 @@ ABSL_FLAG(std::string, ensemble, "",
           "serve: with several --checkpoint files (comma-separated), how their distributions "
           "combine: arithmetic (the mean of their softmax(z/T); no LOGITS) or geometric "
           "(softmax of their mean logits at T)");
+ABSL_FLAG(std::string, precision, "auto",
+          "serve: the teacher's arithmetic: f32, bf16 (bf16 matrix products with f32 "
+          "accumulation; needs a CPU with native bf16) or auto (bf16 where oneDNN has AMX, "
+          "else f32)");
 ABSL_FLAG(std::string, probe_target, "127.0.0.1:50051", "probe: gRPC address of the server");
 ABSL_FLAG(std::string, probe_service, "",
           "probe: service whose health is asked (empty = the server as a whole)");
@@ -207,6 +211,12 @@ bool TeacherFromFlags(distillery::ServeConfig* config) {
     }
     config->ensemble = *parsed;
   }
+  auto precision = distillery::ParsePrecisionChoice(absl::GetFlag(FLAGS_precision));
+  if (!precision.ok()) {
+    spdlog::error("bad --precision: {}", precision.status().ToString());
+    return false;
+  }
+  config->precision = *precision;
   if (const std::string onnx = absl::GetFlag(FLAGS_onnx); !onnx.empty()) {
     if (!config->checkpoint_paths.empty() || config->ensemble != distillery::EnsembleRule::kNone) {
       spdlog::error("serve --onnx serves that one model: drop --checkpoint and --ensemble");

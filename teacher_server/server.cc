@@ -37,8 +37,11 @@ absl::Status RunServer(const ServeConfig& config) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   SetComputeThreads(config.threads);
-  ASSIGN_OR_RETURN(LoadedTeacher teacher,
-                   LoadTeacher(config.checkpoint_paths, config.ensemble, config.checkpoint));
+  std::string why;
+  ASSIGN_OR_RETURN(const Precision precision, ResolvePrecision(config.precision, &why));
+  spdlog::info("precision {} ({})", PrecisionName(precision), why);
+  ASSIGN_OR_RETURN(LoadedTeacher teacher, LoadTeacher(config.checkpoint_paths, config.ensemble,
+                                                      config.checkpoint, precision));
   const TeacherIdentity& identity = teacher.identity;
   // The largest valid request: a full batch of float inputs (plus framing).
   const uint64_t largest_request =

@@ -13,6 +13,7 @@
 #include "distill/v1/checkpoint.pb.h"
 #include "teacher_server/auth.h"
 #include "teacher_server/dynamic_batcher.h"
+#include "common/tensor/precision.h"
 #include "teacher_server/teacher_model.h"
 #include "teacher_server/teacher_service.h"
 
@@ -29,6 +30,9 @@ struct ServeConfig {
   // entry then only names it in logs). It is verified (ValidateCheckpoint)
   // before serving.
   std::optional<distill::v1::Checkpoint> checkpoint;
+  // The arithmetic the teacher computes in (common/tensor/precision.h),
+  // resolved for this CPU at start; the contract names the result.
+  PrecisionChoice precision = PrecisionChoice::kAuto;
   // gRPC listening address; port 0 picks a free port (see port_file).
   std::string address = "0.0.0.0:50051";
   // When not empty, the chosen gRPC port is written here once serving.

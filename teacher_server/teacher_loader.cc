@@ -26,7 +26,12 @@ struct Loaded {
   TeacherIdentity identity;
 };
 
-absl::StatusOr<Loaded> LoadOne(const std::string& path, const distill::v1::Checkpoint* in_memory) {
+distill::v1::Precision WirePrecision(Precision precision) {
+  return precision == Precision::kBF16 ? distill::v1::PRECISION_BF16 : distill::v1::PRECISION_F32;
+}
+
+absl::StatusOr<Loaded> LoadOne(const std::string& path, const distill::v1::Checkpoint* in_memory,
+                               Precision precision) {
   distill::v1::Checkpoint checkpoint;
   if (in_memory != nullptr) {
     RETURN_IF_ERROR(ValidateCheckpoint(*in_memory));
@@ -40,10 +45,12 @@ absl::StatusOr<Loaded> LoadOne(const std::string& path, const distill::v1::Check
   ASSIGN_OR_RETURN(loaded.member.preprocessing, CheckpointPreprocessing(checkpoint));
   loaded.member.name = path;
   Network& network = *loaded.member.network;
+  network.SetPrecision(precision);
   loaded.identity = SingleTeacherIdentity(network, checkpoint, loaded.member.preprocessing);
-  spdlog::info("teacher {} (weights {}, {}, {} parameters, {}) from {}, {}", loaded.identity.hash,
-               loaded.identity.terms.weights_hash(), loaded.identity.architecture,
-               network.ParameterCount(), loaded.member.preprocessing.Describe(), path,
+  spdlog::info("teacher {} (weights {}, {}, {} parameters, {}, {}) from {}, {}",
+               loaded.identity.hash, loaded.identity.terms.weights_hash(),
+               loaded.identity.architecture, network.ParameterCount(),
+               loaded.member.preprocessing.Describe(), PrecisionName(precision), path,
                loaded.identity.terms.source());
   return loaded;
 }
@@ -72,7 +79,7 @@ TeacherIdentity EnsembleIdentity(const TeacherModel& model,
   terms.set_weights_hash(EnsembleWeightsHash(weights));
   terms.set_architecture(identity.architecture);
   SetInput(model.input_shape(), identity.preprocessing, terms.mutable_input());
-  terms.set_precision(distill::v1::PRECISION_F32);
+  terms.set_precision(members.front().terms.precision());
   terms.set_ensemble_rule(EnsembleRuleName(model.rule()));
   terms.set_source(
       absl::StrCat("ensemble of ", members.size(), ": ", absl::StrJoin(sources, "; ")));
@@ -95,14 +102,14 @@ TeacherIdentity SingleTeacherIdentity(Network& network, const distill::v1::Check
   identity.terms.set_weights_hash(WeightsFingerprint(network));
   identity.terms.set_architecture(identity.architecture);
   SetInput(shape, preprocessing, identity.terms.mutable_input());
-  identity.terms.set_precision(distill::v1::PRECISION_F32);
+  identity.terms.set_precision(WirePrecision(network.precision()));
   identity.terms.set_source(TeacherSource(checkpoint));
   identity.hash = TeacherHash(identity.terms);
   return identity;
 }
 
 absl::StatusOr<LoadedTeacher> LoadTeacher(const std::vector<std::string>& paths, EnsembleRule rule,
-                                          const std::optional<distill::v1::Checkpoint>& in_memory) {
+                                          const std::optional<distill::v1::Checkpoint>& in_memory, Precision precision) {
   if (paths.empty()) return absl::InvalidArgumentError("no teacher checkpoint given");
   if (paths.size() == 1 && rule != EnsembleRule::kNone) {
     return absl::InvalidArgumentError(
@@ -120,7 +127,7 @@ absl::StatusOr<LoadedTeacher> LoadTeacher(const std::vector<std::string>& paths,
   }
   LoadedTeacher teacher;
   if (paths.size() == 1) {
-    ASSIGN_OR_RETURN(Loaded one, LoadOne(paths[0], in_memory ? &*in_memory : nullptr));
+    ASSIGN_OR_RETURN(Loaded one, LoadOne(paths[0], in_memory ? &*in_memory : nullptr, precision));
     teacher.identity = std::move(one.identity);
     teacher.model = TeacherModel::Single(std::move(one.member));
     return teacher;
@@ -128,7 +135,7 @@ absl::StatusOr<LoadedTeacher> LoadTeacher(const std::vector<std::string>& paths,
   std::vector<TeacherMember> members;
   std::vector<TeacherIdentity> identities;
   for (const std::string& path : paths) {
-    ASSIGN_OR_RETURN(Loaded one, LoadOne(path, nullptr));
+    ASSIGN_OR_RETURN(Loaded one, LoadOne(path, nullptr, precision));
     members.push_back(std::move(one.member));
     identities.push_back(std::move(one.identity));
   }

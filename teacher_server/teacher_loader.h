@@ -28,18 +28,21 @@ struct LoadedTeacher {
   TeacherIdentity identity;
 };
 
-// The identity of `network`, loaded from `checkpoint`, served alone.
+// The identity of `network`, loaded from `checkpoint`, served alone (its
+// precision is network.precision()).
 TeacherIdentity SingleTeacherIdentity(Network& network, const distill::v1::Checkpoint& checkpoint,
                                       const Preprocessing& preprocessing);
 
 // Loads the checkpoints at `paths` (or, when `in_memory` is set, that one
 // checkpoint, named paths[0] in messages; ValidateCheckpoint is run on it).
-// One path and kNone: a single network. Several paths: an ensemble under
+// Every network computes in `precision` (common/tensor/precision.h),
+// which the identity names. One path and kNone: a single network. Several paths: an ensemble under
 // `rule`, which must then not be kNone. InvalidArgument for a rule with one
 // checkpoint, several checkpoints with no rule, or members that differ in
 // input shape or classes; the errors of LoadCheckpoint for a bad file.
 absl::StatusOr<LoadedTeacher> LoadTeacher(const std::vector<std::string>& paths, EnsembleRule rule,
-                                          const std::optional<distill::v1::Checkpoint>& in_memory);
+                                          const std::optional<distill::v1::Checkpoint>& in_memory,
+                                          Precision precision = Precision::kF32);
 
 }  // namespace distillery
 

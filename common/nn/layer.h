@@ -20,9 +20,11 @@
 // edge and lets oneDNN run its fast blocked kernels; ForwardInLayout and
 // BackwardInLayout (common/nn/layout_bridge.h) convert for the other layers.
 //
-// Element types: layers take and give f32 tensors today; a layer that
-// computes in bf16 (the bf16 issue) converts at its edges, so that its
-// neighbours never see the difference, and keeps f32 master weights.
+// Element types: layers take and give f32 tensors. A layer told to compute
+// in bf16 (SetPrecision, common/tensor/precision.h) converts at its edges,
+// so that its neighbours never see the difference, and keeps f32 master
+// weights, from which it makes bf16 copies when ParametersChanged says they
+// are stale.
 //
 // Thread-safety: a layer keeps per-shape oneDNN primitives and scratch
 // buffers, so one layer is used by one thread at a time.
@@ -35,6 +37,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/tensor/precision.h"
 #include "common/tensor/tensor.h"
 
 namespace distillery {
@@ -97,6 +100,13 @@ class Layer {
   // the default: plain). Layers that never produce blocked tensors of their
   // own choosing ignore it.
   virtual void AllowBlockedOutput(bool /*allow*/) {}
+
+  // The arithmetic of the layer's matrix products. Layers without any (or
+  // without a bf16 path yet) ignore it and compute in f32.
+  virtual void SetPrecision(Precision /*precision*/) {}
+  // The parameters' values may have changed since the last Forward: copies
+  // made from them (bf16 weights) must be made again.
+  virtual void ParametersChanged() {}
 
   // Sets the step number that seeds the layer's randomness (dropout masks)
   // for the next Forward, so that a run resumed at step s draws the same

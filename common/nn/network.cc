@@ -144,10 +144,21 @@ absl::Status Network::Backward(const Tensor& grad_logits) {
                                      *grad_output, context_.get(), &grad_scratch_, grad_input));
     grad_output = grad_input;
   }
+  MarkParametersChanged();  // an optimizer step follows
   return absl::OkStatus();
 }
 
+void Network::SetPrecision(Precision precision) {
+  precision_ = precision;
+  for (const auto& layer : layers_) layer->SetPrecision(precision);
+}
+
+void Network::MarkParametersChanged() {
+  for (const auto& layer : layers_) layer->ParametersChanged();
+}
+
 std::vector<Parameter*> Network::Parameters() {
+  MarkParametersChanged();  // the caller may write through the pointers
   std::vector<Parameter*> params;
   for (const auto& layer : layers_) {
     for (Parameter* p : layer->Parameters()) params.push_back(p);
@@ -171,6 +182,7 @@ absl::StatusOr<std::unique_ptr<Network>> Network::Clone() const {
     std::vector<Buffer> from_b = layers_[i]->Buffers(), to_b = copy->layers_[i]->Buffers();
     for (size_t j = 0; j < from_b.size(); ++j) *to_b[j].value = *from_b[j].value;
   }
+  copy->SetPrecision(precision_);
   return copy;
 }
 

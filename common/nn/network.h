@@ -85,7 +85,16 @@ class Network {
   // in a fixed order.
   std::vector<Buffer> Buffers();
 
-  // A deep copy with the same weights and buffers (fresh primitives).
+  // The arithmetic of the matrix products of Forward and Infer
+  // (common/tensor/precision.h; f32 by default). Backward is f32. bf16
+  // copies of the weights are made on the next Forward after Parameters()
+  // or Backward (through which every change of weights goes: the optimizer
+  // and checkpoint loading hold what Parameters() gave).
+  void SetPrecision(Precision precision);
+  Precision precision() const { return precision_; }
+
+  // A deep copy with the same weights, buffers and precision (fresh
+  // primitives).
   absl::StatusOr<std::unique_ptr<Network>> Clone() const;
 
   // One line per layer, for logs.
@@ -99,8 +108,12 @@ class Network {
   absl::StatusOr<const Tensor*> Shaped(const Tensor& input, Tensor* scratch) const;
   void InitializeParameters();
 
+  // Tells every layer that its parameters may change.
+  void MarkParametersChanged();
+
   NetworkSpec spec_;
   uint64_t seed_;
+  Precision precision_ = Precision::kF32;
   std::unique_ptr<DnnlContext> context_;
   std::vector<std::unique_ptr<Layer>> layers_;
   std::vector<Shape> layer_shapes_;

@@ -1,6 +1,7 @@
 #include "common/nn/layers/linear_layer.h"
 
 #include "absl/strings/str_cat.h"
+#include "common/util/status_macros.h"
 
 namespace distillery {
 namespace {
@@ -101,11 +102,83 @@ absl::StatusOr<Shape> LinearLayer::OutputShape(const Shape& example_shape) const
   return Shape{out_features_};
 }
 
+absl::Status LinearLayer::GetBf16Primitives(int64_t batch, Bf16Primitives** primitives) {
+  if (Bf16Primitives* found = bf16_by_batch_.Find(batch); found != nullptr) {
+    *primitives = found;
+    return absl::OkStatus();
+  }
+  try {
+    const dnnl::engine& engine = context_->engine();
+    const memory::desc src({batch, in_features_}, memory::data_type::bf16, memory::format_tag::ab);
+    const memory::desc weights({out_features_, in_features_}, memory::data_type::bf16,
+                               memory::format_tag::any);
+    dnnl::inner_product_forward::primitive_desc pd(
+        dnnl::inner_product_forward::desc(dnnl::prop_kind::forward_inference, src, weights,
+                                          PlainVectorDesc(out_features_),
+                                          PlainMatrixDesc(batch, out_features_)),
+        engine);
+    Bf16Primitives built;
+    built.input_to_bf16 =
+        dnnl::reorder(dnnl::reorder::primitive_desc(engine, PlainMatrixDesc(batch, in_features_),
+                                                    engine, src));
+    built.forward = dnnl::inner_product_forward(pd);
+    built.weights_desc = pd.weights_desc();
+    *primitives = bf16_by_batch_.Insert(batch, std::move(built));
+  } catch (const dnnl::error& e) {
+    return DnnlErrorToStatus("building bf16 inner-product primitives", e);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LinearLayer::ConvertWeights(const memory::desc& desc) {
+  if (bf16_weights_valid_ && desc == bf16_weights_desc_) return absl::OkStatus();
+  const dnnl::engine& engine = context_->engine();
+  bf16_weights_.Reshape({static_cast<int64_t>(desc.get_size() / sizeof(uint16_t))},
+                        DataType::kBF16);
+  try {
+    memory from(PlainMatrixDesc(out_features_, in_features_), engine, weight_.value.data());
+    memory to(desc, engine, bf16_weights_.raw_data());
+    dnnl::reorder convert(dnnl::reorder::primitive_desc(engine, from.get_desc(), engine, desc));
+    RETURN_IF_ERROR(context_->Execute("bf16 weights", convert,
+                                      {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}}));
+  } catch (const dnnl::error& e) {
+    return DnnlErrorToStatus("converting weights to bf16", e);
+  }
+  bf16_weights_desc_ = desc;
+  bf16_weights_valid_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status LinearLayer::ForwardBf16(const Tensor& input, Tensor* output) {
+  const int64_t batch = input.rows();
+  Bf16Primitives* p = nullptr;
+  RETURN_IF_ERROR(GetBf16Primitives(batch, &p));
+  RETURN_IF_ERROR(ConvertWeights(p->weights_desc));
+  const dnnl::engine& engine = context_->engine();
+  bf16_input_.Reshape({batch, in_features_}, DataType::kBF16);
+  const memory::desc bf16_src({batch, in_features_}, memory::data_type::bf16,
+                              memory::format_tag::ab);
+  memory src(PlainMatrixDesc(batch, in_features_), engine, const_cast<float*>(input.data()));
+  memory converted(bf16_src, engine, bf16_input_.raw_data());
+  RETURN_IF_ERROR(context_->Execute("bf16 input", p->input_to_bf16,
+                                    {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, converted}}));
+  output->Resize(batch, out_features_);
+  memory weights(bf16_weights_desc_, engine, bf16_weights_.raw_data());
+  memory bias(PlainVectorDesc(out_features_), engine, bias_.value.data());
+  memory dst(PlainMatrixDesc(batch, out_features_), engine, output->data());
+  return context_->Execute("bf16 inner-product forward", p->forward,
+                           {{DNNL_ARG_SRC, converted},
+                            {DNNL_ARG_WEIGHTS, weights},
+                            {DNNL_ARG_BIAS, bias},
+                            {DNNL_ARG_DST, dst}});
+}
+
 absl::Status LinearLayer::Forward(const Tensor& input, bool /*training*/, Tensor* output) {
   if (input.cols() != in_features_) {
     return absl::InvalidArgumentError(absl::StrCat(Describe(), ": input has ", input.cols(),
                                                    " features, expected ", in_features_));
   }
+  if (precision_ == Precision::kBF16) return ForwardBf16(input, output);
   const int64_t batch = input.rows();
   Primitives* p = nullptr;
   if (absl::Status s = GetPrimitives(batch, /*backward=*/false, &p); !s.ok()) return s;

@@ -1,6 +1,10 @@
 // A fully connected layer on oneDNN inner-product primitives:
 //   output = input * W^T + b
 // input (batch x in), W (out x in), b (1 x out), output (batch x out).
+// In bf16 (SetPrecision) Forward converts the input and the weights to bf16
+// (the weights once after each ParametersChanged, into the layout oneDNN
+// picks for them) and runs a bf16 inner product with f32 accumulation, f32
+// bias and f32 output; Backward stays f32.
 // Backward:
 //   dL/dinput = dL/doutput * W            (skipped when not asked for)
 //   dL/dW     = (dL/doutput)^T * input
@@ -32,6 +36,11 @@ class LinearLayer : public Layer {
   absl::Status Backward(const Tensor& input, const Tensor& output, const Tensor& grad_output,
                         Tensor* grad_input) override;
   std::vector<Parameter*> Parameters() override { return {&weight_, &bias_}; }
+  void SetPrecision(Precision precision) override {
+    precision_ = precision;
+    bf16_weights_valid_ = false;
+  }
+  void ParametersChanged() override { bf16_weights_valid_ = false; }
 
   int64_t in_features() const { return in_features_; }
   int64_t out_features() const { return out_features_; }
@@ -62,6 +71,19 @@ class LinearLayer : public Layer {
   };
   absl::Status GetPrimitives(int64_t batch, bool backward, Primitives** primitives);
 
+  // The bf16 forward pass for one batch size: the input's conversion and a
+  // bf16 inner product whose weights layout oneDNN chose (format any).
+  struct Bf16Primitives {
+    dnnl::reorder input_to_bf16;  // f32 (batch x in) -> bf16 (batch x in)
+    dnnl::inner_product_forward forward;
+    dnnl::memory::desc weights_desc;
+  };
+  absl::Status GetBf16Primitives(int64_t batch, Bf16Primitives** primitives);
+  absl::Status ForwardBf16(const Tensor& input, Tensor* output);
+  // Makes bf16_weights_ from the f32 weights in `desc`'s layout, unless
+  // they are already that and still valid.
+  absl::Status ConvertWeights(const dnnl::memory::desc& desc);
+
   int64_t in_features_;
   int64_t out_features_;
   DnnlContext* context_;
@@ -70,6 +92,12 @@ class LinearLayer : public Layer {
   // A few batch sizes at most (common/nn/primitive_cache.h).
   PrimitiveCache<int64_t, Primitives> primitives_by_batch_;
   Tensor transposed_output_;  // out x batch scratch of the matmul path
+  Precision precision_ = Precision::kF32;
+  PrimitiveCache<int64_t, Bf16Primitives> bf16_by_batch_;
+  Tensor bf16_input_;    // the input converted to bf16
+  Tensor bf16_weights_;  // the weights in bf16, in bf16_weights_desc_'s layout
+  dnnl::memory::desc bf16_weights_desc_;
+  bool bf16_weights_valid_ = false;
 };
 
 }  // namespace distillery

@@ -1,0 +1,49 @@
+// The arithmetic a network computes in, and how `--precision=auto` picks it
+// for the CPU at hand.
+//
+//   f32   every product in binary32, as always;
+//   bf16  the matrix products of fully connected layers with bfloat16 inputs
+//         and weights and f32 accumulation (oneDNN's bf16 primitives); the
+//         weights stay f32 (the bf16 copies are made from them), every other
+//         layer, the logits and the softmax stay f32.
+//
+// `auto` chooses by the instruction set oneDNN reports (CpuIsaName), never by
+// timing at start-up, so that every replica on the same kind of CPU makes
+// the same choice: bf16 when oneDNN dispatches to AMX (avx512_core_amx),
+// whose bf16 matmuls run 2.5 to 3.8 times the f32 rate; f32 otherwise,
+// including AVX512_BF16 without AMX, where oneDNN 2.6's bf16 matmul runs at
+// about half the f32 rate (bench/RESULTS.md has the measurements). `bf16`
+// on a CPU whose oneDNN ISA has no native bf16 (below avx512_core_bf16) is
+// refused rather than emulated.
+#ifndef DISTILLERY_COMMON_TENSOR_PRECISION_H_
+#define DISTILLERY_COMMON_TENSOR_PRECISION_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace distillery {
+
+enum class Precision { kF32, kBF16 };
+enum class PrecisionChoice { kAuto, kF32, kBF16 };
+
+// "f32" or "bf16".
+const char* PrecisionName(Precision precision);
+
+// "auto", "f32" or "bf16"; InvalidArgument naming the text otherwise.
+absl::StatusOr<PrecisionChoice> ParsePrecisionChoice(const std::string& text);
+
+// Whether oneDNN's ISA on this machine (after ONEDNN_MAX_CPU_ISA) has native
+// bf16 arithmetic (avx512_core_bf16 or above), and AMX.
+bool CpuHasNativeBf16();
+bool CpuHasAmx();
+
+// The precision `choice` means on this machine, with the reason in
+// `*reason` (for the log), e.g. "auto: oneDNN ISA avx512_core_bf16 has bf16
+// but no AMX, where bf16 is slower than f32". FailedPrecondition for kBF16
+// without native bf16, naming the ISA.
+absl::StatusOr<Precision> ResolvePrecision(PrecisionChoice choice, std::string* reason);
+
+}  // namespace distillery
+
+#endif  // DISTILLERY_COMMON_TENSOR_PRECISION_H_

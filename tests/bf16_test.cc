@@ -1,0 +1,143 @@
+// bf16 inference (common/tensor/precision.h): the choice of precision per
+// CPU, a bf16 linear layer within the rounding bound of its f32 twin, a bf16
+// network's answers close to f32's and as batch-invariant, and bf16 weights
+// made again after the f32 weights change.
+//
+// The bf16 cases need a CPU with native bf16 (oneDNN ISA avx512_core_bf16 or
+// above) and are skipped, saying so, elsewhere; ctest also runs this file
+// with oneDNN capped at AVX512_CORE, where the refusals are what is tested.
+#include <cmath>
+
+#include "common/nn/layers/linear_layer.h"
+#include "common/nn/network.h"
+#include "common/tensor/dnnl_context.h"
+#include "common/tensor/precision.h"
+#include "gtest/gtest.h"
+#include "tests/test_util.h"
+
+namespace distillery {
+namespace {
+
+#define SKIP_WITHOUT_BF16()                                                               \
+  if (!CpuHasNativeBf16()) {                                                              \
+    GTEST_SKIP() << "oneDNN ISA " << CpuIsaName() << " has no native bf16: nothing to test"; \
+  }
+
+TEST(PrecisionTest, AutoAndExplicitChoicesFollowTheIsa) {
+  EXPECT_FALSE(ParsePrecisionChoice("fp16").ok());
+  EXPECT_EQ(*ParsePrecisionChoice("auto"), PrecisionChoice::kAuto);
+  std::string why;
+  EXPECT_EQ(*ResolvePrecision(PrecisionChoice::kF32, &why), Precision::kF32);
+  auto chosen = ResolvePrecision(PrecisionChoice::kAuto, &why);
+  ASSERT_TRUE(chosen.ok());
+  EXPECT_NE(why.find(CpuIsaName()), std::string::npos) << why;
+  // auto is bf16 exactly when oneDNN has AMX.
+  EXPECT_EQ(*chosen == Precision::kBF16, CpuHasAmx()) << why;
+  auto bf16 = ResolvePrecision(PrecisionChoice::kBF16, &why);
+  if (CpuHasNativeBf16()) {
+    EXPECT_TRUE(bf16.ok()) << bf16.status();
+  } else {
+    EXPECT_EQ(bf16.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_NE(bf16.status().message().find(CpuIsaName()), std::string::npos) << bf16.status();
+    EXPECT_NE(why.find("no native bf16"), std::string::npos) << why;
+  }
+}
+
+// bf16 keeps 8 significant bits: each operand of a product is off by at most
+// 2^-9 of itself, so each product by about 2^-8, and the f32 sum of n
+// products by at most 2^-8 * sum |w x| (plus f32 rounding).
+TEST(Bf16LinearTest, ForwardIsWithinTheRoundingBoundOfF32) {
+  SKIP_WITHOUT_BF16();
+  DnnlContext context;
+  LinearLayer f32(0, 300, 40, false, &context), bf16(0, 300, 40, false, &context);
+  f32.weight().value = RandomMatrix(40, 300, 1);
+  f32.bias().value = RandomMatrix(1, 40, 2);
+  bf16.weight().value = f32.weight().value;
+  bf16.bias().value = f32.bias().value;
+  bf16.SetPrecision(Precision::kBF16);
+  const Tensor input = RandomMatrix(37, 300, 3);
+  Tensor exact, rounded;
+  ASSERT_TRUE(f32.Forward(input, false, &exact).ok());
+  ASSERT_TRUE(bf16.Forward(input, false, &rounded).ok());
+  int64_t differ = 0;
+  for (int64_t r = 0; r < 37; ++r) {
+    for (int64_t o = 0; o < 40; ++o) {
+      double magnitude = 0;
+      for (int64_t i = 0; i < 300; ++i) {
+        magnitude += std::abs(input.at(r, i) * f32.weight().value.at(o, i));
+      }
+      EXPECT_NEAR(rounded.at(r, o), exact.at(r, o), magnitude / 256 + 1e-5) << r << " " << o;
+      differ += rounded.at(r, o) != exact.at(r, o);
+    }
+  }
+  EXPECT_GT(differ, 0) << "the bf16 path computed in f32";
+}
+
+std::unique_ptr<Network> Mlp(uint64_t seed) {
+  auto network = Network::Create(*NetworkSpec::Parse("784-300-300-10", {1, 28, 28}), seed);
+  EXPECT_TRUE(network.ok()) << network.status();
+  return std::move(*network);
+}
+
+TEST(Bf16NetworkTest, InferenceIsCloseToF32AndBatchInvariant) {
+  SKIP_WITHOUT_BF16();
+  std::unique_ptr<Network> f32 = Mlp(4);
+  auto copy = f32->Clone();
+  ASSERT_TRUE(copy.ok());
+  std::unique_ptr<Network> bf16 = std::move(*copy);
+  bf16->SetPrecision(Precision::kBF16);
+  const Tensor inputs = RandomMatrix(300, 784, 5, 1.f);
+  const Tensor* logits = nullptr;
+  ASSERT_TRUE(f32->Infer(inputs, &logits).ok());
+  const Tensor exact = *logits;
+  ASSERT_TRUE(bf16->Infer(inputs, &logits).ok());
+  const Tensor rounded = *logits;
+  double largest = 0, scale = 0;
+  for (int64_t i = 0; i < exact.size(); ++i) {
+    largest = std::max<double>(largest, std::abs(rounded.data()[i] - exact.data()[i]));
+    scale = std::max<double>(scale, std::abs(exact.data()[i]));
+  }
+  EXPECT_GT(largest, 0.0);
+  EXPECT_LT(largest, 0.02 * scale) << "largest logit " << scale;
+  // A row alone gives the bits it gives among 299 others.
+  Tensor one(1, 784);
+  std::copy(inputs.row(201), inputs.row(202), one.data());
+  ASSERT_TRUE(bf16->Infer(one, &logits).ok());
+  for (int64_t c = 0; c < 10; ++c) EXPECT_EQ(logits->at(0, c), rounded.at(201, c));
+  // A clone keeps the precision.
+  auto clone = bf16->Clone();
+  ASSERT_TRUE(clone.ok());
+  EXPECT_EQ((*clone)->precision(), Precision::kBF16);
+  ASSERT_TRUE((*clone)->Infer(one, &logits).ok());
+  for (int64_t c = 0; c < 10; ++c) EXPECT_EQ(logits->at(0, c), rounded.at(201, c));
+}
+
+TEST(Bf16NetworkTest, NewF32WeightsMakeNewBf16Copies) {
+  SKIP_WITHOUT_BF16();
+  std::unique_ptr<Network> network = Mlp(6);
+  network->SetPrecision(Precision::kBF16);
+  const Tensor inputs = RandomMatrix(8, 784, 7, 1.f);
+  const Tensor* logits = nullptr;
+  ASSERT_TRUE(network->Infer(inputs, &logits).ok());
+  const Tensor before = *logits;
+  // Through Parameters(), as the optimizer and checkpoint loading write.
+  for (Parameter* p : network->Parameters()) {
+    for (int64_t i = 0; i < p->value.size(); ++i) p->value.data()[i] *= 2.f;
+  }
+  ASSERT_TRUE(network->Infer(inputs, &logits).ok());
+  // Doubled weights and biases in three layers: the logits change.
+  double changed = 0;
+  for (int64_t i = 0; i < before.size(); ++i) {
+    changed = std::max<double>(changed, std::abs(logits->data()[i] - before.data()[i]));
+  }
+  EXPECT_GT(changed, 0.1);
+  // And equal a fresh network's with those weights.
+  auto fresh = network->Clone();
+  ASSERT_TRUE(fresh.ok());
+  const Tensor after = *logits;
+  ASSERT_TRUE((*fresh)->Infer(inputs, &logits).ok());
+  EXPECT_TRUE(*logits == after);
+}
+
+}  // namespace
+}  // namespace distillery
