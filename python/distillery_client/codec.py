@@ -35,7 +35,8 @@ def _varint(buf: bytes, pos: int):
 def field_spans(buf: bytes, begin: int = 0, end: Optional[int] = None) -> Optional[dict]:
     """The fields of the serialized message buf[begin:end] (protobuf wire
     format): {number: (begin, end) of its bytes} for a length-delimited
-    field, {number: None} for any other. None when a field number occurs
+    field, {number: value} for a varint below 2**64, {number: None} for any
+    other. None when a field number occurs
     twice (the parser would merge or overwrite: the caller then reads the
     parsed message instead), for a wire type it does not know, or for bytes
     that do not end where the message ends."""
@@ -62,10 +63,12 @@ def field_spans(buf: bytes, begin: int = 0, end: Optional[int] = None) -> Option
                 spans[number] = (pos, pos + length)
                 pos += length
             elif wire_type == 0:
-                while buf[pos] & 0x80:
+                value = buf[pos]
+                if value < 0x80:
                     pos += 1
-                pos += 1
-                spans[number] = None
+                else:
+                    value, pos = _varint(buf, pos)
+                spans[number] = value if value >> 64 == 0 else None
             elif wire_type == 1:
                 pos += 8
                 spans[number] = None
@@ -81,7 +84,17 @@ def field_spans(buf: bytes, begin: int = 0, end: Optional[int] = None) -> Option
 
 def span_of(spans: Optional[dict], number: int):
     """(begin, end) of length-delimited field `number` in field_spans' answer, or None."""
-    return spans.get(number) if spans is not None else None
+    span = spans.get(number) if spans is not None else None
+    return span if type(span) is tuple else None
+
+
+def varint_of(spans: Optional[dict], number: int) -> Optional[int]:
+    """Varint field `number` of field_spans' answer (0, the default, when
+    absent), or None when it is not a varint."""
+    if spans is None:
+        return None
+    value = spans.get(number, 0)
+    return value if type(value) is int else None
 
 
 def packed_float_values(raw: bytes, targets_field: int,
