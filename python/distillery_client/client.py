@@ -46,11 +46,13 @@ import time
 from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence, Union
 
 import grpc
+import grpc.experimental  # ChannelOptions.SingleThreadedUnaryStream
 import numpy as np
 
 from ._proto import teacher_pb2 as pb
 from ._proto import teacher_pb2_grpc as pb_grpc
-from .codec import decode_targets, packed_float_values
+from .codec import (decode_targets, field_spans, packed_float_values, span_of, varint_encoding,
+                    varint_of)
 from .errors import (BadRequest, ContractChanged, CredentialsRefused, DataLoss, DistilleryError,
                      TeacherUnavailable, UnsupportedContract, error_for)
 from .order import ORDER_SCHEME, shard_example_ids
@@ -364,7 +366,10 @@ class TeacherClient:
                    ("grpc.keepalive_timeout_ms", 10000),
                    # Reconnect quickly after a teacher restarts.
                    ("grpc.max_reconnect_backoff_ms", 1000),
-                   ("grpc.initial_reconnect_backoff_ms", 100)]
+                   ("grpc.initial_reconnect_backoff_ms", 100),
+                   # A stream's messages are read on the iterating thread, not
+                   # handed over from gRPC's channel thread (under the GIL).
+                   (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1)]
         credentials = None
         if self._tls:
             def read(path, what):
@@ -641,14 +646,17 @@ class TeacherClient:
                          "ids are not checked, only the batch count", scheme)
             return None
         key = (size, epoch, seed, shard, num_shards)
-        ids = self._order_cache.get(key)
-        if ids is None:
+        order = self._order_cache.get(key)
+        if order is None:
             try:
                 ids = shard_example_ids(size, epoch, seed, shard, num_shards)
             except ValueError as e:
                 raise BadRequest(str(e)) from e
-            self._order_cache = {key: ids}  # one epoch at a time
-        return ids
+            # The ids as a serializer packs them: a batch whose packed
+            # example_ids are these bytes holds exactly these ids.
+            order = (ids,) + varint_encoding(ids)
+            self._order_cache = {key: order}  # one epoch at a time
+        return order
 
     def transfer_set(self, epoch: int, seed: int = 1, shard_index: int = 0, num_shards: int = 1,
                      batch_size: int = 128, temperature: Optional[float] = None, *,
@@ -688,12 +696,13 @@ class TeacherClient:
     def _stream(self, request: "pb.TransferSetRequest") -> Iterator[TransferBatch]:
         t = self._temperature(request.options)
         expected_ids: Optional[np.ndarray] = None
+        expected_packed = expected_offsets = None
         ids_known = False
         seen_num_batches = 0
         shape = self.example_shape
         width = self.input_size
         next_batch = request.start_batch
-        accepted_contract = None
+        accepted_contract = accepted = None
         retrier = _Retrier(self, "StreamTransferSet")
         while True:
             attempt_start = next_batch
@@ -715,19 +724,45 @@ class TeacherClient:
                             if raw is None:
                                 break
                             pending.append(raw)
-                        expected_ids = future.result()
+                        order = future.result()
+                    if order is not None:
+                        expected_ids, expected_packed, expected_offsets = order
+                        num_batches = (len(expected_ids) + request.batch_size - 1) // request.batch_size
                     ids_known = True
                     received = itertools.chain(pending, received)
                 for raw in received:
-                    message = pb.TransferBatch.FromString(raw)
-                    if message.batch_index != next_batch:
-                        raise DataLoss(f"expected batch {next_batch}, got {message.batch_index}")
+                    # Where the fields lie in the answer's bytes (None: a field
+                    # repeated, which only the parser resolves).
+                    spans = field_spans(raw)
+                    message = None
+                    batch_index, num_batches_sent = varint_of(spans, 2), varint_of(spans, 3)
+                    contract_span, targets_span = span_of(spans, 1), span_of(spans, 6)
+                    labels_span = (span_of(spans, 7) if spans is None or 7 in spans
+                                   else (0, 0))  # absent: empty
+                    # The usual answer is read from its bytes alone; any other
+                    # (unknown, repeated or missing fields, an unknown order
+                    # scheme) is parsed in full.
+                    if (expected_ids is None or batch_index is None or num_batches_sent is None
+                            or contract_span is None or targets_span is None
+                            or labels_span is None or span_of(spans, 5) is None
+                            or not _TRANSFER_BATCH_FIELDS.issuperset(spans)):
+                        message = pb.TransferBatch.FromString(raw)
+                        batch_index, num_batches_sent = message.batch_index, message.num_batches
+                    if batch_index != next_batch:
+                        raise DataLoss(f"expected batch {next_batch}, got {batch_index}")
                     # Answers of one stream carry the same terms: each batch's are
-                    # checked in full unless they are the bytes already accepted.
-                    contract_bytes = message.contract.SerializeToString()
+                    # checked in full unless they are the bytes already accepted
+                    # (equal bytes parse to an equal message).
+                    contract_bytes = (raw[contract_span[0]:contract_span[1]]
+                                      if contract_span is not None
+                                      else message.contract.SerializeToString())
                     if contract_bytes != accepted_contract or self._allow_teacher_change:
-                        self._check_contract(message.contract, t, request.options, stream=True)
-                        accepted_contract = contract_bytes
+                        contract = (message.contract if message is not None else
+                                    pb.SoftTargetContract.FromString(contract_bytes))
+                        self._check_contract(contract, t, request.options, stream=True)
+                        accepted_contract, accepted = contract_bytes, contract
+                    else:
+                        contract = accepted
                     if expected_ids is None:
                         if seen_num_batches == 0:
                             seen_num_batches = message.num_batches
@@ -735,30 +770,64 @@ class TeacherClient:
                             raise DataLoss(f"transfer batch {message.batch_index} says the shard "
                                            f"has {message.num_batches} batches; earlier batches "
                                            f"said {seen_num_batches}")
-                    ids = np.array(message.example_ids, dtype=np.uint64)
-                    if expected_ids is not None:
-                        _check_batch_place(request, expected_ids, message, ids)
+                        ids = np.array(message.example_ids, dtype=np.uint64)
+                    else:
+                        # The order scheme's ids packed as a serializer packs
+                        # them: equal bytes are equal ids, without decoding.
+                        begin = next_batch * request.batch_size
+                        end = min(len(expected_ids), begin + request.batch_size)
+                        span = span_of(spans, 4)
+                        if (num_batches_sent == num_batches and begin < end
+                                and span is not None
+                                and raw[span[0]:span[1]] == expected_packed[
+                                    expected_offsets[begin]:expected_offsets[end]]):
+                            ids = expected_ids[begin:end].copy()
+                        else:
+                            if message is None:
+                                message = pb.TransferBatch.FromString(raw)
+                            ids = np.array(message.example_ids, dtype=np.uint64)
+                            _check_batch_place(request, expected_ids, message, ids)
                     rows = len(ids)
-                    if rows < 1 or len(message.pixels_u8) != rows * width or (
-                            request.include_labels and len(message.labels) != rows):
-                        raise DataLoss(f"transfer batch {message.batch_index} is malformed")
-                    pixels = np.frombuffer(message.pixels_u8, dtype=np.uint8).reshape(
-                        (rows,) + tuple(shape))
-                    labels = (np.frombuffer(message.labels, dtype=np.uint8)
-                              if request.include_labels else None)
-                    targets = decode_targets(message.targets, message.contract,
-                                             packed_float_values(raw, 6))
+                    span = span_of(spans, 5)
+                    pixel_bytes = (span[1] - span[0] if span is not None
+                                   else len(message.pixels_u8))
+                    label_bytes = 0
+                    if request.include_labels:
+                        label_bytes = (labels_span[1] - labels_span[0] if labels_span is not None
+                                       else len(message.labels))
+                    if rows < 1 or pixel_bytes != rows * width or (
+                            request.include_labels and label_bytes != rows):
+                        raise DataLoss(f"transfer batch {batch_index} is malformed")
+                    # Views of the answer's bytes (read-only, like frombuffer
+                    # of the bytes fields), not copies.
+                    pixels = (np.frombuffer(raw, np.uint8, pixel_bytes, span[0])
+                              if span is not None else
+                              np.frombuffer(message.pixels_u8, dtype=np.uint8)).reshape(
+                                  (rows,) + tuple(shape))
+                    labels = None
+                    if request.include_labels:
+                        labels = (np.frombuffer(raw, np.uint8, rows, labels_span[0])
+                                  if labels_span is not None else
+                                  np.frombuffer(message.labels, dtype=np.uint8))
+                    targets_message = (message.targets if message is not None else
+                                       pb.Targets.FromString(raw[targets_span[0]:targets_span[1]]))
+                    targets = decode_targets(targets_message, contract,
+                                             packed_float_values(raw, 6, spans))
                     if targets.shape[0] != rows:
-                        raise DataLoss(f"transfer batch {message.batch_index} has "
+                        raise DataLoss(f"transfer batch {batch_index} has "
                                        f"{targets.shape[0]} rows of targets for {rows} examples")
                     next_batch += 1
-                    yield TransferBatch(message.batch_index, pixels, targets, ids, labels)
+                    yield TransferBatch(batch_index, pixels, targets, ids, labels)
                 retrier.succeeded()
                 return
             except grpc.RpcError as e:
                 retrier.failed(e, progressed=next_batch > attempt_start)
             finally:
                 call.cancel()
+
+
+#: TransferBatch's field numbers (teacher.proto).
+_TRANSFER_BATCH_FIELDS = frozenset(range(1, 8))
 
 
 def _check_batch_place(request: "pb.TransferSetRequest", expected_ids: np.ndarray,

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -254,10 +255,22 @@ def _ids_of(batches, trace):
         yield b.example_ids
 
 
-# gRPC buffers up to a few MB of a stream in flight: the fault tests stream a
-# transfer set large enough that the failure falls in the middle of it.
-BIG = 20000
+# gRPC buffers tens of MB of a stream in flight (up to 29 MB seen, 672
+# batches of 50, with its BDP-grown window): the fault tests stream the whole
+# training set (51 MB at 50 a batch) so that the failure falls in the middle.
+BIG = 60000
 BIG_RANGE = f"--transfer_range=0:{BIG}"
+
+
+def _metrics(port: int) -> dict:
+    """A teacher's Prometheus samples: {'name{labels}': value}."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+    samples = {}
+    for line in text.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
 
 
 def test_teacher_killed_and_restarted_mid_stream(tmp, checkpoint):
@@ -292,27 +305,46 @@ def test_teacher_killed_and_restarted_mid_stream(tmp, checkpoint):
 
 
 def test_failover_across_two_replicas(tmp, checkpoint):
-    a, b = Server(tmp, checkpoint, extra=[BIG_RANGE]), Server(tmp, checkpoint, extra=[BIG_RANGE])
+    """Two replicas; the one actually serving the stream (whichever the
+    client chose: its metrics show the call in flight) is killed after 6
+    batches: the other serves the rest, resumed at the first batch not yet
+    delivered, and every batch arrives once, in order, with the order
+    scheme's ids."""
+    ports = [_free_port(), _free_port()]
+    replicas = [Server(tmp, checkpoint, extra=[BIG_RANGE, f"--metrics_address=127.0.0.1:{p}"])
+                for p in ports]
+    inflight = 'distill_inflight_calls'
+    streamed = 'distill_examples_total{method="StreamTransferSet"}'
     try:
-        with TeacherClient(f"{a.target},{b.target}", give_up_after=20) as client:
+        targets = ",".join(r.target for r in replicas)
+        with TeacherClient(targets, give_up_after=20) as client:
             images = read_idx_images("t10k-images-idx3-ubyte.gz", 20)
             before = client.soft_targets(images, TEMPERATURE)
             trace, ids = [], []
+            serving = None
             for i, batch_ids in enumerate(_ids_of(client.transfer_set(
-                    0, seed=4, shard_index=0, num_shards=2, batch_size=50,
-                    temperature=TEMPERATURE), trace)):
+                    0, seed=4, batch_size=50, temperature=TEMPERATURE), trace)):
                 ids.append(batch_ids)
-                if i == 5:  # the replica streaming first
-                    a.kill()
-            assert trace == list(range(200))
-            assert np.array_equal(np.concatenate(ids), dc.shard_example_ids(BIG, 0, 4, 0, 2))
+                if i == 5:
+                    calls = [_metrics(p).get(inflight, 0) for p in ports]
+                    assert sorted(calls) == [0, 1], f"calls in flight per replica: {calls}"
+                    serving = calls.index(1)
+                    replicas[serving].kill()
+            survivor = 1 - serving
+            assert trace == list(range(BIG // 50))
+            assert np.array_equal(np.concatenate(ids), dc.shard_example_ids(BIG, 0, 4, 0, 1))
             assert client.retries >= 1
+            # The survivor streamed the rest only: a resumed stream, not a
+            # second full one (and the killed replica is gone).
+            rest = _metrics(ports[survivor]).get(streamed, 0)
+            assert 0 < rest < BIG and rest % 50 == 0, rest
+            assert replicas[serving].proc.poll() is not None
             # Unary calls keep working on the survivor, whichever replica is next.
             for _ in range(3):
                 assert client.soft_targets(images, TEMPERATURE).tobytes() == before.tobytes()
     finally:
-        a.kill()
-        b.stop()
+        for r in replicas:
+            r.kill()
 
 
 def test_stream_time_limit_resumes_at_the_next_batch(tmp, checkpoint, caplog):
@@ -325,7 +357,7 @@ def test_stream_time_limit_resumes_at_the_next_batch(tmp, checkpoint, caplog):
             for batch_ids in _ids_of(client.transfer_set(1, seed=2, batch_size=500,
                                                          temperature=TEMPERATURE), trace):
                 ids.append(batch_ids)
-                time.sleep(0.08)  # 40 batches: over 3 s, more than buffered
+                time.sleep(0.025)  # 120 batches: over 3 s, more than buffered
             assert trace == list(range(BIG // 500))
             assert np.array_equal(np.concatenate(ids), dc.shard_example_ids(BIG, 1, 2, 0, 1))
             assert client.retries == 1  # one call, resumed
