@@ -17,10 +17,10 @@
 #include "common/formats/target_codec.h"
 #include "common/nn/softmax.h"
 #include "common/tensor/dnnl_context.h"
+#include "common/tensor/precision.h"
 #include "distill/v1/teacher.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "spdlog/spdlog.h"
-#include "common/tensor/precision.h"
 #include "tests/server_process.h"
 
 ABSL_FLAG(std::string, checkpoint, "", "Teacher checkpoint to serve");

@@ -10,10 +10,10 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "common/tensor/precision.h"
 #include "distill/v1/checkpoint.pb.h"
 #include "teacher_server/auth.h"
 #include "teacher_server/dynamic_batcher.h"
-#include "common/tensor/precision.h"
 #include "teacher_server/teacher_model.h"
 #include "teacher_server/teacher_service.h"
 

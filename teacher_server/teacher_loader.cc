@@ -109,7 +109,8 @@ TeacherIdentity SingleTeacherIdentity(Network& network, const distill::v1::Check
 }
 
 absl::StatusOr<LoadedTeacher> LoadTeacher(const std::vector<std::string>& paths, EnsembleRule rule,
-                                          const std::optional<distill::v1::Checkpoint>& in_memory, Precision precision) {
+                                          const std::optional<distill::v1::Checkpoint>& in_memory,
+                                          Precision precision) {
   if (paths.empty()) return absl::InvalidArgumentError("no teacher checkpoint given");
   if (paths.size() == 1 && rule != EnsembleRule::kNone) {
     return absl::InvalidArgumentError(

@@ -90,7 +90,8 @@ TEST_F(Bf16ServingTest, Bf16AnswersAreCloseUnderItsOwnIdentity) {
   for (int r = 0; r < 200; ++r) {
     int top_a = 0, top_b = 0;
     for (int c = 0; c < 10; ++c) {
-      const float pa = exact.targets().values(r * 10 + c), pb = rounded.targets().values(r * 10 + c);
+      const float pa = exact.targets().values(r * 10 + c),
+                  pb = rounded.targets().values(r * 10 + c);
       largest = std::max<double>(largest, std::abs(pa - pb));
       if (pa > exact.targets().values(r * 10 + top_a)) top_a = c;
       if (pb > rounded.targets().values(r * 10 + top_b)) top_b = c;

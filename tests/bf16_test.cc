@@ -18,8 +18,8 @@
 namespace distillery {
 namespace {
 
-#define SKIP_WITHOUT_BF16()                                                               \
-  if (!CpuHasNativeBf16()) {                                                              \
+#define SKIP_WITHOUT_BF16()                                                                  \
+  if (!CpuHasNativeBf16()) {                                                                 \
     GTEST_SKIP() << "oneDNN ISA " << CpuIsaName() << " has no native bf16: nothing to test"; \
   }
 

@@ -53,10 +53,9 @@ absl::StatusOr<Precision> ResolvePrecision(PrecisionChoice choice, std::string* 
     *reason = absl::StrCat("auto: oneDNN ISA ", isa, " has AMX");
     return Precision::kBF16;
   }
-  *reason = CpuHasNativeBf16()
-                ? absl::StrCat("auto: oneDNN ISA ", isa,
-                               " has bf16 but no AMX, where bf16 is slower than f32")
-                : absl::StrCat("auto: oneDNN ISA ", isa, " has no native bf16");
+  *reason = CpuHasNativeBf16() ? absl::StrCat("auto: oneDNN ISA ", isa,
+                                              " has bf16 but no AMX, where bf16 is slower than f32")
+                               : absl::StrCat("auto: oneDNN ISA ", isa, " has no native bf16");
   return Precision::kF32;
 }
 

@@ -118,9 +118,8 @@ absl::Status LinearLayer::GetBf16Primitives(int64_t batch, Bf16Primitives** prim
                                           PlainMatrixDesc(batch, out_features_)),
         engine);
     Bf16Primitives built;
-    built.input_to_bf16 =
-        dnnl::reorder(dnnl::reorder::primitive_desc(engine, PlainMatrixDesc(batch, in_features_),
-                                                    engine, src));
+    built.input_to_bf16 = dnnl::reorder(
+        dnnl::reorder::primitive_desc(engine, PlainMatrixDesc(batch, in_features_), engine, src));
     built.forward = dnnl::inner_product_forward(pd);
     built.weights_desc = pd.weights_desc();
     *primitives = bf16_by_batch_.Insert(batch, std::move(built));
@@ -139,8 +138,8 @@ absl::Status LinearLayer::ConvertWeights(const memory::desc& desc) {
     memory from(PlainMatrixDesc(out_features_, in_features_), engine, weight_.value.data());
     memory to(desc, engine, bf16_weights_.raw_data());
     dnnl::reorder convert(dnnl::reorder::primitive_desc(engine, from.get_desc(), engine, desc));
-    RETURN_IF_ERROR(context_->Execute("bf16 weights", convert,
-                                      {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}}));
+    RETURN_IF_ERROR(
+        context_->Execute("bf16 weights", convert, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}}));
   } catch (const dnnl::error& e) {
     return DnnlErrorToStatus("converting weights to bf16", e);
   }
