@@ -11,7 +11,7 @@ start_teacher_server() {
   "$bin" serve --address=127.0.0.1:0 --port_file="$out/port" "$@" >"$out/server.log" 2>&1 &
   TEACHER_PID=$!
   trap 'kill $TEACHER_PID 2>/dev/null || true' EXIT
-  for _ in $(seq 1 600); do
+  for _ in $(seq 1 3000); do  # up to 5 min: a transfer set of an ensemble takes a while
     [ -s "$out/port" ] && break
     kill -0 "$TEACHER_PID" 2>/dev/null || break
     sleep 0.1
