@@ -139,5 +139,43 @@ TEST(Bf16NetworkTest, NewF32WeightsMakeNewBf16Copies) {
   EXPECT_TRUE(*logits == after);
 }
 
+TEST(Bf16NetworkTest, ConvolutionsInferInBf16AndTrainInF32) {
+  SKIP_WITHOUT_BF16();
+  auto spec = NetworkSpec::Parse("conv5x5:16/same+bn,pool2,conv3x3:32/same+bn,pool2,fc:64,fc:10",
+                                 {1, 28, 28});
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  auto created = Network::Create(*spec, 8);
+  ASSERT_TRUE(created.ok()) << created.status();
+  std::unique_ptr<Network> f32 = std::move(*created);
+  auto copy = f32->Clone();
+  ASSERT_TRUE(copy.ok());
+  std::unique_ptr<Network> bf16 = std::move(*copy);
+  bf16->SetPrecision(Precision::kBF16);
+  Tensor inputs = RandomMatrix(130, 784, 9, 1.f);
+  inputs.Reinterpret({130, 1, 28, 28});
+  const Tensor* logits = nullptr;
+  ASSERT_TRUE(f32->Infer(inputs, &logits).ok());
+  const Tensor exact = *logits;
+  ASSERT_TRUE(bf16->Infer(inputs, &logits).ok());
+  const Tensor rounded = *logits;
+  double largest = 0, scale = 0;
+  for (int64_t i = 0; i < exact.size(); ++i) {
+    largest = std::max<double>(largest, std::abs(rounded.data()[i] - exact.data()[i]));
+    scale = std::max<double>(scale, std::abs(exact.data()[i]));
+  }
+  EXPECT_GT(largest, 0.0);
+  EXPECT_LT(largest, 0.03 * scale) << "largest logit " << scale;
+  // Batch-invariant in bf16 too.
+  Tensor one({1, 1, 28, 28});
+  std::copy(inputs.data() + 129 * 784, inputs.data() + 130 * 784, one.data());
+  ASSERT_TRUE(bf16->Infer(one, &logits).ok());
+  for (int64_t c = 0; c < 10; ++c) EXPECT_EQ(logits->at(0, c), rounded.at(129, c));
+  // Training passes work in bf16 mode (the convolutions train in f32).
+  const Tensor* trained = nullptr;
+  ASSERT_TRUE(bf16->Forward(inputs, true, 1, &trained).ok());
+  auto grads = bf16->Backward(*trained);
+  EXPECT_TRUE(grads.ok()) << grads;
+}
+
 }  // namespace
 }  // namespace distillery

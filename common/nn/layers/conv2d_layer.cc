@@ -104,10 +104,14 @@ absl::Status Conv2dLayer::CheckInput(const char* what, const Tensor& input) cons
   return OutputShape({input.dim(1), input.dim(2), input.dim(3)}).status();
 }
 
-absl::Status Conv2dLayer::GetPrimitives(const Tensor& input, bool backward,
+absl::Status Conv2dLayer::GetPrimitives(const Tensor& input, bool backward, bool bf16,
                                         Primitives** primitives) {
-  const ShapeKey key = {input.dim(0), input.dim(2), input.dim(3),
-                        static_cast<int64_t>(input.layout()), allow_blocked_output_ ? 1 : 0};
+  const ShapeKey key = {input.dim(0),
+                        input.dim(2),
+                        input.dim(3),
+                        static_cast<int64_t>(input.layout()),
+                        allow_blocked_output_ ? 1 : 0,
+                        bf16 ? 1 : 0};
   Primitives* found = primitives_by_shape_.Find(key);
   if (found != nullptr && (!backward || found->has_backward)) {
     *primitives = found;
@@ -172,12 +176,19 @@ absl::Status Conv2dLayer::GetPrimitives(const Tensor& input, bool backward,
                                                          strides, dilates, padding, padding),
                          engine);
       };
+      // bf16: the bridges convert the input and weights into the bf16
+      // layouts oneDNN picks; the output stays f32.
+      const auto bf16_any = [](const memory::desc& plain) {
+        return memory::desc(plain.dims(), memory::data_type::bf16, memory::format_tag::any);
+      };
       ForwardPd forward_pd =
-          any ? forward_of(any_desc(p.plain_src), any_desc(p.weights), any_desc(p.plain_dst))
-              : forward_of(p.plain_src, p.weights, p.plain_dst);
-      if (o.layout == ConvLayout::kAuto && !compact({{forward_pd.src_desc(), p.plain_src},
-                                                     {forward_pd.weights_desc(), p.weights},
-                                                     {forward_pd.dst_desc(), p.plain_dst}})) {
+          bf16  ? forward_of(bf16_any(p.plain_src), bf16_any(p.weights), any_desc(p.plain_dst))
+          : any ? forward_of(any_desc(p.plain_src), any_desc(p.weights), any_desc(p.plain_dst))
+                : forward_of(p.plain_src, p.weights, p.plain_dst);
+      if (!bf16 && o.layout == ConvLayout::kAuto &&
+          !compact({{forward_pd.src_desc(), p.plain_src},
+                    {forward_pd.weights_desc(), p.weights},
+                    {forward_pd.dst_desc(), p.plain_dst}})) {
         forward_pd = forward_of(p.plain_src, p.weights, p.plain_dst);
       }
       // The output stays in oneDNN's layout when that is a channel-blocked
@@ -195,6 +206,7 @@ absl::Status Conv2dLayer::GetPrimitives(const Tensor& input, bool backward,
       last_input_ = nullptr;
     }
     if (backward) {
+      if (bf16) return absl::InternalError("bf16 convolutions have no backward pass");
       Primitives& p = *found;
       const memory::desc any_src = any_desc(p.plain_src), any_weights = any_desc(p.weights),
                          any_dst = any_desc(p.plain_dst);
@@ -252,10 +264,11 @@ absl::Status Conv2dLayer::GetPrimitives(const Tensor& input, bool backward,
   return absl::OkStatus();
 }
 
-absl::Status Conv2dLayer::Forward(const Tensor& input, bool /*training*/, Tensor* output) {
+absl::Status Conv2dLayer::Forward(const Tensor& input, bool training, Tensor* output) {
   if (absl::Status s = CheckInput("Forward", input); !s.ok()) return s;
+  const bool bf16 = precision_ == Precision::kBF16 && !training;
   Primitives* p = nullptr;
-  if (absl::Status s = GetPrimitives(input, /*backward=*/false, &p); !s.ok()) return s;
+  if (absl::Status s = GetPrimitives(input, /*backward=*/false, bf16, &p); !s.ok()) return s;
   const memory::dims& dst_dims = p->dst.dims();
   output->Reshape({dst_dims[0], dst_dims[1], dst_dims[2], dst_dims[3]});
   output->SetLayout(p->dst_layout);
@@ -275,7 +288,8 @@ absl::Status Conv2dLayer::Forward(const Tensor& input, bool /*training*/, Tensor
   if (absl::Status s = in("convolution src reorder", p->forward_src, src, &src_used); !s.ok()) {
     return s;
   }
-  last_input_ = input.data();
+  // Backward may reuse the reordered input of an f32 training pass only.
+  last_input_ = bf16 ? nullptr : input.data();
   last_input_shape_ = input.shape();
   if (absl::Status s =
           in("convolution weights reorder", p->forward_weights, weights, &weights_used);
@@ -300,7 +314,9 @@ absl::Status Conv2dLayer::Backward(const Tensor& input, const Tensor& /*output*/
                                    const Tensor& grad_output, Tensor* grad_input) {
   if (absl::Status s = CheckInput("Backward", input); !s.ok()) return s;
   Primitives* p = nullptr;
-  if (absl::Status s = GetPrimitives(input, /*backward=*/true, &p); !s.ok()) return s;
+  if (absl::Status s = GetPrimitives(input, /*backward=*/true, /*bf16=*/false, &p); !s.ok()) {
+    return s;
+  }
   const memory::dims& dst_dims = p->dst.dims();
   const Shape out_shape = {dst_dims[0], dst_dims[1], dst_dims[2], dst_dims[3]};
   if (grad_output.shape() != out_shape) {

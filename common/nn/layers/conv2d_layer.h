@@ -108,6 +108,10 @@ class Conv2dLayer : public Layer {
   // allowed and oneDNN picked one, else plain.
   bool TakesBlocked() const override { return true; }
   void AllowBlockedOutput(bool allow) override { allow_blocked_output_ = allow; }
+  // In bf16, inference passes (Forward with training off) convolve bf16
+  // copies of the input and the weights (made by the layout bridges) with
+  // f32 accumulation, bias and output; training passes stay f32.
+  void SetPrecision(Precision precision) override { precision_ = precision; }
 
   const Conv2dOptions& options() const { return options_; }
   Parameter& weight() { return weight_; }
@@ -149,17 +153,21 @@ class Conv2dLayer : public Layer {
     Bridge data_diff_dst, data_weights, data_diff_src;
     Bridge weights_src, weights_diff_dst, weights_diff_weights;
   };
-  // batch, rows, cols, input layout, whether blocked output is allowed
-  using ShapeKey = std::array<int64_t, 5>;
+  // batch, rows, cols, input layout, whether blocked output is allowed,
+  // whether the forward pass is bf16
+  using ShapeKey = std::array<int64_t, 6>;
   absl::Status CheckOptions() const;
   absl::Status CheckInput(const char* what, const Tensor& input) const;
   // The entry for `input`'s shape, with the backward primitives built when
-  // `backward`. The pointer is valid until the next call.
-  absl::Status GetPrimitives(const Tensor& input, bool backward, Primitives** primitives);
+  // `backward` (never for a bf16 entry). The pointer is valid until the
+  // next call.
+  absl::Status GetPrimitives(const Tensor& input, bool backward, bool bf16,
+                             Primitives** primitives);
 
   Conv2dOptions options_;
   DnnlContext* context_;
   bool allow_blocked_output_ = false;
+  Precision precision_ = Precision::kF32;
   Parameter weight_;
   Parameter bias_;
   // A few shapes at most (common/nn/primitive_cache.h).
