@@ -21,4 +21,4 @@ start_teacher_server "$BUILD/teacher_server/teacher_server" "$OUT" --checkpoint=
   --distill_temperature=20 --alpha=1 --epochs="$EPOCHS" --lr=0.03 --warmup_epochs=1 --seed=1 \
   --threads=2 --checkpoint="$OUT/student.ckpt" --metrics_csv="$OUT/student.csv" >"$OUT/student.log" 2>&1
 "$BUILD/bench/bias_tune" --checkpoint="$OUT/student.ckpt" --data_dir="$MNIST" \
-  --validation_range=50000:60000 --bias_class=3 | tee "$OUT/result.txt"
+  --validation_range=50000:60000 --bias_classes=3 | tee "$OUT/result.txt"
