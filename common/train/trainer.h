@@ -100,7 +100,8 @@ struct TrainerConfig {
   // state, dropout, max-norm and update; refused without native bf16); or
   // kAuto (bf16 where oneDNN has AMX, else f32). Resolved and logged at the
   // start of training and recorded in the checkpoint; a resumed run keeps
-  // the checkpoint's (common/train/resume.h). Other layers compute in f32.
+  // the checkpoint's (common/train/resume.h). Other layers compute in f32;
+  // evaluation during training runs in the run's precision.
   PrecisionChoice precision = PrecisionChoice::kF32;
   // Batches prepared ahead of training (gathering, jitter and the teacher's
   // soft targets) by a producer thread, through a bounded queue, so that the
