@@ -9,12 +9,14 @@
 # choice matters (AVX2 "Haswell" kernels against AVX-512 "SkylakeX" ones), so
 # PyTorch runs once per core type in PEER_CORETYPES and its fastest run
 # counts. A core type the CPU cannot run is skipped.
+# PRECISION=bf16 trains ours in bf16 mixed precision (default f32).
 # Usage: bench/run_train_bench.sh [build_dir]   (needs a Release build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}
 MNIST=${MNIST_DIR:-../shared/data/mnist}
 THREADS=2
+PRECISION=${PRECISION:-f32}
 PEER_CORETYPES=${PEER_CORETYPES:-"Haswell SkylakeX Cooperlake"}
 export OMP_NUM_THREADS=$THREADS
 rate_of() { sed -n 's/.*examples_per_s=\([0-9.]*\).*/\1/p' <<<"$1"; }
@@ -22,7 +24,8 @@ echo "# $(date -u +%FT%TZ) $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p
   "family $(sed -n 's/^cpu family\s*: //p' /proc/cpuinfo | head -1)," \
   "model $(sed -n 's/^model\s*: //p' /proc/cpuinfo | head -1)"
 for arch in 784-1200-1200-10 784-800-800-10; do
-  ours=$("$BUILD/bench/train_bench" --mnist_dir="$MNIST" --archs="$arch" --epochs=2 --threads=$THREADS)
+  ours=$("$BUILD/bench/train_bench" --mnist_dir="$MNIST" --archs="$arch" --epochs=2 --threads=$THREADS \
+           --precision="$PRECISION")
   echo "$ours"
   best_rate=0 best_line=""
   for coretype in $PEER_CORETYPES; do

@@ -8,7 +8,10 @@
 //   - a oneDNN matmul's GFLOP/s on exactly those GEMM shapes, measured in the
 //     same run: the stand-in for the machine's peak;
 //   - the fraction of that peak the whole epoch reaches.
+// With --precision=bf16 the epoch trains in bf16 mixed precision
+// (common/tensor/precision.h); the peak stays the f32 matmul's.
 // Usage: train_bench [--mnist_dir=DIR] [--threads=2] [--archs=a,b] [--epochs=1]
+//                    [--precision=f32|bf16|auto]
 #include <chrono>
 #include <cstdio>
 #include <string>
@@ -27,6 +30,7 @@ ABSL_FLAG(int32_t, threads, 2, "Compute threads");
 ABSL_FLAG(std::string, archs, "784-1200-1200-10,784-800-800-10", "Architectures to time");
 ABSL_FLAG(int64_t, batch, 128, "Batch size");
 ABSL_FLAG(int64_t, epochs, 1, "Epochs to time (the first is included)");
+ABSL_FLAG(std::string, precision, "f32", "Training precision: f32, bf16 or auto");
 
 namespace distillery {
 namespace {
@@ -93,6 +97,11 @@ int Run() {
     return 1;
   }
   const int64_t batch = absl::GetFlag(FLAGS_batch);
+  absl::StatusOr<PrecisionChoice> precision = ParsePrecisionChoice(absl::GetFlag(FLAGS_precision));
+  if (!precision.ok()) {
+    spdlog::error("{}", precision.status().ToString());
+    return 1;
+  }
   for (const std::string& arch :
        std::vector<std::string>(absl::StrSplit(absl::GetFlag(FLAGS_archs), ','))) {
     TrainerConfig config;
@@ -104,6 +113,7 @@ int Run() {
     config.epochs = absl::GetFlag(FLAGS_epochs);
     config.schedule.base = 0.05f;
     config.log_progress = false;
+    config.precision = *precision;
     Dataset no_test;
     absl::StatusOr<TrainingResult> result = Train(config, mnist->train, no_test);
     if (!result.ok()) {
@@ -116,9 +126,10 @@ int Run() {
     const double achieved = best * peak.flops_per_example / 1e9;
     std::printf(
         "distillery arch=%s batch=%ld examples_per_s=%.1f gemm_gflops=%.1f "
-        "matmul_peak_gflops=%.1f fraction_of_peak=%.3f threads=%d\n",
+        "matmul_peak_gflops=%.1f fraction_of_peak=%.3f threads=%d precision=%s isa=%s\n",
         arch.c_str(), static_cast<long>(batch), best, achieved, peak.gflops, achieved / peak.gflops,
-        absl::GetFlag(FLAGS_threads));
+        absl::GetFlag(FLAGS_threads), PrecisionName(result->network->precision()),
+        CpuIsaName().c_str());
     std::fflush(stdout);
   }
   return 0;

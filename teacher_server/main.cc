@@ -32,6 +32,7 @@
 ABSL_DECLARE_FLAG(std::string, checkpoint);
 ABSL_DECLARE_FLAG(std::string, data_dir);
 ABSL_DECLARE_FLAG(int32_t, threads);
+ABSL_DECLARE_FLAG(std::string, precision);
 
 ABSL_FLAG(std::string, address, "0.0.0.0:50051", "serve: gRPC address; port 0 picks a free one");
 ABSL_FLAG(std::string, port_file, "", "serve: write the chosen gRPC port to this file");
@@ -95,10 +96,6 @@ ABSL_FLAG(std::string, ensemble, "",
           "serve: with several --checkpoint files (comma-separated), how their distributions "
           "combine: arithmetic (the mean of their softmax(z/T); no LOGITS) or geometric "
           "(softmax of their mean logits at T)");
-ABSL_FLAG(std::string, precision, "auto",
-          "serve: the teacher's arithmetic: f32, bf16 (bf16 matrix products with f32 "
-          "accumulation; needs a CPU with native bf16) or auto (bf16 where oneDNN has AMX, "
-          "else f32)");
 ABSL_FLAG(std::string, probe_target, "127.0.0.1:50051", "probe: gRPC address of the server");
 ABSL_FLAG(std::string, probe_service, "",
           "probe: service whose health is asked (empty = the server as a whole)");

@@ -77,6 +77,14 @@ ABSL_FLAG(int32_t, threads, 2, "Compute threads (set explicitly when processes s
 ABSL_FLAG(std::string, progress, "auto",
           "Progress within each epoch: auto (a line that rewrites itself when stdout is a "
           "terminal, plain per-epoch lines otherwise), line, or plain");
+ABSL_FLAG(std::string, precision, "auto",
+          "The arithmetic of the fully connected layers' matrix products, in training "
+          "(teacher_server train, student_trainer baseline and distill) and serving "
+          "(teacher_server serve): f32; bf16 (bf16 products with f32 accumulation; training "
+          "keeps f32 master weights, gradients and optimizer state, and checkpoints hold the "
+          "f32 weights; needs a CPU with native bf16); or auto (bf16 where oneDNN has AMX, else "
+          "f32). Convolution, batch norm and pooling stay f32. A resumed run keeps its "
+          "checkpoint's precision: auto takes it, another explicit one is refused");
 
 namespace distillery {
 
@@ -134,6 +142,7 @@ absl::StatusOr<TrainerConfig> TrainerConfigFromFlags() {
   c.resume_allow_changes = absl::GetFlag(FLAGS_resume_allow_changes);
   c.warmup_epochs = absl::GetFlag(FLAGS_warmup_epochs);
   c.momentum_ramp_epochs = absl::GetFlag(FLAGS_momentum_ramp_epochs);
+  ASSIGN_OR_RETURN(c.precision, ParsePrecisionChoice(absl::GetFlag(FLAGS_precision)));
   return c;
 }
 

@@ -393,7 +393,7 @@ absl::StatusOr<std::string> DescribeCheckpoint(const distill::v1::Checkpoint& ch
     const distill::v1::TrainingState& state = checkpoint.training_state();
     absl::StrAppend(&out, "training state:  ", state.epochs_completed(), " epochs, ",
                     state.steps_completed(), " steps, seed ", state.seed(), ", ", state.optimizer(),
-                    "\n");
+                    ", precision ", state.precision().empty() ? "f32" : state.precision(), "\n");
   }
   std::vector<std::pair<std::string, std::string>> metadata(checkpoint.metadata().begin(),
                                                             checkpoint.metadata().end());

@@ -85,11 +85,14 @@ class Network {
   // in a fixed order.
   std::vector<Buffer> Buffers();
 
-  // The arithmetic of the matrix products of Forward and Infer
-  // (common/tensor/precision.h; f32 by default). Backward is f32. bf16
-  // copies of the weights are made on the next Forward after Parameters()
-  // or Backward (through which every change of weights goes: the optimizer
-  // and checkpoint loading hold what Parameters() gave).
+  // The arithmetic of the matrix products of Forward, Infer and Backward
+  // (common/tensor/precision.h; f32 by default): in bf16 the fully connected
+  // layers compute forward, backward-data and backward-weights products in
+  // bf16 with f32 accumulation (common/nn/layers/linear_layer.h); gradients
+  // stay f32, and every other layer computes in f32. bf16 copies of the
+  // weights are made on the next Forward after Parameters() or Backward
+  // (through which every change of weights goes: the optimizer and
+  // checkpoint loading hold what Parameters() gave).
   void SetPrecision(Precision precision);
   Precision precision() const { return precision_; }
 

@@ -12,6 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "common/tensor/dnnl_context.h"
 #include "common/util/file_util.h"
+#include "common/util/status_macros.h"
 #include "spdlog/spdlog.h"
 
 namespace distillery {
@@ -91,12 +92,49 @@ TrainingSettings DescribeTrainingSettings(const TrainerConfig& c, int64_t exampl
   return s;
 }
 
-void RecordTrainingSettings(const TrainingSettings& settings, distill::v1::Checkpoint* checkpoint) {
+void RecordTrainingSettings(const TrainingSettings& settings, Precision precision,
+                            distill::v1::Checkpoint* checkpoint) {
   distill::v1::TrainingState* state = checkpoint->mutable_training_state();
   state->mutable_settings()->clear();
   for (const auto& [name, value] : settings) (*state->mutable_settings())[name] = value;
   state->set_cpu_isa(CpuIsaName());
   state->set_compute_threads(ComputeThreads());
+  state->set_precision(PrecisionName(precision));
+}
+
+absl::StatusOr<Precision> RecordedPrecision(const distill::v1::Checkpoint& checkpoint,
+                                            const std::string& path) {
+  const std::string& recorded = checkpoint.training_state().precision();
+  if (recorded.empty() || recorded == "f32") return Precision::kF32;
+  if (recorded == "bf16") return Precision::kBF16;
+  return absl::DataLossError(
+      absl::StrCat(path, " records an unknown training precision \"", recorded, "\""));
+}
+
+absl::StatusOr<Precision> ResumePrecision(const distill::v1::Checkpoint& checkpoint,
+                                          const std::string& path, PrecisionChoice choice,
+                                          std::string* reason) {
+  ASSIGN_OR_RETURN(const Precision recorded, RecordedPrecision(checkpoint, path));
+  const PrecisionChoice same =
+      recorded == Precision::kBF16 ? PrecisionChoice::kBF16 : PrecisionChoice::kF32;
+  if (choice != PrecisionChoice::kAuto && choice != same) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot resume from ", path, ": it was trained with --precision=", PrecisionName(recorded),
+        ", this run asks for --precision=", choice == PrecisionChoice::kBF16 ? "bf16" : "f32",
+        " (a resumed run keeps its precision: use --precision=auto or ", PrecisionName(recorded),
+        ", or train from scratch)"));
+  }
+  if (recorded == Precision::kBF16 && !CpuHasNativeBf16()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot resume from ", path,
+                     ": it was trained in bf16, which needs a CPU with native bf16 (oneDNN ISA "
+                     "avx512_core_bf16 or above); oneDNN reports ",
+                     CpuIsaName(), " here (resume it on such a CPU, or train from scratch)"));
+  }
+  *reason = absl::StrCat("the checkpoint's, ",
+                         choice == PrecisionChoice::kAuto ? "kept by auto" : "asked for",
+                         "; oneDNN ISA ", CpuIsaName());
+  return recorded;
 }
 
 absl::Status CheckResume(const distill::v1::Checkpoint& checkpoint, const std::string& path,

@@ -9,7 +9,8 @@
 //   dampened_momentum (SGD), adam_beta1, adam_beta2, adam_epsilon (Adam),
 //   temperature, distill_temperature, alpha, data (what the data is),
 //   examples_per_epoch, batches_per_epoch
-// plus the ISA oneDNN dispatched to and the compute threads. A resume
+// plus the ISA oneDNN dispatched to, the compute threads and the precision
+// (TrainingState.precision; f32 in checkpoints that record none). A resume
 //   - is refused (FailedPrecondition naming every setting that differs, with
 //     both values) when a setting differs, unless it is named in
 //     --resume_allow_changes (then it goes on with a warning);
@@ -21,6 +22,9 @@
 //     the run changes nothing of the epochs it shares), but not under cosine;
 //   - goes on with a warning on another ISA or thread count: the run is
 //     valid, but its bits differ from an uninterrupted run's.
+//   - keeps the checkpoint's precision: --precision=auto takes it, another
+//     explicit precision is always refused (like the optimizer kind), and a
+//     recorded bf16 on a CPU without native bf16 is refused.
 // Checkpoints from before the record exist carry no settings: only their
 // architecture is checked (by the trainer), with a warning.
 #ifndef DISTILLERY_COMMON_TRAIN_RESUME_H_
@@ -32,6 +36,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/tensor/precision.h"
 #include "common/train/trainer.h"
 #include "distill/v1/checkpoint.pb.h"
 
@@ -45,9 +51,23 @@ using TrainingSettings = std::map<std::string, std::string>;
 TrainingSettings DescribeTrainingSettings(const TrainerConfig& config, int64_t examples_per_epoch,
                                           int64_t batches_per_epoch);
 
-// Writes `settings`, this process's ISA and compute threads into the
-// checkpoint's training state.
-void RecordTrainingSettings(const TrainingSettings& settings, distill::v1::Checkpoint* checkpoint);
+// Writes `settings`, this process's ISA and compute threads, and the run's
+// `precision` into the checkpoint's training state.
+void RecordTrainingSettings(const TrainingSettings& settings, Precision precision,
+                            distill::v1::Checkpoint* checkpoint);
+
+// The precision a checkpoint's run trained in: its TrainingState.precision,
+// f32 when it records none. DataLoss naming an unknown value.
+absl::StatusOr<Precision> RecordedPrecision(const distill::v1::Checkpoint& checkpoint,
+                                            const std::string& path);
+
+// The precision a run asking for `choice` trains in when it resumes from
+// `checkpoint` (read from `path`, for messages): the recorded one, by the
+// rules above (FailedPrecondition naming both precisions, or the ISA, when
+// refused), with the reason for the log in `*reason`.
+absl::StatusOr<Precision> ResumePrecision(const distill::v1::Checkpoint& checkpoint,
+                                          const std::string& path, PrecisionChoice choice,
+                                          std::string* reason);
 
 // Whether a run with `settings` may resume from `checkpoint` (read from
 // `path`, for messages), by the rules above. `allowed` holds setting names

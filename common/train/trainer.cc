@@ -99,6 +99,9 @@ class TrainingRun {
  private:
   absl::Status Setup();
   absl::Status Resume();
+  // Resolves the precision (the checkpoint's when `resumed` is not null),
+  // logs it and sets it on the network.
+  absl::Status ApplyPrecision(const distill::v1::Checkpoint* resumed);
   absl::Status RunEpoch(int64_t epoch, EpochMetrics* metrics);
   absl::Status TrainStep(TrainingBatch& batch, int64_t epoch, double* loss);
   absl::Status FinishEpoch(int64_t epoch, EpochMetrics& metrics);
@@ -114,6 +117,7 @@ class TrainingRun {
   LearningRateSchedule schedule_;
   std::unique_ptr<Optimizer> optimizer_;
   std::vector<Parameter*> params_;
+  Precision precision_ = Precision::kF32;
   int64_t batches_per_epoch_ = 0;
   int64_t total_steps_ = 0;
   int64_t start_epoch_ = 0;
@@ -158,6 +162,8 @@ absl::Status TrainingRun::Setup() {
   if (config_.resume && !config_.checkpoint_path.empty() &&
       std::ifstream(config_.checkpoint_path).good()) {
     RETURN_IF_ERROR(Resume());
+  } else {
+    RETURN_IF_ERROR(ApplyPrecision(nullptr));
   }
   params_ = result_.network->Parameters();
   return absl::OkStatus();
@@ -177,6 +183,7 @@ absl::Status TrainingRun::Resume() {
   }
   RETURN_IF_ERROR(
       CheckResume(checkpoint, config_.checkpoint_path, settings_, config_.resume_allow_changes));
+  RETURN_IF_ERROR(ApplyPrecision(&checkpoint));
   std::vector<Parameter*> from = restored->Parameters(), to = network.Parameters();
   for (size_t i = 0; i < to.size(); ++i) to[i]->value = from[i]->value;
   std::vector<Buffer> from_b = restored->Buffers(), to_b = network.Buffers();
@@ -189,6 +196,17 @@ absl::Status TrainingRun::Resume() {
     spdlog::info("resuming from {} after epoch {} (step {})", config_.checkpoint_path, start_epoch_,
                  step_);
   }
+  return absl::OkStatus();
+}
+
+absl::Status TrainingRun::ApplyPrecision(const distill::v1::Checkpoint* resumed) {
+  std::string why;
+  ASSIGN_OR_RETURN(precision_, resumed == nullptr
+                                   ? ResolvePrecision(config_.precision, &why)
+                                   : ResumePrecision(*resumed, config_.checkpoint_path,
+                                                     config_.precision, &why));
+  result_.network->SetPrecision(precision_);
+  if (config_.log_progress) spdlog::info("precision {} ({})", PrecisionName(precision_), why);
   return absl::OkStatus();
 }
 
@@ -282,6 +300,7 @@ absl::Status TrainingRun::SaveBestCheckpoint(const EpochMetrics& metrics) {
   (*best.mutable_metadata())["epoch"] = absl::StrCat(metrics.epoch);
   (*best.mutable_metadata())["validation_errors"] = absl::StrCat(metrics.validation_errors);
   (*best.mutable_metadata())["validation_examples"] = absl::StrCat(metrics.validation_examples);
+  (*best.mutable_metadata())["precision"] = PrecisionName(precision_);
   return SaveCheckpoint(config_.best_checkpoint_path, best);
 }
 
@@ -318,7 +337,7 @@ absl::Status TrainingRun::FinishEpoch(int64_t epoch, EpochMetrics& metrics) {
     distill::v1::Checkpoint checkpoint =
         MakeCheckpoint(network, config_.role, optimizer_.get(), epoch + 1, step_, config_.seed);
     (*checkpoint.mutable_metadata())["test_errors"] = absl::StrCat(metrics.test_errors);
-    RecordTrainingSettings(settings_, &checkpoint);
+    RecordTrainingSettings(settings_, precision_, &checkpoint);
     RETURN_IF_ERROR(SaveCheckpoint(config_.checkpoint_path, checkpoint));
   }
   if (!config_.metrics_csv_path.empty()) {

@@ -23,6 +23,7 @@
 #include "common/nn/network.h"
 #include "common/nn/optimizer.h"
 #include "common/nn/softmax.h"
+#include "common/tensor/precision.h"
 #include "common/tensor/tensor.h"
 #include "common/train/evaluation.h"
 
@@ -92,6 +93,16 @@ struct TrainerConfig {
   // (common/train/progress.h). The programs set it when stdout is a
   // terminal; off a terminal logs get plain lines only.
   bool progress_line = false;
+  // The arithmetic of the fully connected layers' matrix products
+  // (common/tensor/precision.h): kF32; kBF16, mixed precision (bf16 copies
+  // of the weights and activations for the forward, backward-data and
+  // backward-weights products; f32 master weights, gradients, optimizer
+  // state, dropout, max-norm and update; refused without native bf16); or
+  // kAuto (bf16 where oneDNN has AMX, else f32). Resolved and logged at the
+  // start of training and recorded in the checkpoint; a resumed run keeps
+  // the checkpoint's (common/train/resume.h). Other layers compute in f32;
+  // evaluation during training runs in the run's precision.
+  PrecisionChoice precision = PrecisionChoice::kF32;
   // Batches prepared ahead of training (gathering, jitter and the teacher's
   // soft targets) by a producer thread, through a bounded queue, so that the
   // data and a remote teacher stay off the critical path. 0 = inline.

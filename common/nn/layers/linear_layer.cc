@@ -18,6 +18,12 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void AddBias(const 
   }
 }
 
+// A plain (rows x cols) bf16 matrix.
+dnnl::memory::desc Bf16MatrixDesc(int64_t rows, int64_t cols) {
+  return dnnl::memory::desc({rows, cols}, dnnl::memory::data_type::bf16,
+                            dnnl::memory::format_tag::ab);
+}
+
 }  // namespace
 
 using dnnl::memory;
@@ -102,29 +108,62 @@ absl::StatusOr<Shape> LinearLayer::OutputShape(const Shape& example_shape) const
   return Shape{out_features_};
 }
 
-absl::Status LinearLayer::GetBf16Primitives(int64_t batch, Bf16Primitives** primitives) {
-  if (Bf16Primitives* found = bf16_by_batch_.Find(batch); found != nullptr) {
-    *primitives = found;
-    return absl::OkStatus();
+absl::Status LinearLayer::GetBf16Primitives(int64_t batch, bool backward,
+                                            Bf16Primitives** primitives) {
+  Bf16Primitives* found = bf16_by_batch_.Find(batch);
+  if (found == nullptr) {
+    try {
+      const dnnl::engine& engine = context_->engine();
+      const memory::desc src = Bf16MatrixDesc(batch, in_features_);
+      const memory::desc weights({out_features_, in_features_}, memory::data_type::bf16,
+                                 memory::format_tag::any);
+      dnnl::inner_product_forward::primitive_desc pd(
+          dnnl::inner_product_forward::desc(dnnl::prop_kind::forward_inference, src, weights,
+                                            PlainVectorDesc(out_features_),
+                                            PlainMatrixDesc(batch, out_features_)),
+          engine);
+      Bf16Primitives built;
+      built.input_to_bf16 = dnnl::reorder(
+          dnnl::reorder::primitive_desc(engine, PlainMatrixDesc(batch, in_features_), engine, src));
+      built.forward = dnnl::inner_product_forward(pd);
+      built.weights_desc = pd.weights_desc();
+      found = bf16_by_batch_.Insert(batch, std::move(built));
+    } catch (const dnnl::error& e) {
+      return DnnlErrorToStatus("building bf16 inner-product primitives", e);
+    }
   }
+  if (backward && !found->has_backward) RETURN_IF_ERROR(AddBf16Backward(batch, found));
+  *primitives = found;
+  return absl::OkStatus();
+}
+
+absl::Status LinearLayer::AddBf16Backward(int64_t batch, Bf16Primitives* p) {
   try {
     const dnnl::engine& engine = context_->engine();
-    const memory::desc src({batch, in_features_}, memory::data_type::bf16, memory::format_tag::ab);
-    const memory::desc weights({out_features_, in_features_}, memory::data_type::bf16,
-                               memory::format_tag::any);
-    dnnl::inner_product_forward::primitive_desc pd(
-        dnnl::inner_product_forward::desc(dnnl::prop_kind::forward_inference, src, weights,
+    const memory::desc src = Bf16MatrixDesc(batch, in_features_);
+    const memory::desc diff_dst = Bf16MatrixDesc(batch, out_features_);
+    // The hint: the forward pass as training sees it, in the same layouts.
+    dnnl::inner_product_forward::primitive_desc hint(
+        dnnl::inner_product_forward::desc(dnnl::prop_kind::forward_training, src, p->weights_desc,
                                           PlainVectorDesc(out_features_),
                                           PlainMatrixDesc(batch, out_features_)),
         engine);
-    Bf16Primitives built;
-    built.input_to_bf16 = dnnl::reorder(
-        dnnl::reorder::primitive_desc(engine, PlainMatrixDesc(batch, in_features_), engine, src));
-    built.forward = dnnl::inner_product_forward(pd);
-    built.weights_desc = pd.weights_desc();
-    *primitives = bf16_by_batch_.Insert(batch, std::move(built));
+    dnnl::inner_product_backward_data::primitive_desc data_pd(
+        dnnl::inner_product_backward_data::desc(PlainMatrixDesc(batch, in_features_),
+                                                p->weights_desc, diff_dst),
+        engine, hint);
+    dnnl::inner_product_backward_weights::primitive_desc weights_pd(
+        dnnl::inner_product_backward_weights::desc(src,
+                                                   PlainMatrixDesc(out_features_, in_features_),
+                                                   PlainVectorDesc(out_features_), diff_dst),
+        engine, hint);
+    p->grad_to_bf16 = dnnl::reorder(dnnl::reorder::primitive_desc(
+        engine, PlainMatrixDesc(batch, out_features_), engine, diff_dst));
+    p->backward_data = dnnl::inner_product_backward_data(data_pd);
+    p->backward_weights = dnnl::inner_product_backward_weights(weights_pd);
+    p->has_backward = true;
   } catch (const dnnl::error& e) {
-    return DnnlErrorToStatus("building bf16 inner-product primitives", e);
+    return DnnlErrorToStatus("building bf16 inner-product backward primitives", e);
   }
   return absl::OkStatus();
 }
@@ -148,36 +187,91 @@ absl::Status LinearLayer::ConvertWeights(const memory::desc& desc) {
   return absl::OkStatus();
 }
 
-absl::Status LinearLayer::ForwardBf16(const Tensor& input, Tensor* output) {
+absl::Status LinearLayer::ConvertInput(const Bf16Primitives& p, const float* input, int64_t rows,
+                                       Tensor* converted) {
+  const dnnl::engine& engine = context_->engine();
+  converted->Reshape({rows, in_features_}, DataType::kBF16);
+  memory src(PlainMatrixDesc(rows, in_features_), engine, const_cast<float*>(input));
+  memory to(Bf16MatrixDesc(rows, in_features_), engine, converted->raw_data());
+  return context_->Execute("bf16 input", p.input_to_bf16,
+                           {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, to}});
+}
+
+absl::Status LinearLayer::ForwardBf16(const Tensor& input, bool training, Tensor* output) {
   const int64_t batch = input.rows();
   Bf16Primitives* p = nullptr;
-  RETURN_IF_ERROR(GetBf16Primitives(batch, &p));
+  RETURN_IF_ERROR(GetBf16Primitives(batch, /*backward=*/false, &p));
   RETURN_IF_ERROR(ConvertWeights(p->weights_desc));
+  Tensor* converted = training ? &bf16_training_input_ : &bf16_input_;
+  RETURN_IF_ERROR(ConvertInput(*p, input.data(), batch, converted));
+  if (training) {
+    bf16_training_source_ = input.data();
+    bf16_training_rows_ = batch;
+  }
   const dnnl::engine& engine = context_->engine();
-  bf16_input_.Reshape({batch, in_features_}, DataType::kBF16);
-  const memory::desc bf16_src({batch, in_features_}, memory::data_type::bf16,
-                              memory::format_tag::ab);
-  memory src(PlainMatrixDesc(batch, in_features_), engine, const_cast<float*>(input.data()));
-  memory converted(bf16_src, engine, bf16_input_.raw_data());
-  RETURN_IF_ERROR(context_->Execute("bf16 input", p->input_to_bf16,
-                                    {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, converted}}));
   output->Resize(batch, out_features_);
+  memory src(Bf16MatrixDesc(batch, in_features_), engine, converted->raw_data());
   memory weights(bf16_weights_desc_, engine, bf16_weights_.raw_data());
   memory bias(PlainVectorDesc(out_features_), engine, bias_.value.data());
   memory dst(PlainMatrixDesc(batch, out_features_), engine, output->data());
   return context_->Execute("bf16 inner-product forward", p->forward,
-                           {{DNNL_ARG_SRC, converted},
+                           {{DNNL_ARG_SRC, src},
                             {DNNL_ARG_WEIGHTS, weights},
                             {DNNL_ARG_BIAS, bias},
                             {DNNL_ARG_DST, dst}});
 }
 
-absl::Status LinearLayer::Forward(const Tensor& input, bool /*training*/, Tensor* output) {
+absl::Status LinearLayer::PrepareBf16Backward(const Bf16Primitives& p, const Tensor& input,
+                                              const Tensor& grad_output) {
+  const int64_t batch = input.rows();
+  // The weights the Forward used, unless they changed since (then anew).
+  RETURN_IF_ERROR(ConvertWeights(p.weights_desc));
+  if (bf16_training_source_ != input.data() || bf16_training_rows_ != batch) {
+    // Not the input of the last training Forward: convert this one.
+    RETURN_IF_ERROR(ConvertInput(p, input.data(), batch, &bf16_training_input_));
+    bf16_training_source_ = input.data();
+    bf16_training_rows_ = batch;
+  }
+  const dnnl::engine& engine = context_->engine();
+  bf16_grad_output_.Reshape({batch, out_features_}, DataType::kBF16);
+  memory from(PlainMatrixDesc(batch, out_features_), engine,
+              const_cast<float*>(grad_output.data()));
+  memory to(Bf16MatrixDesc(batch, out_features_), engine, bf16_grad_output_.raw_data());
+  return context_->Execute("bf16 gradient", p.grad_to_bf16,
+                           {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}});
+}
+
+absl::Status LinearLayer::BackwardBf16(const Tensor& input, const Tensor& grad_output,
+                                       Tensor* grad_input) {
+  const int64_t batch = input.rows();
+  Bf16Primitives* p = nullptr;
+  RETURN_IF_ERROR(GetBf16Primitives(batch, /*backward=*/true, &p));
+  RETURN_IF_ERROR(PrepareBf16Backward(*p, input, grad_output));
+  const dnnl::engine& engine = context_->engine();
+  memory diff_dst(Bf16MatrixDesc(batch, out_features_), engine, bf16_grad_output_.raw_data());
+  memory src(Bf16MatrixDesc(batch, in_features_), engine, bf16_training_input_.raw_data());
+  memory diff_weights(PlainMatrixDesc(out_features_, in_features_), engine, weight_.grad.data());
+  memory diff_bias(PlainVectorDesc(out_features_), engine, bias_.grad.data());
+  RETURN_IF_ERROR(context_->Execute("bf16 inner-product backward (weights)", p->backward_weights,
+                                    {{DNNL_ARG_SRC, src},
+                                     {DNNL_ARG_DIFF_DST, diff_dst},
+                                     {DNNL_ARG_DIFF_WEIGHTS, diff_weights},
+                                     {DNNL_ARG_DIFF_BIAS, diff_bias}}));
+  if (grad_input == nullptr) return absl::OkStatus();
+  grad_input->Reshape(input.shape());
+  memory weights(bf16_weights_desc_, engine, bf16_weights_.raw_data());
+  memory diff_src(PlainMatrixDesc(batch, in_features_), engine, grad_input->data());
+  return context_->Execute(
+      "bf16 inner-product backward (data)", p->backward_data,
+      {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DIFF_SRC, diff_src}});
+}
+
+absl::Status LinearLayer::Forward(const Tensor& input, bool training, Tensor* output) {
   if (input.cols() != in_features_) {
     return absl::InvalidArgumentError(absl::StrCat(Describe(), ": input has ", input.cols(),
                                                    " features, expected ", in_features_));
   }
-  if (precision_ == Precision::kBF16) return ForwardBf16(input, output);
+  if (precision_ == Precision::kBF16) return ForwardBf16(input, training, output);
   const int64_t batch = input.rows();
   Primitives* p = nullptr;
   if (absl::Status s = GetPrimitives(batch, /*backward=*/false, &p); !s.ok()) return s;
@@ -227,6 +321,7 @@ absl::Status LinearLayer::Backward(const Tensor& input, const Tensor& /*output*/
         absl::StrCat(Describe(), ": gradient shape ", grad_output.rows(), "x", grad_output.cols(),
                      " does not match output ", batch, "x", out_features_));
   }
+  if (precision_ == Precision::kBF16) return BackwardBf16(input, grad_output, grad_input);
   Primitives* p = nullptr;
   if (absl::Status s = GetPrimitives(batch, /*backward=*/true, &p); !s.ok()) return s;
   const dnnl::engine& engine = context_->engine();

@@ -4,7 +4,12 @@
 // In bf16 (SetPrecision) Forward converts the input and the weights to bf16
 // (the weights once after each ParametersChanged, into the layout oneDNN
 // picks for them) and runs a bf16 inner product with f32 accumulation, f32
-// bias and f32 output; Backward stays f32.
+// bias and f32 output. Backward then converts dL/doutput to bf16 and runs
+// the two backward products in bf16 with f32 accumulation: the data pass on
+// the same bf16 weights to an f32 dL/dinput, the weights pass on the bf16
+// copy of the input that the training Forward made, to f32 gradients of
+// the weights and the bias in Parameter::grad. The f32 weights are the
+// master copy: the optimizer updates them and checkpoints hold them.
 // Backward:
 //   dL/dinput = dL/doutput * W            (skipped when not asked for)
 //   dL/dW     = (dL/doutput)^T * input
@@ -71,15 +76,31 @@ class LinearLayer : public Layer {
   };
   absl::Status GetPrimitives(int64_t batch, bool backward, Primitives** primitives);
 
-  // The bf16 forward pass for one batch size: the input's conversion and a
-  // bf16 inner product whose weights layout oneDNN chose (format any).
+  // The bf16 passes for one batch size: the input's conversion and a bf16
+  // inner product whose weights layout oneDNN chose (format any); from the
+  // first Backward on (so that serving holds none) the gradient's
+  // conversion and the backward passes, whose weights are in the forward's
+  // layout and whose weight gradients are plain f32.
   struct Bf16Primitives {
     dnnl::reorder input_to_bf16;  // f32 (batch x in) -> bf16 (batch x in)
     dnnl::inner_product_forward forward;
     dnnl::memory::desc weights_desc;
+    bool has_backward = false;
+    dnnl::reorder grad_to_bf16;  // f32 (batch x out) -> bf16 (batch x out)
+    dnnl::inner_product_backward_data backward_data;
+    dnnl::inner_product_backward_weights backward_weights;
   };
-  absl::Status GetBf16Primitives(int64_t batch, Bf16Primitives** primitives);
-  absl::Status ForwardBf16(const Tensor& input, Tensor* output);
+  absl::Status GetBf16Primitives(int64_t batch, bool backward, Bf16Primitives** primitives);
+  absl::Status AddBf16Backward(int64_t batch, Bf16Primitives* primitives);
+  absl::Status ForwardBf16(const Tensor& input, bool training, Tensor* output);
+  absl::Status BackwardBf16(const Tensor& input, const Tensor& grad_output, Tensor* grad_input);
+  // Makes the bf16 operands of BackwardBf16: the weights and the input (if
+  // not those of the training Forward) and dL/doutput.
+  absl::Status PrepareBf16Backward(const Bf16Primitives& p, const Tensor& input,
+                                   const Tensor& grad_output);
+  // Converts `rows` x in_features f32 values at `input` into `*converted`.
+  absl::Status ConvertInput(const Bf16Primitives& p, const float* input, int64_t rows,
+                            Tensor* converted);
   // Makes bf16_weights_ from the f32 weights in `desc`'s layout, unless
   // they are already that and still valid.
   absl::Status ConvertWeights(const dnnl::memory::desc& desc);
@@ -94,8 +115,14 @@ class LinearLayer : public Layer {
   Tensor transposed_output_;  // out x batch scratch of the matmul path
   Precision precision_ = Precision::kF32;
   PrimitiveCache<int64_t, Bf16Primitives> bf16_by_batch_;
-  Tensor bf16_input_;    // the input converted to bf16
-  Tensor bf16_weights_;  // the weights in bf16, in bf16_weights_desc_'s layout
+  Tensor bf16_input_;  // an inference Forward's input converted to bf16
+  // A training Forward's input converted to bf16, kept for Backward, and
+  // which input it was (Infer between Forward and Backward leaves it alone).
+  Tensor bf16_training_input_;
+  const float* bf16_training_source_ = nullptr;
+  int64_t bf16_training_rows_ = 0;
+  Tensor bf16_grad_output_;  // Backward's dL/doutput converted to bf16
+  Tensor bf16_weights_;      // the weights in bf16, in bf16_weights_desc_'s layout
   dnnl::memory::desc bf16_weights_desc_;
   bool bf16_weights_valid_ = false;
 };
