@@ -80,6 +80,26 @@ std::unique_ptr<Network> Mlp(uint64_t seed) {
   return std::move(*network);
 }
 
+// The largest difference between `f32`'s and `bf16`'s logits for `inputs`
+// (both are kept in *exact and *rounded), and the largest f32 logit.
+struct Comparison {
+  double largest = 0, scale = 0;
+};
+Comparison CompareInference(Network& f32, Network& bf16, const Tensor& inputs, Tensor* exact,
+                            Tensor* rounded) {
+  const Tensor* logits = nullptr;
+  EXPECT_TRUE(f32.Infer(inputs, &logits).ok());
+  *exact = *logits;
+  EXPECT_TRUE(bf16.Infer(inputs, &logits).ok());
+  *rounded = *logits;
+  Comparison c;
+  for (int64_t i = 0; i < exact->size(); ++i) {
+    c.largest = std::max<double>(c.largest, std::abs(rounded->data()[i] - exact->data()[i]));
+    c.scale = std::max<double>(c.scale, std::abs(exact->data()[i]));
+  }
+  return c;
+}
+
 TEST(Bf16NetworkTest, InferenceIsCloseToF32AndBatchInvariant) {
   SKIP_WITHOUT_BF16();
   std::unique_ptr<Network> f32 = Mlp(4);
@@ -88,18 +108,11 @@ TEST(Bf16NetworkTest, InferenceIsCloseToF32AndBatchInvariant) {
   std::unique_ptr<Network> bf16 = std::move(*copy);
   bf16->SetPrecision(Precision::kBF16);
   const Tensor inputs = RandomMatrix(300, 784, 5, 1.f);
+  Tensor exact, rounded;
+  const Comparison c = CompareInference(*f32, *bf16, inputs, &exact, &rounded);
+  EXPECT_GT(c.largest, 0.0);
+  EXPECT_LT(c.largest, 0.02 * c.scale) << "largest logit " << c.scale;
   const Tensor* logits = nullptr;
-  ASSERT_TRUE(f32->Infer(inputs, &logits).ok());
-  const Tensor exact = *logits;
-  ASSERT_TRUE(bf16->Infer(inputs, &logits).ok());
-  const Tensor rounded = *logits;
-  double largest = 0, scale = 0;
-  for (int64_t i = 0; i < exact.size(); ++i) {
-    largest = std::max<double>(largest, std::abs(rounded.data()[i] - exact.data()[i]));
-    scale = std::max<double>(scale, std::abs(exact.data()[i]));
-  }
-  EXPECT_GT(largest, 0.0);
-  EXPECT_LT(largest, 0.02 * scale) << "largest logit " << scale;
   // A row alone gives the bits it gives among 299 others.
   Tensor one(1, 784);
   std::copy(inputs.row(201), inputs.row(202), one.data());
@@ -154,18 +167,11 @@ TEST(Bf16NetworkTest, ConvolutionsInferInBf16AndTrainInF32) {
   bf16->SetPrecision(Precision::kBF16);
   Tensor inputs = RandomMatrix(130, 784, 9, 1.f);
   inputs.Reinterpret({130, 1, 28, 28});
+  Tensor exact, rounded;
+  const Comparison c = CompareInference(*f32, *bf16, inputs, &exact, &rounded);
+  EXPECT_GT(c.largest, 0.0);
+  EXPECT_LT(c.largest, 0.03 * c.scale) << "largest logit " << c.scale;
   const Tensor* logits = nullptr;
-  ASSERT_TRUE(f32->Infer(inputs, &logits).ok());
-  const Tensor exact = *logits;
-  ASSERT_TRUE(bf16->Infer(inputs, &logits).ok());
-  const Tensor rounded = *logits;
-  double largest = 0, scale = 0;
-  for (int64_t i = 0; i < exact.size(); ++i) {
-    largest = std::max<double>(largest, std::abs(rounded.data()[i] - exact.data()[i]));
-    scale = std::max<double>(scale, std::abs(exact.data()[i]));
-  }
-  EXPECT_GT(largest, 0.0);
-  EXPECT_LT(largest, 0.03 * scale) << "largest logit " << scale;
   // Batch-invariant in bf16 too.
   Tensor one({1, 1, 28, 28});
   std::copy(inputs.data() + 129 * 784, inputs.data() + 130 * 784, one.data());

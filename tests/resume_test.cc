@@ -11,30 +11,11 @@
 #include "common/formats/checkpoint.h"
 #include "common/train/trainer.h"
 #include "gtest/gtest.h"
+#include "tests/interrupted_source.h"
 #include "tests/test_util.h"
 
 namespace distillery {
 namespace {
-
-// The batches of a LocalBatchSource, except that epoch `fail_epoch` fails:
-// a run interrupted there, with the checkpoint of the epochs before.
-class InterruptedSource : public BatchSource {
- public:
-  InterruptedSource(const Dataset& data, const TrainerConfig& config, int64_t fail_epoch)
-      : inner_(data, config.batch_size, config.max_shift, config.seed), fail_epoch_(fail_epoch) {}
-  Shape example_shape() const override { return inner_.example_shape(); }
-  int64_t BatchesPerEpoch() const override { return inner_.BatchesPerEpoch(); }
-  int64_t ExamplesPerEpoch() const override { return inner_.ExamplesPerEpoch(); }
-  absl::Status ProduceEpoch(int64_t epoch,
-                            const std::function<bool(TrainingBatch&&)>& sink) override {
-    if (epoch == fail_epoch_) return absl::UnavailableError("interrupted");
-    return inner_.ProduceEpoch(epoch, sink);
-  }
-
- private:
-  LocalBatchSource inner_;
-  const int64_t fail_epoch_;
-};
 
 std::vector<std::string> ReadLines(const std::string& path) {
   std::ifstream in(path);
