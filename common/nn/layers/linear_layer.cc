@@ -176,9 +176,13 @@ absl::Status LinearLayer::ConvertWeights(const memory::desc& desc) {
   try {
     memory from(PlainMatrixDesc(out_features_, in_features_), engine, weight_.value.data());
     memory to(desc, engine, bf16_weights_.raw_data());
-    dnnl::reorder convert(dnnl::reorder::primitive_desc(engine, from.get_desc(), engine, desc));
-    RETURN_IF_ERROR(
-        context_->Execute("bf16 weights", convert, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}}));
+    if (!weights_to_bf16_ || desc != weights_reorder_desc_) {
+      weights_to_bf16_ =
+          dnnl::reorder(dnnl::reorder::primitive_desc(engine, from.get_desc(), engine, desc));
+      weights_reorder_desc_ = desc;
+    }
+    RETURN_IF_ERROR(context_->Execute("bf16 weights", weights_to_bf16_,
+                                      {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}}));
   } catch (const dnnl::error& e) {
     return DnnlErrorToStatus("converting weights to bf16", e);
   }
@@ -187,14 +191,13 @@ absl::Status LinearLayer::ConvertWeights(const memory::desc& desc) {
   return absl::OkStatus();
 }
 
-absl::Status LinearLayer::ConvertInput(const Bf16Primitives& p, const float* input, int64_t rows,
-                                       Tensor* converted) {
+absl::Status LinearLayer::ToBf16(const char* what, const dnnl::reorder& reorder, const float* from,
+                                 int64_t rows, int64_t cols, Tensor* to) {
   const dnnl::engine& engine = context_->engine();
-  converted->Reshape({rows, in_features_}, DataType::kBF16);
-  memory src(PlainMatrixDesc(rows, in_features_), engine, const_cast<float*>(input));
-  memory to(Bf16MatrixDesc(rows, in_features_), engine, converted->raw_data());
-  return context_->Execute("bf16 input", p.input_to_bf16,
-                           {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, to}});
+  to->Reshape({rows, cols}, DataType::kBF16);
+  memory source(PlainMatrixDesc(rows, cols), engine, const_cast<float*>(from));
+  memory target(Bf16MatrixDesc(rows, cols), engine, to->raw_data());
+  return context_->Execute(what, reorder, {{DNNL_ARG_FROM, source}, {DNNL_ARG_TO, target}});
 }
 
 absl::Status LinearLayer::ForwardBf16(const Tensor& input, bool training, Tensor* output) {
@@ -203,7 +206,8 @@ absl::Status LinearLayer::ForwardBf16(const Tensor& input, bool training, Tensor
   RETURN_IF_ERROR(GetBf16Primitives(batch, /*backward=*/false, &p));
   RETURN_IF_ERROR(ConvertWeights(p->weights_desc));
   Tensor* converted = training ? &bf16_training_input_ : &bf16_input_;
-  RETURN_IF_ERROR(ConvertInput(*p, input.data(), batch, converted));
+  RETURN_IF_ERROR(
+      ToBf16("bf16 input", p->input_to_bf16, input.data(), batch, in_features_, converted));
   if (training) {
     bf16_training_source_ = input.data();
     bf16_training_rows_ = batch;
@@ -228,17 +232,13 @@ absl::Status LinearLayer::PrepareBf16Backward(const Bf16Primitives& p, const Ten
   RETURN_IF_ERROR(ConvertWeights(p.weights_desc));
   if (bf16_training_source_ != input.data() || bf16_training_rows_ != batch) {
     // Not the input of the last training Forward: convert this one.
-    RETURN_IF_ERROR(ConvertInput(p, input.data(), batch, &bf16_training_input_));
+    RETURN_IF_ERROR(ToBf16("bf16 input", p.input_to_bf16, input.data(), batch, in_features_,
+                           &bf16_training_input_));
     bf16_training_source_ = input.data();
     bf16_training_rows_ = batch;
   }
-  const dnnl::engine& engine = context_->engine();
-  bf16_grad_output_.Reshape({batch, out_features_}, DataType::kBF16);
-  memory from(PlainMatrixDesc(batch, out_features_), engine,
-              const_cast<float*>(grad_output.data()));
-  memory to(Bf16MatrixDesc(batch, out_features_), engine, bf16_grad_output_.raw_data());
-  return context_->Execute("bf16 gradient", p.grad_to_bf16,
-                           {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}});
+  return ToBf16("bf16 gradient", p.grad_to_bf16, grad_output.data(), batch, out_features_,
+                &bf16_grad_output_);
 }
 
 absl::Status LinearLayer::BackwardBf16(const Tensor& input, const Tensor& grad_output,

@@ -98,11 +98,13 @@ class LinearLayer : public Layer {
   // not those of the training Forward) and dL/doutput.
   absl::Status PrepareBf16Backward(const Bf16Primitives& p, const Tensor& input,
                                    const Tensor& grad_output);
-  // Converts `rows` x in_features f32 values at `input` into `*converted`.
-  absl::Status ConvertInput(const Bf16Primitives& p, const float* input, int64_t rows,
-                            Tensor* converted);
+  // Converts the plain rows x cols f32 matrix at `from` into `*to` (plain
+  // bf16) with `reorder`, built for those shapes.
+  absl::Status ToBf16(const char* what, const dnnl::reorder& reorder, const float* from,
+                      int64_t rows, int64_t cols, Tensor* to);
   // Makes bf16_weights_ from the f32 weights in `desc`'s layout, unless
-  // they are already that and still valid.
+  // they are already that and still valid. The reorder is built once per
+  // layout, not per conversion (a training step converts the weights).
   absl::Status ConvertWeights(const dnnl::memory::desc& desc);
 
   int64_t in_features_;
@@ -125,6 +127,8 @@ class LinearLayer : public Layer {
   Tensor bf16_weights_;      // the weights in bf16, in bf16_weights_desc_'s layout
   dnnl::memory::desc bf16_weights_desc_;
   bool bf16_weights_valid_ = false;
+  dnnl::reorder weights_to_bf16_;            // f32 plain weights -> bf16_weights_desc_
+  dnnl::memory::desc weights_reorder_desc_;  // the layout weights_to_bf16_ writes
 };
 
 }  // namespace distillery
