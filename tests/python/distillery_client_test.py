@@ -225,6 +225,39 @@ def test_order_scheme_matches_server(server):
     assert sorted(full) == list(range(TRANSFER)) and full != list(range(TRANSFER))
 
 
+def test_vectorised_shuffle_equals_the_swap_loop():
+    """The order scheme's shuffle, resolved without a Python loop, equals
+    the draw-by-draw Fisher-Yates (the exact path) for sizes around the
+    generator's block of 312 and the uint16 limit, and equals a plain swap
+    loop for adversarial swap lists (every swap to 0, none, each to the
+    neighbour)."""
+    from distillery_client import order
+
+    # The C++ standard's check of std::mt19937_64: the 10000th output of a
+    # default-constructed engine (seed 5489).
+    assert int(order.mt19937_64_outputs(5489, 10000)[-1]) == 9981545732273789042
+    rng = order.MT19937_64(5489)
+    assert order.mt19937_64_outputs(5489, 700).tolist() == np.concatenate(
+        [rng.block(), rng.block(), rng.block()])[:700].tolist()
+    for n in [1, 2, 3, 10, 311, 312, 313, 1000, 60000, 65536, 65537, 70001]:
+        for seed, epoch in [(1, 0), (7, 3)]:
+            exact = order._shuffled_indices_exact(n, seed, epoch)
+            assert dc.shuffled_indices(n, seed, epoch) == exact, (n, seed, epoch)
+
+    def swap_loop(j):
+        out = list(range(len(j)))
+        for i in range(len(j) - 1, 0, -1):
+            out[i], out[int(j[i])] = out[int(j[i])], out[i]
+        return out
+
+    rng = np.random.default_rng(5)
+    for n in [2, 5, 1000, 70000]:
+        idx = np.arange(n)
+        for j in [np.zeros(n), idx, np.maximum(idx - 1, 0), rng.integers(0, idx + 1)]:
+            j = j.astype(np.uint64)
+            assert order._fisher_yates(j).tolist() == swap_loop(j), n
+
+
 def test_labels_and_torch_dataset(server):
     torch = pytest.importorskip("torch")
     from distillery_client.torch import TransferSetDataset
@@ -432,6 +465,20 @@ def test_contract_terms_and_decoding_refusals(server):
     with pytest.raises(dc.DataLoss, match="non-finite"):
         dc.decode_targets(pb.Targets(num_examples=1, width=2, values=[float("nan"), .3],
                                      class_indices=[0, 1]), c)
+    # Full rows of probabilities (the one-reduction path), f32 and f16.
+    dense = pb.SoftTargetContract(num_classes=2, temperature=2)
+    dense16 = pb.SoftTargetContract(num_classes=2, temperature=2, dtype=pb.FLOAT16)
+    for bad, match in [(float("nan"), "non-finite"), (float("inf"), "non-finite"),
+                       (-float("inf"), "non-finite"), (-.25, "negative")]:
+        with pytest.raises(dc.DataLoss, match=match):
+            dc.decode_targets(pb.Targets(num_examples=2, width=2, values=[.5, .5, bad, .3]), dense)
+        with pytest.raises(dc.DataLoss, match=match):
+            dc.decode_targets(pb.Targets(num_examples=2, width=2, values_f16=np.array(
+                [.5, .5, bad, .3], dtype="<f2").tobytes()), dense16)
+    rows = dc.decode_targets(pb.Targets(num_examples=2, width=2, values=[-0.0, 1, .75, .25]),
+                             dense)
+    assert rows.dtype == np.float32 and rows.tolist() == [[0, 1], [.75, .25]]
+    assert rows.flags.writeable and rows.flags.c_contiguous
     row = dc.decode_targets(pb.Targets(num_examples=1, width=2, values=[.5, .3],
                                        class_indices=[2, 0]), c)
     # The missing class gets 1 - (0.5f + 0.3f), summed in double, as in C++.
