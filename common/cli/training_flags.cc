@@ -60,6 +60,9 @@ ABSL_FLAG(double, momentum_ramp_epochs, 0.0, "Epochs over which momentum ramps l
 ABSL_FLAG(bool, dampened_momentum, false,
           "Dropout-paper SGD form d <- p d - (1-p) lr g instead of d <- p d - lr g");
 ABSL_FLAG(uint64_t, seed, 1, "Seed for initialisation, data order, jitter and dropout");
+ABSL_FLAG(int64_t, average_last_epochs, 0,
+          "Weight averaging: the trained weights are the mean of those after each of the last N "
+          "epochs (stochastic weight averaging; 0 = the last epoch's). Not with batch norm");
 ABSL_FLAG(int64_t, eval_every, 1, "Evaluate on the test set every N epochs");
 ABSL_FLAG(std::string, checkpoint, "", "Checkpoint path, rewritten atomically every epoch");
 ABSL_FLAG(std::string, metrics_csv, "", "CSV of per-epoch metrics");
@@ -134,6 +137,7 @@ absl::StatusOr<TrainerConfig> TrainerConfigFromFlags() {
   c.sgd.dampened = absl::GetFlag(FLAGS_dampened_momentum);
   c.seed = absl::GetFlag(FLAGS_seed);
   c.eval_every = absl::GetFlag(FLAGS_eval_every);
+  c.average_last_epochs = absl::GetFlag(FLAGS_average_last_epochs);
   c.checkpoint_path = absl::GetFlag(FLAGS_checkpoint);
   c.metrics_csv_path = absl::GetFlag(FLAGS_metrics_csv);
   c.resume = absl::GetFlag(FLAGS_resume);

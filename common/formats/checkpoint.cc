@@ -200,6 +200,10 @@ absl::Status ValidateCheckpoint(const distill::v1::Checkpoint& checkpoint) {
   for (const distill::v1::Tensor& tensor : checkpoint.training_state().optimizer_state()) {
     RETURN_IF_ERROR(TensorFromProto(tensor).status());
   }
+  if (!checkpoint.training_state().averaged_parameters().empty()) {
+    RETURN_IF_ERROR(CheckTensors(
+        "averaged parameter", checkpoint.training_state().averaged_parameters(), Named(*network)));
+  }
   return CheckpointPreprocessing(checkpoint).status();
 }
 
@@ -365,6 +369,39 @@ absl::Status RestoreOptimizerState(const distill::v1::Checkpoint& checkpoint, Ne
     state[tensor.name()] = *std::move(value);
   }
   optimizer->RestoreState(std::move(state));
+  return absl::OkStatus();
+}
+
+void SetAveragedParameters(Network& network, const std::vector<Tensor>& means, int64_t epochs,
+                           distill::v1::Checkpoint* checkpoint) {
+  if (epochs == 0) return;
+  distill::v1::TrainingState* state = checkpoint->mutable_training_state();
+  state->set_averaged_epochs(static_cast<int32_t>(epochs));
+  const std::vector<std::pair<std::string, const Tensor*>> named = Named(network);
+  for (size_t i = 0; i < named.size() && i < means.size(); ++i) {
+    FillTensor(named[i].first, means[i], state->add_averaged_parameters());
+  }
+}
+
+absl::Status RestoreAveragedParameters(const distill::v1::Checkpoint& checkpoint, Network& network,
+                                       std::vector<Tensor>* means, int64_t* epochs) {
+  means->clear();
+  *epochs = 0;
+  const distill::v1::TrainingState& state = checkpoint.training_state();
+  if (state.averaged_epochs() == 0 && state.averaged_parameters().empty()) {
+    return absl::OkStatus();
+  }
+  if (state.averaged_epochs() <= 0 || state.averaged_parameters().empty()) {
+    return absl::DataLossError(absl::StrCat("the checkpoint's weight average covers ",
+                                            state.averaged_epochs(), " epochs with ",
+                                            state.averaged_parameters_size(), " tensors"));
+  }
+  RETURN_IF_ERROR(CheckTensors("averaged parameter", state.averaged_parameters(), Named(network)));
+  for (const distill::v1::Tensor& tensor : state.averaged_parameters()) {
+    ASSIGN_OR_RETURN(Tensor mean, TensorFromProto(tensor));
+    means->push_back(std::move(mean));
+  }
+  *epochs = state.averaged_epochs();
   return absl::OkStatus();
 }
 

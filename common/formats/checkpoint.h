@@ -88,6 +88,20 @@ absl::StatusOr<std::unique_ptr<Network>> NetworkFromCheckpoint(
 absl::Status RestoreOptimizerState(const distill::v1::Checkpoint& checkpoint, Network& mlp,
                                    Optimizer* optimizer);
 
+// Weight averaging's state (TrainingState.averaged_epochs and
+// averaged_parameters): the mean of `network`'s parameters over `epochs`
+// epochs, in its parameter order and shapes (`means`). Nothing is written
+// when `epochs` is 0.
+void SetAveragedParameters(Network& network, const std::vector<Tensor>& means, int64_t epochs,
+                           distill::v1::Checkpoint* checkpoint);
+
+// Reads that state back for `network`: `*means` empty and `*epochs` 0 when
+// the checkpoint holds none. DataLoss when the tensors are not `network`'s
+// parameters (names, shapes, count) or their count disagrees with
+// averaged_epochs.
+absl::Status RestoreAveragedParameters(const distill::v1::Checkpoint& checkpoint, Network& network,
+                                       std::vector<Tensor>* means, int64_t* epochs);
+
 // A human-readable summary of a verified checkpoint: format version, role,
 // input shape and preprocessing, the network layer by layer with each
 // layer's output shape and parameters, the parameter count, the weights'

@@ -86,6 +86,8 @@ TrainingSettings DescribeTrainingSettings(const TrainerConfig& c, int64_t exampl
   s["distill_temperature"] = F(c.distill_temperature);
   s["alpha"] = F(c.alpha);
   s["weight_decay"] = F(c.weight_decay);
+  // Recorded only when on, so that checkpoints from before it compare equal.
+  if (c.average_last_epochs > 0) s["average_last_epochs"] = absl::StrCat(c.average_last_epochs);
   s["data"] = c.data_description;
   s["examples_per_epoch"] = absl::StrCat(examples_per_epoch);
   s["batches_per_epoch"] = absl::StrCat(batches_per_epoch);
@@ -184,9 +186,12 @@ absl::Status CheckResume(const distill::v1::Checkpoint& checkpoint, const std::s
     return it == map.end() ? std::string("(unset)") : it->second;
   };
   // Under a schedule that does not depend on the total number of steps
-  // (constant, step), more or fewer epochs change nothing of the epochs run.
+  // (constant, step), more or fewer epochs change nothing of the epochs run,
+  // unless the weights are averaged over the last epochs.
   const bool epochs_free = value(settings, "lr_schedule") != "cosine" &&
-                           value(state.settings(), "lr_schedule") != "cosine";
+                           value(state.settings(), "lr_schedule") != "cosine" &&
+                           value(settings, "average_last_epochs") == "(unset)" &&
+                           value(state.settings(), "average_last_epochs") == "(unset)";
   std::vector<std::string> refused, accepted;
   for (const std::string& name : names) {
     const std::string now = value(settings, name);

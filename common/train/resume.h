@@ -8,7 +8,7 @@
 //   momentum_start, momentum_end, momentum_ramp_epochs, momentum_ramp_steps,
 //   dampened_momentum (SGD), adam_beta1, adam_beta2, adam_epsilon (Adam),
 //   temperature, distill_temperature, alpha, data (what the data is),
-//   examples_per_epoch, batches_per_epoch
+//   examples_per_epoch, batches_per_epoch, and average_last_epochs when on
 // plus the ISA oneDNN dispatched to, the compute threads and the precision
 // (TrainingState.precision; f32 in checkpoints that record none). A resume
 //   - is refused (FailedPrecondition naming every setting that differs, with
@@ -19,7 +19,8 @@
 //     state of SGD cannot seed Adam's moments);
 //   - accepts another number of epochs under a schedule that does not depend
 //     on the total number of steps (constant, step: extending or shortening
-//     the run changes nothing of the epochs it shares), but not under cosine;
+//     the run changes nothing of the epochs it shares), but not under cosine
+//     nor with weight averaging (its epochs are the last ones);
 //   - goes on with a warning on another ISA or thread count: the run is
 //     valid, but its bits differ from an uninterrupted run's.
 //   - keeps the checkpoint's precision: --precision=auto takes it, another

@@ -1,5 +1,6 @@
 #include "common/train/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -15,6 +16,7 @@
 #include "common/nn/softmax.h"
 #include "common/train/progress.h"
 #include "common/train/resume.h"
+#include "common/train/weight_average.h"
 #include "common/util/bounded_queue.h"
 #include "common/util/random.h"
 #include "common/util/status_macros.h"
@@ -57,6 +59,10 @@ absl::Status ValidateConfig(const TrainerConfig& c) {
     return absl::InvalidArgumentError(absl::StrCat("alpha must be in [0, 1], got ", c.alpha));
   }
   if (c.eval_every < 1) return absl::InvalidArgumentError("eval_every must be at least 1");
+  if (c.average_last_epochs < 0 || c.average_last_epochs > c.epochs) {
+    return absl::InvalidArgumentError(absl::StrCat("average_last_epochs must be in [0, epochs = ",
+                                                   c.epochs, "], got ", c.average_last_epochs));
+  }
   if (!(c.weight_decay >= 0.f && c.weight_decay < 1.f)) {
     return absl::InvalidArgumentError(
         absl::StrCat("weight decay must be in [0, 1), got ", c.weight_decay));
@@ -106,6 +112,9 @@ class TrainingRun {
   absl::Status TrainStep(TrainingBatch& batch, int64_t epoch, double* loss);
   absl::Status FinishEpoch(int64_t epoch, EpochMetrics& metrics);
   absl::Status SaveBestCheckpoint(const EpochMetrics& metrics);
+  // Adds the weights to the average in the last average_last_epochs
+  // epochs, and after the last one makes the mean the network's weights.
+  absl::Status AverageWeights(int64_t epoch);
 
   const TrainerConfig& config_;
   BatchSource& source_;
@@ -117,6 +126,7 @@ class TrainingRun {
   LearningRateSchedule schedule_;
   std::unique_ptr<Optimizer> optimizer_;
   std::vector<Parameter*> params_;
+  WeightAverage average_;
   Precision precision_ = Precision::kF32;
   int64_t batches_per_epoch_ = 0;
   int64_t total_steps_ = 0;
@@ -158,6 +168,11 @@ absl::Status TrainingRun::Setup() {
     sgd.momentum_ramp_steps = std::llround(config_.momentum_ramp_epochs * batches_per_epoch_);
   }
   ASSIGN_OR_RETURN(result_.network, Network::Create(spec_, config_.seed));
+  if (config_.average_last_epochs > 0 && !result_.network->Buffers().empty()) {
+    return absl::InvalidArgumentError(
+        "weight averaging (average_last_epochs) needs a network without batch norm: the "
+        "running statistics belong to the weights they were measured with, not to their mean");
+  }
   optimizer_ = config_.optimizer == "adam" ? MakeAdam(adam) : MakeSgd(sgd);
   if (config_.resume && !config_.checkpoint_path.empty() &&
       std::ifstream(config_.checkpoint_path).good()) {
@@ -190,6 +205,20 @@ absl::Status TrainingRun::Resume() {
   for (size_t i = 0; i < to_b.size(); ++i) *to_b[i].value = *from_b[i].value;
   RETURN_IF_ERROR(RestoreOptimizerState(checkpoint, network, optimizer_.get()));
   start_epoch_ = checkpoint.training_state().epochs_completed();
+  std::vector<Tensor> means;
+  int64_t averaged = 0;
+  RETURN_IF_ERROR(RestoreAveragedParameters(checkpoint, network, &means, &averaged));
+  const int64_t expected =
+      config_.average_last_epochs == 0
+          ? 0
+          : std::max<int64_t>(0, start_epoch_ - (config_.epochs - config_.average_last_epochs));
+  if (averaged != expected) {
+    return absl::DataLossError(absl::StrCat(
+        "cannot resume from ", config_.checkpoint_path, ": it holds a weight average of ", averaged,
+        " epochs, a run averaging the last ", config_.average_last_epochs, " of ", config_.epochs,
+        " needs one of ", expected, " after epoch ", start_epoch_));
+  }
+  average_.Reset(std::move(means), averaged);
   step_ = checkpoint.training_state().steps_completed();
   RETURN_IF_ERROR(TrimMetricsCsv(config_.metrics_csv_path, start_epoch_));
   if (config_.log_progress) {
@@ -304,9 +333,24 @@ absl::Status TrainingRun::SaveBestCheckpoint(const EpochMetrics& metrics) {
   return SaveCheckpoint(config_.best_checkpoint_path, best);
 }
 
+absl::Status TrainingRun::AverageWeights(int64_t epoch) {
+  const int64_t k = config_.average_last_epochs;
+  if (k == 0 || epoch < config_.epochs - k) return absl::OkStatus();
+  RETURN_IF_ERROR(average_.Add(params_));
+  if (epoch + 1 < config_.epochs) return absl::OkStatus();
+  // Parameters() tells the layers that their weights change (bf16 copies).
+  RETURN_IF_ERROR(average_.CopyTo(result_.network->Parameters()));
+  if (config_.log_progress) {
+    spdlog::info("weights: the mean of those after epochs {} to {} (average_last_epochs {})",
+                 config_.epochs - k + 1, config_.epochs, k);
+  }
+  return absl::OkStatus();
+}
+
 absl::Status TrainingRun::FinishEpoch(int64_t epoch, EpochMetrics& metrics) {
   Network& network = *result_.network;
   const bool last = epoch + 1 == config_.epochs;
+  RETURN_IF_ERROR(AverageWeights(epoch));
   if (last || (epoch + 1) % config_.eval_every == 0) {
     if (test_.num_examples > 0) {
       ASSIGN_OR_RETURN(EvaluationResult eval, Evaluate(network, test_));
@@ -337,6 +381,7 @@ absl::Status TrainingRun::FinishEpoch(int64_t epoch, EpochMetrics& metrics) {
     distill::v1::Checkpoint checkpoint =
         MakeCheckpoint(network, config_.role, optimizer_.get(), epoch + 1, step_, config_.seed);
     (*checkpoint.mutable_metadata())["test_errors"] = absl::StrCat(metrics.test_errors);
+    SetAveragedParameters(network, average_.means(), average_.count(), &checkpoint);
     RecordTrainingSettings(settings_, precision_, &checkpoint);
     RETURN_IF_ERROR(SaveCheckpoint(config_.checkpoint_path, checkpoint));
   }

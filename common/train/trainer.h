@@ -103,6 +103,12 @@ struct TrainerConfig {
   // the checkpoint's (common/train/resume.h). Other layers compute in f32;
   // evaluation during training runs in the run's precision.
   PrecisionChoice precision = PrecisionChoice::kF32;
+  // Weight averaging (common/train/weight_average.h): the run's weights are
+  // the mean of the weights at the end of each of its last
+  // average_last_epochs epochs (0 = off: the last epoch's). The last epoch's
+  // evaluation, the final evaluation and the checkpoint written after it are
+  // of the mean. In [0, epochs]; networks with batch norm are refused.
+  int64_t average_last_epochs = 0;
   // Batches prepared ahead of training (gathering, jitter and the teacher's
   // soft targets) by a producer thread, through a bounded queue, so that the
   // data and a remote teacher stay off the critical path. 0 = inline.
