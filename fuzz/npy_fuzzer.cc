@@ -1,5 +1,5 @@
-// libFuzzer target for the NumPy reader (common/data/npy.h): the input is
-// decoded both as a .npy file (ParseNpy) and as an .npz archive
+// libFuzzer target for the NumPy readers (common/data/npy.h and npz.h): the
+// input is decoded both as a .npy file (ParseNpy) and as an .npz archive
 // (ParseNpzDataset, which runs ParseZip, ParseNpy on each member and
 // DatasetFromNpy). Whatever the bytes, decoding must return a status without
 // crashing, and what is accepted must be as large as its shape says.
@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/data/npy.h"
+#include "common/data/npz.h"
 
 namespace {
 

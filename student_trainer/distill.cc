@@ -5,7 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/data/dataset.h"
-#include "common/data/npy.h"
+#include "common/data/npz.h"
 #include "common/formats/checkpoint.h"
 #include "common/formats/contract.h"
 #include "common/util/status_macros.h"

@@ -28,7 +28,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/cli/training_flags.h"
-#include "common/data/npy.h"
+#include "common/data/npz.h"
 #include "common/formats/checkpoint.h"
 #include "common/formats/onnx_export.h"
 #include "common/nn/softmax.h"

@@ -5,7 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/data/dataset.h"
-#include "common/data/npy.h"
+#include "common/data/npz.h"
 #include "common/tensor/dnnl_context.h"
 #include "common/util/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"

@@ -9,7 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "common/data/npy.h"
+#include "common/data/npz.h"
 #include "common/formats/checkpoint.h"
 #include "common/formats/contract.h"
 #include "common/tensor/dnnl_context.h"

@@ -21,7 +21,7 @@ void SetTrainingFlagDefaults(const TrainerConfig& defaults, double momentum_ramp
 absl::StatusOr<TrainerConfig> TrainerConfigFromFlags();
 
 // The data source the flags name: --data when set, else --data_dir (see
-// LoadDataSource in common/data/npy.h).
+// LoadDataSource in common/data/npz.h).
 std::string DataSourceFromFlags();
 
 // The data the flags name: DataSourceFromFlags() (an MNIST-format directory,

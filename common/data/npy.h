@@ -1,4 +1,5 @@
-// Reading NumPy data: .npy arrays and .npz archives of them.
+// Reading NumPy .npy arrays, and a data set held as .npy files in a directory.
+// (The .npz archive of such arrays is common/data/npz.h.)
 //
 // A .npy file (NumPy's format.py, versions 1.0, 2.0 and 3.0) is:
 //   bytes 0-5  the magic "\x93NUMPY"
@@ -17,13 +18,6 @@
 // loaded), structured dtypes, Fortran order, a zero dimension or more than
 // 2^31 elements, and a payload shorter or longer than the shape says.
 //
-// A .npz file (np.savez, np.savez_compressed) is a zip archive whose members
-// are .npy files. It is read through its central directory: each member must
-// be stored (method 0) or deflated (method 8, inflated with zlib), not
-// encrypted, not zip64, with a plain name (no '/', '\\' or ".."), a CRC-32
-// that matches, and no name may appear twice. Members are only ever held in
-// memory; nothing is written to disk from an archive.
-//
 // A data set in NumPy form has four arrays: x_train, y_train, x_test, y_test
 // (in an .npz, the members x_train.npy etc.; in a directory, the files
 // x_train.npy etc.). Images are |u1 of shape (N, H, W) or (N, H, W, C)
@@ -35,7 +29,6 @@
 
 #include <cstdint>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -65,35 +58,14 @@ absl::StatusOr<NpyArray> ParseNpy(const std::string& name, const std::vector<uin
 // Reads and parses the .npy file `path`. NotFound when it cannot be opened.
 absl::StatusOr<NpyArray> ReadNpyFile(const std::string& path);
 
-// The members of a zip archive in memory, as (name, uncompressed bytes), in
-// central-directory order. DataLoss for a corrupt or truncated archive or a
-// CRC mismatch; InvalidArgument for zip64, encryption, an unsupported
-// compression method, an unsafe member name or a duplicate name.
-absl::StatusOr<std::vector<std::pair<std::string, std::vector<uint8_t>>>> ParseZip(
-    const std::string& name, const std::vector<uint8_t>& bytes);
-
 // A Dataset from an images array and a labels array (see the file comment).
 // `labels` may be null for unlabeled data. The names are used in messages.
 absl::StatusOr<Dataset> DatasetFromNpy(const std::string& images_name, const NpyArray& images,
                                        const std::string& labels_name, const NpyArray* labels,
                                        int num_classes = 10);
 
-// The train and test sets of an .npz archive in memory with exactly the
-// members x_train.npy, y_train.npy, x_test.npy and y_test.npy (a missing or
-// unexpected member is InvalidArgument).
-absl::StatusOr<MnistFormatData> ParseNpzDataset(const std::string& name,
-                                                const std::vector<uint8_t>& bytes);
-
-// Reads the .npz file `path` (ParseNpzDataset).
-absl::StatusOr<MnistFormatData> LoadNpzDataset(const std::string& path);
-
 // Reads <dir>/x_train.npy, y_train.npy, x_test.npy and y_test.npy.
 absl::StatusOr<MnistFormatData> LoadNpyDirectory(const std::string& dir);
-
-// The data behind --data_dir or --data: a file ending in ".npz" is an .npz
-// archive; a directory holding x_train.npy is a NumPy directory; anything
-// else is an MNIST-format IDX directory (LoadMnistFormatDirectory).
-absl::StatusOr<MnistFormatData> LoadDataSource(const std::string& path);
 
 }  // namespace distillery
 
