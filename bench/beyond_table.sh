@@ -19,6 +19,7 @@
 #   OUT=out/beyond          where checkpoints, logs and table.md go (reused:
 #                           a teacher checkpoint already there is not retrained)
 #   CNN_EPOCHS=20 CNN2_EPOCHS=10 MLP_EPOCHS=60 DISTILL_EPOCHS=60
+#   STUDENT_FLAGS="--average_last_epochs=20"   more flags for every student
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/teacher_lib.sh
@@ -99,7 +100,7 @@ distil() {  # name serve-args...
     --architecture=784-800-800-10 --distill_temperature=20 --alpha=0.9 --use_labels \
     "${student_data[@]}" --epochs="${DISTILL_EPOCHS:-60}" --lr=0.03 --warmup_epochs=1 --seed=1 \
     --threads=2 --progress=plain --checkpoint="$OUT/$name.ckpt" --metrics_csv="$OUT/$name.csv" \
-    >"$OUT/$name.log" 2>&1
+    ${STUDENT_FLAGS:-} >"$OUT/$name.log" 2>&1
   stop_teacher_server
   echo "| $name ($source) | $teacher_errors | $(tail -n 1 "$OUT/$name.csv" | cut -d, -f6) | $((SECONDS - t0)) s |" \
     | tee -a "$OUT/table.md"

@@ -338,11 +338,17 @@ absl::Status TrainingRun::AverageWeights(int64_t epoch) {
   if (k == 0 || epoch < config_.epochs - k) return absl::OkStatus();
   RETURN_IF_ERROR(average_.Add(params_));
   if (epoch + 1 < config_.epochs) return absl::OkStatus();
+  std::string own;  // the last epoch's own weights, for the log (never chosen by)
+  if (config_.log_progress && test_.num_examples > 0) {
+    ASSIGN_OR_RETURN(EvaluationResult eval, Evaluate(*result_.network, test_));
+    own = absl::StrCat("; the last epoch's own weights: test errors ",
+                       ErrorsText(eval.errors, eval.examples));
+  }
   // Parameters() tells the layers that their weights change (bf16 copies).
   RETURN_IF_ERROR(average_.CopyTo(result_.network->Parameters()));
   if (config_.log_progress) {
-    spdlog::info("weights: the mean of those after epochs {} to {} (average_last_epochs {})",
-                 config_.epochs - k + 1, config_.epochs, k);
+    spdlog::info("weights: the mean of those after epochs {} to {} (average_last_epochs {}){}",
+                 config_.epochs - k + 1, config_.epochs, k, own);
   }
   return absl::OkStatus();
 }
