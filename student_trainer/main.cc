@@ -122,7 +122,12 @@ int Distill() {
   config.teacher.give_up_after = absl::Seconds(absl::GetFlag(FLAGS_give_up_seconds));
   config.teacher.allow_teacher_change = absl::GetFlag(FLAGS_allow_teacher_change);
   config.source = absl::GetFlag(FLAGS_source);
-  config.data_dir = distillery::DataSourceFromFlags();
+  absl::StatusOr<std::string> data = distillery::DataSourceFromFlags();
+  if (!data.ok()) {
+    spdlog::error("{}", data.status().ToString());
+    return 2;
+  }
+  config.data_dir = *data;
   config.transfer_range = absl::GetFlag(FLAGS_train_range);
   config.use_labels = absl::GetFlag(FLAGS_use_labels);
   for (const std::string& c : absl::GetFlag(FLAGS_exclude_classes)) {
@@ -210,7 +215,7 @@ absl::Status ExportCommand() {
   absl::PrintF("  file size:         %d bytes (%.2f MiB)\n", file_stat.st_size,
                static_cast<double>(file_stat.st_size) / (1 << 20));
   absl::PrintF("  multiply-adds:     %d per image\n", mlp->ForwardMacsPerExample());
-  const std::string data_dir = distillery::DataSourceFromFlags();
+  ASSIGN_OR_RETURN(const std::string data_dir, distillery::DataSourceFromFlags());
   if (data_dir.empty()) {
     absl::PrintF("  test errors (T=1): not evaluated (no --data_dir)\n");
     return absl::OkStatus();

@@ -250,7 +250,14 @@ int Serve() {
   config.address = absl::GetFlag(FLAGS_address);
   config.port_file = absl::GetFlag(FLAGS_port_file);
   config.metrics_address = absl::GetFlag(FLAGS_metrics_address);
-  if (!absl::GetFlag(FLAGS_no_transfer_set)) config.data_dir = distillery::DataSourceFromFlags();
+  if (!absl::GetFlag(FLAGS_no_transfer_set)) {
+    absl::StatusOr<std::string> data = distillery::DataSourceFromFlags();
+    if (!data.ok()) {
+      spdlog::error("{}", data.status().ToString());
+      return 2;
+    }
+    config.data_dir = *data;
+  }
   config.transfer_range = absl::GetFlag(FLAGS_transfer_range);
   config.serve_labels = absl::GetFlag(FLAGS_serve_labels);
   config.threads = absl::GetFlag(FLAGS_threads);

@@ -6,6 +6,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 #include <zlib.h>
 
 #include <cstdlib>
@@ -223,6 +224,21 @@ TEST(NpyTest, StudentTrainerTrainsOnAnNpz) {
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   EXPECT_THAT(text, HasSubstr("2000 training images of (1, 28, 28)"));
   EXPECT_THAT(text, HasSubstr("test errors out of 500"));
+}
+
+TEST(NpyTest, DataAndDataDirTogetherAreRefused) {
+  Fixture f = MakeFixture(100, 100);
+  const std::string log = f.dir + "/both.log";
+  const std::string command =
+      absl::StrCat("OMP_NUM_THREADS=1 ", DISTILLERY_STUDENT_TRAINER_BINARY,
+                   " baseline --data=", f.dir, "/mnist.npz --data_dir=", f.dir,
+                   " --epochs=1 --architecture=784-32-10 --threads=1 > ", log, " 2>&1");
+  const int status = std::system(command.c_str());
+  ASSERT_TRUE(WIFEXITED(status)) << command;
+  EXPECT_NE(WEXITSTATUS(status), 0) << command;
+  std::ifstream in(log);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_THAT(text, HasSubstr("both name the data: give one of them"));
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "absl/flags/flag.h"
+#include "absl/flags/reflection.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -152,13 +153,23 @@ absl::StatusOr<TrainerConfig> TrainerConfigFromFlags() {
 
 int ThreadsFromFlags() { return absl::GetFlag(FLAGS_threads); }
 
-std::string DataSourceFromFlags() {
+absl::StatusOr<std::string> DataSourceFromFlags() {
   const std::string data = absl::GetFlag(FLAGS_data);
-  return data.empty() ? absl::GetFlag(FLAGS_data_dir) : data;
+  if (data.empty()) return absl::GetFlag(FLAGS_data_dir);
+  const absl::CommandLineFlag* data_dir = absl::FindCommandLineFlag("data_dir");
+  // (This abseil hides whether a flag was on the command line: a --data_dir
+  // other than its default is taken as given.)
+  if (data_dir != nullptr && data_dir->CurrentValue() != data_dir->DefaultValue()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--data=", data, " and --data_dir=", absl::GetFlag(FLAGS_data_dir),
+                     " both name the data: give one of them"));
+  }
+  return data;
 }
 
 absl::StatusOr<TrainingData> LoadDataFromFlags() {
-  ASSIGN_OR_RETURN(MnistFormatData files, LoadDataSource(DataSourceFromFlags()));
+  ASSIGN_OR_RETURN(const std::string source, DataSourceFromFlags());
+  ASSIGN_OR_RETURN(MnistFormatData files, LoadDataSource(source));
   const int64_t n = files.train.num_examples;
   ASSIGN_OR_RETURN(auto range, ParseRange(absl::GetFlag(FLAGS_train_range), n));
   TrainingData data;
@@ -201,7 +212,7 @@ absl::Status RunTraining(const std::string& role) {
   config.data_description = absl::StrCat("train set ", DatasetFingerprint(data.train));
   spdlog::info("{}: {} training images of {} from {} (range {}), {} validation, {} test images",
                role, data.train.num_examples, ShapeString(data.train.example_shape()),
-               DataSourceFromFlags(),
+               *DataSourceFromFlags(),
                absl::GetFlag(FLAGS_train_range).empty() ? "all" : absl::GetFlag(FLAGS_train_range),
                data.validation.num_examples, data.test.num_examples);
   ASSIGN_OR_RETURN(TrainingResult result,

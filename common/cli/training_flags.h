@@ -21,8 +21,9 @@ void SetTrainingFlagDefaults(const TrainerConfig& defaults, double momentum_ramp
 absl::StatusOr<TrainerConfig> TrainerConfigFromFlags();
 
 // The data source the flags name: --data when set, else --data_dir (see
-// LoadDataSource in common/data/npz.h).
-std::string DataSourceFromFlags();
+// LoadDataSource in common/data/npz.h). InvalidArgument when --data is set
+// and --data_dir is not its default: one of them would be ignored.
+absl::StatusOr<std::string> DataSourceFromFlags();
 
 // The data the flags name: DataSourceFromFlags() (an MNIST-format directory,
 // a directory of .npy files or an .npz archive), the
