@@ -238,6 +238,34 @@ struct FileCloser {
 };
 using FilePtr = std::unique_ptr<std::FILE, FileCloser>;
 
+// Reorders the elements of a Fortran-order (column-major) array into C
+// order: C order's element (i0, ..., ik) is Fortran order's element at
+// offset i0 + d0 * (i1 + d1 * (i2 + ...)).
+void FortranToCOrder(NpyArray* array) {
+  const std::vector<uint64_t>& dims = array->shape;
+  const size_t rank = dims.size();
+  if (rank < 2) return;  // the same bytes
+  const size_t item = static_cast<size_t>(array->item_bytes);
+  std::vector<uint64_t> stride(rank, 1);  // Fortran strides, in elements
+  for (size_t k = 1; k < rank; ++k) stride[k] = stride[k - 1] * dims[k - 1];
+  std::vector<uint8_t> c_order(array->data.size());
+  std::vector<uint64_t> index(rank, 0);
+  uint64_t from = 0;
+  const uint64_t elements = array->num_elements();
+  for (uint64_t e = 0; e < elements; ++e) {
+    std::memcpy(&c_order[e * item], &array->data[from * item], item);
+    for (size_t k = rank; k-- > 0;) {  // the next C-order index, last dimension fastest
+      if (++index[k] < dims[k]) {
+        from += stride[k];
+        break;
+      }
+      from -= stride[k] * (dims[k] - 1);
+      index[k] = 0;
+    }
+  }
+  array->data = std::move(c_order);
+}
+
 }  // namespace
 
 namespace npy_internal {
@@ -318,12 +346,6 @@ absl::StatusOr<NpyArray> ParseNpy(const std::string& name, const std::vector<uin
   NpyArray array;
   RETURN_IF_ERROR(HeaderParser(name, header).Parse(&descr, &fortran_order, &array.shape));
   RETURN_IF_ERROR(ParseDescr(name, descr, &array));
-  if (fortran_order) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(name,
-                     ": fortran_order True is not supported: save a C-order array "
-                     "(np.ascontiguousarray)"));
-  }
   uint64_t elements = 1;
   for (size_t d = 0; d < array.shape.size(); ++d) {
     if (array.shape[d] == 0) {
@@ -350,6 +372,7 @@ absl::StatusOr<NpyArray> ParseNpy(const std::string& name, const std::vector<uin
                                             "-byte payload of shape ", ShapeText(array.shape)));
   }
   array.data.assign(bytes.begin() + static_cast<ptrdiff_t>(prefix + header_length), bytes.end());
+  if (fortran_order) FortranToCOrder(&array);
   return array;
 }
 

@@ -11,12 +11,15 @@
 //              '<i8'), 'fortran_order' (True or False) and 'shape' (a tuple of
 //              non-negative integers), padded with spaces and ended by '\n'
 //   then       the elements, C order, product(shape) * itemsize bytes
-// Accepted here: the integer dtypes |u1 |i1 <u2 <i2 <u4 <i4 <u8 <i8 and
-// fortran_order False. Refused with a message naming the file: a wrong magic
-// or version, a header that is not exactly such a dict, big-endian ('>') or
-// non-integer dtypes, object arrays ('|O', which NumPy pickles: they are never
-// loaded), structured dtypes, Fortran order, a zero dimension or more than
-// 2^31 elements, and a payload shorter or longer than the shape says.
+//              (column-major instead when fortran_order is True, as
+//              np.asfortranarray and MATLAB-born arrays are saved)
+// Accepted here: the integer dtypes |u1 |i1 <u2 <i2 <u4 <i4 <u8 <i8, in C or
+// Fortran order (read into C order). Refused with a message naming the file:
+// a wrong magic or version, a header that is not exactly such a dict,
+// big-endian ('>') or non-integer dtypes, object arrays ('|O', which NumPy
+// pickles: they are never loaded), structured dtypes, a zero dimension or
+// more than 2^31 elements, and a payload shorter or longer than the shape
+// says.
 //
 // A data set in NumPy form has four arrays: x_train, y_train, x_test, y_test
 // (in an .npz, the members x_train.npy etc.; in a directory, the files
@@ -52,7 +55,7 @@ struct NpyArray {
 // Parses .npy bytes in memory. `name` is used in error messages only.
 // DataLoss: wrong magic or version, truncated or malformed header, payload
 // shorter or longer than the shape. InvalidArgument: a valid header of an
-// unsupported array (dtype, Fortran order, zero or absurd dimensions).
+// unsupported array (dtype, zero or absurd dimensions).
 absl::StatusOr<NpyArray> ParseNpy(const std::string& name, const std::vector<uint8_t>& bytes);
 
 // Reads and parses the .npy file `path`. NotFound when it cannot be opened.
