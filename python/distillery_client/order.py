@@ -40,43 +40,22 @@ def _temper(y: np.ndarray) -> np.ndarray:
     return y
 
 
-class MT19937_64:
-    """std::mt19937_64, drawing blocks of 312 outputs with NumPy."""
-
-    def __init__(self, seed: int):
-        state = [seed & _MASK]
-        for i in range(1, _N):
-            prev = state[-1]
-            state.append((6364136223846793005 * (prev ^ (prev >> 62)) + i) & _MASK)
-        self._state = np.array(state, dtype=np.uint64)
-
-    def _twist(self) -> None:
-        x = self._state
-        one = np.uint64(1)
-        # i in [0, n-m): x[i+1] and x[i+m] are still the old values.
-        y = (x[:_N - _M] & _UPPER) | (x[1:_N - _M + 1] & _LOWER)
-        x[:_N - _M] = x[_M:] ^ (y >> one) ^ np.where(y & one, _MATRIX_A, np.uint64(0))
-        # i in [n-m, n-1): x[i+m-n] was updated above, x[i+1] is old.
-        y = (x[_N - _M:_N - 1] & _UPPER) | (x[_N - _M + 1:] & _LOWER)
-        x[_N - _M:_N - 1] = (x[:_M - 1] ^ (y >> one)
-                             ^ np.where(y & one, _MATRIX_A, np.uint64(0)))
-        y = (x[_N - 1] & _UPPER) | (x[0] & _LOWER)
-        x[_N - 1] = x[_M - 1] ^ (y >> one) ^ (_MATRIX_A if int(y) & 1 else np.uint64(0))
-
-    def block(self) -> np.ndarray:
-        """The next 312 outputs."""
-        self._twist()
-        return _temper(self._state)
+def _seed_state(seed: int) -> np.ndarray:
+    """std::mt19937_64's 312 state words after seeding with `seed`."""
+    state = [seed & _MASK]
+    for i in range(1, _N):
+        prev = state[-1]
+        state.append((6364136223846793005 * (prev ^ (prev >> 62)) + i) & _MASK)
+    return np.array(state, dtype=np.uint64)
 
 
 def mt19937_64_outputs(seed: int, count: int) -> np.ndarray:
-    """The first `count` outputs of std::mt19937_64(seed), as
-    MT19937_64(seed).block() gives them, computed on the whole sequence of
-    states at once: state k + 312 is state k + 156 xor the twist of states k
+    """The first `count` outputs of std::mt19937_64(seed), computed on the
+    whole sequence of states at once: state k + 312 is state k + 156 xor the twist of states k
     and k + 1, so each step computes the next 156 states from earlier ones,
     and the tempering is one pass over all of them."""
     states = np.empty(_N + count + _M, dtype=np.uint64)
-    states[:_N] = MT19937_64(seed)._state
+    states[:_N] = _seed_state(seed)
     one = np.uint64(1)
     y = np.empty(_M, dtype=np.uint64)
     t = np.empty(_M, dtype=np.uint64)
@@ -155,16 +134,19 @@ def _fisher_yates(j: np.ndarray) -> np.ndarray:
 
 def _shuffled_indices_exact(n: int, seed: int, epoch: int) -> List[int]:
     order = list(range(n))
-    rng = MT19937_64(splitmix64((seed ^ splitmix64(epoch & _MASK)) & _MASK))
-    draws: List[int] = []
+    key = splitmix64((seed ^ splitmix64(epoch & _MASK)) & _MASK)
+    # n - 1 draws and a few spare (a rejection's odds are about n / 2^64);
+    # more, should they run out, are the same outputs drawn further.
+    count = n + 63
+    draws: List[int] = mt19937_64_outputs(key, count).tolist()
     pos = 0
     for i in range(n - 1, 0, -1):
         bound = i + 1
         threshold = ((1 << 64) - bound) % bound  # 2^64 mod bound
         while True:
             if pos == len(draws):
-                draws = rng.block().tolist()
-                pos = 0
+                count *= 2
+                draws = mt19937_64_outputs(key, count).tolist()
             r = draws[pos]
             pos += 1
             if r >= threshold:

@@ -236,9 +236,9 @@ def test_vectorised_shuffle_equals_the_swap_loop():
     # The C++ standard's check of std::mt19937_64: the 10000th output of a
     # default-constructed engine (seed 5489).
     assert int(order.mt19937_64_outputs(5489, 10000)[-1]) == 9981545732273789042
-    rng = order.MT19937_64(5489)
-    assert order.mt19937_64_outputs(5489, 700).tolist() == np.concatenate(
-        [rng.block(), rng.block(), rng.block()])[:700].tolist()
+    # Fewer outputs are the same outputs' prefix (a block of 312 is no unit).
+    assert order.mt19937_64_outputs(5489, 700).tolist() == order.mt19937_64_outputs(
+        5489, 10000)[:700].tolist()
     for n in [1, 2, 3, 10, 311, 312, 313, 1000, 60000, 65536, 65537, 70001]:
         for seed, epoch in [(1, 0), (7, 3)]:
             exact = order._shuffled_indices_exact(n, seed, epoch)
