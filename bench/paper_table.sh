@@ -6,6 +6,10 @@
 # Usage: bench/paper_table.sh [build_dir]
 #   TEACHER_CKPT=path  reuse a trained teacher instead of training one (400 epochs, ~40 min)
 #   STUDENT_EPOCHS, DISTILL_EPOCHS override the students' epochs.
+#   THREADS=N          compute threads of every stage (default 2)
+#   AVERAGE_LAST_QUARTER=1  every network's weights are the mean over the last
+#                      quarter of its epochs (--average_last_epochs, SWA), a
+#                      choice made before any run and never by the test set
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/teacher_lib.sh
@@ -16,18 +20,23 @@ mkdir -p "$OUT"
 TS=$BUILD/teacher_server/teacher_server
 ST=$BUILD/student_trainer/student_trainer
 export OMP_WAIT_POLICY=PASSIVE
+THREADS=${THREADS:-2}
+STUDENT_EPOCHS=${STUDENT_EPOCHS:-30}
+DISTILL_EPOCHS=${DISTILL_EPOCHS:-60}
+# --average_last_epochs for a run of $1 epochs, when asked for.
+average() { if [ "${AVERAGE_LAST_QUARTER:-0}" = 1 ]; then echo "--average_last_epochs=$(($1 / 4))"; fi; }
 t0=$(date +%s)
 TEACHER_CKPT=${TEACHER_CKPT:-$OUT/teacher.ckpt}
 if [ ! -f "$TEACHER_CKPT" ]; then
   echo "== teacher (400 epochs)"
-  "$TS" train --data_dir="$MNIST" --epochs=400 --seed=1 --threads=2 \
+  "$TS" train --data_dir="$MNIST" --epochs=400 --seed=1 --threads="$THREADS" $(average 400) \
     --checkpoint="$TEACHER_CKPT" --metrics_csv="$OUT/teacher.csv" 2>&1 | tee "$OUT/teacher.log"
 fi
 t1=$(date +%s)
 
 echo "== baseline student, hard labels"
-"$ST" baseline --data_dir="$MNIST" --architecture=784-800-800-10 --epochs="${STUDENT_EPOCHS:-30}" \
-  --lr=0.1 --seed=1 --threads=2 --checkpoint="$OUT/baseline.ckpt" \
+"$ST" baseline --data_dir="$MNIST" --architecture=784-800-800-10 --epochs="$STUDENT_EPOCHS" \
+  --lr=0.1 --seed=1 --threads="$THREADS" $(average "$STUDENT_EPOCHS") --checkpoint="$OUT/baseline.ckpt" \
   --metrics_csv="$OUT/baseline.csv" 2>&1 | tee "$OUT/baseline.log" | grep -E "epoch .*/|done"
 t2=$(date +%s)
 
@@ -37,7 +46,8 @@ start_teacher_server "$TS" "$OUT" --checkpoint="$TEACHER_CKPT" --no_transfer_set
 # exactly that view; hard labels weigh 1 - alpha = 0.1.
 "$ST" distill --teacher="127.0.0.1:$TEACHER_PORT" --data_dir="$MNIST" \
   --architecture=784-800-800-10 --distill_temperature=20 --alpha=0.9 --use_labels \
-  --jitter=2 --epochs="${DISTILL_EPOCHS:-60}" --lr=0.03 --warmup_epochs=1 --seed=1 --threads=2 \
+  --jitter=2 --epochs="$DISTILL_EPOCHS" --lr=0.03 --warmup_epochs=1 --seed=1 --threads="$THREADS" \
+  $(average "$DISTILL_EPOCHS") \
   --checkpoint="$OUT/distilled.ckpt" --metrics_csv="$OUT/distilled.csv" 2>&1 \
   | tee "$OUT/distilled.log" | grep -E "epoch .*/|done"
 stop_teacher_server
