@@ -110,7 +110,8 @@ int Run() {
   const std::string precision_flag = absl::GetFlag(FLAGS_precision);
   auto choice = ParsePrecisionChoice(precision_flag);
   std::string why;
-  auto precision = choice.ok() ? ResolvePrecision(*choice, &why) : choice.status();
+  auto precision =
+      choice.ok() ? ResolvePrecision(*choice, PrecisionUse::kServing, &why) : choice.status();
   if (!precision.ok()) {
     spdlog::error("{}", precision.status().ToString());
     return 1;

@@ -38,7 +38,8 @@ absl::Status RunServer(const ServeConfig& config) {
 
   SetComputeThreads(config.threads);
   std::string why;
-  ASSIGN_OR_RETURN(const Precision precision, ResolvePrecision(config.precision, &why));
+  ASSIGN_OR_RETURN(const Precision precision,
+                   ResolvePrecision(config.precision, PrecisionUse::kServing, &why));
   spdlog::info("precision {} ({})", PrecisionName(precision), why);
   ASSIGN_OR_RETURN(LoadedTeacher teacher, LoadTeacher(config.checkpoint_paths, config.ensemble,
                                                       config.checkpoint, precision));

@@ -27,13 +27,23 @@ TEST(PrecisionTest, AutoAndExplicitChoicesFollowTheIsa) {
   EXPECT_FALSE(ParsePrecisionChoice("fp16").ok());
   EXPECT_EQ(*ParsePrecisionChoice("auto"), PrecisionChoice::kAuto);
   std::string why;
-  EXPECT_EQ(*ResolvePrecision(PrecisionChoice::kF32, &why), Precision::kF32);
-  auto chosen = ResolvePrecision(PrecisionChoice::kAuto, &why);
+  EXPECT_EQ(*ResolvePrecision(PrecisionChoice::kF32, PrecisionUse::kServing, &why),
+            Precision::kF32);
+  auto chosen = ResolvePrecision(PrecisionChoice::kAuto, PrecisionUse::kTraining, &why);
   ASSERT_TRUE(chosen.ok());
   EXPECT_NE(why.find(CpuIsaName()), std::string::npos) << why;
-  // auto is bf16 exactly when oneDNN has AMX.
+  // Training: auto is bf16 exactly when oneDNN has AMX.
   EXPECT_EQ(*chosen == Precision::kBF16, CpuHasAmx()) << why;
-  auto bf16 = ResolvePrecision(PrecisionChoice::kBF16, &why);
+  // Serving: also on AVX512_BF16 on Zen 5 (AMD family 26), and the log
+  // names the CPU family whenever bf16 is native.
+  auto serving = ResolvePrecision(PrecisionChoice::kAuto, PrecisionUse::kServing, &why);
+  ASSERT_TRUE(serving.ok());
+  const bool zen5 = CpuFamilyName().rfind("AMD family 26 ", 0) == 0;
+  EXPECT_EQ(*serving == Precision::kBF16, CpuHasAmx() || (CpuHasNativeBf16() && zen5)) << why;
+  if (CpuHasNativeBf16() && !CpuHasAmx()) {
+    EXPECT_NE(why.find(CpuFamilyName()), std::string::npos) << why;
+  }
+  auto bf16 = ResolvePrecision(PrecisionChoice::kBF16, PrecisionUse::kTraining, &why);
   if (CpuHasNativeBf16()) {
     EXPECT_TRUE(bf16.ok()) << bf16.status();
   } else {

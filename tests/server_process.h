@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <string>
@@ -46,6 +47,12 @@ class ServerProcess {
              const std::string& log_path = "") {
     port_file_ = dir + "/port." + std::to_string(getpid()) + "." + std::to_string(++counter_);
     std::remove(port_file_.c_str());
+    // The tests compare answers with in-process f32 networks: unless `args`
+    // name a precision, serve in f32 (auto picks bf16 on some CPUs).
+    if (std::none_of(args.begin(), args.end(),
+                     [](const std::string& a) { return a.rfind("--precision=", 0) == 0; })) {
+      args.push_back("--precision=f32");
+    }
     args.insert(args.begin(), {binary, "serve"});
     args.push_back("--address=127.0.0.1:" + std::to_string(port));
     args.push_back("--port_file=" + port_file_);

@@ -24,7 +24,15 @@
 // in bf16 (SetPrecision, common/tensor/precision.h) converts at its edges,
 // so that its neighbours never see the difference, and keeps f32 master
 // weights, from which it makes bf16 copies when ParametersChanged says they
-// are stale.
+// are stale. Inference passes may keep activations in bf16 between bf16
+// layers instead: a layer whose TakesBf16() is true takes a bf16 input in
+// an inference Forward, and one told so by SetInferenceOutput gives a bf16
+// output (TiledInference arranges both, and restores f32 after its run).
+//
+// Fusion, in inference passes only: a layer that can apply the ReLU after
+// it as a post-op of its own product (SetInferenceOutput(relu=true)) lets
+// the pass skip the ReLU layer, and layers that are the identity in
+// inference (dropout) are skipped too.
 //
 // Thread-safety: a layer keeps per-shape oneDNN primitives and scratch
 // buffers, so one layer is used by one thread at a time.
@@ -104,6 +112,21 @@ class Layer {
   // The arithmetic of the layer's matrix products. Layers without any (or
   // without a bf16 path yet) ignore it and compute in f32.
   virtual void SetPrecision(Precision /*precision*/) {}
+  // Inference (Forward with training off) only; see Element types and
+  // Fusion above. Whether the layer computes max(x, 0) there:
+  virtual bool IsReluInInference() const { return false; }
+  // whether it is the identity there:
+  virtual bool IdentityInInference() const { return false; }
+  // whether it takes a bf16 input there:
+  virtual bool TakesBf16() const { return false; }
+  // and how its next inference Forwards give their output: with a ReLU
+  // applied (max(output, 0)) and in `type`. Returns false, changing
+  // nothing, when the layer cannot; (false, kF32), the default, it always
+  // accepts.
+  virtual bool SetInferenceOutput(bool relu, DataType type) {
+    return !relu && type == DataType::kF32;
+  }
+
   // The parameters' values may have changed since the last Forward: copies
   // made from them (bf16 weights) must be made again.
   virtual void ParametersChanged() {}

@@ -6,6 +6,44 @@
 #include "common/nn/layout_bridge.h"
 
 namespace distillery {
+namespace {
+
+// The index of the first layer from `i` on that an inference pass runs
+// (dropout is skipped), or layers.size().
+size_t NextRun(const std::vector<std::unique_ptr<Layer>>& layers, size_t i) {
+  while (i < layers.size() && layers[i]->IdentityInInference()) ++i;
+  return i;
+}
+
+}  // namespace
+
+TiledInference::Plan::~Plan() {
+  for (Layer* layer : configured) layer->SetInferenceOutput(false, DataType::kF32);
+}
+
+void TiledInference::MakePlan(const std::vector<std::unique_ptr<Layer>>& layers, Plan* plan) {
+  plan->steps.clear();
+  if (NextRun(layers, 0) == layers.size()) {
+    // Only identities: run them as they are.
+    for (size_t i = 0; i < layers.size(); ++i) plan->steps.push_back(i);
+    return;
+  }
+  for (size_t i = NextRun(layers, 0); i < layers.size(); i = NextRun(layers, i + 1)) {
+    plan->steps.push_back(i);
+    size_t next = NextRun(layers, i + 1);
+    const bool relu = next < layers.size() && layers[next]->IsReluInInference() &&
+                      layers[i]->SetInferenceOutput(true, DataType::kF32);
+    if (relu) {
+      plan->configured.push_back(layers[i].get());
+      next = NextRun(layers, next + 1);  // the ReLU is done
+    }
+    if (next < layers.size() && layers[next]->TakesBf16() &&
+        layers[i]->SetInferenceOutput(relu, DataType::kBF16) && !relu) {
+      plan->configured.push_back(layers[i].get());
+    }
+    if (relu) i = next - 1;  // continue after the fused ReLU and any identities
+  }
+}
 
 absl::Status TiledInference::Run(const std::vector<std::unique_ptr<Layer>>& layers,
                                  const Tensor& input, DnnlContext* context, Tensor* output) {
@@ -21,6 +59,8 @@ absl::Status TiledInference::Run(const std::vector<std::unique_ptr<Layer>>& laye
   const int64_t in_width = input.cols();
   Shape tile_shape = input.shape();
   tile_shape[0] = tile_rows_;
+  Plan plan;
+  MakePlan(layers, &plan);
   activations_.resize(layers.size());
   plain_inputs_.resize(layers.size());
   for (int64_t begin = 0; begin < rows; begin += tile_rows_) {
@@ -32,7 +72,7 @@ absl::Status TiledInference::Run(const std::vector<std::unique_ptr<Layer>>& laye
     std::copy(input.row(begin), input.row(begin) + count * in_width, tile_.data());
     std::fill(tile_.data() + count * in_width, tile_.data() + tile_rows_ * in_width, 0.f);
     const Tensor* current = &tile_;
-    for (size_t i = 0; i < layers.size(); ++i) {
+    for (size_t i : plan.steps) {
       const Tensor* seen = nullptr;
       if (absl::Status s = ForwardInLayout(*layers[i], *current, /*training=*/false, context,
                                            &plain_inputs_[i], &seen, &activations_[i]);

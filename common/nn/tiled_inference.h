@@ -11,6 +11,12 @@
 // whatever batch it rides in and wherever it sits in it; and the layers
 // keep one set of primitives, not one per batch size.
 //
+// The pass fuses where the layers allow (the Element types and Fusion
+// sections of common/nn/layer.h): dropout is skipped, a ReLU after a layer
+// that can apply it as a post-op is skipped, and a bf16 layer feeding
+// another gives it bf16 activations. The layers' inference settings are
+// restored to plain f32 outputs when Run returns.
+//
 // The price: a batch of n rows costs ceil(n / tile_rows) tiles, so small
 // batches pay for a whole tile (bench/RESULTS.md has the figures).
 //
@@ -52,6 +58,15 @@ class TiledInference {
                    DnnlContext* context, Tensor* output);
 
  private:
+  // The layers a run calls, in order, and those whose inference output it
+  // configured (reset when the plan goes).
+  struct Plan {
+    ~Plan();
+    std::vector<size_t> steps;
+    std::vector<Layer*> configured;
+  };
+  static void MakePlan(const std::vector<std::unique_ptr<Layer>>& layers, Plan* plan);
+
   int64_t tile_rows_;
   Tensor tile_;                       // one tile of input rows
   std::vector<Tensor> activations_;   // each layer's output for one tile

@@ -1,5 +1,9 @@
 #include "common/tensor/precision.h"
 
+#include <cpuid.h>
+
+#include <cstring>
+
 #include "absl/strings/str_cat.h"
 #include "common/tensor/dnnl_context.h"
 #include "dnnl.hpp"
@@ -14,7 +18,44 @@ bool EffectiveIsaContains(dnnl::cpu_isa level) {
   return (effective & wanted) == wanted;
 }
 
+struct CpuId {
+  std::string vendor;  // "AMD", "Intel" or cpuid's vendor string
+  unsigned family = 0, model = 0;
+};
+
+CpuId ReadCpuId() {
+  CpuId id;
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (__get_cpuid(0, &eax, &ebx, &ecx, &edx) == 0) return id;
+  char vendor[13] = {};
+  std::memcpy(vendor, &ebx, 4);
+  std::memcpy(vendor + 4, &edx, 4);
+  std::memcpy(vendor + 8, &ecx, 4);
+  id.vendor = std::strcmp(vendor, "AuthenticAMD") == 0   ? "AMD"
+              : std::strcmp(vendor, "GenuineIntel") == 0 ? "Intel"
+                                                         : vendor;
+  if (__get_cpuid(1, &eax, &ebx, &ecx, &edx) == 0) return id;
+  // The displayed family and model (Intel SDM and AMD APM, CPUID leaf 1).
+  const unsigned base_family = (eax >> 8) & 0xf, base_model = (eax >> 4) & 0xf;
+  id.family = base_family == 0xf ? base_family + ((eax >> 20) & 0xff) : base_family;
+  id.model =
+      base_family == 0xf || base_family == 6 ? (((eax >> 16) & 0xf) << 4) | base_model : base_model;
+  return id;
+}
+
+// CPU families whose bf16 inference measured faster than f32 without AMX.
+bool Bf16ServesFasterWithoutAmx() {
+  const CpuId id = ReadCpuId();
+  return id.vendor == "AMD" && id.family == 26;  // Zen 5
+}
+
 }  // namespace
+
+std::string CpuFamilyName() {
+  const CpuId id = ReadCpuId();
+  return absl::StrCat(id.vendor.empty() ? "unknown" : id.vendor, " family ", id.family, " model ",
+                      id.model);
+}
 
 const char* PrecisionName(Precision precision) {
   return precision == Precision::kBF16 ? "bf16" : "f32";
@@ -31,7 +72,8 @@ absl::StatusOr<PrecisionChoice> ParsePrecisionChoice(const std::string& text) {
 bool CpuHasNativeBf16() { return EffectiveIsaContains(dnnl::cpu_isa::avx512_core_bf16); }
 bool CpuHasAmx() { return EffectiveIsaContains(dnnl::cpu_isa::avx512_core_amx); }
 
-absl::StatusOr<Precision> ResolvePrecision(PrecisionChoice choice, std::string* reason) {
+absl::StatusOr<Precision> ResolvePrecision(PrecisionChoice choice, PrecisionUse use,
+                                           std::string* reason) {
   const std::string isa = CpuIsaName();
   switch (choice) {
     case PrecisionChoice::kF32:
@@ -53,9 +95,19 @@ absl::StatusOr<Precision> ResolvePrecision(PrecisionChoice choice, std::string* 
     *reason = absl::StrCat("auto: oneDNN ISA ", isa, " has AMX");
     return Precision::kBF16;
   }
-  *reason = CpuHasNativeBf16() ? absl::StrCat("auto: oneDNN ISA ", isa,
-                                              " has bf16 but no AMX, where bf16 is slower than f32")
-                               : absl::StrCat("auto: oneDNN ISA ", isa, " has no native bf16");
+  if (!CpuHasNativeBf16()) {
+    *reason = absl::StrCat("auto: oneDNN ISA ", isa, " has no native bf16");
+    return Precision::kF32;
+  }
+  const std::string cpu = CpuFamilyName();
+  if (use == PrecisionUse::kServing && Bf16ServesFasterWithoutAmx()) {
+    *reason = absl::StrCat("auto: oneDNN ISA ", isa, " has bf16 but no AMX, and ", cpu,
+                           " serves faster in bf16");
+    return Precision::kBF16;
+  }
+  *reason = absl::StrCat("auto: oneDNN ISA ", isa, " has bf16 but no AMX, and ", cpu, " is not ",
+                         use == PrecisionUse::kServing ? "measured to serve" : "measured to train",
+                         " faster in bf16");
   return Precision::kF32;
 }
 

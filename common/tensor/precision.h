@@ -7,14 +7,18 @@
 //         weights stay f32 (the bf16 copies are made from them), every other
 //         layer, the logits and the softmax stay f32.
 //
-// `auto` chooses by the instruction set oneDNN reports (CpuIsaName), never by
-// timing at start-up, so that every replica on the same kind of CPU makes
-// the same choice: bf16 when oneDNN dispatches to AMX (avx512_core_amx),
-// whose bf16 matmuls run 2.5 to 3.8 times the f32 rate; f32 otherwise,
-// including AVX512_BF16 without AMX, where oneDNN 2.6's bf16 matmul runs at
-// about half the f32 rate (bench/RESULTS.md has the measurements). `bf16`
-// on a CPU whose oneDNN ISA has no native bf16 (below avx512_core_bf16) is
-// refused rather than emulated.
+// `auto` chooses by the instruction set oneDNN reports (CpuIsaName) and the
+// CPU family, never by timing at start-up, so that every replica on the same
+// kind of CPU makes the same choice (bench/RESULTS.md has the measurements):
+//   - bf16 when oneDNN dispatches to AMX (avx512_core_amx), whose bf16
+//     matmuls run 2.5 to 3.8 times the f32 rate;
+//   - for serving only, bf16 on AVX512_BF16 without AMX on AMD family 26
+//     (Zen 5), where bf16 inference ran 1.5 to 1.9 times f32 (MLP and CNN
+//     teachers); its bf16 training ran at 0.9 to 1.07 times f32, no gain;
+//   - f32 otherwise, including AVX512_BF16 on Intel without AMX, where
+//     oneDNN 2.6's bf16 training ran at 0.5 to 0.7 times f32.
+// `bf16` on a CPU whose oneDNN ISA has no native bf16 (below
+// avx512_core_bf16) is refused rather than emulated.
 #ifndef DISTILLERY_COMMON_TENSOR_PRECISION_H_
 #define DISTILLERY_COMMON_TENSOR_PRECISION_H_
 
@@ -26,6 +30,8 @@ namespace distillery {
 
 enum class Precision { kF32, kBF16 };
 enum class PrecisionChoice { kAuto, kF32, kBF16 };
+// What the precision is for: `auto` may choose differently.
+enum class PrecisionUse { kTraining, kServing };
 
 // "f32" or "bf16".
 const char* PrecisionName(Precision precision);
@@ -37,12 +43,16 @@ absl::StatusOr<PrecisionChoice> ParsePrecisionChoice(const std::string& text);
 // bf16 arithmetic (avx512_core_bf16 or above), and AMX.
 bool CpuHasNativeBf16();
 bool CpuHasAmx();
+// The CPU's vendor and family from cpuid, e.g. "AMD family 26" or "Intel
+// family 6 model 207", for logs and the rule above.
+std::string CpuFamilyName();
 
-// The precision `choice` means on this machine, with the reason in
-// `*reason` (for the log), e.g. "auto: oneDNN ISA avx512_core_bf16 has bf16
-// but no AMX, where bf16 is slower than f32". FailedPrecondition for kBF16
-// without native bf16, naming the ISA.
-absl::StatusOr<Precision> ResolvePrecision(PrecisionChoice choice, std::string* reason);
+// The precision `choice` means on this machine for `use`, with the reason
+// in `*reason` (for the log), e.g. "auto: oneDNN ISA avx512_core_bf16 has
+// bf16 but no AMX, and AMD family 25 is not measured faster in bf16".
+// FailedPrecondition for kBF16 without native bf16, naming the ISA.
+absl::StatusOr<Precision> ResolvePrecision(PrecisionChoice choice, PrecisionUse use,
+                                           std::string* reason);
 
 }  // namespace distillery
 

@@ -230,10 +230,11 @@ absl::Status TrainingRun::Resume() {
 
 absl::Status TrainingRun::ApplyPrecision(const distill::v1::Checkpoint* resumed) {
   std::string why;
-  ASSIGN_OR_RETURN(precision_, resumed == nullptr
-                                   ? ResolvePrecision(config_.precision, &why)
-                                   : ResumePrecision(*resumed, config_.checkpoint_path,
-                                                     config_.precision, &why));
+  ASSIGN_OR_RETURN(
+      precision_,
+      resumed == nullptr
+          ? ResolvePrecision(config_.precision, PrecisionUse::kTraining, &why)
+          : ResumePrecision(*resumed, config_.checkpoint_path, config_.precision, &why));
   result_.network->SetPrecision(precision_);
   if (config_.log_progress) spdlog::info("precision {} ({})", PrecisionName(precision_), why);
   return absl::OkStatus();

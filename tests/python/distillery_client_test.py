@@ -64,7 +64,7 @@ class Server:
     def __init__(self, tmp: Path, checkpoint: Path, port: int = 0, extra=()):
         self.port_file = tmp / f"port.{time.monotonic_ns()}"
         self.log = tmp / f"serve.{time.monotonic_ns()}.log"
-        args = [SERVER, "serve", f"--checkpoint={checkpoint}", f"--data_dir={MNIST}",
+        args = [SERVER, "serve", "--precision=f32", f"--checkpoint={checkpoint}", f"--data_dir={MNIST}",
                 f"--transfer_range=0:{TRANSFER}", f"--address=127.0.0.1:{port}",
                 f"--port_file={self.port_file}", "--metrics_address=", "--threads=1",
                 "--serve_labels", *extra]

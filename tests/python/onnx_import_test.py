@@ -265,7 +265,7 @@ class OnnxImportTest(unittest.TestCase):
         port_file = os.path.join(self.tmp, "port")
         log = open(os.path.join(self.tmp, "serve.log"), "w")
         env = dict(os.environ, OMP_NUM_THREADS="2", OMP_WAIT_POLICY="PASSIVE")
-        server = subprocess.Popen([TEACHER_SERVER, "serve", f"--onnx={model}", *PREPROCESSING_FLAGS,
+        server = subprocess.Popen([TEACHER_SERVER, "serve", "--precision=f32", f"--onnx={model}", *PREPROCESSING_FLAGS,
                                    "--no_transfer_set",
                                    "--address=127.0.0.1:0", f"--port_file={port_file}",
                                    "--metrics_address=", "--threads=1"],
@@ -318,7 +318,7 @@ class OnnxImportTest(unittest.TestCase):
         port_file = os.path.join(self.tmp, "distill_port")
         log = open(os.path.join(self.tmp, "distill_serve.log"), "w")
         env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
-        server = subprocess.Popen([TEACHER_SERVER, "serve", f"--onnx={model}", *PREPROCESSING_FLAGS,
+        server = subprocess.Popen([TEACHER_SERVER, "serve", "--precision=f32", f"--onnx={model}", *PREPROCESSING_FLAGS,
                                    "--no_transfer_set", "--address=127.0.0.1:0",
                                    f"--port_file={port_file}", "--metrics_address=",
                                    "--threads=1"],

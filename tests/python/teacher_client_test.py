@@ -268,7 +268,7 @@ class TeacherClientTest(unittest.TestCase):
         cls.server_log = os.path.join(cls.tmp, "serve.log")
         with open(cls.server_log, "wb") as log:
             cls.proc = subprocess.Popen(
-                [SERVER_BINARY, "serve", f"--checkpoint={checkpoint}", f"--data_dir={MNIST_DIR}",
+                [SERVER_BINARY, "serve", "--precision=f32", f"--checkpoint={checkpoint}", f"--data_dir={MNIST_DIR}",
                  f"--transfer_range=0:{TRANSFER_SET_SIZE}", "--address=127.0.0.1:0",
                  f"--port_file={port_file}", f"--metrics_address=127.0.0.1:{cls.metrics_port}",
                  "--threads=1"],
@@ -557,7 +557,7 @@ class MutualTlsTeacherClientTest(unittest.TestCase):
         cls.server_log = os.path.join(cls.tmp, "serve.log")
         with open(cls.server_log, "wb") as log:
             cls.proc = subprocess.Popen(
-                [SERVER_BINARY, "serve", f"--checkpoint={checkpoint}", "--no_transfer_set",
+                [SERVER_BINARY, "serve", "--precision=f32", f"--checkpoint={checkpoint}", "--no_transfer_set",
                  "--address=127.0.0.1:0", f"--port_file={port_file}", "--metrics_address=",
                  "--threads=1", f"--tls_cert_file={cls.tmp}/server.pem",
                  f"--tls_key_file={cls.tmp}/server.key", f"--tls_client_ca_file={cls.tmp}/ca.pem",

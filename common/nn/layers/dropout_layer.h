@@ -28,6 +28,7 @@ class DropoutLayer : public Layer {
   absl::Status Backward(const Tensor& input, const Tensor& output, const Tensor& grad_output,
                         Tensor* grad_input) override;
   void SetNoiseStep(uint64_t step) override { step_ = step; }
+  bool IdentityInInference() const override { return true; }
 
   float rate() const { return rate_; }
 

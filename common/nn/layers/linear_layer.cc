@@ -108,26 +108,42 @@ absl::StatusOr<Shape> LinearLayer::OutputShape(const Shape& example_shape) const
   return Shape{out_features_};
 }
 
-absl::Status LinearLayer::GetBf16Primitives(int64_t batch, bool backward,
+bool LinearLayer::SetInferenceOutput(bool relu, DataType type) {
+  const bool bf16_output = type == DataType::kBF16;
+  if ((relu || bf16_output) && precision_ != Precision::kBF16) return false;
+  inference_relu_ = relu;
+  inference_bf16_output_ = bf16_output;
+  return true;
+}
+
+absl::Status LinearLayer::GetBf16Primitives(const Bf16Key& key, bool backward,
                                             Bf16Primitives** primitives) {
-  Bf16Primitives* found = bf16_by_batch_.Find(batch);
+  const int64_t batch = key[0];
+  Bf16Primitives* found = bf16_by_batch_.Find(key);
   if (found == nullptr) {
     try {
       const dnnl::engine& engine = context_->engine();
       const memory::desc src = Bf16MatrixDesc(batch, in_features_);
       const memory::desc weights({out_features_, in_features_}, memory::data_type::bf16,
                                  memory::format_tag::any);
+      const memory::desc dst = key[2] != 0 ? Bf16MatrixDesc(batch, out_features_)
+                                           : PlainMatrixDesc(batch, out_features_);
+      dnnl::primitive_attr attr;
+      if (key[1] != 0) {
+        dnnl::post_ops ops;
+        ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+        attr.set_post_ops(ops);
+      }
       dnnl::inner_product_forward::primitive_desc pd(
           dnnl::inner_product_forward::desc(dnnl::prop_kind::forward_inference, src, weights,
-                                            PlainVectorDesc(out_features_),
-                                            PlainMatrixDesc(batch, out_features_)),
-          engine);
+                                            PlainVectorDesc(out_features_), dst),
+          attr, engine);
       Bf16Primitives built;
       built.input_to_bf16 = dnnl::reorder(
           dnnl::reorder::primitive_desc(engine, PlainMatrixDesc(batch, in_features_), engine, src));
       built.forward = dnnl::inner_product_forward(pd);
       built.weights_desc = pd.weights_desc();
-      found = bf16_by_batch_.Insert(batch, std::move(built));
+      found = bf16_by_batch_.Insert(key, std::move(built));
     } catch (const dnnl::error& e) {
       return DnnlErrorToStatus("building bf16 inner-product primitives", e);
     }
@@ -202,22 +218,30 @@ absl::Status LinearLayer::ToBf16(const char* what, const dnnl::reorder& reorder,
 
 absl::Status LinearLayer::ForwardBf16(const Tensor& input, bool training, Tensor* output) {
   const int64_t batch = input.rows();
+  const bool relu = !training && inference_relu_;
+  const bool bf16_output = !training && inference_bf16_output_;
   Bf16Primitives* p = nullptr;
-  RETURN_IF_ERROR(GetBf16Primitives(batch, /*backward=*/false, &p));
-  RETURN_IF_ERROR(ConvertWeights(p->weights_desc));
-  Tensor* converted = training ? &bf16_training_input_ : &bf16_input_;
   RETURN_IF_ERROR(
-      ToBf16("bf16 input", p->input_to_bf16, input.data(), batch, in_features_, converted));
+      GetBf16Primitives({batch, relu ? 1 : 0, bf16_output ? 1 : 0}, /*backward=*/false, &p));
+  RETURN_IF_ERROR(ConvertWeights(p->weights_desc));
+  const Tensor* converted = &input;  // a bf16 input is taken as it is
+  if (input.dtype() != DataType::kBF16) {
+    Tensor* to = training ? &bf16_training_input_ : &bf16_input_;
+    RETURN_IF_ERROR(ToBf16("bf16 input", p->input_to_bf16, input.data(), batch, in_features_, to));
+    converted = to;
+  }
   if (training) {
     bf16_training_source_ = input.data();
     bf16_training_rows_ = batch;
   }
   const dnnl::engine& engine = context_->engine();
-  output->Resize(batch, out_features_);
-  memory src(Bf16MatrixDesc(batch, in_features_), engine, converted->raw_data());
+  output->Reshape({batch, out_features_}, bf16_output ? DataType::kBF16 : DataType::kF32);
+  memory src(Bf16MatrixDesc(batch, in_features_), engine, const_cast<void*>(converted->raw_data()));
   memory weights(bf16_weights_desc_, engine, bf16_weights_.raw_data());
   memory bias(PlainVectorDesc(out_features_), engine, bias_.value.data());
-  memory dst(PlainMatrixDesc(batch, out_features_), engine, output->data());
+  memory dst(
+      bf16_output ? Bf16MatrixDesc(batch, out_features_) : PlainMatrixDesc(batch, out_features_),
+      engine, output->raw_data());
   return context_->Execute("bf16 inner-product forward", p->forward,
                            {{DNNL_ARG_SRC, src},
                             {DNNL_ARG_WEIGHTS, weights},
@@ -245,7 +269,7 @@ absl::Status LinearLayer::BackwardBf16(const Tensor& input, const Tensor& grad_o
                                        Tensor* grad_input) {
   const int64_t batch = input.rows();
   Bf16Primitives* p = nullptr;
-  RETURN_IF_ERROR(GetBf16Primitives(batch, /*backward=*/true, &p));
+  RETURN_IF_ERROR(GetBf16Primitives({batch, 0, 0}, /*backward=*/true, &p));
   RETURN_IF_ERROR(PrepareBf16Backward(*p, input, grad_output));
   const dnnl::engine& engine = context_->engine();
   memory diff_dst(Bf16MatrixDesc(batch, out_features_), engine, bf16_grad_output_.raw_data());
@@ -270,6 +294,10 @@ absl::Status LinearLayer::Forward(const Tensor& input, bool training, Tensor* ou
   if (input.cols() != in_features_) {
     return absl::InvalidArgumentError(absl::StrCat(Describe(), ": input has ", input.cols(),
                                                    " features, expected ", in_features_));
+  }
+  if (input.dtype() == DataType::kBF16 && (training || precision_ != Precision::kBF16)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Describe(), ": a bf16 input is taken by bf16 inference passes only"));
   }
   if (precision_ == Precision::kBF16) return ForwardBf16(input, training, output);
   const int64_t batch = input.rows();

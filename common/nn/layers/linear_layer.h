@@ -10,6 +10,11 @@
 // copy of the input that the training Forward made, to f32 gradients of
 // the weights and the bias in Parameter::grad. The f32 weights are the
 // master copy: the optimizer updates them and checkpoints hold them.
+// In bf16 inference the layer also takes a bf16 input as it is, and
+// (SetInferenceOutput) may apply a following ReLU as a post-op of its
+// product and give its output in bf16, for the next bf16 layer to take:
+// output = max(input * W^T + b, 0), rounded to bf16 once (TiledInference
+// arranges this).
 // Backward:
 //   dL/dinput = dL/doutput * W            (skipped when not asked for)
 //   dL/dW     = (dL/doutput)^T * input
@@ -17,6 +22,7 @@
 #ifndef DISTILLERY_COMMON_NN_LAYERS_LINEAR_LAYER_H_
 #define DISTILLERY_COMMON_NN_LAYERS_LINEAR_LAYER_H_
 
+#include <array>
 #include <memory>
 
 #include "common/nn/layer.h"
@@ -46,6 +52,9 @@ class LinearLayer : public Layer {
     bf16_weights_valid_ = false;
   }
   void ParametersChanged() override { bf16_weights_valid_ = false; }
+  bool TakesBf16() const override { return precision_ == Precision::kBF16; }
+  // Fusing and bf16 output need bf16 precision; f32 asks nothing.
+  bool SetInferenceOutput(bool relu, DataType type) override;
 
   int64_t in_features() const { return in_features_; }
   int64_t out_features() const { return out_features_; }
@@ -90,7 +99,9 @@ class LinearLayer : public Layer {
     dnnl::inner_product_backward_data backward_data;
     dnnl::inner_product_backward_weights backward_weights;
   };
-  absl::Status GetBf16Primitives(int64_t batch, bool backward, Bf16Primitives** primitives);
+  // batch, ReLU post-op, bf16 output (both 0 in training passes)
+  using Bf16Key = std::array<int64_t, 3>;
+  absl::Status GetBf16Primitives(const Bf16Key& key, bool backward, Bf16Primitives** primitives);
   absl::Status AddBf16Backward(int64_t batch, Bf16Primitives* primitives);
   absl::Status ForwardBf16(const Tensor& input, bool training, Tensor* output);
   absl::Status BackwardBf16(const Tensor& input, const Tensor& grad_output, Tensor* grad_input);
@@ -116,8 +127,10 @@ class LinearLayer : public Layer {
   PrimitiveCache<int64_t, Primitives> primitives_by_batch_;
   Tensor transposed_output_;  // out x batch scratch of the matmul path
   Precision precision_ = Precision::kF32;
-  PrimitiveCache<int64_t, Bf16Primitives> bf16_by_batch_;
-  Tensor bf16_input_;  // an inference Forward's input converted to bf16
+  PrimitiveCache<Bf16Key, Bf16Primitives> bf16_by_batch_;
+  bool inference_relu_ = false;         // SetInferenceOutput's
+  bool inference_bf16_output_ = false;  // choices
+  Tensor bf16_input_;                   // an inference Forward's input converted to bf16
   // A training Forward's input converted to bf16, kept for Backward, and
   // which input it was (Infer between Forward and Backward leaves it alone).
   Tensor bf16_training_input_;
