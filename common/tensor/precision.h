@@ -4,8 +4,10 @@
 //   f32   every product in binary32, as always;
 //   bf16  the matrix products of fully connected layers with bfloat16 inputs
 //         and weights and f32 accumulation (oneDNN's bf16 primitives); the
-//         weights stay f32 (the bf16 copies are made from them), every other
-//         layer, the logits and the softmax stay f32.
+//         weights stay f32 (the bf16 copies are made from them); inference
+//         keeps the activations between those layers in bf16 (ReLU fused,
+//         common/nn/tiled_inference.h); every other layer, the logits and
+//         the softmax stay f32.
 //
 // `auto` chooses by the instruction set oneDNN reports (CpuIsaName) and the
 // CPU family, never by timing at start-up, so that every replica on the same
@@ -13,7 +15,7 @@
 //   - bf16 when oneDNN dispatches to AMX (avx512_core_amx), whose bf16
 //     matmuls run 2.5 to 3.8 times the f32 rate;
 //   - for serving only, bf16 on AVX512_BF16 without AMX on AMD family 26
-//     (Zen 5), where bf16 inference ran 1.5 to 1.9 times f32 (MLP and CNN
+//     (Zen 5), where bf16 inference ran 1.5 to 2.2 times f32 (MLP and CNN
 //     teachers); its bf16 training ran at 0.9 to 1.07 times f32, no gain;
 //   - f32 otherwise, including AVX512_BF16 on Intel without AMX, where
 //     oneDNN 2.6's bf16 training ran at 0.5 to 0.7 times f32.
