@@ -7,7 +7,11 @@ maxpool2, fc:512, dropout 0.5, fc:10; SGD momentum 0.9, weight decay 5e-4 on
 the weights, batch 128, mean cross-entropy, shuffled every epoch) and prints
 one line:
 
-    torch_cnn_peer batch=128 examples_per_s=1234.5 threads=2 channels_last=0 final_loss=0.12
+    torch_cnn_peer batch=128 examples_per_s=1234.5 threads=2 channels_last=0 autocast=0 final_loss=0.12
+
+With --autocast the forward pass runs under torch.autocast("cpu", bfloat16)
+(bf16 convolutions and linear layers, f32 weights and optimizer), PyTorch's
+mixed precision on CPUs with native bf16.
 
 Run with Debian's interpreter (python3-torch): /usr/bin/python3 bench/torch_cnn_peer.py
 """
@@ -41,6 +45,8 @@ def main():
                         help="training examples in the timed epoch")
     parser.add_argument("--channels-last", action="store_true",
                         help="run in torch.channels_last memory format")
+    parser.add_argument("--autocast", action="store_true",
+                        help="bf16 autocast in the forward pass")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(1)
@@ -55,11 +61,16 @@ def main():
                                  {"params": other, "weight_decay": 0.0}], lr=0.05, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
+
+    def step_loss(xb, yb):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast):
+            return loss_fn(model(xb), yb)
+
     # A short warm-up, untimed (oneDNN's kernels are generated on first use).
     for start in range(0, 4 * args.batch, args.batch):
         xb = x[start:start + args.batch].contiguous(memory_format=memory_format)
         optimizer.zero_grad(set_to_none=True)
-        loss_fn(model(xb), y[start:start + args.batch]).backward()
+        step_loss(xb, y[start:start + args.batch]).backward()
         optimizer.step()
     order = torch.randperm(x.shape[0])
     begin = time.perf_counter()
@@ -68,13 +79,13 @@ def main():
         idx = order[start:start + args.batch]
         xb = x[idx].contiguous(memory_format=memory_format)
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(xb), y[idx])
+        loss = step_loss(xb, y[idx])
         loss.backward()
         optimizer.step()
     seconds = time.perf_counter() - begin
-    print("torch_cnn_peer batch=%d examples_per_s=%.1f threads=%d channels_last=%d final_loss=%.4f"
-          % (args.batch, x.shape[0] / seconds, args.threads, int(args.channels_last),
-             float(loss)))
+    print("torch_cnn_peer batch=%d examples_per_s=%.1f threads=%d channels_last=%d autocast=%d "
+          "final_loss=%.4f" % (args.batch, x.shape[0] / seconds, args.threads,
+                               int(args.channels_last), int(args.autocast), float(loss)))
 
 
 if __name__ == "__main__":

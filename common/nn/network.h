@@ -87,10 +87,10 @@ class Network {
 
   // The arithmetic of the matrix products of Forward, Infer and Backward
   // (common/tensor/precision.h; f32 by default): in bf16 the fully connected
-  // layers compute forward, backward-data and backward-weights products in
-  // bf16 with f32 accumulation (common/nn/layers/linear_layer.h); gradients
-  // stay f32; convolutions compute in bf16 in inference passes only, and
-  // every other layer in f32. bf16 copies of the
+  // and convolution layers compute forward, backward-data and
+  // backward-weights products in bf16 with f32 accumulation
+  // (common/nn/layers/linear_layer.h, conv2d_layer.h); gradients stay f32,
+  // and every other layer computes in f32. bf16 copies of the
   // weights are made on the next Forward after Parameters() or Backward
   // (through which every change of weights goes: the optimizer and
   // checkpoint loading hold what Parameters() gave).

@@ -104,6 +104,55 @@ absl::Status Conv2dLayer::CheckInput(const char* what, const Tensor& input) cons
   return OutputShape({input.dim(1), input.dim(2), input.dim(3)}).status();
 }
 
+namespace {
+
+using ForwardPd = dnnl::convolution_forward::primitive_desc;
+using DataPd = dnnl::convolution_backward_data::primitive_desc;
+using WeightsPd = dnnl::convolution_backward_weights::primitive_desc;
+constexpr auto kF32 = memory::data_type::f32;
+constexpr auto kBf16 = memory::data_type::bf16;
+
+// `plain`'s dims in `type`, in the layout oneDNN picks.
+memory::desc AnyOf(const memory::desc& plain, memory::data_type type) {
+  return memory::desc(plain.dims(), type, memory::format_tag::any);
+}
+
+// `plain`'s dims in `type`, plain row-major (nchw, oihw or goihw).
+memory::desc PlainOf(const memory::desc& plain, memory::data_type type) {
+  return memory::desc(
+      plain.dims(), type,
+      plain.dims().size() == 5 ? memory::format_tag::abcde : memory::format_tag::abcd);
+}
+
+// Whether oneDNN's chosen layouts pad no tensor beyond 1.5x its plain size
+// (counted in elements, whatever their type).
+bool Compact(std::initializer_list<std::pair<memory::desc, memory::desc>> chosen) {
+  const auto elements = [](const memory::desc& d) {
+    return d.get_size() / (d.data_type() == kBf16 ? 2 : 4);
+  };
+  for (const auto& [inner, plain] : chosen) {
+    if (elements(inner) * 2 > elements(plain) * 3) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+Conv2dLayer::Bridge Conv2dLayer::MakeBridge(const memory::desc& plain, const memory::desc& inner,
+                                            bool to_inner) const {
+  const dnnl::engine& engine = context_->engine();
+  Bridge b;
+  b.inner = inner;
+  b.needed = inner != plain;
+  if (b.needed) {
+    b.buffer = memory(inner, engine);
+    b.reorder = to_inner
+                    ? dnnl::reorder(dnnl::reorder::primitive_desc(engine, plain, engine, inner))
+                    : dnnl::reorder(dnnl::reorder::primitive_desc(engine, inner, engine, plain));
+  }
+  return b;
+}
+
 absl::Status Conv2dLayer::GetPrimitives(const Tensor& input, bool backward, bool bf16,
                                         Primitives** primitives) {
   const ShapeKey key = {input.dim(0),
@@ -117,146 +166,15 @@ absl::Status Conv2dLayer::GetPrimitives(const Tensor& input, bool backward, bool
     *primitives = found;
     return absl::OkStatus();
   }
-  absl::StatusOr<Shape> out = OutputShape({input.dim(1), input.dim(2), input.dim(3)});
-  if (!out.ok()) return out.status();
-  const Conv2dOptions& o = options_;
-  const memory::dims strides = {o.stride_rows, o.stride_cols};
-  const memory::dims dilates = {o.dilation_rows - 1, o.dilation_cols - 1};  // oneDNN: 0 = none
-  const memory::dims padding = {o.pad_rows, o.pad_cols};
   try {
-    const dnnl::engine& engine = context_->engine();
-    const auto algorithm = dnnl::algorithm::convolution_direct;
-    const auto any_desc = [](const memory::desc& plain) {
-      return memory::desc(plain.dims(), memory::data_type::f32, memory::format_tag::any);
-    };
-    using ForwardPd = dnnl::convolution_forward::primitive_desc;
-    using DataPd = dnnl::convolution_backward_data::primitive_desc;
-    using WeightsPd = dnnl::convolution_backward_weights::primitive_desc;
-    // Whether oneDNN's chosen layouts pad no tensor beyond 1.5x its plain size.
-    auto compact = [](std::initializer_list<std::pair<memory::desc, memory::desc>> chosen) {
-      for (const auto& [inner, plain] : chosen) {
-        if (inner.get_size() * 2 > plain.get_size() * 3) return false;
-      }
-      return true;
-    };
-    // A bridge from (to_inner) or to the plain layout.
-    auto bridge = [&engine](const memory::desc& plain, const memory::desc& inner, bool to_inner) {
-      Bridge b;
-      b.inner = inner;
-      b.needed = inner != plain;
-      if (b.needed) {
-        b.buffer = memory(inner, engine);
-        b.reorder =
-            to_inner ? dnnl::reorder(dnnl::reorder::primitive_desc(engine, plain, engine, inner))
-                     : dnnl::reorder(dnnl::reorder::primitive_desc(engine, inner, engine, plain));
-      }
-      return b;
-    };
-    const bool any = o.layout != ConvLayout::kPlain;
-
     if (found == nullptr) {
-      Primitives p;
-      p.plain_src = Nchw({key[0], o.in_channels, key[1], key[2]});
-      p.plain_dst = Nchw({key[0], o.out_channels, (*out)[1], (*out)[2]});
-      p.src = TensorDesc({key[0], o.in_channels, key[1], key[2]}, input.layout());
-      p.bias = PlainVectorDesc(o.out_channels);
-      if (o.groups == 1) {
-        p.weights = Nchw({o.out_channels, o.in_channels, o.kernel_rows, o.kernel_cols});
-      } else {
-        // (groups, out/groups, in/groups, kr, kc) in goihw: the same bytes as
-        // the plain (out, in/groups, kr, kc) tensor.
-        p.weights = memory::desc({o.groups, o.out_channels / o.groups, o.in_channels / o.groups,
-                                  o.kernel_rows, o.kernel_cols},
-                                 memory::data_type::f32, memory::format_tag::goihw);
-      }
-      auto forward_of = [&](const memory::desc& src, const memory::desc& weights,
-                            const memory::desc& dst) {
-        return ForwardPd(dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training,
-                                                         algorithm, src, weights, p.bias, dst,
-                                                         strides, dilates, padding, padding),
-                         engine);
-      };
-      // bf16: the bridges convert the input and weights into the bf16
-      // layouts oneDNN picks; the output stays f32.
-      const auto bf16_any = [](const memory::desc& plain) {
-        return memory::desc(plain.dims(), memory::data_type::bf16, memory::format_tag::any);
-      };
-      ForwardPd forward_pd =
-          bf16  ? forward_of(bf16_any(p.plain_src), bf16_any(p.weights), any_desc(p.plain_dst))
-          : any ? forward_of(any_desc(p.plain_src), any_desc(p.weights), any_desc(p.plain_dst))
-                : forward_of(p.plain_src, p.weights, p.plain_dst);
-      if (!bf16 && o.layout == ConvLayout::kAuto &&
-          !compact({{forward_pd.src_desc(), p.plain_src},
-                    {forward_pd.weights_desc(), p.weights},
-                    {forward_pd.dst_desc(), p.plain_dst}})) {
-        forward_pd = forward_of(p.plain_src, p.weights, p.plain_dst);
-      }
-      // The output stays in oneDNN's layout when that is a channel-blocked
-      // one the next layer takes.
-      const std::optional<Layout> chosen = LayoutOfDesc(forward_pd.dst_desc());
-      p.dst_layout = allow_blocked_output_ && chosen.has_value() ? *chosen : Layout::kPlain;
-      p.dst = p.dst_layout == Layout::kPlain ? p.plain_dst : forward_pd.dst_desc();
-      p.forward = dnnl::convolution_forward(forward_pd);
-      p.forward_src = bridge(p.src, forward_pd.src_desc(), true);
-      p.forward_weights = bridge(p.weights, forward_pd.weights_desc(), true);
-      p.forward_dst = bridge(p.dst, forward_pd.dst_desc(), false);
-      p.forward_pd = std::move(forward_pd);
-      found = primitives_by_shape_.Insert(key, std::move(p));
+      absl::StatusOr<Primitives> built = BuildForward(input, bf16);
+      if (!built.ok()) return built.status();
+      found = primitives_by_shape_.Insert(key, std::move(*built));
       // Whatever entry held the last Forward's reordered input may be gone.
       last_input_ = nullptr;
     }
-    if (backward) {
-      if (bf16) return absl::InternalError("bf16 convolutions have no backward pass");
-      Primitives& p = *found;
-      const memory::desc any_src = any_desc(p.plain_src), any_weights = any_desc(p.weights),
-                         any_dst = any_desc(p.plain_dst);
-      auto data_of = [&](const memory::desc& src, const memory::desc& weights,
-                         const memory::desc& dst) {
-        return DataPd(dnnl::convolution_backward_data::desc(algorithm, src, weights, dst, strides,
-                                                            dilates, padding, padding),
-                      engine, p.forward_pd);
-      };
-      auto weights_of = [&](const memory::desc& src, const memory::desc& weights,
-                            const memory::desc& dst) {
-        return WeightsPd(
-            dnnl::convolution_backward_weights::desc(algorithm, src, weights, p.bias, dst, strides,
-                                                     dilates, padding, padding),
-            engine, p.forward_pd);
-      };
-      DataPd data_pd = any ? data_of(any_src, any_weights, any_dst)
-                           : data_of(p.plain_src, p.weights, p.plain_dst);
-      if (o.layout == ConvLayout::kAuto && !compact({{data_pd.diff_src_desc(), p.plain_src},
-                                                     {data_pd.weights_desc(), p.weights},
-                                                     {data_pd.diff_dst_desc(), p.plain_dst}})) {
-        data_pd = data_of(p.plain_src, p.weights, p.plain_dst);
-      }
-      WeightsPd weights_pd = any ? weights_of(any_src, any_weights, any_dst)
-                                 : weights_of(p.plain_src, p.weights, p.plain_dst);
-      if (o.layout == ConvLayout::kAuto && !compact({{weights_pd.src_desc(), p.plain_src},
-                                                     {weights_pd.diff_weights_desc(), p.weights},
-                                                     {weights_pd.diff_dst_desc(), p.plain_dst}})) {
-        weights_pd = weights_of(p.plain_src, p.weights, p.plain_dst);
-      }
-      // Built aside and moved in at the end, so that a failure leaves the
-      // entry without backward primitives rather than half of them.
-      dnnl::convolution_backward_data backward_data(data_pd);
-      dnnl::convolution_backward_weights backward_weights(weights_pd);
-      Bridge data_diff_dst = bridge(p.dst, data_pd.diff_dst_desc(), true);
-      Bridge data_weights = bridge(p.weights, data_pd.weights_desc(), true);
-      Bridge data_diff_src = bridge(p.src, data_pd.diff_src_desc(), false);
-      Bridge weights_src = bridge(p.src, weights_pd.src_desc(), true);
-      Bridge weights_diff_dst = bridge(p.dst, weights_pd.diff_dst_desc(), true);
-      Bridge weights_diff_weights = bridge(p.weights, weights_pd.diff_weights_desc(), false);
-      p.backward_data = std::move(backward_data);
-      p.backward_weights = std::move(backward_weights);
-      p.data_diff_dst = std::move(data_diff_dst);
-      p.data_weights = std::move(data_weights);
-      p.data_diff_src = std::move(data_diff_src);
-      p.weights_src = std::move(weights_src);
-      p.weights_diff_dst = std::move(weights_diff_dst);
-      p.weights_diff_weights = std::move(weights_diff_weights);
-      p.has_backward = true;
-    }
+    if (backward) AddBackward(bf16, found);
   } catch (const dnnl::error& e) {
     return DnnlErrorToStatus("building convolution primitives", e);
   }
@@ -264,9 +182,130 @@ absl::Status Conv2dLayer::GetPrimitives(const Tensor& input, bool backward, bool
   return absl::OkStatus();
 }
 
-absl::Status Conv2dLayer::Forward(const Tensor& input, bool training, Tensor* output) {
+ForwardPd Conv2dLayer::ForwardDesc(const Primitives& p, const memory::desc& src,
+                                   const memory::desc& weights, const memory::desc& dst) const {
+  const Conv2dOptions& o = options_;
+  return ForwardPd(dnnl::convolution_forward::desc(
+                       dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src,
+                       weights, p.bias, dst, {o.stride_rows, o.stride_cols},
+                       {o.dilation_rows - 1, o.dilation_cols - 1},  // oneDNN: 0 = none
+                       {o.pad_rows, o.pad_cols}, {o.pad_rows, o.pad_cols}),
+                   context_->engine());
+}
+
+absl::StatusOr<Conv2dLayer::Primitives> Conv2dLayer::BuildForward(const Tensor& input,
+                                                                  bool bf16) const {
+  absl::StatusOr<Shape> out = OutputShape({input.dim(1), input.dim(2), input.dim(3)});
+  if (!out.ok()) return out.status();
+  const Conv2dOptions& o = options_;
+  const int64_t batch = input.dim(0), rows = input.dim(2), cols = input.dim(3);
+  Primitives p;
+  p.plain_src = Nchw({batch, o.in_channels, rows, cols});
+  p.plain_dst = Nchw({batch, o.out_channels, (*out)[1], (*out)[2]});
+  p.src = TensorDesc({batch, o.in_channels, rows, cols}, input.layout());
+  p.bias = PlainVectorDesc(o.out_channels);
+  if (o.groups == 1) {
+    p.weights = Nchw({o.out_channels, o.in_channels, o.kernel_rows, o.kernel_cols});
+  } else {
+    // (groups, out/groups, in/groups, kr, kc) in goihw: the same bytes as
+    // the plain (out, in/groups, kr, kc) tensor.
+    p.weights = memory::desc({o.groups, o.out_channels / o.groups, o.in_channels / o.groups,
+                              o.kernel_rows, o.kernel_cols},
+                             kF32, memory::format_tag::goihw);
+  }
+  // bf16: the bridges convert the input and weights into bf16; the output
+  // stays f32.
+  const auto type = bf16 ? kBf16 : kF32;
+  ForwardPd forward_pd =
+      o.layout != ConvLayout::kPlain
+          ? ForwardDesc(p, AnyOf(p.plain_src, type), AnyOf(p.weights, type),
+                        AnyOf(p.plain_dst, kF32))
+          : ForwardDesc(p, PlainOf(p.plain_src, type), PlainOf(p.weights, type), p.plain_dst);
+  if (!bf16 && o.layout == ConvLayout::kAuto &&
+      !Compact({{forward_pd.src_desc(), p.plain_src},
+                {forward_pd.weights_desc(), p.weights},
+                {forward_pd.dst_desc(), p.plain_dst}})) {
+    forward_pd = ForwardDesc(p, p.plain_src, p.weights, p.plain_dst);
+  }
+  // The output stays in oneDNN's layout when that is a channel-blocked one
+  // the next layer takes.
+  const std::optional<Layout> chosen = LayoutOfDesc(forward_pd.dst_desc());
+  p.dst_layout = allow_blocked_output_ && chosen.has_value() ? *chosen : Layout::kPlain;
+  p.dst = p.dst_layout == Layout::kPlain ? p.plain_dst : forward_pd.dst_desc();
+  p.forward = dnnl::convolution_forward(forward_pd);
+  p.forward_src = MakeBridge(p.src, forward_pd.src_desc(), true);
+  p.forward_weights = MakeBridge(p.weights, forward_pd.weights_desc(), true);
+  p.forward_dst = MakeBridge(p.dst, forward_pd.dst_desc(), false);
+  p.forward_pd = std::move(forward_pd);
+  return p;
+}
+
+void Conv2dLayer::AddBackward(bool bf16, Primitives* entry) const {
+  Primitives& p = *entry;
+  const Conv2dOptions& o = options_;
+  const memory::dims strides = {o.stride_rows, o.stride_cols};
+  const memory::dims dilates = {o.dilation_rows - 1, o.dilation_cols - 1};
+  const memory::dims padding = {o.pad_rows, o.pad_cols};
+  const dnnl::engine& engine = context_->engine();
+  const auto algorithm = dnnl::algorithm::convolution_direct;
+  // In bf16 the products read bf16 copies of the input, the weights and
+  // dL/doutput, and write f32 dL/dinput and f32 weight gradients.
+  const auto type = bf16 ? kBf16 : kF32;
+  auto data_of = [&](const memory::desc& diff_src, const memory::desc& weights,
+                     const memory::desc& diff_dst) {
+    return DataPd(dnnl::convolution_backward_data::desc(algorithm, diff_src, weights, diff_dst,
+                                                        strides, dilates, padding, padding),
+                  engine, p.forward_pd);
+  };
+  auto weights_of = [&](const memory::desc& src, const memory::desc& diff_weights,
+                        const memory::desc& diff_dst) {
+    return WeightsPd(
+        dnnl::convolution_backward_weights::desc(algorithm, src, diff_weights, p.bias, diff_dst,
+                                                 strides, dilates, padding, padding),
+        engine, p.forward_pd);
+  };
+  const bool any = o.layout != ConvLayout::kPlain;
+  auto layout_of = [any](const memory::desc& plain, memory::data_type t) {
+    return any ? AnyOf(plain, t) : PlainOf(plain, t);
+  };
+  DataPd data_pd = data_of(layout_of(p.plain_src, kF32), layout_of(p.weights, type),
+                           layout_of(p.plain_dst, type));
+  if (o.layout == ConvLayout::kAuto && !Compact({{data_pd.diff_src_desc(), p.plain_src},
+                                                 {data_pd.weights_desc(), p.weights},
+                                                 {data_pd.diff_dst_desc(), p.plain_dst}})) {
+    data_pd = data_of(p.plain_src, PlainOf(p.weights, type), PlainOf(p.plain_dst, type));
+  }
+  WeightsPd weights_pd = weights_of(layout_of(p.plain_src, type), layout_of(p.weights, kF32),
+                                    layout_of(p.plain_dst, type));
+  if (o.layout == ConvLayout::kAuto && !Compact({{weights_pd.src_desc(), p.plain_src},
+                                                 {weights_pd.diff_weights_desc(), p.weights},
+                                                 {weights_pd.diff_dst_desc(), p.plain_dst}})) {
+    weights_pd = weights_of(PlainOf(p.plain_src, type), p.weights, PlainOf(p.plain_dst, type));
+  }
+  // Built aside and moved in at the end, so that a failure leaves the entry
+  // without backward primitives rather than half of them.
+  dnnl::convolution_backward_data backward_data(data_pd);
+  dnnl::convolution_backward_weights backward_weights(weights_pd);
+  Bridge data_diff_dst = MakeBridge(p.dst, data_pd.diff_dst_desc(), true);
+  Bridge data_weights = MakeBridge(p.weights, data_pd.weights_desc(), true);
+  Bridge data_diff_src = MakeBridge(p.src, data_pd.diff_src_desc(), false);
+  Bridge weights_src = MakeBridge(p.src, weights_pd.src_desc(), true);
+  Bridge weights_diff_dst = MakeBridge(p.dst, weights_pd.diff_dst_desc(), true);
+  Bridge weights_diff_weights = MakeBridge(p.weights, weights_pd.diff_weights_desc(), false);
+  p.backward_data = std::move(backward_data);
+  p.backward_weights = std::move(backward_weights);
+  p.data_diff_dst = std::move(data_diff_dst);
+  p.data_weights = std::move(data_weights);
+  p.data_diff_src = std::move(data_diff_src);
+  p.weights_src = std::move(weights_src);
+  p.weights_diff_dst = std::move(weights_diff_dst);
+  p.weights_diff_weights = std::move(weights_diff_weights);
+  p.has_backward = true;
+}
+
+absl::Status Conv2dLayer::Forward(const Tensor& input, bool /*training*/, Tensor* output) {
   if (absl::Status s = CheckInput("Forward", input); !s.ok()) return s;
-  const bool bf16 = precision_ == Precision::kBF16 && !training;
+  const bool bf16 = precision_ == Precision::kBF16;
   Primitives* p = nullptr;
   if (absl::Status s = GetPrimitives(input, /*backward=*/false, bf16, &p); !s.ok()) return s;
   const memory::dims& dst_dims = p->dst.dims();
@@ -288,9 +327,10 @@ absl::Status Conv2dLayer::Forward(const Tensor& input, bool training, Tensor* ou
   if (absl::Status s = in("convolution src reorder", p->forward_src, src, &src_used); !s.ok()) {
     return s;
   }
-  // Backward may reuse the reordered input of an f32 training pass only.
-  last_input_ = bf16 ? nullptr : input.data();
+  // Backward may reuse this reordered input (same precision: the same entry).
+  last_input_ = input.data();
   last_input_shape_ = input.shape();
+  last_input_bf16_ = bf16;
   if (absl::Status s =
           in("convolution weights reorder", p->forward_weights, weights, &weights_used);
       !s.ok()) {
@@ -314,9 +354,8 @@ absl::Status Conv2dLayer::Backward(const Tensor& input, const Tensor& /*output*/
                                    const Tensor& grad_output, Tensor* grad_input) {
   if (absl::Status s = CheckInput("Backward", input); !s.ok()) return s;
   Primitives* p = nullptr;
-  if (absl::Status s = GetPrimitives(input, /*backward=*/true, /*bf16=*/false, &p); !s.ok()) {
-    return s;
-  }
+  const bool bf16 = precision_ == Precision::kBF16;
+  if (absl::Status s = GetPrimitives(input, /*backward=*/true, bf16, &p); !s.ok()) return s;
   const memory::dims& dst_dims = p->dst.dims();
   const Shape out_shape = {dst_dims[0], dst_dims[1], dst_dims[2], dst_dims[3]};
   if (grad_output.shape() != out_shape) {
@@ -344,7 +383,8 @@ absl::Status Conv2dLayer::Backward(const Tensor& input, const Tensor& /*output*/
     // The forward pass reordered this very input already when it wanted the
     // same layout.
     const bool reuse = p->forward_src.needed && p->forward_src.inner == p->weights_src.inner &&
-                       last_input_ == input.data() && last_input_shape_ == input.shape();
+                       last_input_ == input.data() && last_input_shape_ == input.shape() &&
+                       last_input_bf16_ == bf16;
     src_used = reuse ? p->forward_src.buffer : p->weights_src.buffer;
     if (!reuse) {
       if (absl::Status s = reorder("convolution src reorder", p->weights_src, src, src_used);

@@ -1,5 +1,5 @@
 // A 2-D convolution layer on oneDNN convolution primitives (direct
-// algorithm, f32).
+// algorithm; f32, or bf16 products with f32 accumulation).
 //
 // Shapes (plain row-major NCHW, common/tensor/tensor.h):
 //   input  (batch, in_channels, rows, cols)
@@ -108,9 +108,12 @@ class Conv2dLayer : public Layer {
   // allowed and oneDNN picked one, else plain.
   bool TakesBlocked() const override { return true; }
   void AllowBlockedOutput(bool allow) override { allow_blocked_output_ = allow; }
-  // In bf16, inference passes (Forward with training off) convolve bf16
-  // copies of the input and the weights (made by the layout bridges) with
-  // f32 accumulation, bias and output; training passes stay f32.
+  // In bf16 every product reads bf16 copies (made by the layout bridges)
+  // and accumulates in f32: Forward convolves bf16 copies of the input and
+  // the weights to an f32 output (f32 bias); Backward computes dL/dinput
+  // from bf16 dL/doutput and weights, and dL/dW from bf16 input and
+  // dL/doutput, both in f32 (dL/db in f32). The f32 weights stay the
+  // master copy.
   void SetPrecision(Precision precision) override { precision_ = precision; }
 
   const Conv2dOptions& options() const { return options_; }
@@ -154,15 +157,26 @@ class Conv2dLayer : public Layer {
     Bridge weights_src, weights_diff_dst, weights_diff_weights;
   };
   // batch, rows, cols, input layout, whether blocked output is allowed,
-  // whether the forward pass is bf16
+  // whether the products are bf16
   using ShapeKey = std::array<int64_t, 6>;
   absl::Status CheckOptions() const;
   absl::Status CheckInput(const char* what, const Tensor& input) const;
-  // The entry for `input`'s shape, with the backward primitives built when
-  // `backward` (never for a bf16 entry). The pointer is valid until the
-  // next call.
+  // The entry for `input`'s shape and the precision (`bf16`), with the
+  // backward primitives built when `backward`. The pointer is valid until
+  // the next call. The helpers below throw dnnl::error, which it converts.
   absl::Status GetPrimitives(const Tensor& input, bool backward, bool bf16,
                              Primitives** primitives);
+  // The forward primitive and its bridges for `input`'s shape.
+  absl::StatusOr<Primitives> BuildForward(const Tensor& input, bool bf16) const;
+  dnnl::convolution_forward::primitive_desc ForwardDesc(const Primitives& p,
+                                                        const dnnl::memory::desc& src,
+                                                        const dnnl::memory::desc& weights,
+                                                        const dnnl::memory::desc& dst) const;
+  // Adds the backward primitives and their bridges to `entry`.
+  void AddBackward(bool bf16, Primitives* entry) const;
+  // A bridge between `plain` and `inner`: none when they are equal.
+  Bridge MakeBridge(const dnnl::memory::desc& plain, const dnnl::memory::desc& inner,
+                    bool to_inner) const;
 
   Conv2dOptions options_;
   DnnlContext* context_;
@@ -177,6 +191,7 @@ class Conv2dLayer : public Layer {
   // have evicted that buffer.
   const float* last_input_ = nullptr;
   Shape last_input_shape_;
+  bool last_input_bf16_ = false;
 };
 
 }  // namespace distillery
