@@ -82,13 +82,14 @@ ABSL_FLAG(std::string, progress, "auto",
           "Progress within each epoch: auto (a line that rewrites itself when stdout is a "
           "terminal, plain per-epoch lines otherwise), line, or plain");
 ABSL_FLAG(std::string, precision, "auto",
-          "The arithmetic of the fully connected layers' matrix products, in training "
-          "(teacher_server train, student_trainer baseline and distill) and serving "
+          "The arithmetic of the fully connected and convolution layers' products, in "
+          "training (teacher_server train, student_trainer baseline and distill) and serving "
           "(teacher_server serve): f32; bf16 (bf16 products with f32 accumulation; training "
           "keeps f32 master weights, gradients and optimizer state, and checkpoints hold the "
-          "f32 weights; needs a CPU with native bf16); or auto (bf16 where oneDNN has AMX, else "
-          "f32). Convolution, batch norm and pooling stay f32. A resumed run keeps its "
-          "checkpoint's precision: auto takes it, another explicit one is refused");
+          "f32 weights; needs a CPU with native bf16); or auto (bf16 where oneDNN has AMX and "
+          "on the CPU families measured faster in bf16: AMD Zen 4 for both, Zen 5 for serving; "
+          "else f32; the choice is logged). Batch norm and pooling stay f32. A resumed run "
+          "keeps its checkpoint's precision: auto takes it, another explicit one is refused");
 
 namespace distillery {
 

@@ -43,10 +43,14 @@ CpuId ReadCpuId() {
   return id;
 }
 
-// CPU families whose bf16 inference measured faster than f32 without AMX.
-bool Bf16ServesFasterWithoutAmx() {
+// CPU families whose bf16 measured faster than f32 without AMX, for `use`
+// (bench/RESULTS.md): AMD family 25 with AVX512_BF16 (Zen 4; its Zen 3
+// members have no bf16) serves 2.0-2.3x and trains 1.15-1.5x faster; AMD
+// family 26 (Zen 5) serves 1.5-2.2x faster but trains no faster.
+bool Bf16FasterWithoutAmx(PrecisionUse use) {
   const CpuId id = ReadCpuId();
-  return id.vendor == "AMD" && id.family == 26;  // Zen 5
+  if (id.vendor != "AMD") return false;
+  return id.family == 25 || (id.family == 26 && use == PrecisionUse::kServing);
 }
 
 }  // namespace
@@ -100,9 +104,10 @@ absl::StatusOr<Precision> ResolvePrecision(PrecisionChoice choice, PrecisionUse 
     return Precision::kF32;
   }
   const std::string cpu = CpuFamilyName();
-  if (use == PrecisionUse::kServing && Bf16ServesFasterWithoutAmx()) {
-    *reason = absl::StrCat("auto: oneDNN ISA ", isa, " has bf16 but no AMX, and ", cpu,
-                           " serves faster in bf16");
+  if (Bf16FasterWithoutAmx(use)) {
+    *reason =
+        absl::StrCat("auto: oneDNN ISA ", isa, " has bf16 but no AMX, and ", cpu,
+                     use == PrecisionUse::kServing ? " serves" : " trains", " faster in bf16");
     return Precision::kBF16;
   }
   *reason = absl::StrCat("auto: oneDNN ISA ", isa, " has bf16 but no AMX, and ", cpu, " is not ",

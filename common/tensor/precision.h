@@ -2,21 +2,27 @@
 // for the CPU at hand.
 //
 //   f32   every product in binary32, as always;
-//   bf16  the matrix products of fully connected layers with bfloat16 inputs
-//         and weights and f32 accumulation (oneDNN's bf16 primitives); the
-//         weights stay f32 (the bf16 copies are made from them); inference
-//         keeps the activations between those layers in bf16 (ReLU fused,
-//         common/nn/tiled_inference.h); every other layer, the logits and
-//         the softmax stay f32.
+//   bf16  the matrix products of fully connected and convolution layers
+//         (forward, backward-data and backward-weights) with bfloat16
+//         inputs and weights and f32 accumulation (oneDNN's bf16
+//         primitives); the weights stay f32 (the bf16 copies are made from
+//         them), and so do gradients and optimizer state; inference keeps
+//         the activations between fully connected layers in bf16 (ReLU
+//         fused, common/nn/tiled_inference.h); every other layer (batch
+//         norm, pooling, activations), the logits and the softmax stay f32.
 //
 // `auto` chooses by the instruction set oneDNN reports (CpuIsaName) and the
 // CPU family, never by timing at start-up, so that every replica on the same
 // kind of CPU makes the same choice (bench/RESULTS.md has the measurements):
 //   - bf16 when oneDNN dispatches to AMX (avx512_core_amx), whose bf16
 //     matmuls run 2.5 to 3.8 times the f32 rate;
+//   - bf16 on AVX512_BF16 without AMX on AMD family 25 (Zen 4), where bf16
+//     inference ran 2.0 to 2.3 times f32 and training 1.15 to 1.25 times
+//     (MLPs) and 1.47 times (a CNN);
 //   - for serving only, bf16 on AVX512_BF16 without AMX on AMD family 26
 //     (Zen 5), where bf16 inference ran 1.5 to 2.2 times f32 (MLP and CNN
-//     teachers); its bf16 training ran at 0.9 to 1.07 times f32, no gain;
+//     teachers); its bf16 training of MLPs ran at 0.9 to 1.07 times f32,
+//     no gain;
 //   - f32 otherwise, including AVX512_BF16 on Intel without AMX, where
 //     oneDNN 2.6's bf16 training ran at 0.5 to 0.7 times f32.
 // `bf16` on a CPU whose oneDNN ISA has no native bf16 (below

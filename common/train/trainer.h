@@ -93,12 +93,13 @@ struct TrainerConfig {
   // (common/train/progress.h). The programs set it when stdout is a
   // terminal; off a terminal logs get plain lines only.
   bool progress_line = false;
-  // The arithmetic of the fully connected layers' matrix products
+  // The arithmetic of the fully connected and convolution layers' products
   // (common/tensor/precision.h): kF32; kBF16, mixed precision (bf16 copies
   // of the weights and activations for the forward, backward-data and
   // backward-weights products; f32 master weights, gradients, optimizer
   // state, dropout, max-norm and update; refused without native bf16); or
-  // kAuto (bf16 where oneDNN has AMX, else f32). Resolved and logged at the
+  // kAuto (ResolvePrecision's rule for training: bf16 with AMX and on the
+  // CPU families measured faster, else f32). Resolved and logged at the
   // start of training and recorded in the checkpoint; a resumed run keeps
   // the checkpoint's (common/train/resume.h). Other layers compute in f32;
   // evaluation during training runs in the run's precision.
