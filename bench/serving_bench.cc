@@ -4,7 +4,10 @@
 //
 //   serving_bench --checkpoint=teacher.ckpt --server=build/teacher_server/teacher_server
 //
-// Prints one line per measurement (examples/s) and the ratios.
+// Prints one line per measurement (examples/s) and the ratios, and for an
+// MLP teacher the in-process forward pass at batch 1024 against a oneDNN
+// matmul on the same shapes in the same precision (bench/matmul_rate.h):
+// the fraction of the machine's product rate the forward pass reaches.
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -13,6 +16,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "bench/matmul_rate.h"
 #include "common/formats/checkpoint.h"
 #include "common/formats/target_codec.h"
 #include "common/nn/softmax.h"
@@ -96,6 +100,23 @@ double GrpcRate(const std::string& target, int clients, int64_t batch, int64_t i
   return examples / Seconds(start);
 }
 
+// GFLOP/s of a oneDNN matmul on the forward products of the MLP `sizes`
+// at `batch`, in `precision` (a bf16 layer feeding another gives bf16, as
+// in the engine's inference pass), and the flops of one example.
+double ForwardMatmulGflops(const std::vector<int64_t>& sizes, int64_t batch, Precision precision,
+                           double* flops_per_example) {
+  const auto type =
+      precision == Precision::kBF16 ? dnnl::memory::data_type::bf16 : dnnl::memory::data_type::f32;
+  double flops = 0, seconds = 0;
+  for (size_t i = 0; i + 1 < sizes.size(); ++i) {
+    flops += 2.0 * batch * sizes[i] * sizes[i + 1];
+    seconds += MatmulSeconds(batch, sizes[i + 1], sizes[i], true, type,
+                             /*bf16_output=*/i + 2 < sizes.size());
+  }
+  *flops_per_example = flops / batch;
+  return flops / seconds / 1e9;
+}
+
 int Run() {
   const int threads = absl::GetFlag(FLAGS_threads);
   const double seconds = absl::GetFlag(FLAGS_seconds);
@@ -123,8 +144,10 @@ int Run() {
               PrecisionName(*precision), why.c_str());
   int64_t failures = 0;
   const std::string dir = "/tmp";
+  double local_1024 = 0;
   for (int64_t batch : {128, 1024}) {
     const double local = InProcessRate(**teacher, batch, seconds);
+    if (batch == 1024) local_1024 = local;
     ServerProcess server;
     if (!server.Start(absl::GetFlag(FLAGS_server),
                       {"--checkpoint=" + absl::GetFlag(FLAGS_checkpoint), "--no_transfer_set",
@@ -142,6 +165,16 @@ int Run() {
         "serving batch=%ld in_process_examples_per_s=%.0f grpc_examples_per_s=%.0f "
         "grpc_over_in_process=%.3f\n",
         static_cast<long>(batch), local, remote, remote / local);
+    std::fflush(stdout);
+  }
+  if (const std::vector<int64_t> sizes = (*teacher)->spec().MlpLayerSizes(); !sizes.empty()) {
+    double flops_per_example = 0;
+    const double matmul = ForwardMatmulGflops(sizes, 1024, *precision, &flops_per_example);
+    const double ours = local_1024 * flops_per_example / 1e9;
+    std::printf(
+        "matmul batch=1024 precision=%s isa=%s matmul_gflops=%.1f in_process_gflops=%.1f "
+        "in_process_over_matmul=%.3f\n",
+        PrecisionName(*precision), CpuIsaName().c_str(), matmul, ours, ours / matmul);
     std::fflush(stdout);
   }
   // Dynamic batching: 16 clients sending 8 examples each.

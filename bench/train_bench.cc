@@ -20,6 +20,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_split.h"
+#include "bench/matmul_rate.h"
 #include "common/tensor/dnnl_context.h"
 #include "common/train/trainer.h"
 #include "dnnl.hpp"
@@ -36,33 +37,6 @@ namespace distillery {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-// Seconds per call of a oneDNN f32 matmul C(m x n) = A(m x k) B(k x n), with
-// B transposed in memory when `transposed_b`, averaged over enough calls.
-double MatmulSeconds(int64_t m, int64_t n, int64_t k, bool transposed_b) {
-  dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-  dnnl::stream stream(engine);
-  using tag = dnnl::memory::format_tag;
-  const auto f32 = dnnl::memory::data_type::f32;
-  dnnl::memory::desc a({m, k}, f32, tag::ab), b({k, n}, f32, transposed_b ? tag::ba : tag::ab),
-      c({m, n}, f32, tag::ab);
-  dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, b, c), engine);
-  dnnl::matmul matmul(pd);
-  std::vector<float> da(m * k, 0.5f), db(k * n, 0.25f), dc(m * n);
-  dnnl::memory ma(a, engine, da.data()), mb(b, engine, db.data()), mc(c, engine, dc.data());
-  auto run = [&] {
-    matmul.execute(stream, {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}});
-    stream.wait();
-  };
-  for (int i = 0; i < 20; ++i) run();
-  int calls = 0;
-  const auto start = Clock::now();
-  while (std::chrono::duration<double>(Clock::now() - start).count() < 0.5 || calls < 50) {
-    run();
-    ++calls;
-  }
-  return std::chrono::duration<double>(Clock::now() - start).count() / calls;
-}
 
 struct PeakEstimate {
   double flops_per_example = 0;  // GEMM flops of one training example
