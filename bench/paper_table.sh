@@ -7,6 +7,7 @@
 #   TEACHER_CKPT=path  reuse a trained teacher instead of training one (400 epochs, ~40 min)
 #   STUDENT_EPOCHS, DISTILL_EPOCHS override the students' epochs.
 #   THREADS=N          compute threads of every stage (default 2)
+#   PRECISION=P        --precision of every stage: auto (default), f32 or bf16
 #   AVERAGE_LAST_QUARTER=1  every network's weights are the mean over the last
 #                      quarter of its epochs (--average_last_epochs, SWA), a
 #                      choice made before any run and never by the test set
@@ -21,6 +22,7 @@ TS=$BUILD/teacher_server/teacher_server
 ST=$BUILD/student_trainer/student_trainer
 export OMP_WAIT_POLICY=PASSIVE
 THREADS=${THREADS:-2}
+PRECISION=${PRECISION:-auto}
 STUDENT_EPOCHS=${STUDENT_EPOCHS:-30}
 DISTILL_EPOCHS=${DISTILL_EPOCHS:-60}
 # --average_last_epochs for a run of $1 epochs, when asked for.
@@ -30,24 +32,27 @@ TEACHER_CKPT=${TEACHER_CKPT:-$OUT/teacher.ckpt}
 if [ ! -f "$TEACHER_CKPT" ]; then
   echo "== teacher (400 epochs)"
   "$TS" train --data_dir="$MNIST" --epochs=400 --seed=1 --threads="$THREADS" $(average 400) \
+    --precision="$PRECISION" \
     --checkpoint="$TEACHER_CKPT" --metrics_csv="$OUT/teacher.csv" 2>&1 | tee "$OUT/teacher.log"
 fi
 t1=$(date +%s)
 
 echo "== baseline student, hard labels"
 "$ST" baseline --data_dir="$MNIST" --architecture=784-800-800-10 --epochs="$STUDENT_EPOCHS" \
-  --lr=0.1 --seed=1 --threads="$THREADS" $(average "$STUDENT_EPOCHS") --checkpoint="$OUT/baseline.ckpt" \
+  --lr=0.1 --seed=1 --threads="$THREADS" $(average "$STUDENT_EPOCHS") --precision="$PRECISION" \
+  --checkpoint="$OUT/baseline.ckpt" \
   --metrics_csv="$OUT/baseline.csv" 2>&1 | tee "$OUT/baseline.log" | grep -E "epoch .*/|done"
 t2=$(date +%s)
 
 echo "== distilled student, T=20, through the teacher server"
-start_teacher_server "$TS" "$OUT" --checkpoint="$TEACHER_CKPT" --no_transfer_set --metrics_address= --threads=1
+start_teacher_server "$TS" "$OUT" --checkpoint="$TEACHER_CKPT" --no_transfer_set --metrics_address= --threads=1 \
+  --precision="$PRECISION"
 # The student sees every image shifted by up to 2 px, and the teacher labels
 # exactly that view; hard labels weigh 1 - alpha = 0.1.
 "$ST" distill --teacher="127.0.0.1:$TEACHER_PORT" --data_dir="$MNIST" \
   --architecture=784-800-800-10 --distill_temperature=20 --alpha=0.9 --use_labels \
   --jitter=2 --epochs="$DISTILL_EPOCHS" --lr=0.03 --warmup_epochs=1 --seed=1 --threads="$THREADS" \
-  $(average "$DISTILL_EPOCHS") \
+  $(average "$DISTILL_EPOCHS") --precision="$PRECISION" \
   --checkpoint="$OUT/distilled.ckpt" --metrics_csv="$OUT/distilled.csv" 2>&1 \
   | tee "$OUT/distilled.log" | grep -E "epoch .*/|done"
 stop_teacher_server
