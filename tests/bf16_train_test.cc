@@ -18,6 +18,7 @@
 #include "common/train/trainer.h"
 #include "gtest/gtest.h"
 #include "tests/interrupted_source.h"
+#include "tests/mnist_slice_test.h"
 #include "tests/test_util.h"
 
 namespace distillery {
@@ -98,18 +99,11 @@ TEST(Bf16LinearTest, BackwardIsWithinTheRoundingBoundOfF32) {
   EXPECT_TRUE(interleaved.grad_bias == rounded.grad_bias);
 }
 
-class Bf16TrainingTest : public testing::Test {
+class Bf16TrainingTest : public MnistSliceTest<5000, kAllTestImages> {
  protected:
   static void SetUpTestSuite() {
     SetComputeThreads(2);
-    absl::StatusOr<MnistFormatData> mnist = LoadMnistFormatDirectory(DISTILLERY_MNIST_DIR);
-    ASSERT_TRUE(mnist.ok()) << mnist.status();
-    train_ = new Dataset(*SliceDataset(mnist->train, 0, 5000));
-    test_ = new Dataset(std::move(mnist->test));
-  }
-  static void TearDownTestSuite() {
-    delete train_;
-    delete test_;
+    MnistSliceTest::SetUpTestSuite();
   }
   // 784-256-10 for 2 epochs on 5,000 examples, with dropout and max-norm
   // (which stay exact in bf16).
@@ -153,11 +147,7 @@ class Bf16TrainingTest : public testing::Test {
     }
     return pa.size() == pb.size();
   }
-  static Dataset* train_;
-  static Dataset* test_;
 };
-Dataset* Bf16TrainingTest::train_ = nullptr;
-Dataset* Bf16TrainingTest::test_ = nullptr;
 
 // The same seed in f32 and bf16: the same initial weights, example order
 // and dropout masks, so the runs differ by rounding only. On the Xeon with

@@ -12,6 +12,7 @@
 #include "common/train/trainer.h"
 #include "gtest/gtest.h"
 #include "tests/interrupted_source.h"
+#include "tests/mnist_slice_test.h"
 #include "tests/test_util.h"
 
 namespace distillery {
@@ -24,18 +25,8 @@ std::vector<std::string> ReadLines(const std::string& path) {
   return lines;
 }
 
-class TrainerResumeTest : public testing::Test {
+class TrainerResumeTest : public MnistSliceTest<1500, 500> {
  protected:
-  static void SetUpTestSuite() {
-    absl::StatusOr<MnistFormatData> mnist = LoadMnistFormatDirectory(DISTILLERY_MNIST_DIR);
-    ASSERT_TRUE(mnist.ok()) << mnist.status();
-    train_ = new Dataset(*SliceDataset(mnist->train, 0, 1500));
-    test_ = new Dataset(*SliceDataset(mnist->test, 0, 500));
-  }
-  static void TearDownTestSuite() {
-    delete train_;
-    delete test_;
-  }
   static TrainerConfig Config(const std::string& name) {
     TrainerConfig config;
     config.architecture = "784-64-10";
@@ -70,11 +61,7 @@ class TrainerResumeTest : public testing::Test {
     ASSERT_EQ(pa.size(), pb.size());
     for (size_t i = 0; i < pa.size(); ++i) EXPECT_EQ(pa[i]->value, pb[i]->value) << pa[i]->name;
   }
-  static Dataset* train_;
-  static Dataset* test_;
 };
-Dataset* TrainerResumeTest::train_ = nullptr;
-Dataset* TrainerResumeTest::test_ = nullptr;
 
 TEST_F(TrainerResumeTest, CheckpointRecordsTheSettingsIsaAndThreads) {
   const TrainerConfig config = Config("record");

@@ -8,23 +8,14 @@
 #include "common/formats/checkpoint.h"
 #include "common/train/evaluation.h"
 #include "gtest/gtest.h"
+#include "tests/mnist_slice_test.h"
 #include "tests/test_util.h"
 
 namespace distillery {
 namespace {
 
-class TrainerTest : public testing::Test {
+class TrainerTest : public MnistSliceTest<5000, 2000> {
  protected:
-  static void SetUpTestSuite() {
-    absl::StatusOr<MnistFormatData> mnist = LoadMnistFormatDirectory(DISTILLERY_MNIST_DIR);
-    ASSERT_TRUE(mnist.ok()) << mnist.status();
-    train_ = new Dataset(*SliceDataset(mnist->train, 0, 5000));
-    test_ = new Dataset(*SliceDataset(mnist->test, 0, 2000));
-  }
-  static void TearDownTestSuite() {
-    delete train_;
-    delete test_;
-  }
   static TrainerConfig SmallConfig() {
     TrainerConfig config;
     config.architecture = "784-256-10";
@@ -34,11 +25,7 @@ class TrainerTest : public testing::Test {
     config.log_progress = false;
     return config;
   }
-  static Dataset* train_;
-  static Dataset* test_;
 };
-Dataset* TrainerTest::train_ = nullptr;
-Dataset* TrainerTest::test_ = nullptr;
 
 // Stated accuracy: a 784-256-10 network on 5,000 MNIST images for 3 epochs
 // makes fewer than 12% errors on the first 2,000 test images (measured: 189

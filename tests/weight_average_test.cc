@@ -12,6 +12,7 @@
 #include "common/train/trainer.h"
 #include "gtest/gtest.h"
 #include "tests/interrupted_source.h"
+#include "tests/mnist_slice_test.h"
 #include "tests/test_util.h"
 
 namespace distillery {
@@ -62,18 +63,8 @@ TEST(WeightAverageTest, RefusesParametersOfAnotherShape) {
   EXPECT_EQ(average.count(), 1);
 }
 
-class TrainerWeightAverageTest : public testing::Test {
+class TrainerWeightAverageTest : public MnistSliceTest<1000, 500> {
  protected:
-  static void SetUpTestSuite() {
-    absl::StatusOr<MnistFormatData> mnist = LoadMnistFormatDirectory(DISTILLERY_MNIST_DIR);
-    ASSERT_TRUE(mnist.ok()) << mnist.status();
-    train_ = new Dataset(*SliceDataset(mnist->train, 0, 1000));
-    test_ = new Dataset(*SliceDataset(mnist->test, 0, 500));
-  }
-  static void TearDownTestSuite() {
-    delete train_;
-    delete test_;
-  }
   // A constant learning rate: a run of n epochs is the first n epochs of a
   // longer one, so that shorter runs give the weights after each epoch.
   static TrainerConfig Config(const std::string& name, int64_t epochs, int64_t average) {
@@ -97,11 +88,7 @@ class TrainerWeightAverageTest : public testing::Test {
     for (Parameter* p : network.Parameters()) weights.push_back(p->value);
     return weights;
   }
-  static Dataset* train_;
-  static Dataset* test_;
 };
-Dataset* TrainerWeightAverageTest::train_ = nullptr;
-Dataset* TrainerWeightAverageTest::test_ = nullptr;
 
 TEST_F(TrainerWeightAverageTest, WeightsAreTheMeanOfTheLastEpochs) {
   std::vector<std::vector<Tensor>> after;  // after epochs 3, 4 and 5

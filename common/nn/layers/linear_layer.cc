@@ -119,7 +119,7 @@ bool LinearLayer::SetInferenceOutput(bool relu, DataType type) {
 absl::Status LinearLayer::GetBf16Primitives(const Bf16Key& key, bool backward,
                                             Bf16Primitives** primitives) {
   const int64_t batch = key[0];
-  Bf16Primitives* found = bf16_by_batch_.Find(key);
+  Bf16Primitives* found = bf16_primitives_.Find(key);
   if (found == nullptr) {
     try {
       const dnnl::engine& engine = context_->engine();
@@ -143,7 +143,7 @@ absl::Status LinearLayer::GetBf16Primitives(const Bf16Key& key, bool backward,
           dnnl::reorder::primitive_desc(engine, PlainMatrixDesc(batch, in_features_), engine, src));
       built.forward = dnnl::inner_product_forward(pd);
       built.weights_desc = pd.weights_desc();
-      found = bf16_by_batch_.Insert(key, std::move(built));
+      found = bf16_primitives_.Insert(key, std::move(built));
     } catch (const dnnl::error& e) {
       return DnnlErrorToStatus("building bf16 inner-product primitives", e);
     }

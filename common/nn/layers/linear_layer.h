@@ -85,7 +85,8 @@ class LinearLayer : public Layer {
   };
   absl::Status GetPrimitives(int64_t batch, bool backward, Primitives** primitives);
 
-  // The bf16 passes for one batch size: the input's conversion and a bf16
+  // The bf16 passes for one Bf16Key (a batch size, and in inference the
+  // fused ReLU and the output type): the input's conversion and a bf16
   // inner product whose weights layout oneDNN chose (format any); from the
   // first Backward on (so that serving holds none) the gradient's
   // conversion and the backward passes, whose weights are in the forward's
@@ -127,10 +128,10 @@ class LinearLayer : public Layer {
   PrimitiveCache<int64_t, Primitives> primitives_by_batch_;
   Tensor transposed_output_;  // out x batch scratch of the matmul path
   Precision precision_ = Precision::kF32;
-  PrimitiveCache<Bf16Key, Bf16Primitives> bf16_by_batch_;
-  bool inference_relu_ = false;         // SetInferenceOutput's
-  bool inference_bf16_output_ = false;  // choices
-  Tensor bf16_input_;                   // an inference Forward's input converted to bf16
+  PrimitiveCache<Bf16Key, Bf16Primitives> bf16_primitives_;  // a few keys at most
+  bool inference_relu_ = false;                              // SetInferenceOutput's
+  bool inference_bf16_output_ = false;                       // choices
+  Tensor bf16_input_;  // an inference Forward's input converted to bf16
   // A training Forward's input converted to bf16, kept for Backward, and
   // which input it was (Infer between Forward and Backward leaves it alone).
   Tensor bf16_training_input_;
