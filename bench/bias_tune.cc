@@ -21,6 +21,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
 #include "common/cli/training_flags.h"
+#include "common/data/idx_dataset.h"
 #include "common/formats/checkpoint.h"
 #include "common/train/evaluation.h"
 #include "spdlog/spdlog.h"

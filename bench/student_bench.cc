@@ -19,6 +19,8 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "common/data/batches.h"
+#include "common/data/idx_dataset.h"
 #include "common/formats/checkpoint.h"
 #include "common/nn/softmax.h"
 #include "common/tensor/dnnl_context.h"

@@ -21,6 +21,7 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/str_split.h"
 #include "bench/matmul_rate.h"
+#include "common/data/idx_dataset.h"
 #include "common/tensor/dnnl_context.h"
 #include "common/train/trainer.h"
 #include "dnnl.hpp"

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/data/dataset.h"
+#include "common/data/idx_dataset.h"
 #include "common/tensor/precision.h"
 #include "common/train/trainer.h"
 #include "distill/v1/teacher.grpc.pb.h"

@@ -16,6 +16,8 @@
 #include <iterator>
 #include <numeric>
 
+#include "common/data/batches.h"
+#include "common/data/idx_dataset.h"
 #include "common/formats/checkpoint.h"
 #include "common/formats/target_codec.h"
 #include "common/nn/softmax.h"

@@ -11,6 +11,7 @@
 #include <regex>
 #include <thread>
 
+#include "common/data/idx_dataset.h"
 #include "common/formats/checkpoint.h"
 #include "common/train/trainer.h"
 #include "gtest/gtest.h"

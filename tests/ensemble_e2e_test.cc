@@ -8,6 +8,7 @@
 #include <fstream>
 #include <iterator>
 
+#include "common/data/idx_dataset.h"
 #include "common/formats/checkpoint.h"
 #include "common/nn/softmax.h"
 #include "common/train/evaluation.h"

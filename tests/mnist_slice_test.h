@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "common/data/dataset.h"
+#include "common/data/idx_dataset.h"
 #include "gtest/gtest.h"
 
 namespace distillery {

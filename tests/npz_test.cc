@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/data/dataset.h"
 #include "common/data/idx.h"
+#include "common/data/idx_dataset.h"
 #include "tests/npy_test_util.h"
 
 namespace distillery {

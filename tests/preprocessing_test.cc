@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "common/data/batches.h"
+#include "common/data/idx_dataset.h"
 #include "common/formats/checkpoint.h"
 #include "common/formats/contract.h"
 #include "common/formats/onnx_import.h"

@@ -7,6 +7,8 @@
 #include <set>
 #include <thread>
 
+#include "common/data/batches.h"
+#include "common/data/idx_dataset.h"
 #include "common/formats/checkpoint.h"
 #include "common/formats/contract.h"
 #include "common/formats/target_codec.h"

@@ -9,6 +9,7 @@
 #include <future>
 #include <iterator>
 
+#include "common/data/idx_dataset.h"
 #include "common/formats/checkpoint.h"
 #include "common/train/trainer.h"
 #include "distill/v1/teacher.grpc.pb.h"

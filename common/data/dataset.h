@@ -1,5 +1,7 @@
-// In-memory image classification data sets, their splits, shuffling and the
-// input jitter of Hinton et al. (shifts of up to N pixels).
+// In-memory image classification data sets and their splits: slices,
+// ranges, appending, dropping labels or classes. Loading them from IDX files
+// is common/data/idx_dataset.h (NumPy files: npy.h, npz.h); shuffling,
+// jitter and batches are common/data/batches.h.
 //
 // Pixels stay uint8 in memory (60,000 MNIST images take 47 MB) and are scaled
 // to [0, 1] floats only when a batch is gathered.
@@ -7,12 +9,11 @@
 #define DISTILLERY_COMMON_DATA_DATASET_H_
 
 #include <cstdint>
-#include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "absl/types/span.h"
 #include "common/tensor/tensor.h"
 
 namespace distillery {
@@ -41,24 +42,12 @@ struct Dataset {
   const uint8_t* image(int64_t i) const { return pixels.data() + i * input_size(); }
 };
 
-// Loads an images file, of rank 3 (count, rows, cols: one channel) or rank 4
-// (count, rows, cols, channels: interleaved channels, converted here to the
-// planar layout), and, when `labels_path` is non-empty, a labels file
-// (rank 1). Refused with a message naming the file: a labels count that
-// differs from the images count, a label >= num_classes, plus every error of
-// ReadIdxFile.
-absl::StatusOr<Dataset> LoadIdxDataset(const std::string& images_path,
-                                       const std::string& labels_path, int num_classes = 10);
-
-// The four files of an MNIST-format directory (MNIST, Fashion-MNIST).
-// Each name is looked up as "<dir>/<stem>" then "<dir>/<stem>.gz", stems being
-// train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte,
-// t10k-labels-idx1-ubyte.
+// A training set and a test set, as an MNIST-format directory
+// (common/data/idx_dataset.h) or a NumPy archive (npy.h) holds them.
 struct MnistFormatData {
   Dataset train;
   Dataset test;
 };
-absl::StatusOr<MnistFormatData> LoadMnistFormatDirectory(const std::string& dir);
 
 // The examples [begin, end) of `data`, copied. InvalidArgument when the range
 // is empty or out of bounds.
@@ -78,25 +67,6 @@ Dataset WithoutLabels(const Dataset& data);
 // A copy of `data` without the examples whose label is in `classes`, in the
 // same order. InvalidArgument when the data is unlabeled.
 absl::StatusOr<Dataset> WithoutClasses(const Dataset& data, const std::vector<int>& classes);
-
-// The indices 0..n-1 in an order that depends only on (seed, epoch): the same
-// pair gives the same order on every machine (std::mt19937_64 and a
-// hand-written Fisher-Yates, not std::shuffle, whose algorithm is unspecified).
-std::vector<int64_t> ShuffledIndices(int64_t n, uint64_t seed, int64_t epoch);
-
-// Copies one rows x cols image plane shifted by (dx, dy) pixels (positive dx moves
-// the content right, positive dy down), filling uncovered pixels with zero.
-void ShiftImage(const uint8_t* src, int rows, int cols, int dx, int dy, uint8_t* dst);
-
-// Gathers the examples `indices` of `data` into `inputs` (reshaped to
-// (indices.size(), channels, rows, cols), pixels scaled by 1/255) and, when the data is
-// labeled and `labels` is not null, their labels. When `max_shift` > 0 each
-// image gets an independent uniform integer shift in [-max_shift, max_shift]
-// in x and y drawn from `rng`, the same for every channel of the image; `shifts`, when not null,
-// receives the (dx, dy) pairs drawn, in order, so another process can reproduce the view.
-void GatherBatch(const Dataset& data, absl::Span<const int64_t> indices, int max_shift,
-                 std::mt19937_64* rng, Tensor* inputs, std::vector<int>* labels,
-                 std::vector<int>* shifts = nullptr);
 
 }  // namespace distillery
 

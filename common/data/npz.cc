@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/data/idx_dataset.h"
 #include "common/data/npy.h"
 #include "common/data/npy_internal.h"
 #include "common/util/status_macros.h"

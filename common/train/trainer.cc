@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/data/batches.h"
 #include "common/formats/checkpoint.h"
 #include "common/nn/losses.h"
 #include "common/nn/softmax.h"

@@ -1,0 +1,38 @@
+// Training batches from a data set: the order of each epoch, the input
+// jitter of Hinton et al. (shifts of up to N pixels), and gathering examples
+// into a float tensor (pixels scaled to [0, 1]).
+#ifndef DISTILLERY_COMMON_DATA_BATCHES_H_
+#define DISTILLERY_COMMON_DATA_BATCHES_H_
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "absl/types/span.h"
+#include "common/data/dataset.h"
+#include "common/tensor/tensor.h"
+
+namespace distillery {
+
+// The indices 0..n-1 in an order that depends only on (seed, epoch): the same
+// pair gives the same order on every machine (std::mt19937_64 and a
+// hand-written Fisher-Yates, not std::shuffle, whose algorithm is unspecified).
+std::vector<int64_t> ShuffledIndices(int64_t n, uint64_t seed, int64_t epoch);
+
+// Copies one rows x cols image plane shifted by (dx, dy) pixels (positive dx moves
+// the content right, positive dy down), filling uncovered pixels with zero.
+void ShiftImage(const uint8_t* src, int rows, int cols, int dx, int dy, uint8_t* dst);
+
+// Gathers the examples `indices` of `data` into `inputs` (reshaped to
+// (indices.size(), channels, rows, cols), pixels scaled by 1/255) and, when the data is
+// labeled and `labels` is not null, their labels. When `max_shift` > 0 each
+// image gets an independent uniform integer shift in [-max_shift, max_shift]
+// in x and y drawn from `rng`, the same for every channel of the image; `shifts`, when not null,
+// receives the (dx, dy) pairs drawn, in order, so another process can reproduce the view.
+void GatherBatch(const Dataset& data, absl::Span<const int64_t> indices, int max_shift,
+                 std::mt19937_64* rng, Tensor* inputs, std::vector<int>* labels,
+                 std::vector<int>* shifts = nullptr);
+
+}  // namespace distillery
+
+#endif  // DISTILLERY_COMMON_DATA_BATCHES_H_
