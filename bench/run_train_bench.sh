@@ -9,6 +9,8 @@
 # choice matters (AVX2 "Haswell" kernels against AVX-512 "SkylakeX" ones), so
 # PyTorch runs once per core type in PEER_CORETYPES and its fastest run
 # counts. A core type the CPU cannot run is skipped.
+# On CPUs with avx512_bf16 PyTorch also runs under bf16 autocast (with the
+# default core type), and the fastest of all its runs counts.
 # PRECISION=bf16 trains ours in bf16 mixed precision (default f32).
 # Usage: bench/run_train_bench.sh [build_dir]   (needs a Release build)
 set -euo pipefail
@@ -28,16 +30,19 @@ for arch in 784-1200-1200-10 784-800-800-10; do
            --precision="$PRECISION")
   echo "$ours"
   best_rate=0 best_line=""
-  for coretype in $PEER_CORETYPES; do
-    theirs=$(OPENBLAS_CORETYPE=$coretype /usr/bin/python3 bench/torch_peer.py --mnist-dir="$MNIST" \
-             --archs="$arch" --epochs=1 --threads=$THREADS 2>/dev/null | grep '^torch_peer') || {
-      echo "# torch_peer with OPENBLAS_CORETYPE=$coretype did not run on this CPU; skipped"
+  peers=$PEER_CORETYPES
+  if grep -qw avx512_bf16 /proc/cpuinfo; then peers="$peers autocast"; fi
+  for peer in $peers; do
+    if [ "$peer" = autocast ]; then coretype="" flag=--autocast; else coretype=$peer flag=""; fi
+    theirs=$(env ${coretype:+OPENBLAS_CORETYPE=$coretype} /usr/bin/python3 bench/torch_peer.py --mnist-dir="$MNIST" \
+             --archs="$arch" --epochs=1 --threads=$THREADS $flag 2>/dev/null | grep '^torch_peer') || {
+      echo "# torch_peer with OPENBLAS_CORETYPE=$coretype $flag did not run on this CPU; skipped"
       continue
     }
-    echo "$theirs coretype=$coretype"
+    echo "$theirs coretype=${coretype:-default}"
     rate=$(rate_of "$theirs")
     if awk -v r="$rate" -v b="$best_rate" 'BEGIN { exit !(r > b) }'; then
-      best_rate=$rate best_line="coretype=$coretype"
+      best_rate=$rate best_line="coretype=${coretype:-default}${flag:+ autocast}"
     fi
   done
   awk -v a="$arch" -v o="$(rate_of "$ours")" -v t="$best_rate" -v c="$best_line" \

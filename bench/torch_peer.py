@@ -163,7 +163,8 @@ def run_arch(arch_str, x, y, args, blas_name):
         xb = x.index_select(0, idx)
         yb = y.index_select(0, idx)
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(xb), yb)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast):
+            loss = loss_fn(model(xb), yb)
         loss.backward()
         opt.step()
         if use_max_norm:
@@ -224,6 +225,8 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--momentum", type=float, default=0.9)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--autocast", action="store_true",
+                    help="bf16 autocast in the forward pass (PyTorch's mixed precision on CPUs with bf16)")
     ap.add_argument("--json", action="store_true", help="print results as JSON on stdout")
     args = ap.parse_args(argv)
 
@@ -255,8 +258,9 @@ def main(argv=None):
         r = run_arch(arch, x, y, args, blas_name)
         results.append(r)
         if not args.json:
-            print("torch_peer arch=%s batch=%d examples_per_s=%.1f threads=%d blas=%s final_loss=%.4f"
-                  % (r["arch"], r["batch"], r["examples_per_s"], r["threads"], r["blas"], r["final_loss"]))
+            print("torch_peer arch=%s batch=%d examples_per_s=%.1f threads=%d blas=%s autocast=%d "
+                  "final_loss=%.4f" % (r["arch"], r["batch"], r["examples_per_s"], r["threads"],
+                                       r["blas"], int(args.autocast), r["final_loss"]))
             sys.stdout.flush()
 
     if args.json:
