@@ -12,10 +12,8 @@
 namespace distillery {
 namespace {
 
-using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::ElementsAreArray;
-using ::testing::HasSubstr;
 
 // ---------------------------------------------------------------------------
 // ShuffledIndices

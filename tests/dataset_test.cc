@@ -10,10 +10,7 @@
 namespace distillery {
 namespace {
 
-using ::testing::AllOf;
 using ::testing::ElementsAre;
-using ::testing::ElementsAreArray;
-using ::testing::HasSubstr;
 
 // ---------------------------------------------------------------------------
 // SliceDataset, WithoutLabels

@@ -17,24 +17,16 @@
 #include "common/data/idx.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/test_util.h"
 
 namespace distillery {
 namespace {
 
 using ::testing::AllOf;
 using ::testing::ElementsAre;
-using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
 
-// A fresh directory under the test temp dir, unique per test.
-std::string TestDir() {
-  const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  std::filesystem::path dir = std::filesystem::path(::testing::TempDir()) / "dataset_test" /
-                              (std::string(info->test_suite_name()) + "." + info->name());
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-  return dir.string();
-}
+std::string TestDir() { return FreshTestDir("idx_dataset_test"); }
 
 // `count` images of rows x cols whose pixel p of image i is (i * 16 + p) % 256.
 IdxArray Images(uint32_t count, uint32_t rows, uint32_t cols) {

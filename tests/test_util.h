@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <filesystem>
 #include <functional>
 #include <random>
 #include <string>
@@ -19,6 +20,17 @@ namespace distillery {
 // tests in parallel processes, which must not share files.
 inline std::string UniqueTempPath(const std::string& name) {
   return testing::TempDir() + "/" + std::to_string(getpid()) + "." + name;
+}
+
+// A fresh, empty directory under the test temp directory, unique to the
+// running test ("<suite>.<test>" under `folder`).
+inline std::string FreshTestDir(const std::string& folder) {
+  const testing::TestInfo* info = testing::UnitTest::GetInstance()->current_test_info();
+  std::filesystem::path dir = std::filesystem::path(testing::TempDir()) / folder /
+                              (std::string(info->test_suite_name()) + "." + info->name());
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir.string();
 }
 
 // A rows x cols matrix of uniform values in [-scale, scale].
