@@ -108,81 +108,21 @@ absl::Status Importer::Convert(const onnx::NodeProto& node, bool is_last) {
   if (node.output_size() < 1 || node.output(0).empty()) {
     return absl::InvalidArgumentError(absl::StrCat(NodeName(node), " has no output"));
   }
-  if (op == "Constant") {
-    const onnx::AttributeProto* value = FindAttr(node, "value");
-    if (value == nullptr || !value->has_t() || node.output_size() != 1) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(NodeName(node), ": only Constant nodes with a tensor value are supported"));
-    }
-    ASSIGN_OR_RETURN(ConstTensor c, DecodeTensor(value->t()));
-    consts_[node.output(0)] = std::move(c);
-    return absl::OkStatus();
-  }
+  if (op == "Constant") return ConvertConstant(node);
   // The shape arithmetic of x.view(x.size(0), -1).
-  if (op == "Shape") {
-    if (node.input_size() < 1 || node.input(0) != activation_ || node.output_size() != 1 ||
-        FindAttr(node, "start") != nullptr || FindAttr(node, "end") != nullptr) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(NodeName(node), ": only the shape of the current activation is supported"));
-    }
-    ShapeValue v;
-    v.values.push_back(kBatchDim);
-    v.values.insert(v.values.end(), shape_.begin(), shape_.end());
-    shapes_[node.output(0)] = v;
-    return absl::OkStatus();
-  }
   const bool on_shape = node.input_size() > 0 && shapes_.count(node.input(0)) > 0;
-  if (op == "Gather" && on_shape) {
-    const ConstTensor* idx = node.input_size() > 1 ? Const(node.input(1)) : nullptr;
-    const std::vector<int64_t>& src = shapes_[node.input(0)].values;
-    if (idx == nullptr || idx->is_float || IntAttr(node, "axis", 0) != 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(NodeName(node), ": only constant indices into a shape are supported"));
-    }
-    ShapeValue v;
-    for (int64_t k : idx->i) {
-      const int64_t n = static_cast<int64_t>(src.size());
-      if (k < -n || k >= n) {
-        return absl::InvalidArgumentError(absl::StrCat(NodeName(node), ": index out of range"));
-      }
-      v.values.push_back(src[k < 0 ? k + n : k]);
-    }
-    shapes_[node.output(0)] = v;
-    return absl::OkStatus();
-  }
+  if (op == "Shape") return ConvertShape(node);
+  if (op == "Gather" && on_shape) return ConvertShapeGather(node);
   if (op == "Unsqueeze" && on_shape) {
     shapes_[node.output(0)] = shapes_[node.input(0)];
     return absl::OkStatus();
   }
-  if (op == "Concat") {
-    ShapeValue v;
-    for (const std::string& in : node.input()) {
-      if (auto it = shapes_.find(in); it != shapes_.end()) {
-        v.values.insert(v.values.end(), it->second.values.begin(), it->second.values.end());
-      } else if (const ConstTensor* c = Const(in); c != nullptr && !c->is_float) {
-        v.values.insert(v.values.end(), c->i.begin(), c->i.end());
-      } else {
-        return absl::InvalidArgumentError(
-            absl::StrCat(NodeName(node), ": only the concatenation of shapes is supported"));
-      }
-    }
-    shapes_[node.output(0)] = v;
-    return absl::OkStatus();
-  }
+  if (op == "Concat") return ConvertShapeConcat(node);
   if (op == "Gather") {
     return absl::InvalidArgumentError(
         absl::StrCat(NodeName(node), ": only Gather on a shape is supported"));
   }
-  if (op == "Softmax" || op == "LogSoftmax") {
-    RETURN_IF_ERROR(ExpectActivation(node, 0));
-    int64_t axis = IntAttr(node, "axis", opset_ >= 13 ? -1 : 1);
-    if (!is_last || shape_.size() != 1 || (axis != 1 && axis != -1)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(NodeName(node), " is supported only as the last node, over the classes"));
-    }
-    Advance(node, shape_);  // stripped: the teacher serves logits
-    return absl::OkStatus();
-  }
+  if (op == "Softmax" || op == "LogSoftmax") return ConvertSoftmax(node, is_last);
   if (op == "Dropout" || op == "Identity") {
     RETURN_IF_ERROR(ExpectActivation(node, 0));
     RETURN_IF_ERROR(ExpectSingleOutput(node));
@@ -192,35 +132,7 @@ absl::Status Importer::Convert(const onnx::NodeProto& node, bool is_last) {
   if (op == "Relu" || op == "LeakyRelu" || op == "Sigmoid" || op == "Tanh") {
     return ConvertActivation(node);
   }
-  if (op == "Add") {
-    // The bias of the MatMul (or bias-less Conv) right before it.
-    if (node.input_size() != 2) return absl::InvalidArgumentError(NodeName(node));
-    const int k = node.input(0) == activation_ ? 0 : 1;
-    RETURN_IF_ERROR(ExpectActivation(node, k));
-    const ConstTensor* c = Const(node.input(1 - k));
-    const int64_t units = shape_.empty() ? 0 : shape_[0];
-    if (c == nullptr || !c->is_float || layers_.empty() || !layers_.back().foldable ||
-        c->size() != units) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          NodeName(node), " is supported only as the bias of the MatMul or Conv before it"));
-    }
-    // Its shape must broadcast per unit: (units), (1, units) for a linear
-    // layer; (units, 1, 1) or (1, units, 1, 1) for a convolution.
-    std::vector<int64_t> dims;
-    for (int64_t d : c->dims) {
-      if (!(dims.empty() && d == 1)) dims.push_back(d);
-    }
-    const bool conv = layers_.back().spec.kind == LayerSpec::Kind::kConv2d;
-    const bool fits = conv ? dims == std::vector<int64_t>{units, 1, 1}
-                           : dims == std::vector<int64_t>{units} || (units == 1 && dims.empty());
-    if (!fits) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(NodeName(node), ": its constant does not broadcast as a bias"));
-    }
-    for (int64_t u = 0; u < units; ++u) layers_.back().bias[u] += c->f[u];
-    Advance(node, shape_);
-    return absl::OkStatus();
-  }
+  if (op == "Add") return ConvertBiasAdd(node);
   if (op == "Conv") return ConvertConv(node);
   if (op == "MaxPool" || op == "AveragePool" || op == "GlobalAveragePool") {
     return ConvertPool(node);
@@ -231,6 +143,106 @@ absl::Status Importer::Convert(const onnx::NodeProto& node, bool is_last) {
     return ConvertReshapeLike(node);
   }
   return absl::InvalidArgumentError(absl::StrCat("unsupported operator ", NodeName(node)));
+}
+
+absl::Status Importer::ConvertConstant(const onnx::NodeProto& node) {
+  const onnx::AttributeProto* value = FindAttr(node, "value");
+  if (value == nullptr || !value->has_t() || node.output_size() != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(NodeName(node), ": only Constant nodes with a tensor value are supported"));
+  }
+  ASSIGN_OR_RETURN(ConstTensor c, DecodeTensor(value->t()));
+  consts_[node.output(0)] = std::move(c);
+  return absl::OkStatus();
+}
+
+absl::Status Importer::ConvertShape(const onnx::NodeProto& node) {
+  if (node.input_size() < 1 || node.input(0) != activation_ || node.output_size() != 1 ||
+      FindAttr(node, "start") != nullptr || FindAttr(node, "end") != nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(NodeName(node), ": only the shape of the current activation is supported"));
+  }
+  ShapeValue v;
+  v.values.push_back(kBatchDim);
+  v.values.insert(v.values.end(), shape_.begin(), shape_.end());
+  shapes_[node.output(0)] = v;
+  return absl::OkStatus();
+}
+
+absl::Status Importer::ConvertShapeGather(const onnx::NodeProto& node) {
+  const ConstTensor* idx = node.input_size() > 1 ? Const(node.input(1)) : nullptr;
+  const std::vector<int64_t>& src = shapes_[node.input(0)].values;
+  if (idx == nullptr || idx->is_float || IntAttr(node, "axis", 0) != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(NodeName(node), ": only constant indices into a shape are supported"));
+  }
+  ShapeValue v;
+  for (int64_t k : idx->i) {
+    const int64_t n = static_cast<int64_t>(src.size());
+    if (k < -n || k >= n) {
+      return absl::InvalidArgumentError(absl::StrCat(NodeName(node), ": index out of range"));
+    }
+    v.values.push_back(src[k < 0 ? k + n : k]);
+  }
+  shapes_[node.output(0)] = v;
+  return absl::OkStatus();
+}
+
+absl::Status Importer::ConvertShapeConcat(const onnx::NodeProto& node) {
+  ShapeValue v;
+  for (const std::string& in : node.input()) {
+    if (auto it = shapes_.find(in); it != shapes_.end()) {
+      v.values.insert(v.values.end(), it->second.values.begin(), it->second.values.end());
+    } else if (const ConstTensor* c = Const(in); c != nullptr && !c->is_float) {
+      v.values.insert(v.values.end(), c->i.begin(), c->i.end());
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat(NodeName(node), ": only the concatenation of shapes is supported"));
+    }
+  }
+  shapes_[node.output(0)] = v;
+  return absl::OkStatus();
+}
+
+absl::Status Importer::ConvertSoftmax(const onnx::NodeProto& node, bool is_last) {
+  RETURN_IF_ERROR(ExpectActivation(node, 0));
+  int64_t axis = IntAttr(node, "axis", opset_ >= 13 ? -1 : 1);
+  if (!is_last || shape_.size() != 1 || (axis != 1 && axis != -1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(NodeName(node), " is supported only as the last node, over the classes"));
+  }
+  Advance(node, shape_);  // stripped: the teacher serves logits
+  return absl::OkStatus();
+}
+
+absl::Status Importer::ConvertBiasAdd(const onnx::NodeProto& node) {
+  // The bias of the MatMul (or bias-less Conv) right before it.
+  if (node.input_size() != 2) return absl::InvalidArgumentError(NodeName(node));
+  const int k = node.input(0) == activation_ ? 0 : 1;
+  RETURN_IF_ERROR(ExpectActivation(node, k));
+  const ConstTensor* c = Const(node.input(1 - k));
+  const int64_t units = shape_.empty() ? 0 : shape_[0];
+  if (c == nullptr || !c->is_float || layers_.empty() || !layers_.back().foldable ||
+      c->size() != units) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        NodeName(node), " is supported only as the bias of the MatMul or Conv before it"));
+  }
+  // Its shape must broadcast per unit: (units), (1, units) for a linear
+  // layer; (units, 1, 1) or (1, units, 1, 1) for a convolution.
+  std::vector<int64_t> dims;
+  for (int64_t d : c->dims) {
+    if (!(dims.empty() && d == 1)) dims.push_back(d);
+  }
+  const bool conv = layers_.back().spec.kind == LayerSpec::Kind::kConv2d;
+  const bool fits = conv ? dims == std::vector<int64_t>{units, 1, 1}
+                         : dims == std::vector<int64_t>{units} || (units == 1 && dims.empty());
+  if (!fits) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(NodeName(node), ": its constant does not broadcast as a bias"));
+  }
+  for (int64_t u = 0; u < units; ++u) layers_.back().bias[u] += c->f[u];
+  Advance(node, shape_);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<distill::v1::Checkpoint> Importer::Build() {

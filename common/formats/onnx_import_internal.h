@@ -98,6 +98,16 @@ class Importer {
   }
   // Sets the chain to flat (features) via a flatten layer when needed.
   void FlattenTo(const onnx::NodeProto& node);
+  // One converter per kind of node (Convert dispatches). A Constant's
+  // tensor is kept; Shape, Gather and Concat on shapes compute the shape
+  // arithmetic of x.view(x.size(0), -1); a final Softmax is stripped; an Add
+  // is the bias of the MatMul or Conv before it.
+  absl::Status ConvertConstant(const onnx::NodeProto& node);
+  absl::Status ConvertShape(const onnx::NodeProto& node);
+  absl::Status ConvertShapeGather(const onnx::NodeProto& node);
+  absl::Status ConvertShapeConcat(const onnx::NodeProto& node);
+  absl::Status ConvertSoftmax(const onnx::NodeProto& node, bool is_last);
+  absl::Status ConvertBiasAdd(const onnx::NodeProto& node);
   absl::Status ConvertConv(const onnx::NodeProto& node);
   absl::Status ConvertPool(const onnx::NodeProto& node);
   absl::Status ConvertGemm(const onnx::NodeProto& node);
