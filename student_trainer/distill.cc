@@ -14,6 +14,93 @@
 
 namespace distillery {
 
+namespace {
+
+// The student's network spec and parameter count, refused (FailedPrecondition)
+// before any training when it does not fit the teacher's input shape or
+// classes.
+struct CheckedStudent {
+  NetworkSpec spec;
+  int64_t parameters = 0;
+};
+absl::StatusOr<CheckedStudent> CheckStudent(const DistillConfig& config,
+                                            const TeacherClient& client) {
+  const Shape teacher_shape = client.example_shape();
+  absl::StatusOr<NetworkSpec> spec =
+      NetworkSpec::Parse(config.trainer.architecture, teacher_shape, config.trainer.input_dropout,
+                         config.trainer.hidden_dropout);
+  if (!spec.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the student does not fit the teacher's inputs: ", spec.status().message()));
+  }
+  absl::StatusOr<std::unique_ptr<Network>> probe = Network::Create(*spec, config.trainer.seed);
+  if (!probe.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the student does not fit the teacher's inputs ", ShapeString(teacher_shape),
+                     ": ", probe.status().message()));
+  }
+  if (client.info().num_classes() != (*probe)->num_classes()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the teacher has ", client.info().num_classes(), " classes; the student ",
+                     spec->ArchitectureString(), " has ", (*probe)->num_classes()));
+  }
+  return CheckedStudent{*spec, (*probe)->ParameterCount()};
+}
+
+// --source=local: the student's own slice of --data_dir, its soft targets
+// asked of the teacher batch by batch.
+absl::StatusOr<TrainingResult> TrainOnLocalTransferSet(const DistillConfig& config,
+                                                       TeacherClient* client,
+                                                       const MnistFormatData& data) {
+  ASSIGN_OR_RETURN(auto range, ParseRange(config.transfer_range, data.train.num_examples));
+  ASSIGN_OR_RETURN(Dataset transfer, SliceDataset(data.train, range.first, range.second));
+  if (!config.exclude_classes.empty()) {
+    ASSIGN_OR_RETURN(transfer, WithoutClasses(transfer, config.exclude_classes));
+    spdlog::info("transfer set without classes {}: {} examples left",
+                 absl::StrJoin(config.exclude_classes, ","), transfer.num_examples);
+  }
+  if (!config.use_labels) transfer = WithoutLabels(transfer);
+  TrainerConfig trainer = config.trainer;
+  trainer.data_description = absl::StrCat("local transfer set ", DatasetFingerprint(transfer));
+  spdlog::info("local transfer set: {} examples [{}, {}){}, jitter {} px, T={}",
+               transfer.num_examples, range.first, range.second,
+               config.use_labels ? " with labels" : ", no labels", trainer.max_shift,
+               trainer.distill_temperature);
+  RemoteSoftTargets targets(client, trainer.distill_temperature);
+  LocalBatchSource source(transfer, trainer.batch_size, trainer.max_shift, trainer.seed, &targets);
+  return Train(trainer, source, data.test);
+}
+
+// --source=teacher: this shard of the teacher's transfer set, streamed with
+// its targets.
+absl::StatusOr<TrainingResult> TrainOnTeacherTransferSet(const DistillConfig& config,
+                                                         TeacherClient* client,
+                                                         const MnistFormatData& data) {
+  if (config.trainer.max_shift != 0) {
+    return absl::InvalidArgumentError(
+        "--jitter needs --source=local: the teacher's transfer set comes with targets for "
+        "its own, unshifted images");
+  }
+  TransferStreamSource::Options options;
+  options.seed = config.trainer.seed;
+  options.shard_index = config.shard_index;
+  options.num_shards = config.num_shards;
+  options.batch_size = static_cast<uint32_t>(config.trainer.batch_size);
+  options.temperature = config.trainer.distill_temperature;
+  options.include_labels = config.use_labels;
+  ASSIGN_OR_RETURN(std::unique_ptr<TransferStreamSource> source,
+                   TransferStreamSource::Create(client, options));
+  spdlog::info("teacher-side transfer set: shard {} of {}, {} examples, T={}", config.shard_index,
+               config.num_shards, source->ExamplesPerEpoch(), config.trainer.distill_temperature);
+  TrainerConfig trainer = config.trainer;
+  trainer.data_description =
+      absl::StrCat("teacher transfer set ", client->info().contract().transfer_set().fingerprint(),
+                   " shard ", config.shard_index, "/", config.num_shards);
+  return Train(trainer, *source, data.test);
+}
+
+}  // namespace
+
 absl::Status RunDistillation(const DistillConfig& config) {
   const auto start = std::chrono::steady_clock::now();
   ASSIGN_OR_RETURN(std::unique_ptr<TeacherClient> client, TeacherClient::Connect(config.teacher));
@@ -22,92 +109,32 @@ absl::Status RunDistillation(const DistillConfig& config) {
   spdlog::info("teacher {} ({}) at {}: {} inputs, {} classes, transfer set of {}",
                info.teacher_hash(), info.architecture(), config.teacher.target,
                ShapeString(teacher_shape), info.num_classes(), info.transfer_set_size());
-  absl::StatusOr<NetworkSpec> spec =
-      NetworkSpec::Parse(config.trainer.architecture, teacher_shape, config.trainer.input_dropout,
-                         config.trainer.hidden_dropout);
-  if (!spec.ok()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("the student does not fit the teacher's inputs: ", spec.status().message()));
+  if (config.source != "local" && config.source != "teacher") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown --source \"", config.source, "\" (local or teacher)"));
   }
-  // Built once here so that a student that does not fit the teacher's input
-  // shape or classes is refused before any training.
-  absl::StatusOr<std::unique_ptr<Network>> probe = Network::Create(*spec, config.trainer.seed);
-  if (!probe.ok()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("the student does not fit the teacher's inputs ", ShapeString(teacher_shape),
-                     ": ", probe.status().message()));
-  }
-  if (info.num_classes() != (*probe)->num_classes()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("the teacher has ", info.num_classes(), " classes; the student ",
-                     spec->ArchitectureString(), " has ", (*probe)->num_classes()));
-  }
-  const int64_t student_parameters = (*probe)->ParameterCount();
-  probe->reset();
+  ASSIGN_OR_RETURN(const CheckedStudent student, CheckStudent(config, *client));
   ASSIGN_OR_RETURN(MnistFormatData data, LoadDataSource(config.data_dir));
   if (data.test.example_shape() != teacher_shape) {
     return absl::FailedPreconditionError(
         absl::StrCat("the test images are ", ShapeString(data.test.example_shape()),
                      "; the teacher takes ", ShapeString(teacher_shape)));
   }
-
-  absl::StatusOr<TrainingResult> result;
-  TrainerConfig trainer = config.trainer;
-  if (config.source == "local") {
-    ASSIGN_OR_RETURN(auto range, ParseRange(config.transfer_range, data.train.num_examples));
-    ASSIGN_OR_RETURN(Dataset transfer, SliceDataset(data.train, range.first, range.second));
-    if (!config.exclude_classes.empty()) {
-      ASSIGN_OR_RETURN(transfer, WithoutClasses(transfer, config.exclude_classes));
-      spdlog::info("transfer set without classes {}: {} examples left",
-                   absl::StrJoin(config.exclude_classes, ","), transfer.num_examples);
-    }
-    if (!config.use_labels) transfer = WithoutLabels(transfer);
-    trainer.data_description = absl::StrCat("local transfer set ", DatasetFingerprint(transfer));
-    spdlog::info("local transfer set: {} examples [{}, {}){}, jitter {} px, T={}",
-                 transfer.num_examples, range.first, range.second,
-                 config.use_labels ? " with labels" : ", no labels", config.trainer.max_shift,
-                 config.trainer.distill_temperature);
-    RemoteSoftTargets targets(client.get(), config.trainer.distill_temperature);
-    LocalBatchSource source(transfer, config.trainer.batch_size, config.trainer.max_shift,
-                            config.trainer.seed, &targets);
-    result = Train(trainer, source, data.test);
-  } else if (config.source == "teacher") {
-    if (config.trainer.max_shift != 0) {
-      return absl::InvalidArgumentError(
-          "--jitter needs --source=local: the teacher's transfer set comes with targets for "
-          "its own, unshifted images");
-    }
-    TransferStreamSource::Options options;
-    options.seed = config.trainer.seed;
-    options.shard_index = config.shard_index;
-    options.num_shards = config.num_shards;
-    options.batch_size = static_cast<uint32_t>(config.trainer.batch_size);
-    options.temperature = config.trainer.distill_temperature;
-    options.include_labels = config.use_labels;
-    ASSIGN_OR_RETURN(std::unique_ptr<TransferStreamSource> source,
-                     TransferStreamSource::Create(client.get(), options));
-    spdlog::info("teacher-side transfer set: shard {} of {}, {} examples, T={}", config.shard_index,
-                 config.num_shards, source->ExamplesPerEpoch(), config.trainer.distill_temperature);
-    trainer.data_description =
-        absl::StrCat("teacher transfer set ", info.contract().transfer_set().fingerprint(),
-                     " shard ", config.shard_index, "/", config.num_shards);
-    result = Train(trainer, *source, data.test);
-  } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unknown --source \"", config.source, "\" (local or teacher)"));
-  }
-  RETURN_IF_ERROR(result.status());
+  ASSIGN_OR_RETURN(const TrainingResult result,
+                   config.source == "local"
+                       ? TrainOnLocalTransferSet(config, client.get(), data)
+                       : TrainOnTeacherTransferSet(config, client.get(), data));
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   spdlog::info(
       "distilled student {} done: {} test errors out of {} ({:.2f}% accuracy), {} parameters, "
       "{:.0f} s, {} calls retried",
-      spec->ArchitectureString(), result->final_evaluation.errors,
-      result->final_evaluation.examples, 100.0 * result->final_evaluation.accuracy,
-      student_parameters, seconds, client->retries());
+      student.spec.ArchitectureString(), result.final_evaluation.errors,
+      result.final_evaluation.examples, 100.0 * result.final_evaluation.accuracy,
+      student.parameters, seconds, client->retries());
   // The weights' fingerprint, to compare runs (an interrupted and resumed one
   // with an uninterrupted one) without their checkpoints.
-  spdlog::info("final weights {}", WeightsFingerprint(*result->network));
+  spdlog::info("final weights {}", WeightsFingerprint(*result.network));
   if (!config.trainer.checkpoint_path.empty()) {
     spdlog::info("checkpoint: {}", config.trainer.checkpoint_path);
   }
