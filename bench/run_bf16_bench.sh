@@ -49,7 +49,7 @@ done
 echo "== 2. serving 784-1200-1200-10"
 for precision in $precisions; do
   "$BUILD/bench/serving_bench" --checkpoint="$OUT/teacher.ckpt" --server="$TS" \
-    --precision="$precision" --seconds=3 --threads=2 2>/dev/null | grep -v '^batching'
+    --precision="$precision" --seconds=3 --threads=2 2>/dev/null | grep -v "^\[\|^batching"
 done
 /usr/bin/python3 bench/torch_serving_peer.py --threads 2 --batch 1024 --seconds 3
 

@@ -45,7 +45,7 @@ CpuId ReadCpuId() {
 
 // CPU families whose bf16 measured faster than f32 without AMX, for `use`
 // (bench/RESULTS.md): AMD family 25 with AVX512_BF16 (Zen 4; its Zen 3
-// members have no bf16) serves 1.9-2.3x and trains 1.15-1.5x faster; AMD
+// members have no bf16) serves 1.9-2.3x and trains 1.04-1.5x faster; AMD
 // family 26 (Zen 5) serves 1.5-2.2x faster but trains no faster.
 bool Bf16FasterWithoutAmx(PrecisionUse use) {
   const CpuId id = ReadCpuId();

@@ -17,8 +17,8 @@
 //   - bf16 when oneDNN dispatches to AMX (avx512_core_amx), whose bf16
 //     matmuls run 2.5 to 3.8 times the f32 rate;
 //   - bf16 on AVX512_BF16 without AMX on AMD family 25 (Zen 4), where bf16
-//     inference ran 1.9 to 2.3 times f32 and training 1.15 to 1.25 times
-//     (MLPs) and 1.47 times (a CNN);
+//     inference ran 1.9 to 2.3 times f32 and training 1.04 to 1.25 times
+//     (MLPs) and 1.2 to 1.5 times (a CNN);
 //   - for serving only, bf16 on AVX512_BF16 without AMX on AMD family 26
 //     (Zen 5), where bf16 inference ran 1.5 to 2.2 times f32 (MLP and CNN
 //     teachers); its bf16 training of MLPs ran at 0.9 to 1.07 times f32,
