@@ -221,6 +221,10 @@ absl::StatusOr<Conv2dLayer::Primitives> Conv2dLayer::BuildForward(const Tensor& 
           ? ForwardDesc(p, AnyOf(p.plain_src, type), AnyOf(p.weights, type),
                         AnyOf(p.plain_dst, kF32))
           : ForwardDesc(p, PlainOf(p.plain_src, type), PlainOf(p.weights, type), p.plain_dst);
+  // kAuto's fallback to plain applies to f32 only: the bf16 forward keeps
+  // oneDNN's layouts, whose one padding on MNIST's shapes is a 1-channel
+  // layer's small weights to channel pairs (16x1x5x5 to 16x2x5x5); the
+  // backward passes below fall back in either precision.
   if (!bf16 && o.layout == ConvLayout::kAuto &&
       !Compact({{forward_pd.src_desc(), p.plain_src},
                 {forward_pd.weights_desc(), p.weights},
