@@ -112,6 +112,16 @@ using WeightsPd = dnnl::convolution_backward_weights::primitive_desc;
 constexpr auto kF32 = memory::data_type::f32;
 constexpr auto kBf16 = memory::data_type::bf16;
 
+// The convolution's strides, dilations (oneDNN counts 0 for none) and
+// padding, as every primitive descriptor takes them.
+struct Geometry {
+  memory::dims strides, dilates, padding;
+  explicit Geometry(const Conv2dOptions& o)
+      : strides{o.stride_rows, o.stride_cols},
+        dilates{o.dilation_rows - 1, o.dilation_cols - 1},
+        padding{o.pad_rows, o.pad_cols} {}
+};
+
 // `plain`'s dims in `type`, in the layout oneDNN picks.
 memory::desc AnyOf(const memory::desc& plain, memory::data_type type) {
   return memory::desc(plain.dims(), type, memory::format_tag::any);
@@ -184,12 +194,10 @@ absl::Status Conv2dLayer::GetPrimitives(const Tensor& input, bool backward, bool
 
 ForwardPd Conv2dLayer::ForwardDesc(const Primitives& p, const memory::desc& src,
                                    const memory::desc& weights, const memory::desc& dst) const {
-  const Conv2dOptions& o = options_;
+  const Geometry g(options_);
   return ForwardPd(dnnl::convolution_forward::desc(
                        dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src,
-                       weights, p.bias, dst, {o.stride_rows, o.stride_cols},
-                       {o.dilation_rows - 1, o.dilation_cols - 1},  // oneDNN: 0 = none
-                       {o.pad_rows, o.pad_cols}, {o.pad_rows, o.pad_cols}),
+                       weights, p.bias, dst, g.strides, g.dilates, g.padding, g.padding),
                    context_->engine());
 }
 
@@ -247,9 +255,7 @@ absl::StatusOr<Conv2dLayer::Primitives> Conv2dLayer::BuildForward(const Tensor& 
 void Conv2dLayer::AddBackward(bool bf16, Primitives* entry) const {
   Primitives& p = *entry;
   const Conv2dOptions& o = options_;
-  const memory::dims strides = {o.stride_rows, o.stride_cols};
-  const memory::dims dilates = {o.dilation_rows - 1, o.dilation_cols - 1};
-  const memory::dims padding = {o.pad_rows, o.pad_cols};
+  const Geometry g(o);
   const dnnl::engine& engine = context_->engine();
   const auto algorithm = dnnl::algorithm::convolution_direct;
   // In bf16 the products read bf16 copies of the input, the weights and
@@ -258,14 +264,14 @@ void Conv2dLayer::AddBackward(bool bf16, Primitives* entry) const {
   auto data_of = [&](const memory::desc& diff_src, const memory::desc& weights,
                      const memory::desc& diff_dst) {
     return DataPd(dnnl::convolution_backward_data::desc(algorithm, diff_src, weights, diff_dst,
-                                                        strides, dilates, padding, padding),
+                                                        g.strides, g.dilates, g.padding, g.padding),
                   engine, p.forward_pd);
   };
   auto weights_of = [&](const memory::desc& src, const memory::desc& diff_weights,
                         const memory::desc& diff_dst) {
     return WeightsPd(
         dnnl::convolution_backward_weights::desc(algorithm, src, diff_weights, p.bias, diff_dst,
-                                                 strides, dilates, padding, padding),
+                                                 g.strides, g.dilates, g.padding, g.padding),
         engine, p.forward_pd);
   };
   const bool any = o.layout != ConvLayout::kPlain;
