@@ -1,5 +1,7 @@
 #include "common/nn/layers/linear_layer.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "common/util/status_macros.h"
 
@@ -15,6 +17,18 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void AddBias(const 
   for (int64_t r = 0; r < rows; ++r) {
     float* row = output + r * cols;
     for (int64_t c = 0; c < cols; ++c) row[c] += bias[c];
+  }
+}
+
+// sums[c] = the sum over rows r of matrix[r][c].
+__attribute__((target_clones("avx512f", "avx2", "default"))) void ColumnSums(const float* matrix,
+                                                                             int64_t rows,
+                                                                             int64_t cols,
+                                                                             float* sums) {
+  std::fill(sums, sums + cols, 0.f);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = matrix + r * cols;
+    for (int64_t c = 0; c < cols; ++c) sums[c] += row[c];
   }
 }
 
@@ -116,36 +130,64 @@ bool LinearLayer::SetInferenceOutput(bool relu, DataType type) {
   return true;
 }
 
-absl::Status LinearLayer::GetBf16Primitives(const Bf16Key& key, bool backward,
-                                            Bf16Primitives** primitives) {
+absl::Status LinearLayer::GetBf16InferencePrimitives(const Bf16Key& key,
+                                                     Bf16InferencePrimitives** primitives) {
+  if (Bf16InferencePrimitives* found = bf16_inference_primitives_.Find(key); found != nullptr) {
+    *primitives = found;
+    return absl::OkStatus();
+  }
   const int64_t batch = key[0];
-  Bf16Primitives* found = bf16_primitives_.Find(key);
+  try {
+    const dnnl::engine& engine = context_->engine();
+    const memory::desc src = Bf16MatrixDesc(batch, in_features_);
+    const memory::desc weights({out_features_, in_features_}, memory::data_type::bf16,
+                               memory::format_tag::any);
+    const memory::desc dst =
+        key[2] != 0 ? Bf16MatrixDesc(batch, out_features_) : PlainMatrixDesc(batch, out_features_);
+    dnnl::primitive_attr attr;
+    if (key[1] != 0) {
+      dnnl::post_ops ops;
+      ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+      attr.set_post_ops(ops);
+    }
+    dnnl::inner_product_forward::primitive_desc pd(
+        dnnl::inner_product_forward::desc(dnnl::prop_kind::forward_inference, src, weights,
+                                          PlainVectorDesc(out_features_), dst),
+        attr, engine);
+    Bf16InferencePrimitives built;
+    built.input_to_bf16 = dnnl::reorder(
+        dnnl::reorder::primitive_desc(engine, PlainMatrixDesc(batch, in_features_), engine, src));
+    built.forward = dnnl::inner_product_forward(pd);
+    built.weights_desc = pd.weights_desc();
+    *primitives = bf16_inference_primitives_.Insert(key, std::move(built));
+  } catch (const dnnl::error& e) {
+    return DnnlErrorToStatus("building bf16 inner-product primitives", e);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LinearLayer::GetBf16TrainingPrimitives(int64_t batch, bool backward,
+                                                    Bf16TrainingPrimitives** primitives) {
+  Bf16TrainingPrimitives* found = bf16_training_primitives_.Find(batch);
   if (found == nullptr) {
     try {
       const dnnl::engine& engine = context_->engine();
-      const memory::desc src = Bf16MatrixDesc(batch, in_features_);
-      const memory::desc weights({out_features_, in_features_}, memory::data_type::bf16,
-                                 memory::format_tag::any);
-      const memory::desc dst = key[2] != 0 ? Bf16MatrixDesc(batch, out_features_)
-                                           : PlainMatrixDesc(batch, out_features_);
-      dnnl::primitive_attr attr;
-      if (key[1] != 0) {
-        dnnl::post_ops ops;
-        ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
-        attr.set_post_ops(ops);
-      }
-      dnnl::inner_product_forward::primitive_desc pd(
-          dnnl::inner_product_forward::desc(dnnl::prop_kind::forward_inference, src, weights,
-                                            PlainVectorDesc(out_features_), dst),
-          attr, engine);
-      Bf16Primitives built;
-      built.input_to_bf16 = dnnl::reorder(
-          dnnl::reorder::primitive_desc(engine, PlainMatrixDesc(batch, in_features_), engine, src));
-      built.forward = dnnl::inner_product_forward(pd);
-      built.weights_desc = pd.weights_desc();
-      found = bf16_primitives_.Insert(key, std::move(built));
+      // W (out x in) read as W^T (in x out).
+      const memory::desc weights_transposed({in_features_, out_features_}, memory::data_type::bf16,
+                                            memory::format_tag::ba);
+      dnnl::matmul::primitive_desc pd(
+          dnnl::matmul::desc(Bf16MatrixDesc(batch, in_features_), weights_transposed,
+                             PlainMatrixDesc(1, out_features_),
+                             PlainMatrixDesc(batch, out_features_)),
+          engine);
+      Bf16TrainingPrimitives built;
+      built.input_to_bf16 =
+          dnnl::reorder(dnnl::reorder::primitive_desc(engine, PlainMatrixDesc(batch, in_features_),
+                                                      engine, Bf16MatrixDesc(batch, in_features_)));
+      built.forward = dnnl::matmul(pd);
+      found = bf16_training_primitives_.Insert(batch, std::move(built));
     } catch (const dnnl::error& e) {
-      return DnnlErrorToStatus("building bf16 inner-product primitives", e);
+      return DnnlErrorToStatus("building bf16 matmul primitives", e);
     }
   }
   if (backward && !found->has_backward) RETURN_IF_ERROR(AddBf16Backward(batch, found));
@@ -153,33 +195,29 @@ absl::Status LinearLayer::GetBf16Primitives(const Bf16Key& key, bool backward,
   return absl::OkStatus();
 }
 
-absl::Status LinearLayer::AddBf16Backward(int64_t batch, Bf16Primitives* p) {
+absl::Status LinearLayer::AddBf16Backward(int64_t batch, Bf16TrainingPrimitives* p) {
   try {
     const dnnl::engine& engine = context_->engine();
-    const memory::desc src = Bf16MatrixDesc(batch, in_features_);
-    const memory::desc diff_dst = Bf16MatrixDesc(batch, out_features_);
-    // The hint: the forward pass as training sees it, in the same layouts.
-    dnnl::inner_product_forward::primitive_desc hint(
-        dnnl::inner_product_forward::desc(dnnl::prop_kind::forward_training, src, p->weights_desc,
-                                          PlainVectorDesc(out_features_),
-                                          PlainMatrixDesc(batch, out_features_)),
+    // dL/doutput (batch x out) read as its transpose (out x batch).
+    const memory::desc grad_transposed({out_features_, batch}, memory::data_type::bf16,
+                                       memory::format_tag::ba);
+    dnnl::matmul::primitive_desc data_pd(
+        dnnl::matmul::desc(Bf16MatrixDesc(batch, out_features_),
+                           Bf16MatrixDesc(out_features_, in_features_),
+                           PlainMatrixDesc(batch, in_features_)),
         engine);
-    dnnl::inner_product_backward_data::primitive_desc data_pd(
-        dnnl::inner_product_backward_data::desc(PlainMatrixDesc(batch, in_features_),
-                                                p->weights_desc, diff_dst),
-        engine, hint);
-    dnnl::inner_product_backward_weights::primitive_desc weights_pd(
-        dnnl::inner_product_backward_weights::desc(src,
-                                                   PlainMatrixDesc(out_features_, in_features_),
-                                                   PlainVectorDesc(out_features_), diff_dst),
-        engine, hint);
-    p->grad_to_bf16 = dnnl::reorder(dnnl::reorder::primitive_desc(
-        engine, PlainMatrixDesc(batch, out_features_), engine, diff_dst));
-    p->backward_data = dnnl::inner_product_backward_data(data_pd);
-    p->backward_weights = dnnl::inner_product_backward_weights(weights_pd);
+    dnnl::matmul::primitive_desc weights_pd(
+        dnnl::matmul::desc(grad_transposed, Bf16MatrixDesc(batch, in_features_),
+                           PlainMatrixDesc(out_features_, in_features_)),
+        engine);
+    p->grad_to_bf16 =
+        dnnl::reorder(dnnl::reorder::primitive_desc(engine, PlainMatrixDesc(batch, out_features_),
+                                                    engine, Bf16MatrixDesc(batch, out_features_)));
+    p->backward_data = dnnl::matmul(data_pd);
+    p->backward_weights = dnnl::matmul(weights_pd);
     p->has_backward = true;
   } catch (const dnnl::error& e) {
-    return DnnlErrorToStatus("building bf16 inner-product backward primitives", e);
+    return DnnlErrorToStatus("building bf16 matmul backward primitives", e);
   }
   return absl::OkStatus();
 }
@@ -216,32 +254,27 @@ absl::Status LinearLayer::ToBf16(const char* what, const dnnl::reorder& reorder,
   return context_->Execute(what, reorder, {{DNNL_ARG_FROM, source}, {DNNL_ARG_TO, target}});
 }
 
-absl::Status LinearLayer::ForwardBf16(const Tensor& input, bool training, Tensor* output) {
+absl::Status LinearLayer::InferBf16(const Tensor& input, Tensor* output) {
   const int64_t batch = input.rows();
-  const bool relu = !training && inference_relu_;
-  const bool bf16_output = !training && inference_bf16_output_;
-  Bf16Primitives* p = nullptr;
-  RETURN_IF_ERROR(
-      GetBf16Primitives({batch, relu ? 1 : 0, bf16_output ? 1 : 0}, /*backward=*/false, &p));
+  Bf16InferencePrimitives* p = nullptr;
+  RETURN_IF_ERROR(GetBf16InferencePrimitives(
+      {batch, inference_relu_ ? 1 : 0, inference_bf16_output_ ? 1 : 0}, &p));
   RETURN_IF_ERROR(ConvertWeights(p->weights_desc));
   const Tensor* converted = &input;  // a bf16 input is taken as it is
   if (input.dtype() != DataType::kBF16) {
-    Tensor* to = training ? &bf16_training_input_ : &bf16_input_;
-    RETURN_IF_ERROR(ToBf16("bf16 input", p->input_to_bf16, input.data(), batch, in_features_, to));
-    converted = to;
-  }
-  if (training) {
-    bf16_training_source_ = input.data();
-    bf16_training_rows_ = batch;
+    RETURN_IF_ERROR(
+        ToBf16("bf16 input", p->input_to_bf16, input.data(), batch, in_features_, &bf16_input_));
+    converted = &bf16_input_;
   }
   const dnnl::engine& engine = context_->engine();
-  output->Reshape({batch, out_features_}, bf16_output ? DataType::kBF16 : DataType::kF32);
+  output->Reshape({batch, out_features_},
+                  inference_bf16_output_ ? DataType::kBF16 : DataType::kF32);
   memory src(Bf16MatrixDesc(batch, in_features_), engine, const_cast<void*>(converted->raw_data()));
   memory weights(bf16_weights_desc_, engine, bf16_weights_.raw_data());
   memory bias(PlainVectorDesc(out_features_), engine, bias_.value.data());
-  memory dst(
-      bf16_output ? Bf16MatrixDesc(batch, out_features_) : PlainMatrixDesc(batch, out_features_),
-      engine, output->raw_data());
+  memory dst(inference_bf16_output_ ? Bf16MatrixDesc(batch, out_features_)
+                                    : PlainMatrixDesc(batch, out_features_),
+             engine, output->raw_data());
   return context_->Execute("bf16 inner-product forward", p->forward,
                            {{DNNL_ARG_SRC, src},
                             {DNNL_ARG_WEIGHTS, weights},
@@ -249,11 +282,37 @@ absl::Status LinearLayer::ForwardBf16(const Tensor& input, bool training, Tensor
                             {DNNL_ARG_DST, dst}});
 }
 
-absl::Status LinearLayer::PrepareBf16Backward(const Bf16Primitives& p, const Tensor& input,
+absl::Status LinearLayer::ForwardBf16(const Tensor& input, bool training, Tensor* output) {
+  if (!training) return InferBf16(input, output);
+  const int64_t batch = input.rows();
+  Bf16TrainingPrimitives* p = nullptr;
+  RETURN_IF_ERROR(GetBf16TrainingPrimitives(batch, /*backward=*/false, &p));
+  RETURN_IF_ERROR(ConvertWeights(Bf16MatrixDesc(out_features_, in_features_)));
+  RETURN_IF_ERROR(ToBf16("bf16 input", p->input_to_bf16, input.data(), batch, in_features_,
+                         &bf16_training_input_));
+  bf16_training_source_ = input.data();
+  bf16_training_rows_ = batch;
+  const dnnl::engine& engine = context_->engine();
+  output->Resize(batch, out_features_);
+  memory src(Bf16MatrixDesc(batch, in_features_), engine, bf16_training_input_.raw_data());
+  memory weights(
+      memory::desc({in_features_, out_features_}, memory::data_type::bf16, memory::format_tag::ba),
+      engine, bf16_weights_.raw_data());
+  memory bias(PlainMatrixDesc(1, out_features_), engine, bias_.value.data());
+  memory dst(PlainMatrixDesc(batch, out_features_), engine, output->data());
+  return context_->Execute("bf16 matmul forward", p->forward,
+                           {{DNNL_ARG_SRC, src},
+                            {DNNL_ARG_WEIGHTS, weights},
+                            {DNNL_ARG_BIAS, bias},
+                            {DNNL_ARG_DST, dst}});
+}
+
+absl::Status LinearLayer::PrepareBf16Backward(const Bf16TrainingPrimitives& p, const Tensor& input,
                                               const Tensor& grad_output) {
   const int64_t batch = input.rows();
-  // The weights the Forward used, unless they changed since (then anew).
-  RETURN_IF_ERROR(ConvertWeights(p.weights_desc));
+  // The weights the Forward used, unless they changed since or an inference
+  // pass came between (then anew, from the same master weights).
+  RETURN_IF_ERROR(ConvertWeights(Bf16MatrixDesc(out_features_, in_features_)));
   if (bf16_training_source_ != input.data() || bf16_training_rows_ != batch) {
     // Not the input of the last training Forward: convert this one.
     RETURN_IF_ERROR(ToBf16("bf16 input", p.input_to_bf16, input.data(), batch, in_features_,
@@ -268,26 +327,28 @@ absl::Status LinearLayer::PrepareBf16Backward(const Bf16Primitives& p, const Ten
 absl::Status LinearLayer::BackwardBf16(const Tensor& input, const Tensor& grad_output,
                                        Tensor* grad_input) {
   const int64_t batch = input.rows();
-  Bf16Primitives* p = nullptr;
-  RETURN_IF_ERROR(GetBf16Primitives({batch, 0, 0}, /*backward=*/true, &p));
+  Bf16TrainingPrimitives* p = nullptr;
+  RETURN_IF_ERROR(GetBf16TrainingPrimitives(batch, /*backward=*/true, &p));
   RETURN_IF_ERROR(PrepareBf16Backward(*p, input, grad_output));
   const dnnl::engine& engine = context_->engine();
-  memory diff_dst(Bf16MatrixDesc(batch, out_features_), engine, bf16_grad_output_.raw_data());
+  memory grad_transposed(
+      memory::desc({out_features_, batch}, memory::data_type::bf16, memory::format_tag::ba), engine,
+      bf16_grad_output_.raw_data());
   memory src(Bf16MatrixDesc(batch, in_features_), engine, bf16_training_input_.raw_data());
   memory diff_weights(PlainMatrixDesc(out_features_, in_features_), engine, weight_.grad.data());
-  memory diff_bias(PlainVectorDesc(out_features_), engine, bias_.grad.data());
-  RETURN_IF_ERROR(context_->Execute("bf16 inner-product backward (weights)", p->backward_weights,
-                                    {{DNNL_ARG_SRC, src},
-                                     {DNNL_ARG_DIFF_DST, diff_dst},
-                                     {DNNL_ARG_DIFF_WEIGHTS, diff_weights},
-                                     {DNNL_ARG_DIFF_BIAS, diff_bias}}));
+  RETURN_IF_ERROR(context_->Execute(
+      "bf16 matmul backward (weights)", p->backward_weights,
+      {{DNNL_ARG_SRC, grad_transposed}, {DNNL_ARG_WEIGHTS, src}, {DNNL_ARG_DST, diff_weights}}));
+  // The bias gradient from the f32 dL/doutput: exact, not rounded.
+  ColumnSums(grad_output.data(), batch, out_features_, bias_.grad.data());
   if (grad_input == nullptr) return absl::OkStatus();
   grad_input->Reshape(input.shape());
-  memory weights(bf16_weights_desc_, engine, bf16_weights_.raw_data());
+  memory diff_dst(Bf16MatrixDesc(batch, out_features_), engine, bf16_grad_output_.raw_data());
+  memory weights(Bf16MatrixDesc(out_features_, in_features_), engine, bf16_weights_.raw_data());
   memory diff_src(PlainMatrixDesc(batch, in_features_), engine, grad_input->data());
   return context_->Execute(
-      "bf16 inner-product backward (data)", p->backward_data,
-      {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DIFF_SRC, diff_src}});
+      "bf16 matmul backward (data)", p->backward_data,
+      {{DNNL_ARG_SRC, diff_dst}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, diff_src}});
 }
 
 absl::Status LinearLayer::Forward(const Tensor& input, bool training, Tensor* output) {

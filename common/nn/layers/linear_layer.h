@@ -1,18 +1,18 @@
 // A fully connected layer on oneDNN inner-product primitives:
 //   output = input * W^T + b
 // input (batch x in), W (out x in), b (1 x out), output (batch x out).
-// In bf16 (SetPrecision) Forward converts the input and the weights to bf16
-// (the weights once after each ParametersChanged, into the layout oneDNN
-// picks for them) and runs a bf16 inner product with f32 accumulation, f32
-// bias and f32 output. Backward then converts dL/doutput to bf16 and runs
-// the two backward products in bf16 with f32 accumulation: the data pass on
-// the same bf16 weights to an f32 dL/dinput, the weights pass on the bf16
-// copy of the input that the training Forward made, to f32 gradients of
-// the weights and the bias in Parameter::grad. The f32 weights are the
-// master copy: the optimizer updates them and checkpoints hold them.
-// In bf16 inference the layer also takes a bf16 input as it is, and
-// (SetInferenceOutput) may apply a following ReLU as a post-op of its
-// product and give its output in bf16, for the next bf16 layer to take:
+// In bf16 (SetPrecision) the layer computes its products from bf16 copies
+// of the input, the weights and dL/doutput, with f32 accumulation, f32 bias
+// and f32 results: dL/dinput and the gradients in Parameter::grad are f32,
+// and the f32 weights are the master copy that the optimizer updates and
+// checkpoints hold. Training passes run oneDNN matmuls on a plain bf16 copy
+// of the weights, made again after each ParametersChanged; the backward
+// weights pass uses the bf16 copy of the input that the training Forward
+// made. Inference passes run an inner product whose weights are in the
+// layout oneDNN picks (format any), converted once while the weights stay
+// as they are (a server's). There the layer also takes a bf16 input as it
+// is, and (SetInferenceOutput) may apply a following ReLU as a post-op of
+// its product and give its output in bf16, for the next bf16 layer to take:
 // output = max(input * W^T + b, 0), rounded to bf16 once (TiledInference
 // arranges this).
 // Backward:
@@ -85,30 +85,43 @@ class LinearLayer : public Layer {
   };
   absl::Status GetPrimitives(int64_t batch, bool backward, Primitives** primitives);
 
-  // The bf16 passes for one Bf16Key (a batch size, and in inference the
-  // fused ReLU and the output type): the input's conversion and a bf16
-  // inner product whose weights layout oneDNN chose (format any); from the
-  // first Backward on (so that serving holds none) the gradient's
-  // conversion and the backward passes, whose weights are in the forward's
-  // layout and whose weight gradients are plain f32.
-  struct Bf16Primitives {
+  // The bf16 inference pass for one Bf16Key (a batch size, the fused ReLU
+  // and the output type): the input's conversion and a bf16 inner product
+  // whose weights layout oneDNN chose (format any).
+  struct Bf16InferencePrimitives {
     dnnl::reorder input_to_bf16;  // f32 (batch x in) -> bf16 (batch x in)
     dnnl::inner_product_forward forward;
     dnnl::memory::desc weights_desc;
-    bool has_backward = false;
-    dnnl::reorder grad_to_bf16;  // f32 (batch x out) -> bf16 (batch x out)
-    dnnl::inner_product_backward_data backward_data;
-    dnnl::inner_product_backward_weights backward_weights;
   };
-  // batch, ReLU post-op, bf16 output (both 0 in training passes)
+  // batch, ReLU post-op, bf16 output
   using Bf16Key = std::array<int64_t, 3>;
-  absl::Status GetBf16Primitives(const Bf16Key& key, bool backward, Bf16Primitives** primitives);
-  absl::Status AddBf16Backward(int64_t batch, Bf16Primitives* primitives);
+  absl::Status GetBf16InferencePrimitives(const Bf16Key& key, Bf16InferencePrimitives** primitives);
+
+  // The bf16 training passes for one batch size: matmuls on the plain bf16
+  // weights (out x in). Why not inner products, measured on AMX
+  // (avx512_core_amx, 1 thread, a 1200x1200 layer at batch 128): their
+  // weights layout costs a 778 us conversion at every step, and their
+  // backward weights pass with plain f32 gradients is a non-AMX GEMM
+  // (907 us); with matmuls the step's conversion and three products take
+  // 1.87 ms instead of 2.57. The backward primitives are built on the first
+  // Backward.
+  struct Bf16TrainingPrimitives {
+    dnnl::reorder input_to_bf16;  // f32 (batch x in) -> bf16 (batch x in)
+    dnnl::matmul forward;         // input (batch x in) * W^T + b -> f32 (batch x out)
+    bool has_backward = false;
+    dnnl::reorder grad_to_bf16;     // f32 (batch x out) -> bf16 (batch x out)
+    dnnl::matmul backward_data;     // dL/doutput (batch x out) * W -> f32 (batch x in)
+    dnnl::matmul backward_weights;  // dL/doutput^T * input -> f32 (out x in)
+  };
+  absl::Status GetBf16TrainingPrimitives(int64_t batch, bool backward,
+                                         Bf16TrainingPrimitives** primitives);
+  absl::Status AddBf16Backward(int64_t batch, Bf16TrainingPrimitives* primitives);
   absl::Status ForwardBf16(const Tensor& input, bool training, Tensor* output);
+  absl::Status InferBf16(const Tensor& input, Tensor* output);
   absl::Status BackwardBf16(const Tensor& input, const Tensor& grad_output, Tensor* grad_input);
   // Makes the bf16 operands of BackwardBf16: the weights and the input (if
   // not those of the training Forward) and dL/doutput.
-  absl::Status PrepareBf16Backward(const Bf16Primitives& p, const Tensor& input,
+  absl::Status PrepareBf16Backward(const Bf16TrainingPrimitives& p, const Tensor& input,
                                    const Tensor& grad_output);
   // Converts the plain rows x cols f32 matrix at `from` into `*to` (plain
   // bf16) with `reorder`, built for those shapes.
@@ -128,17 +141,19 @@ class LinearLayer : public Layer {
   PrimitiveCache<int64_t, Primitives> primitives_by_batch_;
   Tensor transposed_output_;  // out x batch scratch of the matmul path
   Precision precision_ = Precision::kF32;
-  PrimitiveCache<Bf16Key, Bf16Primitives> bf16_primitives_;  // a few keys at most
-  bool inference_relu_ = false;                              // SetInferenceOutput's
-  bool inference_bf16_output_ = false;                       // choices
-  Tensor bf16_input_;  // an inference Forward's input converted to bf16
+  PrimitiveCache<Bf16Key, Bf16InferencePrimitives> bf16_inference_primitives_;  // a few keys
+  PrimitiveCache<int64_t, Bf16TrainingPrimitives> bf16_training_primitives_;    // at most
+  bool inference_relu_ = false;         // SetInferenceOutput's
+  bool inference_bf16_output_ = false;  // choices
+  Tensor bf16_input_;                   // an inference Forward's input converted to bf16
   // A training Forward's input converted to bf16, kept for Backward, and
   // which input it was (Infer between Forward and Backward leaves it alone).
   Tensor bf16_training_input_;
   const float* bf16_training_source_ = nullptr;
   int64_t bf16_training_rows_ = 0;
   Tensor bf16_grad_output_;  // Backward's dL/doutput converted to bf16
-  Tensor bf16_weights_;      // the weights in bf16, in bf16_weights_desc_'s layout
+  Tensor bf16_weights_;      // the weights in bf16, in bf16_weights_desc_'s layout (plain
+                             // for training passes, oneDNN's choice for inference)
   dnnl::memory::desc bf16_weights_desc_;
   bool bf16_weights_valid_ = false;
   dnnl::reorder weights_to_bf16_;            // f32 plain weights -> bf16_weights_desc_
