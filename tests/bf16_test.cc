@@ -32,13 +32,13 @@ TEST(PrecisionTest, AutoAndExplicitChoicesFollowTheIsa) {
   auto chosen = ResolvePrecision(PrecisionChoice::kAuto, PrecisionUse::kTraining, &why);
   ASSERT_TRUE(chosen.ok());
   EXPECT_NE(why.find(CpuIsaName()), std::string::npos) << why;
-  // Training: auto is bf16 when oneDNN has AMX, and on AVX512_BF16 on Zen 4
-  // (AMD family 25).
+  // Training and serving alike: auto is bf16 when oneDNN has AMX, and on
+  // AVX512_BF16 on Zen 4 and Zen 5 (AMD families 25 and 26); the log names
+  // the CPU family whenever bf16 is native.
   const bool zen4 = CpuFamilyName().rfind("AMD family 25 ", 0) == 0;
   const bool zen5 = CpuFamilyName().rfind("AMD family 26 ", 0) == 0;
-  EXPECT_EQ(*chosen == Precision::kBF16, CpuHasAmx() || (CpuHasNativeBf16() && zen4)) << why;
-  // Serving: also on AVX512_BF16 on Zen 5 (AMD family 26), and the log
-  // names the CPU family whenever bf16 is native.
+  EXPECT_EQ(*chosen == Precision::kBF16, CpuHasAmx() || (CpuHasNativeBf16() && (zen4 || zen5)))
+      << why;
   auto serving = ResolvePrecision(PrecisionChoice::kAuto, PrecisionUse::kServing, &why);
   ASSERT_TRUE(serving.ok());
   EXPECT_EQ(*serving == Precision::kBF16, CpuHasAmx() || (CpuHasNativeBf16() && (zen4 || zen5)))

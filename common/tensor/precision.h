@@ -19,10 +19,10 @@
 //   - bf16 on AVX512_BF16 without AMX on AMD family 25 (Zen 4), where bf16
 //     inference ran 1.9 to 2.3 times f32 and training 1.04 to 1.25 times
 //     (MLPs) and 1.2 to 1.5 times (a CNN);
-//   - for serving only, bf16 on AVX512_BF16 without AMX on AMD family 26
-//     (Zen 5), where bf16 inference ran 1.5 to 2.2 times f32 (MLP and CNN
-//     teachers); its bf16 training of MLPs ran at 0.9 to 1.07 times f32,
-//     no gain;
+//   - bf16 on AVX512_BF16 without AMX on AMD family 26 (Zen 5), where bf16
+//     inference ran 1.5 to 2.2 times f32 (MLP and CNN teachers) and
+//     training, on the linear layer's bf16 matmuls, 1.3 to 1.6 times (MLPs,
+//     1 thread; 1.04 to 1.33 at 2) and 1.45 times (a CNN);
 //   - f32 otherwise, including AVX512_BF16 on Intel without AMX, where
 //     oneDNN 2.6's bf16 training ran at 0.5 to 0.7 times f32.
 // `bf16` on a CPU whose oneDNN ISA has no native bf16 (below
