@@ -88,7 +88,7 @@ ABSL_FLAG(std::string, precision, "auto",
           "keeps f32 master weights, gradients and optimizer state, and checkpoints hold the "
           "f32 weights; needs a CPU with native bf16); or auto (bf16 where oneDNN has AMX and "
           "on the CPU families measured faster in bf16: AMD Zen 4 and Zen 5; "
-          "else f32; the choice is logged). Batch norm and pooling stay f32. A resumed run "
+          "else f32; the choice is logged). Batch norm and pooling train in f32. A resumed run "
           "keeps its checkpoint's precision: auto takes it, another explicit one is refused");
 
 namespace distillery {

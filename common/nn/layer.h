@@ -31,8 +31,13 @@
 //
 // Fusion, in inference passes only: a layer that can apply the ReLU after
 // it as a post-op of its own product (SetInferenceOutput(relu=true)) lets
-// the pass skip the ReLU layer, and layers that are the identity in
-// inference (dropout) are skipped too.
+// the pass skip the ReLU layer; one that can apply the per-channel affine
+// map of the layer after it (batch norm with its running statistics,
+// InferenceAffine) as a post-op (SetInferenceAffine) lets the pass skip
+// that layer; and layers that are the identity in inference (dropout) are
+// skipped too. In bf16 a convolution block (convolution, batch norm, ReLU,
+// pooling) thus runs as one convolution with bf16 output and a bf16
+// pooling.
 //
 // Thread-safety: a layer keeps per-shape oneDNN primitives and scratch
 // buffers, so one layer is used by one thread at a time.
@@ -119,6 +124,17 @@ class Layer {
   virtual bool IdentityInInference() const { return false; }
   // whether it takes a bf16 input there:
   virtual bool TakesBf16() const { return false; }
+  // whether it is a per-channel affine map there, output[n][c][...] =
+  // input[n][c][...] * scale[c] + shift[c], and if so its scale and shift,
+  // each (1, channels) (resized here):
+  virtual bool InferenceAffine(Tensor* /*scale*/, Tensor* /*shift*/) const { return false; }
+  // and whether its next inference Forwards apply such a map to their
+  // product, before the ReLU of SetInferenceOutput (scale and shift as
+  // InferenceAffine gives them, copied; nullptrs clear it). Returns false,
+  // changing nothing, when the layer cannot; clearing it always succeeds.
+  virtual bool SetInferenceAffine(const Tensor* scale, const Tensor* /*shift*/) {
+    return scale == nullptr;
+  }
   // and how its next inference Forwards give their output: with a ReLU
   // applied (max(output, 0)) and in `type`. Returns false, changing
   // nothing, when the layer cannot; (false, kF32), the default, it always

@@ -18,7 +18,10 @@ size_t NextRun(const std::vector<std::unique_ptr<Layer>>& layers, size_t i) {
 }  // namespace
 
 TiledInference::Plan::~Plan() {
-  for (Layer* layer : configured) layer->SetInferenceOutput(false, DataType::kF32);
+  for (Layer* layer : configured) {
+    layer->SetInferenceAffine(nullptr, nullptr);
+    layer->SetInferenceOutput(false, DataType::kF32);
+  }
 }
 
 void TiledInference::MakePlan(const std::vector<std::unique_ptr<Layer>>& layers, Plan* plan) {
@@ -28,20 +31,23 @@ void TiledInference::MakePlan(const std::vector<std::unique_ptr<Layer>>& layers,
     for (size_t i = 0; i < layers.size(); ++i) plan->steps.push_back(i);
     return;
   }
+  Tensor scale, shift;
   for (size_t i = NextRun(layers, 0); i < layers.size(); i = NextRun(layers, i + 1)) {
     plan->steps.push_back(i);
+    Layer& layer = *layers[i];
+    plan->configured.push_back(&layer);  // resetting an unconfigured layer is harmless
     size_t next = NextRun(layers, i + 1);
+    if (next < layers.size() && layers[next]->InferenceAffine(&scale, &shift) &&
+        layer.SetInferenceAffine(&scale, &shift)) {
+      next = NextRun(layers, next + 1);  // the affine map is done
+    }
     const bool relu = next < layers.size() && layers[next]->IsReluInInference() &&
-                      layers[i]->SetInferenceOutput(true, DataType::kF32);
-    if (relu) {
-      plan->configured.push_back(layers[i].get());
-      next = NextRun(layers, next + 1);  // the ReLU is done
+                      layer.SetInferenceOutput(true, DataType::kF32);
+    if (relu) next = NextRun(layers, next + 1);  // the ReLU is done
+    if (next < layers.size() && layers[next]->TakesBf16()) {
+      layer.SetInferenceOutput(relu, DataType::kBF16);
     }
-    if (next < layers.size() && layers[next]->TakesBf16() &&
-        layers[i]->SetInferenceOutput(relu, DataType::kBF16) && !relu) {
-      plan->configured.push_back(layers[i].get());
-    }
-    if (relu) i = next - 1;  // continue after the fused ReLU and any identities
+    i = next - 1;  // continue after the fused layers and any identities
   }
 }
 

@@ -12,9 +12,10 @@
 // keep one set of primitives, not one per batch size.
 //
 // The pass fuses where the layers allow (the Element types and Fusion
-// sections of common/nn/layer.h): dropout is skipped, a ReLU after a layer
-// that can apply it as a post-op is skipped, and a bf16 layer feeding
-// another gives it bf16 activations. The layers' inference settings are
+// sections of common/nn/layer.h): dropout is skipped, a batch norm after a
+// layer that can apply its affine map as a post-op is skipped, so is a
+// ReLU after a layer that can apply it, and a bf16 layer feeding another
+// gives it bf16 activations. The layers' inference settings are
 // restored to plain f32 outputs when Run returns.
 //
 // The price: a batch of n rows costs ceil(n / tile_rows) tiles, so small

@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 
@@ -21,21 +22,22 @@ absl::Status DnnlContext::Execute(const char* what, const dnnl::primitive& primi
   return absl::OkStatus();
 }
 
-absl::Status DnnlContext::ConvertLayout(const Tensor& from, Layout layout, Tensor* to) {
-  to->Reshape(from.shape());
+absl::Status DnnlContext::Convert(const Tensor& from, Layout layout, DataType type, Tensor* to) {
+  to->Reshape(from.shape(), type);
   if (!to->SetLayout(layout)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "a ", ShapeString(from.shape()), " tensor cannot be laid out as ", LayoutName(layout)));
   }
-  if (from.layout() == layout) {
-    std::copy(from.data(), from.data() + from.size(), to->data());
+  if (from.layout() == layout && from.dtype() == type) {
+    const size_t bytes = static_cast<size_t>(from.size()) * (type == DataType::kF32 ? 4 : 2);
+    std::memcpy(to->raw_data(), from.raw_data(), bytes);
     return absl::OkStatus();
   }
   try {
-    const dnnl::memory::desc src_desc = TensorDesc(from.shape(), from.layout());
-    const dnnl::memory::desc dst_desc = TensorDesc(from.shape(), layout);
-    dnnl::memory src(src_desc, engine_, const_cast<float*>(from.data()));
-    dnnl::memory dst(dst_desc, engine_, to->data());
+    const dnnl::memory::desc src_desc = TensorDesc(from.shape(), from.layout(), from.dtype());
+    const dnnl::memory::desc dst_desc = TensorDesc(from.shape(), layout, type);
+    dnnl::memory src(src_desc, engine_, const_cast<void*>(from.raw_data()));
+    dnnl::memory dst(dst_desc, engine_, to->raw_data());
     // oneDNN's primitive cache makes the repeated construction cheap.
     dnnl::reorder reorder(dnnl::reorder::primitive_desc(engine_, src_desc, engine_, dst_desc));
     return Execute("layout conversion", reorder, {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst}});
@@ -44,19 +46,23 @@ absl::Status DnnlContext::ConvertLayout(const Tensor& from, Layout layout, Tenso
   }
 }
 
-dnnl::memory::desc TensorDesc(const Shape& shape, Layout layout) {
+dnnl::memory::data_type DnnlType(DataType type) {
+  return type == DataType::kBF16 ? dnnl::memory::data_type::bf16 : dnnl::memory::data_type::f32;
+}
+
+dnnl::memory::desc TensorDesc(const Shape& shape, Layout layout, DataType type) {
   using tag = dnnl::memory::format_tag;
   const dnnl::memory::dims dims(shape.begin(), shape.end());
   if (shape.size() == 4) {
     const tag t = layout == Layout::kBlocked16  ? tag::nChw16c
                   : layout == Layout::kBlocked8 ? tag::nChw8c
                                                 : tag::nchw;
-    return dnnl::memory::desc(dims, dnnl::memory::data_type::f32, t);
+    return dnnl::memory::desc(dims, DnnlType(type), t);
   }
   // Row-major strides: the last dimension varies fastest.
   dnnl::memory::dims strides(dims.size(), 1);
   for (size_t i = dims.size(); i-- > 1;) strides[i - 1] = strides[i] * dims[i];
-  return dnnl::memory::desc(dims, dnnl::memory::data_type::f32, strides);
+  return dnnl::memory::desc(dims, DnnlType(type), strides);
 }
 
 std::optional<Layout> LayoutOfDesc(const dnnl::memory::desc& desc) {
@@ -66,7 +72,9 @@ std::optional<Layout> LayoutOfDesc(const dnnl::memory::desc& desc) {
     if (layout != Layout::kPlain && (shape.size() != 4 || shape[1] % LayoutBlock(layout) != 0)) {
       continue;
     }
-    if (desc == TensorDesc(shape, layout)) return layout;
+    const DataType type =
+        desc.data_type() == dnnl::memory::data_type::bf16 ? DataType::kBF16 : DataType::kF32;
+    if (desc == TensorDesc(shape, layout, type)) return layout;
   }
   return std::nullopt;
 }

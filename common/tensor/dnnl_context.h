@@ -30,9 +30,14 @@ class DnnlContext {
                        const std::unordered_map<int, dnnl::memory>& args);
 
   // Writes `from`'s elements into `to` (reshaped to from's shape) in
-  // `layout`. InvalidArgument when the layout does not fit the shape
-  // (tensor.h). A copy when the layouts are the same.
-  absl::Status ConvertLayout(const Tensor& from, Layout layout, Tensor* to);
+  // `layout` and `type` (f32 to bf16 rounds to nearest even). InvalidArgument
+  // when the layout does not fit the shape (tensor.h). A copy when both
+  // are the same.
+  absl::Status Convert(const Tensor& from, Layout layout, DataType type, Tensor* to);
+  // Convert to `layout`, keeping the element type.
+  absl::Status ConvertLayout(const Tensor& from, Layout layout, Tensor* to) {
+    return Convert(from, layout, from.dtype(), to);
+  }
 
  private:
   dnnl::engine engine_;
@@ -45,10 +50,13 @@ dnnl::memory::desc PlainMatrixDesc(int64_t rows, int64_t cols);
 // A plain vector of `n` f32 values (layout `a`), for biases.
 dnnl::memory::desc PlainVectorDesc(int64_t n);
 
-// The descriptor of f32 elements of `shape` in `layout`: nchw, nChw8c or
-// nChw16c for rank 4; plain row-major (a, ab, abc, ...) for other ranks,
+// The descriptor of elements of `type` of `shape` in `layout`: nchw, nChw8c
+// or nChw16c for rank 4; plain row-major (a, ab, abc, ...) for other ranks,
 // which have only the plain layout.
-dnnl::memory::desc TensorDesc(const Shape& shape, Layout layout = Layout::kPlain);
+dnnl::memory::desc TensorDesc(const Shape& shape, Layout layout = Layout::kPlain,
+                              DataType type = DataType::kF32);
+// oneDNN's data type for `type`.
+dnnl::memory::data_type DnnlType(DataType type);
 // The layout whose TensorDesc `desc` is (for its own dims), or nullopt when
 // it is none of them (oneDNN picked another blocking, or padded channels).
 std::optional<Layout> LayoutOfDesc(const dnnl::memory::desc& desc);

@@ -7,9 +7,12 @@
 //         inputs and weights and f32 accumulation (oneDNN's bf16
 //         primitives); the weights stay f32 (the bf16 copies are made from
 //         them), and so do gradients and optimizer state; inference keeps
-//         the activations between fully connected layers in bf16 (ReLU
-//         fused, common/nn/tiled_inference.h); every other layer (batch
-//         norm, pooling, activations), the logits and the softmax stay f32.
+//         the activations in bf16 between fully connected layers (ReLU
+//         fused) and through convolution blocks (batch norm folded into
+//         the convolution, ReLU fused, bf16 pooling and flatten;
+//         common/nn/tiled_inference.h); training passes keep batch norm,
+//         pooling and the activations in f32, and the logits and the
+//         softmax are always f32.
 //
 // `auto` chooses by the instruction set oneDNN reports (CpuIsaName) and the
 // CPU family, never by timing at start-up, so that every replica on the same

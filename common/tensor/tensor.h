@@ -37,10 +37,27 @@
 #include <algorithm>
 #include <cassert>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
 namespace distillery {
+
+// bf16 <-> f32, one element: widening is exact; narrowing rounds to nearest
+// even, as oneDNN does, and keeps NaN a (quiet) NaN.
+inline float FloatFromBf16(uint16_t b) {
+  const uint32_t bits = static_cast<uint32_t>(b) << 16;
+  float x;
+  std::memcpy(&x, &bits, sizeof(x));
+  return x;
+}
+inline uint16_t Bf16FromFloat(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
 
 enum class DataType : uint8_t {
   kF32 = 0,

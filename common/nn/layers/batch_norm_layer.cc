@@ -1,5 +1,7 @@
 #include "common/nn/layers/batch_norm_layer.h"
 
+#include <cmath>
+
 #include "absl/strings/str_cat.h"
 
 namespace distillery {
@@ -26,6 +28,17 @@ BatchNormLayer::BatchNormLayer(int index, int64_t channels, DnnlContext* context
   running_var_.Fill(1.f);
   batch_mean_ = Tensor(1, channels);
   batch_var_ = Tensor(1, channels);
+}
+
+bool BatchNormLayer::InferenceAffine(Tensor* scale, Tensor* shift) const {
+  scale->Reshape({1, channels_});
+  shift->Reshape({1, channels_});
+  for (int64_t c = 0; c < channels_; ++c) {
+    const float s = gamma_.value.data()[c] / std::sqrt(running_var_.data()[c] + kEpsilon);
+    scale->data()[c] = s;
+    shift->data()[c] = beta_.value.data()[c] - running_mean_.data()[c] * s;
+  }
+  return true;
 }
 
 std::string BatchNormLayer::Describe() const { return absl::StrCat("BatchNorm(", channels_, ")"); }

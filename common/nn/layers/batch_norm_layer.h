@@ -57,6 +57,10 @@ class BatchNormLayer : public Layer {
   absl::Status Backward(const Tensor& input, const Tensor& output, const Tensor& grad_output,
                         Tensor* grad_input) override;
   std::vector<Parameter*> Parameters() override { return {&gamma_, &beta_}; }
+  // In inference the layer is the per-channel affine map
+  //   scale = gamma / sqrt(running_var + eps), shift = beta - running_mean * scale,
+  // which a convolution before it may apply instead (common/nn/layer.h).
+  bool InferenceAffine(Tensor* scale, Tensor* shift) const override;
   std::vector<Buffer> Buffers() override {
     return {{running_mean_name_, &running_mean_}, {running_var_name_, &running_var_}};
   }

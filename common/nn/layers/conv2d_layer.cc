@@ -1,5 +1,6 @@
 #include "common/nn/layers/conv2d_layer.h"
 
+#include <algorithm>
 #include <initializer_list>
 #include <optional>
 #include <utility>
@@ -201,6 +202,16 @@ ForwardPd Conv2dLayer::ForwardDesc(const Primitives& p, const memory::desc& src,
                    context_->engine());
 }
 
+memory::desc Conv2dLayer::WeightsDesc() const {
+  const Conv2dOptions& o = options_;
+  if (o.groups == 1) return Nchw({o.out_channels, o.in_channels, o.kernel_rows, o.kernel_cols});
+  // (groups, out/groups, in/groups, kr, kc) in goihw: the same bytes as the
+  // plain (out, in/groups, kr, kc) tensor.
+  return memory::desc(
+      {o.groups, o.out_channels / o.groups, o.in_channels / o.groups, o.kernel_rows, o.kernel_cols},
+      kF32, memory::format_tag::goihw);
+}
+
 absl::StatusOr<Conv2dLayer::Primitives> Conv2dLayer::BuildForward(const Tensor& input,
                                                                   bool bf16) const {
   absl::StatusOr<Shape> out = OutputShape({input.dim(1), input.dim(2), input.dim(3)});
@@ -212,15 +223,7 @@ absl::StatusOr<Conv2dLayer::Primitives> Conv2dLayer::BuildForward(const Tensor& 
   p.plain_dst = Nchw({batch, o.out_channels, (*out)[1], (*out)[2]});
   p.src = TensorDesc({batch, o.in_channels, rows, cols}, input.layout());
   p.bias = PlainVectorDesc(o.out_channels);
-  if (o.groups == 1) {
-    p.weights = Nchw({o.out_channels, o.in_channels, o.kernel_rows, o.kernel_cols});
-  } else {
-    // (groups, out/groups, in/groups, kr, kc) in goihw: the same bytes as
-    // the plain (out, in/groups, kr, kc) tensor.
-    p.weights = memory::desc({o.groups, o.out_channels / o.groups, o.in_channels / o.groups,
-                              o.kernel_rows, o.kernel_cols},
-                             kF32, memory::format_tag::goihw);
-  }
+  p.weights = WeightsDesc();
   // bf16: the bridges convert the input and weights into bf16; the output
   // stays f32.
   const auto type = bf16 ? kBf16 : kF32;
@@ -313,9 +316,170 @@ void Conv2dLayer::AddBackward(bool bf16, Primitives* entry) const {
   p.has_backward = true;
 }
 
-absl::Status Conv2dLayer::Forward(const Tensor& input, bool /*training*/, Tensor* output) {
+bool Conv2dLayer::SetInferenceOutput(bool relu, DataType type) {
+  const bool bf16_output = type == DataType::kBF16;
+  if ((relu || bf16_output) && precision_ != Precision::kBF16) return false;
+  inference_relu_ = relu;
+  inference_bf16_output_ = bf16_output;
+  return true;
+}
+
+bool Conv2dLayer::SetInferenceAffine(const Tensor* scale, const Tensor* shift) {
+  if (scale == nullptr || shift == nullptr) {
+    inference_affine_ = false;
+    return scale == nullptr;
+  }
+  const int64_t c = options_.out_channels;
+  if (precision_ != Precision::kBF16 || scale->dtype() != DataType::kF32 ||
+      shift->dtype() != DataType::kF32 || scale->size() != c || shift->size() != c) {
+    return false;
+  }
+  inference_scale_.Reshape({1, c});
+  inference_shift_.Reshape({1, c});
+  std::copy(scale->data(), scale->data() + c, inference_scale_.data());
+  std::copy(shift->data(), shift->data() + c, inference_shift_.data());
+  inference_affine_ = true;
+  return true;
+}
+
+ForwardPd Conv2dLayer::InferenceDesc(const memory::desc& src, const memory::desc& weights,
+                                     const memory::desc& bias, const memory::desc& dst) const {
+  const Geometry g(options_);
+  dnnl::post_ops post_ops;
+  if (inference_relu_) post_ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+  dnnl::primitive_attr attr;
+  attr.set_post_ops(post_ops);
+  return ForwardPd(dnnl::convolution_forward::desc(
+                       dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src,
+                       weights, bias, dst, g.strides, g.dilates, g.padding, g.padding),
+                   attr, context_->engine());
+}
+
+absl::StatusOr<Conv2dLayer::InferencePrimitives> Conv2dLayer::BuildInference(
+    const Tensor& input) const {
+  absl::StatusOr<Shape> out = OutputShape({input.dim(1), input.dim(2), input.dim(3)});
+  if (!out.ok()) return out.status();
+  const Conv2dOptions& o = options_;
+  InferencePrimitives p;
+  const Shape out_shape = {input.dim(0), o.out_channels, (*out)[1], (*out)[2]};
+  const memory::desc plain_src = TensorDesc(input.shape());
+  const memory::desc plain_dst = TensorDesc(out_shape);
+  p.src = TensorDesc(input.shape(), input.layout(), input.dtype());
+  p.weights = WeightsDesc();
+  p.bias = PlainVectorDesc(o.out_channels);
+  p.dst_type = inference_bf16_output_ ? DataType::kBF16 : DataType::kF32;
+  const memory::data_type dst_type = DnnlType(p.dst_type);
+  ForwardPd pd = o.layout == ConvLayout::kPlain
+                     ? InferenceDesc(PlainOf(plain_src, kBf16), PlainOf(p.weights, kBf16), p.bias,
+                                     PlainOf(plain_dst, dst_type))
+                     : InferenceDesc(AnyOf(plain_src, kBf16), AnyOf(p.weights, kBf16), p.bias,
+                                     AnyOf(plain_dst, dst_type));
+  std::optional<Layout> chosen = LayoutOfDesc(pd.dst_desc());
+  if (allow_blocked_output_ && !chosen.has_value()) {
+    // A layout the next layers do not take (nhwc for brgconv): ask for the
+    // channel blocks instead, so that the activations are not reordered.
+    for (Layout blocked : {Layout::kBlocked16, Layout::kBlocked8}) {
+      if (o.out_channels % LayoutBlock(blocked) != 0) continue;
+      pd = InferenceDesc(AnyOf(plain_src, kBf16), AnyOf(p.weights, kBf16), p.bias,
+                         TensorDesc(out_shape, blocked, p.dst_type));
+      chosen = blocked;
+      break;
+    }
+  }
+  p.dst_layout = allow_blocked_output_ && chosen.has_value() ? *chosen : Layout::kPlain;
+  p.dst = p.dst_layout == Layout::kPlain ? PlainOf(plain_dst, dst_type) : pd.dst_desc();
+  p.forward = dnnl::convolution_forward(pd);
+  p.src_bridge = MakeBridge(p.src, pd.src_desc(), true);
+  p.weights_bridge = MakeBridge(p.weights, pd.weights_desc(), true);
+  p.dst_bridge = MakeBridge(p.dst, pd.dst_desc(), false);
+  return p;
+}
+
+void Conv2dLayer::FoldAffine(const float** weights, const float** bias) {
+  *weights = weight_.value.data();
+  *bias = bias_.value.data();
+  if (!inference_affine_) return;
+  const int64_t channels = options_.out_channels;
+  const int64_t per_channel = weight_.value.size() / channels;
+  folded_weights_.Reshape(weight_.value.shape());
+  folded_bias_.Reshape(bias_.value.shape());
+  for (int64_t c = 0; c < channels; ++c) {
+    const float scale = inference_scale_.data()[c];
+    const float* from = weight_.value.data() + c * per_channel;
+    std::transform(from, from + per_channel, folded_weights_.data() + c * per_channel,
+                   [scale](float w) { return w * scale; });
+    folded_bias_.data()[c] = bias_.value.data()[c] * scale + inference_shift_.data()[c];
+  }
+  *weights = folded_weights_.data();
+  *bias = folded_bias_.data();
+}
+
+absl::Status Conv2dLayer::InferBf16(const Tensor& input, Tensor* output) {
+  const InferenceKey key = {input.dim(0),
+                            input.dim(2),
+                            input.dim(3),
+                            static_cast<int64_t>(input.layout()),
+                            static_cast<int64_t>(input.dtype()),
+                            allow_blocked_output_ ? 1 : 0,
+                            inference_relu_ ? 1 : 0,
+                            inference_bf16_output_ ? 1 : 0};
+  InferencePrimitives* p = inference_primitives_.Find(key);
+  if (p == nullptr) {
+    try {
+      absl::StatusOr<InferencePrimitives> built = BuildInference(input);
+      if (!built.ok()) return built.status();
+      p = inference_primitives_.Insert(key, std::move(*built));
+    } catch (const dnnl::error& e) {
+      return DnnlErrorToStatus("building convolution inference primitives", e);
+    }
+  }
+  const memory::dims& dims = p->dst.dims();
+  output->Reshape({dims[0], dims[1], dims[2], dims[3]}, p->dst_type);
+  output->SetLayout(p->dst_layout);
+  const float* weights_f32 = nullptr;
+  const float* bias_f32 = nullptr;
+  FoldAffine(&weights_f32, &bias_f32);
+  const dnnl::engine& engine = context_->engine();
+  memory src(p->src, engine, const_cast<void*>(input.raw_data()));
+  memory weights(p->weights, engine, const_cast<float*>(weights_f32));
+  memory bias(p->bias, engine, const_cast<float*>(bias_f32));
+  memory dst(p->dst, engine, output->raw_data());
+  auto in = [this](const char* what, Bridge& b, memory& plain, memory* used) {
+    *used = plain;
+    if (!b.needed) return absl::OkStatus();
+    *used = b.buffer;
+    return context_->Execute(what, b.reorder, {{DNNL_ARG_FROM, plain}, {DNNL_ARG_TO, b.buffer}});
+  };
+  memory src_used, weights_used;
+  if (absl::Status s = in("convolution src reorder", p->src_bridge, src, &src_used); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = in("convolution weights reorder", p->weights_bridge, weights, &weights_used);
+      !s.ok()) {
+    return s;
+  }
+  memory dst_used = p->dst_bridge.needed ? p->dst_bridge.buffer : dst;
+  if (absl::Status s = context_->Execute("convolution inference", p->forward,
+                                         {{DNNL_ARG_SRC, src_used},
+                                          {DNNL_ARG_WEIGHTS, weights_used},
+                                          {DNNL_ARG_BIAS, bias},
+                                          {DNNL_ARG_DST, dst_used}});
+      !s.ok()) {
+    return s;
+  }
+  if (!p->dst_bridge.needed) return absl::OkStatus();
+  return context_->Execute("convolution dst reorder", p->dst_bridge.reorder,
+                           {{DNNL_ARG_FROM, dst_used}, {DNNL_ARG_TO, dst}});
+}
+
+absl::Status Conv2dLayer::Forward(const Tensor& input, bool training, Tensor* output) {
   if (absl::Status s = CheckInput("Forward", input); !s.ok()) return s;
   const bool bf16 = precision_ == Precision::kBF16;
+  if (input.dtype() == DataType::kBF16 && (training || !bf16)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Describe(), " Forward: a bf16 input is for bf16 inference passes only"));
+  }
+  if (bf16 && !training) return InferBf16(input, output);
   Primitives* p = nullptr;
   if (absl::Status s = GetPrimitives(input, /*backward=*/false, bf16, &p); !s.ok()) return s;
   const memory::dims& dst_dims = p->dst.dims();
@@ -363,6 +527,10 @@ absl::Status Conv2dLayer::Forward(const Tensor& input, bool /*training*/, Tensor
 absl::Status Conv2dLayer::Backward(const Tensor& input, const Tensor& /*output*/,
                                    const Tensor& grad_output, Tensor* grad_input) {
   if (absl::Status s = CheckInput("Backward", input); !s.ok()) return s;
+  if (input.dtype() != DataType::kF32 || grad_output.dtype() != DataType::kF32) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Describe(), " Backward: takes f32 input and gradient"));
+  }
   Primitives* p = nullptr;
   const bool bf16 = precision_ == Precision::kBF16;
   if (absl::Status s = GetPrimitives(input, /*backward=*/true, bf16, &p); !s.ok()) return s;

@@ -115,6 +115,22 @@ class Conv2dLayer : public Layer {
   // dL/doutput, both in f32 (dL/db in f32). The f32 weights stay the
   // master copy.
   void SetPrecision(Precision precision) override { precision_ = precision; }
+  // Inference in bf16 runs its own primitive (forward_inference, so oneDNN
+  // may pick another kernel than training's) with f32 accumulation: the
+  // input may be bf16 (TakesBf16), in any layout the layer takes; a
+  // per-channel affine map after it (a batch norm, SetInferenceAffine) is
+  // folded into the weights and bias it converts at each call,
+  //   W'[o] = W[o] * scale[o],  b'[o] = b[o] * scale[o] + shift[o]
+  // (so the bf16 weights are rounded after scaling; oneDNN's binary post-ops
+  // cost more than the convolution's own time on these shapes); a ReLU is a
+  // post-op; and the output may be bf16 (SetInferenceOutput):
+  //   output = round(max(conv(input, W') + b', 0)).
+  // The output stays in a channel-blocked layout when allowed, even where
+  // oneDNN would pick one the other layers do not take (nhwc). In f32 the
+  // layer fuses nothing.
+  bool TakesBf16() const override { return precision_ == Precision::kBF16; }
+  bool SetInferenceOutput(bool relu, DataType type) override;
+  bool SetInferenceAffine(const Tensor* scale, const Tensor* shift) override;
 
   const Conv2dOptions& options() const { return options_; }
   Parameter& weight() { return weight_; }
@@ -159,6 +175,19 @@ class Conv2dLayer : public Layer {
   // batch, rows, cols, input layout, whether blocked output is allowed,
   // whether the products are bf16
   using ShapeKey = std::array<int64_t, 6>;
+  // A bf16 inference pass's primitive and bridges for one input shape and
+  // one setting of its inference output: src in the input's layout and
+  // type, dst in the output's (dst_layout, dst_type), weights plain f32.
+  struct InferencePrimitives {
+    dnnl::memory::desc src, weights, bias, dst;
+    Layout dst_layout = Layout::kPlain;
+    DataType dst_type = DataType::kF32;
+    dnnl::convolution_forward forward;
+    Bridge src_bridge, weights_bridge, dst_bridge;
+  };
+  // batch, rows, cols, input layout, input type, blocked output allowed,
+  // ReLU, bf16 output
+  using InferenceKey = std::array<int64_t, 8>;
   absl::Status CheckOptions() const;
   absl::Status CheckInput(const char* what, const Tensor& input) const;
   // The entry for `input`'s shape and the precision (`bf16`), with the
@@ -172,6 +201,19 @@ class Conv2dLayer : public Layer {
                                                         const dnnl::memory::desc& src,
                                                         const dnnl::memory::desc& weights,
                                                         const dnnl::memory::desc& dst) const;
+  // The bf16 inference primitive for `input` and the inference settings.
+  absl::StatusOr<InferencePrimitives> BuildInference(const Tensor& input) const;
+  // The inference primitive's descriptor, with `dst` for its output.
+  dnnl::convolution_forward::primitive_desc InferenceDesc(const dnnl::memory::desc& src,
+                                                          const dnnl::memory::desc& weights,
+                                                          const dnnl::memory::desc& bias,
+                                                          const dnnl::memory::desc& dst) const;
+  // The weights and bias with the affine map folded in (folded_*_), or the
+  // layer's own.
+  void FoldAffine(const float** weights, const float** bias);
+  absl::Status InferBf16(const Tensor& input, Tensor* output);
+  // The weights' plain f32 descriptor (oihw, or goihw with groups).
+  dnnl::memory::desc WeightsDesc() const;
   // Adds the backward primitives and their bridges to `entry`.
   void AddBackward(bool bf16, Primitives* entry) const;
   // A bridge between `plain` and `inner`: none when they are equal.
@@ -186,6 +228,13 @@ class Conv2dLayer : public Layer {
   Parameter bias_;
   // A few shapes at most (common/nn/primitive_cache.h).
   PrimitiveCache<ShapeKey, Primitives> primitives_by_shape_;
+  PrimitiveCache<InferenceKey, InferencePrimitives> inference_primitives_;
+  // SetInferenceOutput's and SetInferenceAffine's (scale and shift (1, C)).
+  bool inference_relu_ = false;
+  bool inference_bf16_output_ = false;
+  bool inference_affine_ = false;
+  Tensor inference_scale_, inference_shift_;  // (1, C)
+  Tensor folded_weights_, folded_bias_;
   // The input of the last Forward, whose reordered copy in
   // forward_src.buffer Backward reuses; cleared when a new cache entry may
   // have evicted that buffer.

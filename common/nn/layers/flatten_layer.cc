@@ -1,6 +1,7 @@
 #include "common/nn/layers/flatten_layer.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 
@@ -14,15 +15,35 @@ absl::StatusOr<Shape> FlattenLayer::OutputShape(const Shape& example_shape) cons
   return Shape{ShapeSize(example_shape)};
 }
 
-absl::Status FlattenLayer::Forward(const Tensor& input, bool /*training*/, Tensor* output) {
+bool FlattenLayer::SetInferenceOutput(bool relu, DataType type) {
+  if (relu || (type == DataType::kBF16 && precision_ != Precision::kBF16)) return false;
+  inference_output_type_ = type;
+  return true;
+}
+
+absl::Status FlattenLayer::Forward(const Tensor& input, bool training, Tensor* output) {
   if (input.rank() < 2) {
     return absl::InvalidArgumentError(absl::StrCat(
         "Flatten Forward: input must be (batch, ...), got ", ShapeString(input.shape())));
   }
-  // The output is a separate tensor, so one copy; its storage is kept
-  // across calls.
-  output->Reshape({input.rows(), input.cols()});
-  std::copy(input.data(), input.data() + input.size(), output->data());
+  if (input.dtype() == DataType::kBF16 && (training || precision_ != Precision::kBF16)) {
+    return absl::InvalidArgumentError("Flatten Forward: a bf16 input is for bf16 inference only");
+  }
+  // The output is a separate tensor, so one copy (a conversion when the
+  // types differ); its storage is kept across calls.
+  const DataType type = training ? DataType::kF32 : inference_output_type_;
+  output->Reshape({input.rows(), input.cols()}, type);
+  const int64_t n = input.size();
+  if (input.dtype() == type) {
+    std::memcpy(output->raw_data(), input.raw_data(),
+                static_cast<size_t>(n) * (type == DataType::kF32 ? 4 : 2));
+  } else if (type == DataType::kF32) {
+    const uint16_t* from = input.bf16_data();
+    std::transform(from, from + n, output->data(), FloatFromBf16);
+  } else {
+    const float* from = input.data();
+    std::transform(from, from + n, output->bf16_data(), Bf16FromFloat);
+  }
   return absl::OkStatus();
 }
 

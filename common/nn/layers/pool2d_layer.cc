@@ -95,8 +95,12 @@ absl::Status Pool2dLayer::CheckInput(const char* what, const Tensor& input) cons
 
 absl::Status Pool2dLayer::GetPrimitives(const Tensor& input, bool training,
                                         Primitives** primitives) {
-  const ShapeKey key = {input.dim(0), input.dim(1), input.dim(2), input.dim(3),
-                        static_cast<int64_t>(input.layout())};
+  const ShapeKey key = {input.dim(0),
+                        input.dim(1),
+                        input.dim(2),
+                        input.dim(3),
+                        static_cast<int64_t>(input.layout()),
+                        static_cast<int64_t>(input.dtype())};
   Primitives* found = primitives_by_shape_.Find(key);
   if (found != nullptr && (training ? found->has_training : found->has_inference)) {
     *primitives = found;
@@ -120,8 +124,10 @@ absl::Status Pool2dLayer::GetPrimitives(const Tensor& input, bool training,
                                         : dnnl::algorithm::pooling_avg_exclude_padding;
   try {
     const dnnl::engine& engine = context_->engine();
-    const memory::desc src = TensorDesc({key[0], key[1], key[2], key[3]}, input.layout());
-    const memory::desc dst = TensorDesc({key[0], key[1], (*out)[1], (*out)[2]}, input.layout());
+    const memory::desc src =
+        TensorDesc({key[0], key[1], key[2], key[3]}, input.layout(), input.dtype());
+    const memory::desc dst =
+        TensorDesc({key[0], key[1], (*out)[1], (*out)[2]}, input.layout(), input.dtype());
     Primitives built;
     if (training) {
       dnnl::pooling_forward::primitive_desc training_pd(
@@ -165,20 +171,38 @@ absl::Status Pool2dLayer::GetPrimitives(const Tensor& input, bool training,
   return absl::OkStatus();
 }
 
+bool Pool2dLayer::SetInferenceOutput(bool relu, DataType type) {
+  if (relu || (type == DataType::kBF16 && precision_ != Precision::kBF16)) return false;
+  inference_output_type_ = type;
+  return true;
+}
+
 absl::Status Pool2dLayer::Forward(const Tensor& input, bool training, Tensor* output) {
   if (absl::Status s = CheckInput("Forward", input); !s.ok()) return s;
+  if (input.dtype() == DataType::kBF16 && (training || precision_ != Precision::kBF16)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Describe(), " Forward: a bf16 input is for bf16 inference passes only"));
+  }
   Primitives* p = nullptr;
   if (absl::Status s = GetPrimitives(input, training, &p); !s.ok()) return s;
   const memory::dims& d = p->dst.dims();
-  output->Reshape({d[0], d[1], d[2], d[3]});
-  output->SetLayout(input.layout());
+  // Pooling keeps the input's type; an inference output in another type is
+  // converted from pooled_.
+  const bool convert = !training && inference_output_type_ != input.dtype();
+  Tensor* pooled = convert ? &pooled_ : output;
+  pooled->Reshape({d[0], d[1], d[2], d[3]}, input.dtype());
+  pooled->SetLayout(input.layout());
   const dnnl::engine& engine = context_->engine();
-  memory src(p->src, engine, const_cast<float*>(input.data()));
-  memory dst(p->dst, engine, output->data());
+  memory src(p->src, engine, const_cast<void*>(input.raw_data()));
+  memory dst(p->dst, engine, pooled->raw_data());
   last_forward_training_ = training;
   if (!training) {
-    return context_->Execute("pooling forward (inference)", p->forward_inference,
-                             {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}});
+    if (absl::Status s = context_->Execute("pooling forward (inference)", p->forward_inference,
+                                           {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}});
+        !s.ok() || !convert) {
+      return s;
+    }
+    return context_->Convert(pooled_, pooled_.layout(), inference_output_type_, output);
   }
   std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}};
   if (p->has_workspace) args[DNNL_ARG_WORKSPACE] = p->workspace;
@@ -190,6 +214,10 @@ absl::Status Pool2dLayer::Forward(const Tensor& input, bool training, Tensor* ou
 absl::Status Pool2dLayer::Backward(const Tensor& input, const Tensor& /*output*/,
                                    const Tensor& grad_output, Tensor* grad_input) {
   if (absl::Status s = CheckInput("Backward", input); !s.ok()) return s;
+  if (input.dtype() != DataType::kF32 || grad_output.dtype() != DataType::kF32) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Describe(), " Backward: takes f32 input and gradient"));
+  }
   if (grad_input == nullptr) return absl::OkStatus();
   Primitives* p = nullptr;
   if (absl::Status s = GetPrimitives(input, /*training=*/true, &p); !s.ok()) return s;

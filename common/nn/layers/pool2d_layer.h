@@ -1,4 +1,5 @@
-// 2-D max and average pooling on oneDNN pooling primitives (f32).
+// 2-D max and average pooling on oneDNN pooling primitives (f32; and bf16
+// in bf16 inference passes).
 //
 // Shapes (NCHW; the layer also takes channel-blocked inputs and then gives
 // blocked outputs and gradients, common/nn/layer.h):
@@ -73,6 +74,14 @@ class Pool2dLayer : public Layer {
   absl::Status Backward(const Tensor& input, const Tensor& output, const Tensor& grad_output,
                         Tensor* grad_input) override;
 
+  // In bf16 (SetPrecision) an inference Forward also takes a bf16 input
+  // (TakesBf16) and pools it in bf16, which loses nothing for max pooling;
+  // its output is in the type SetInferenceOutput asked for (converted when
+  // that is not the input's). Training passes are f32.
+  void SetPrecision(Precision precision) override { precision_ = precision; }
+  bool TakesBf16() const override { return precision_ == Precision::kBF16; }
+  bool SetInferenceOutput(bool relu, DataType type) override;
+
   const Pool2dOptions& options() const { return options_; }
 
   // For tests and metrics: the input shapes with cached primitives (at most
@@ -99,7 +108,7 @@ class Pool2dLayer : public Layer {
     bool has_workspace = false;
     bool workspace_filled = false;  // by a training Forward of this entry
   };
-  using ShapeKey = std::array<int64_t, 5>;  // batch, channels, rows, cols, layout
+  using ShapeKey = std::array<int64_t, 6>;  // batch, channels, rows, cols, layout, type
   absl::Status CheckInput(const char* what, const Tensor& input) const;
   // The entry for `input`'s shape with the inference or the training
   // primitives built. The pointer is valid until the next call.
@@ -110,6 +119,9 @@ class Pool2dLayer : public Layer {
   // A few shapes at most (common/nn/primitive_cache.h).
   PrimitiveCache<ShapeKey, Primitives> primitives_by_shape_;
   bool last_forward_training_ = false;
+  Precision precision_ = Precision::kF32;
+  DataType inference_output_type_ = DataType::kF32;  // SetInferenceOutput's
+  Tensor pooled_;                                    // an inference output before its conversion
 };
 
 }  // namespace distillery
