@@ -49,10 +49,12 @@ if [ "$QUICK" = 1 ]; then
 else
   # The teacher learns from the first 50,000 images; the students from the
   # other 10,000, the distilled one without their labels. A small LeNet-like
-  # CNN with batch norm: about 2 minutes on 2 cores.
+  # CNN with batch norm: 35 s to 2 minutes on 2 cores, by CPU. The students'
+  # 200 epochs: the distilled one kept gaining after 100 (1,089 errors at
+  # 100, 1,046 at 200 on Zen 5), the baseline little (1,206 and 1,208).
   TEACHER_ARCH="conv5x5:16/same+bn,pool2,conv5x5:32/same+bn,pool2,fc:256,fc:10"
   TEACHER_RANGE=0:50000; TRANSFER_RANGE=50000:60000; TEACHER_SETUP=()
-  TEACHER_EPOCHS=${TEACHER_EPOCHS:-8}; STUDENT_EPOCHS=${STUDENT_EPOCHS:-100}
+  TEACHER_EPOCHS=${TEACHER_EPOCHS:-8}; STUDENT_EPOCHS=${STUDENT_EPOCHS:-200}
   TEACHER_FLAGS=(--input_dropout=0 --hidden_dropout=0.3 --jitter=1 --lr=0.05 --max_norm=0
                  --weight_decay=5e-4 --momentum_start=0.9 --momentum_end=0.9
                  --momentum_ramp_epochs=0 --dampened_momentum=false)
