@@ -12,7 +12,14 @@
 #      against PyTorch at its best (run_train_bench.sh);
 #   4. training the convolutional teacher, ours in f32 and bf16 against
 #      PyTorch at its best (run_cnn_bench.sh).
-# About 15 minutes on 2 cores; run it on an idle machine.
+# OpenMP's wait policy: every measurement of one process (ours and
+# PyTorch's) runs under libgomp's default, as the programs run out of the
+# box (threads spin briefly, then sleep). OMP_WAIT_POLICY=PASSIVE, for
+# processes that share the cores, makes every oneDNN primitive wake its
+# threads: on a Zen 5 it cost 1.3-1.7x in bf16 training and 1.1-1.5x in
+# in-process serving (bench/RESULTS.md). Serving over gRPC, a client and a
+# server on the same cores, is measured under both policies.
+# About 7 to 15 minutes on 2 cores; run it on an idle machine.
 # Usage: bench/run_bf16_bench.sh [build_dir]   (needs a Release build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +29,8 @@ MNIST=${MNIST_DIR:-../shared/data/mnist}
 OUT=${OUT:-out/bf16_bench}
 mkdir -p "$OUT"
 TS=$BUILD/teacher_server/teacher_server
-export OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE
+export OMP_NUM_THREADS=2
+unset OMP_WAIT_POLICY
 precisions="f32"
 if grep -qw avx512_bf16 /proc/cpuinfo || grep -qw amx_bf16 /proc/cpuinfo; then
   precisions="f32 bf16"
@@ -49,8 +57,14 @@ done
 
 echo "== 2. serving 784-1200-1200-10"
 for precision in $precisions; do
-  "$BUILD/bench/serving_bench" --checkpoint="$OUT/teacher.ckpt" --server="$TS" \
-    --precision="$precision" --seconds=3 --threads=2 2>/dev/null | grep -v "^\[\|^batching"
+  for policy in default PASSIVE; do
+    echo "# OpenMP wait policy: $policy"
+    policy_env=()
+    if [ "$policy" = PASSIVE ]; then policy_env=(OMP_WAIT_POLICY=PASSIVE); fi
+    env "${policy_env[@]}" "$BUILD/bench/serving_bench" --checkpoint="$OUT/teacher.ckpt" \
+      --server="$TS" --precision="$precision" --seconds=3 --threads=2 2>/dev/null |
+      grep -v "^\[\|^batching"
+  done
 done
 /usr/bin/python3 bench/torch_serving_peer.py --threads 2 --batch 1024 --seconds 3
 

@@ -18,7 +18,9 @@ PRECISION=${PRECISION:-auto}
 peers=("" --channels-last)
 if grep -qw avx512_bf16 /proc/cpuinfo; then peers+=(--autocast "--channels-last --autocast"); fi
 ARCH="conv5x5:32/same+bn,pool2,conv5x5:64/same+bn,pool2,fc:512,fc:10"
-export OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE
+# One process at a time: libgomp's default wait policy (run_bf16_bench.sh).
+export OMP_NUM_THREADS=2
+unset OMP_WAIT_POLICY
 echo "# $(date -u +%FT%TZ) $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p')," \
   "family $(sed -n 's/^cpu family\s*: //p' /proc/cpuinfo | head -1)," \
   "model $(sed -n 's/^model\s*: //p' /proc/cpuinfo | head -1), oneDNN ISA cap: ${ONEDNN_MAX_CPU_ISA:-none}"
