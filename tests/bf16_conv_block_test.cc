@@ -224,20 +224,6 @@ TEST(Bf16ConvBlockTest, TrainingPassesAndF32LayersRefuseBf16) {
   EXPECT_FALSE(conv.SetInferenceAffine(&small, &small));
 }
 
-// Spies: counts of Forwards and the type of the last input.
-template <typename Base>
-class Spy : public Base {
- public:
-  using Base::Base;
-  absl::Status Forward(const Tensor& input, bool training, Tensor* output) override {
-    ++forwards;
-    last_input_type = input.dtype();
-    return Base::Forward(input, training, output);
-  }
-  int forwards = 0;
-  DataType last_input_type = DataType::kF32;
-};
-
 struct LeNet {
   std::vector<std::unique_ptr<Layer>> layers;
   std::vector<Spy<BatchNormLayer>*> batch_norms;

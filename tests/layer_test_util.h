@@ -1,9 +1,10 @@
 // Helpers shared by the image layers' tests (conv2d_layer_test,
 // pool2d_layer_test, batch_norm_layer_test, activation_layer_test,
 // flatten_layer_test, global_avg_pool_layer_test, primitive_caching_test,
-// conv_chain_test): random and distinct tensors, a central-difference check
-// of a layer's input and parameter gradients, element-wise comparison, the
-// convolution layouts and the pooling cases.
+// conv_chain_test, and the inference passes' tiled_inference_test and
+// bf16_conv_block_test): random and distinct tensors, a central-difference
+// check of a layer's input and parameter gradients, element-wise
+// comparison, the convolution layouts, the pooling cases, and a spy layer.
 #ifndef DISTILLERY_TESTS_LAYER_TEST_UTIL_H_
 #define DISTILLERY_TESTS_LAYER_TEST_UTIL_H_
 
@@ -146,6 +147,21 @@ inline std::vector<PoolCase> PoolCases() {
   cases.push_back({"average 2x2 stride 2 pad 1 ceil include pad, no overhang", ceil, {1, 2, 8, 8}});
   return cases;
 }
+
+// A layer that counts its Forwards and records the element type of its
+// last input, to see what an inference pass ran and fed it.
+template <typename Base>
+class Spy : public Base {
+ public:
+  using Base::Base;
+  absl::Status Forward(const Tensor& input, bool training, Tensor* output) override {
+    ++forwards;
+    last_input_type = input.dtype();
+    return Base::Forward(input, training, output);
+  }
+  int forwards = 0;
+  DataType last_input_type = DataType::kF32;
+};
 
 }  // namespace distillery
 

@@ -17,43 +17,14 @@
 #include "common/tensor/dnnl_context.h"
 #include "common/tensor/precision.h"
 #include "gtest/gtest.h"
+#include "tests/layer_test_util.h"
 #include "tests/test_util.h"
 
 namespace distillery {
 namespace {
 
 // x rounded to the nearest bf16 (ties to even), as oneDNN rounds.
-float RoundToBf16(float x) {
-  uint32_t bits;
-  std::memcpy(&bits, &x, sizeof(bits));
-  bits += 0x7fff + ((bits >> 16) & 1);
-  bits &= 0xffff0000u;
-  float rounded;
-  std::memcpy(&rounded, &bits, sizeof(rounded));
-  return rounded;
-}
-
-float Bf16ToFloat(uint16_t b) {
-  const uint32_t bits = static_cast<uint32_t>(b) << 16;
-  float x;
-  std::memcpy(&x, &bits, sizeof(x));
-  return x;
-}
-
-// A layer that counts its Forwards and records the element type of its
-// last input.
-template <typename Base>
-class Spy : public Base {
- public:
-  using Base::Base;
-  absl::Status Forward(const Tensor& input, bool training, Tensor* output) override {
-    ++forwards;
-    last_input_type = input.dtype();
-    return Base::Forward(input, training, output);
-  }
-  int forwards = 0;
-  DataType last_input_type = DataType::kF32;
-};
+float RoundToBf16(float x) { return FloatFromBf16(Bf16FromFloat(x)); }
 
 // 40 -> 64 -> ReLU -> dropout -> 48 -> ReLU -> 10, with random weights;
 // every layer a Spy.
@@ -194,7 +165,7 @@ TEST(Bf16FusionTest, LinearGivesReluOfItsProductInBf16AndOnlyInInference) {
   int64_t exact = 0;
   for (int64_t k = 0; k < plain.size(); ++k) {
     const float want = RoundToBf16(std::max(plain.data()[k], 0.f));
-    const float got = Bf16ToFloat(fused.bf16_data()[k]);
+    const float got = FloatFromBf16(fused.bf16_data()[k]);
     EXPECT_NEAR(got, want, std::abs(want) / 128 + 1e-6) << k;  // one bf16 ulp
     exact += got == want;
   }

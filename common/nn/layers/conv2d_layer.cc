@@ -440,35 +440,38 @@ absl::Status Conv2dLayer::InferBf16(const Tensor& input, Tensor* output) {
   const float* bias_f32 = nullptr;
   FoldAffine(&weights_f32, &bias_f32);
   const dnnl::engine& engine = context_->engine();
-  memory src(p->src, engine, const_cast<void*>(input.raw_data()));
-  memory weights(p->weights, engine, const_cast<float*>(weights_f32));
-  memory bias(p->bias, engine, const_cast<float*>(bias_f32));
-  memory dst(p->dst, engine, output->raw_data());
-  auto in = [this](const char* what, Bridge& b, memory& plain, memory* used) {
-    *used = plain;
+  return RunForward(p->forward, p->src_bridge, p->weights_bridge, p->dst_bridge,
+                    memory(p->src, engine, const_cast<void*>(input.raw_data())),
+                    memory(p->weights, engine, const_cast<float*>(weights_f32)),
+                    memory(p->bias, engine, const_cast<float*>(bias_f32)),
+                    memory(p->dst, engine, output->raw_data()));
+}
+
+absl::Status Conv2dLayer::RunForward(const dnnl::convolution_forward& forward, Bridge& src_bridge,
+                                     Bridge& weights_bridge, Bridge& dst_bridge, memory src,
+                                     memory weights, memory bias, memory dst) const {
+  // Plain -> inner reorders of the inputs.
+  auto in = [this](const char* what, Bridge& b, memory* used) {
     if (!b.needed) return absl::OkStatus();
+    const memory plain = *used;
     *used = b.buffer;
     return context_->Execute(what, b.reorder, {{DNNL_ARG_FROM, plain}, {DNNL_ARG_TO, b.buffer}});
   };
-  memory src_used, weights_used;
-  if (absl::Status s = in("convolution src reorder", p->src_bridge, src, &src_used); !s.ok()) {
+  if (absl::Status s = in("convolution src reorder", src_bridge, &src); !s.ok()) return s;
+  if (absl::Status s = in("convolution weights reorder", weights_bridge, &weights); !s.ok()) {
     return s;
   }
-  if (absl::Status s = in("convolution weights reorder", p->weights_bridge, weights, &weights_used);
-      !s.ok()) {
-    return s;
-  }
-  memory dst_used = p->dst_bridge.needed ? p->dst_bridge.buffer : dst;
-  if (absl::Status s = context_->Execute("convolution inference", p->forward,
-                                         {{DNNL_ARG_SRC, src_used},
-                                          {DNNL_ARG_WEIGHTS, weights_used},
+  const memory dst_used = dst_bridge.needed ? dst_bridge.buffer : dst;
+  if (absl::Status s = context_->Execute("convolution forward", forward,
+                                         {{DNNL_ARG_SRC, src},
+                                          {DNNL_ARG_WEIGHTS, weights},
                                           {DNNL_ARG_BIAS, bias},
                                           {DNNL_ARG_DST, dst_used}});
       !s.ok()) {
     return s;
   }
-  if (!p->dst_bridge.needed) return absl::OkStatus();
-  return context_->Execute("convolution dst reorder", p->dst_bridge.reorder,
+  if (!dst_bridge.needed) return absl::OkStatus();
+  return context_->Execute("convolution dst reorder", dst_bridge.reorder,
                            {{DNNL_ARG_FROM, dst_used}, {DNNL_ARG_TO, dst}});
 }
 
@@ -486,42 +489,17 @@ absl::Status Conv2dLayer::Forward(const Tensor& input, bool training, Tensor* ou
   output->Reshape({dst_dims[0], dst_dims[1], dst_dims[2], dst_dims[3]});
   output->SetLayout(p->dst_layout);
   const dnnl::engine& engine = context_->engine();
-  memory src(p->src, engine, const_cast<float*>(input.data()));
-  memory weights(p->weights, engine, weight_.value.data());
-  memory bias(p->bias, engine, bias_.value.data());
-  memory dst(p->dst, engine, output->data());
-  // Plain -> inner reorders of the inputs.
-  auto in = [this](const char* what, Bridge& b, memory& plain, memory* used) {
-    *used = plain;
-    if (!b.needed) return absl::OkStatus();
-    *used = b.buffer;
-    return context_->Execute(what, b.reorder, {{DNNL_ARG_FROM, plain}, {DNNL_ARG_TO, b.buffer}});
-  };
-  memory src_used, weights_used;
-  if (absl::Status s = in("convolution src reorder", p->forward_src, src, &src_used); !s.ok()) {
-    return s;
-  }
-  // Backward may reuse this reordered input (same precision: the same entry).
-  last_input_ = input.data();
+  const absl::Status s = RunForward(p->forward, p->forward_src, p->forward_weights, p->forward_dst,
+                                    memory(p->src, engine, const_cast<float*>(input.data())),
+                                    memory(p->weights, engine, weight_.value.data()),
+                                    memory(p->bias, engine, bias_.value.data()),
+                                    memory(p->dst, engine, output->data()));
+  // Backward may reuse this reordered input (same precision: the same
+  // entry), once the forward pass has made it.
+  last_input_ = s.ok() ? input.data() : nullptr;
   last_input_shape_ = input.shape();
   last_input_bf16_ = bf16;
-  if (absl::Status s =
-          in("convolution weights reorder", p->forward_weights, weights, &weights_used);
-      !s.ok()) {
-    return s;
-  }
-  memory dst_used = p->forward_dst.needed ? p->forward_dst.buffer : dst;
-  if (absl::Status s = context_->Execute("convolution forward", p->forward,
-                                         {{DNNL_ARG_SRC, src_used},
-                                          {DNNL_ARG_WEIGHTS, weights_used},
-                                          {DNNL_ARG_BIAS, bias},
-                                          {DNNL_ARG_DST, dst_used}});
-      !s.ok()) {
-    return s;
-  }
-  if (!p->forward_dst.needed) return absl::OkStatus();
-  return context_->Execute("convolution dst reorder", p->forward_dst.reorder,
-                           {{DNNL_ARG_FROM, dst_used}, {DNNL_ARG_TO, dst}});
+  return s;
 }
 
 absl::Status Conv2dLayer::Backward(const Tensor& input, const Tensor& /*output*/,

@@ -212,6 +212,11 @@ class Conv2dLayer : public Layer {
   // layer's own.
   void FoldAffine(const float** weights, const float** bias);
   absl::Status InferBf16(const Tensor& input, Tensor* output);
+  // Runs `forward` on src, weights and bias into dst, through the bridges'
+  // reorders where they are needed.
+  absl::Status RunForward(const dnnl::convolution_forward& forward, Bridge& src_bridge,
+                          Bridge& weights_bridge, Bridge& dst_bridge, dnnl::memory src,
+                          dnnl::memory weights, dnnl::memory bias, dnnl::memory dst) const;
   // The weights' plain f32 descriptor (oihw, or goihw with groups).
   dnnl::memory::desc WeightsDesc() const;
   // Adds the backward primitives and their bridges to `entry`.
