@@ -41,6 +41,8 @@
 #include <string>
 #include <vector>
 
+#include "common/tensor/aligned_allocator.h"
+
 namespace distillery {
 
 // bf16 <-> f32, one element: widening is exact; narrowing rounds to nearest
@@ -199,8 +201,9 @@ class Tensor {
   DataType dtype_ = DataType::kF32;
   Layout layout_ = Layout::kPlain;
   int64_t size_ = 0;
-  std::vector<float> f32_;
-  std::vector<uint16_t> bf16_;
+  // Cache-line aligned, for oneDNN (aligned_allocator.h).
+  std::vector<float, AlignedAllocator<float>> f32_;
+  std::vector<uint16_t, AlignedAllocator<uint16_t>> bf16_;
 };
 
 }  // namespace distillery
