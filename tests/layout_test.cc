@@ -1,9 +1,11 @@
-// Channel-blocked layouts (common/tensor/tensor.h, common/nn/layer.h):
-// the tensor's layout rules, ConvertLayout against the nChw<B>c index
-// formula, and a convolutional chain that keeps its activations blocked
-// giving the same outputs and gradients as the same chain kept plain.
+// Tensor storage and channel-blocked layouts (common/tensor/tensor.h,
+// common/nn/layer.h): the storage's alignment, the tensor's layout rules,
+// ConvertLayout against the nChw<B>c index formula, and a convolutional
+// chain that keeps its activations blocked giving the same outputs and
+// gradients as the same chain kept plain.
 // CTest runs it again with oneDNN capped at AVX2, where the block is 8.
 #include <cmath>
+#include <cstdint>
 #include <memory>
 #include <vector>
 
@@ -30,6 +32,24 @@ Tensor RandomImages(const Shape& shape, uint64_t seed) {
   Tensor t = RandomMatrix(shape[0], ShapeSize(shape) / shape[0], seed);
   EXPECT_TRUE(t.Reinterpret(shape));
   return t;
+}
+
+// oneDNN's AVX-512 and AMX kernels load whole cache lines: storage that
+// starts inside one makes every load touch two (aligned_allocator.h).
+TEST(TensorStorageTest, StorageStartsOnACacheLineInEitherTypeAndAfterGrowing) {
+  auto aligned = [](const void* p) {
+    return reinterpret_cast<uintptr_t>(p) % kTensorAlignment == 0;
+  };
+  for (int64_t cols : {1, 3, 784, 100000}) {
+    Tensor t(1, cols);
+    EXPECT_TRUE(aligned(t.raw_data())) << cols;
+    t.Reshape({7, cols}, DataType::kBF16);
+    EXPECT_TRUE(aligned(t.raw_data())) << cols;
+    t.Reshape({9, cols});  // grows the f32 storage
+    EXPECT_TRUE(aligned(t.raw_data())) << cols;
+    Tensor copy = t;
+    EXPECT_TRUE(aligned(copy.raw_data())) << cols;
+  }
 }
 
 TEST(TensorLayoutTest, BlockedLayoutsNeedRankFourAndWholeChannelBlocks) {
