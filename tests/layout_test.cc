@@ -79,13 +79,14 @@ TEST(TensorLayoutTest, EqualityComparesLayouts) {
   EXPECT_FALSE(a == b);
 }
 
-TEST(ConvertLayoutTest, PlacesElementsAsNChwBlockedAndRoundTrips) {
+TEST(ConvertLayoutTest, PlacesElementsAsNChwBlockedOrNhwcAndRoundTrips) {
   DnnlContext context;
   const int64_t n = 2, c = 32, h = 3, w = 5;
   const Tensor plain = RandomImages({n, c, h, w}, 11);
-  for (Layout layout : {Layout::kBlocked8, Layout::kBlocked16}) {
+  for (Layout layout : {Layout::kBlocked8, Layout::kBlocked16, Layout::kChannelsLast}) {
     SCOPED_TRACE(LayoutName(layout));
-    const int64_t block = LayoutBlock(layout);
+    // nhwc is nChw<B>c with one block of all the channels.
+    const int64_t block = layout == Layout::kChannelsLast ? c : LayoutBlock(layout);
     Tensor blocked;
     ASSERT_TRUE(context.ConvertLayout(plain, layout, &blocked).ok());
     EXPECT_EQ(blocked.layout(), layout);
@@ -116,9 +117,13 @@ TEST(ConvertLayoutTest, DescriptorsNameTheirLayouts) {
   EXPECT_EQ(LayoutOfDesc(TensorDesc({2, 16, 4, 4}, Layout::kBlocked8)), Layout::kBlocked8);
   EXPECT_EQ(LayoutOfDesc(TensorDesc({2, 16, 4, 4})), Layout::kPlain);
   EXPECT_EQ(LayoutOfDesc(TensorDesc({2, 7})), Layout::kPlain);
-  const dnnl::memory::desc nhwc({2, 16, 4, 4}, dnnl::memory::data_type::f32,
+  const dnnl::memory::desc nhwc({2, 16, 4, 4}, dnnl::memory::data_type::bf16,
                                 dnnl::memory::format_tag::nhwc);
-  EXPECT_FALSE(LayoutOfDesc(nhwc).has_value());
+  EXPECT_EQ(LayoutOfDesc(nhwc), Layout::kChannelsLast);
+  EXPECT_STREQ(LayoutName(Layout::kChannelsLast), "nhwc");
+  const dnnl::memory::desc blocked4({2, 16, 4, 4}, dnnl::memory::data_type::f32,
+                                    dnnl::memory::format_tag::nChw4c);
+  EXPECT_FALSE(LayoutOfDesc(blocked4).has_value());
 }
 
 // conv 5x5 3->16, bn, relu, max pool, conv 3x3 16->32, bn, tanh, avg pool,
@@ -246,6 +251,35 @@ TEST(BlockedChainTest, MatchesThePlainChainForwardAndBackward) {
     if (isa.rfind("avx2", 0) == 0 || isa.rfind("avx512", 0) == 0) {
       EXPECT_NE(first, Layout::kPlain) << isa;
     }
+  }
+}
+
+// AMX's convolutions give nhwc: the image layers after one keep it, and
+// compute what they compute on plain tensors.
+TEST(BlockedChainTest, ChannelsLastInputsMatchPlainOnesForwardAndBackward) {
+  DnnlContext nhwc_context, plain_context;
+  auto nhwc = Chain(&nhwc_context, /*blocked=*/false);
+  auto plain = Chain(&plain_context, /*blocked=*/false);
+  nhwc.erase(nhwc.begin());  // from the batch norm on: 16 channels in
+  plain.erase(plain.begin());
+  const Tensor input = RandomImages({8, 16, 12, 12}, 6);
+  Tensor nhwc_input;
+  ASSERT_TRUE(nhwc_context.ConvertLayout(input, Layout::kChannelsLast, &nhwc_input).ok());
+  const ChainRun n = RunChain(nhwc, &nhwc_context, nhwc_input, /*training=*/true);
+  const ChainRun p = RunChain(plain, &plain_context, input, /*training=*/true);
+  // Batch norm, ReLU and max pooling keep nhwc; the convolution, told to
+  // give plain, does.
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(n.layouts[i], Layout::kChannelsLast) << i;
+  EXPECT_EQ(n.layouts[3], Layout::kPlain);
+  ASSERT_EQ(n.outputs.size(), p.outputs.size());
+  for (size_t i = 0; i < n.outputs.size(); ++i) {
+    SCOPED_TRACE(i);
+    ExpectNear(n.outputs[i], p.outputs[i], 1e-4);
+  }
+  ASSERT_EQ(n.grads.size(), p.grads.size());
+  for (size_t i = 0; i < n.grads.size(); ++i) {
+    SCOPED_TRACE(absl::StrCat("gradient ", i));
+    ExpectNear(n.grads[i], p.grads[i], 1e-3);
   }
 }
 

@@ -10,15 +10,17 @@
 // Each layer's header states the shapes it takes and gives.
 //
 // Layouts (common/tensor/tensor.h): layers take and give plain tensors,
-// unless TakesBlocked() says that a layer also takes channel-blocked rank-4
-// inputs. Such a layer, given a blocked input, gives its output, takes
-// grad_output and gives grad_input in the input's layout; a producer (a
-// convolution) gives its output in a blocked layout of oneDNN's choosing
+// unless TakesBlocked() says that a layer also takes rank-4 inputs in
+// oneDNN's image layouts (channel-blocked or channels-last; "blocked" below
+// means either). Such a layer, given a blocked input, gives its output,
+// takes grad_output and gives grad_input in the input's layout; a producer
+// (a convolution) gives its output in a blocked layout of oneDNN's choosing
 // when AllowBlockedOutput(true) was called, and Backward then takes
 // grad_output in that layout. Keeping image activations blocked between
 // convolution, batch-norm, ReLU and pooling layers saves a reorder at each
-// edge and lets oneDNN run its fast blocked kernels; ForwardInLayout and
-// BackwardInLayout (common/nn/layout_bridge.h) convert for the other layers.
+// edge and lets oneDNN run its fast kernels for that layout (nChw16c for
+// the AVX-512 ones, nhwc for AMX's); ForwardInLayout and BackwardInLayout
+// (common/nn/layout_bridge.h) convert for the other layers.
 //
 // Element types: layers take and give f32 tensors. A layer told to compute
 // in bf16 (SetPrecision, common/tensor/precision.h) converts at its edges,

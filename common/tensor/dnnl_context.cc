@@ -54,9 +54,10 @@ dnnl::memory::desc TensorDesc(const Shape& shape, Layout layout, DataType type) 
   using tag = dnnl::memory::format_tag;
   const dnnl::memory::dims dims(shape.begin(), shape.end());
   if (shape.size() == 4) {
-    const tag t = layout == Layout::kBlocked16  ? tag::nChw16c
-                  : layout == Layout::kBlocked8 ? tag::nChw8c
-                                                : tag::nchw;
+    const tag t = layout == Layout::kBlocked16      ? tag::nChw16c
+                  : layout == Layout::kBlocked8     ? tag::nChw8c
+                  : layout == Layout::kChannelsLast ? tag::nhwc
+                                                    : tag::nchw;
     return dnnl::memory::desc(dims, DnnlType(type), t);
   }
   // Row-major strides: the last dimension varies fastest.
@@ -68,7 +69,8 @@ dnnl::memory::desc TensorDesc(const Shape& shape, Layout layout, DataType type) 
 std::optional<Layout> LayoutOfDesc(const dnnl::memory::desc& desc) {
   const dnnl::memory::dims dims = desc.dims();
   const Shape shape(dims.begin(), dims.end());
-  for (Layout layout : {Layout::kPlain, Layout::kBlocked8, Layout::kBlocked16}) {
+  for (Layout layout :
+       {Layout::kPlain, Layout::kBlocked8, Layout::kBlocked16, Layout::kChannelsLast}) {
     if (layout != Layout::kPlain && (shape.size() != 4 || shape[1] % LayoutBlock(layout) != 0)) {
       continue;
     }

@@ -13,6 +13,8 @@ const char* LayoutName(Layout layout) {
       return "nChw8c";
     case Layout::kBlocked16:
       return "nChw16c";
+    case Layout::kChannelsLast:
+      return "nhwc";
     case Layout::kPlain:
       break;
   }

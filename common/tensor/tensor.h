@@ -13,11 +13,13 @@
 //
 // Layouts: a rank-4 (batch, channels, rows, cols) tensor may also hold its
 // elements channel-blocked, as oneDNN's nChw8c or nChw16c (channels in
-// blocks of 8 or 16 vary fastest, then cols, rows, channel blocks, batch).
-// Blocked tensors only pass between image layers that say they take them
-// (common/nn/layer.h), and only when the channels are a multiple of the
-// block, so that the element count, size() and the storage are those of the
-// plain tensor. Reading a blocked tensor's elements by the row-major index
+// blocks of 8 or 16 vary fastest, then cols, rows, channel blocks, batch),
+// or channels-last, as oneDNN's nhwc (channels vary fastest, then cols,
+// rows, batch: the layout oneDNN's AMX convolutions work in). Such tensors
+// only pass between image layers that say they take them (common/nn/layer.h),
+// and blocked ones only when the channels are a multiple of the block, so
+// that the element count, size() and the storage are those of the plain
+// tensor. Reading a non-plain tensor's elements by the row-major index
 // above (row(), at(), copies out) is a programming error; ConvertLayout
 // (common/tensor/dnnl_context.h) makes a plain copy.
 //
@@ -68,14 +70,16 @@ enum class DataType : uint8_t {
 
 // The memory layout of a tensor's elements (see the file comment).
 enum class Layout : uint8_t {
-  kPlain = 0,      // row-major: nchw for rank 4
-  kBlocked8 = 1,   // nChw8c (rank 4, channels a multiple of 8)
-  kBlocked16 = 2,  // nChw16c (rank 4, channels a multiple of 16)
+  kPlain = 0,         // row-major: nchw for rank 4
+  kBlocked8 = 1,      // nChw8c (rank 4, channels a multiple of 8)
+  kBlocked16 = 2,     // nChw16c (rank 4, channels a multiple of 16)
+  kChannelsLast = 3,  // nhwc (rank 4): all channels of a pixel together
 };
 
-// "plain", "nChw8c" or "nChw16c".
+// "plain", "nChw8c", "nChw16c" or "nhwc".
 const char* LayoutName(Layout layout);
-// The channel block of a layout: 1 for kPlain, 8 or 16.
+// The channel block of a layout: 8 or 16 for the blocked ones, 1 for kPlain
+// and kChannelsLast.
 inline int64_t LayoutBlock(Layout layout) {
   return layout == Layout::kBlocked16 ? 16 : layout == Layout::kBlocked8 ? 8 : 1;
 }
@@ -110,9 +114,9 @@ class Tensor {
   DataType dtype() const { return dtype_; }
   Layout layout() const { return layout_; }
   // Declares the layout the elements are in (the writer of the elements
-  // calls it after Reshape). Returns false, changing nothing, for a blocked
-  // layout that does not fit the shape (rank 4, channels a multiple of the
-  // block).
+  // calls it after Reshape). Returns false, changing nothing, for a
+  // non-plain layout that does not fit the shape (rank 4, channels a
+  // multiple of the block).
   bool SetLayout(Layout layout) {
     if (layout != Layout::kPlain && (rank() != 4 || dim(1) % LayoutBlock(layout) != 0)) {
       return false;

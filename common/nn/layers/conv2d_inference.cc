@@ -74,8 +74,11 @@ absl::StatusOr<Conv2dLayer::InferencePrimitives> Conv2dLayer::BuildInference(
                                      AnyOf(plain_dst, dst_type));
   std::optional<Layout> chosen = LayoutOfDesc(pd.dst_desc());
   if (allow_blocked_output_ && !chosen.has_value()) {
-    // A layout the next layers do not take (nhwc for brgconv): ask for the
-    // channel blocks instead, so that the activations are not reordered.
+    // A layout the next layers do not take: ask for the channel blocks
+    // instead, so that the activations are not reordered. (nhwc, which
+    // AMX's brgconv picks, is taken: on the AMX Xeon the CNN teacher served
+    // 47k examples/s in it and 8.7k when its convolutions were made to give
+    // nChw16c; under ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16, 7.5k and 7.9k.)
     for (Layout blocked : {Layout::kBlocked16, Layout::kBlocked8}) {
       if (o.out_channels % LayoutBlock(blocked) != 0) continue;
       pd = InferenceDesc(AnyOf(plain_src, kBf16), AnyOf(p.weights, kBf16), p.bias,
