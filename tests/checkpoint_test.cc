@@ -106,6 +106,28 @@ TEST(CheckpointTest, SaveReplacesAtomicallyAndLeavesNoTemporaryFile) {
   EXPECT_FALSE(SaveCheckpoint("/nonexistent-dir/x.ckpt", *loaded).ok());
 }
 
+// The maps (metadata, settings) are written in key order: the same contents
+// give the same bytes whatever order they were filled in.
+TEST(CheckpointTest, SameContentsSameBytesWhateverTheMapOrder) {
+  std::vector<std::string> keys;
+  for (int i = 0; i < 40; ++i) keys.push_back(absl::StrCat("key", i));
+  distill::v1::Checkpoint forward = MakeCheckpoint(*SmallNetwork(1), "teacher");
+  distill::v1::Checkpoint backward = forward;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    (*forward.mutable_metadata())[keys[i]] = keys[i];
+    (*backward.mutable_metadata())[keys[keys.size() - 1 - i]] = keys[keys.size() - 1 - i];
+  }
+  const std::string a = TempPath("order_a.ckpt"), b = TempPath("order_b.ckpt");
+  ASSERT_TRUE(SaveCheckpoint(a, forward).ok());
+  ASSERT_TRUE(SaveCheckpoint(b, backward).ok());
+  auto read = [](const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  };
+  EXPECT_GT(read(a).size(), 40u * 10u);
+  EXPECT_EQ(read(a), read(b));
+}
+
 class CorruptCheckpointTest : public testing::Test {
  protected:
   void SetUp() override {

@@ -19,6 +19,8 @@
 #include "common/util/file_util.h"
 #include "common/util/random.h"
 #include "common/util/status_macros.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 
 namespace distillery {
 namespace {
@@ -266,8 +268,17 @@ distill::v1::Checkpoint MakeCheckpoint(Network& network, const std::string& role
 }
 
 absl::Status SaveCheckpoint(const std::string& path, const distill::v1::Checkpoint& checkpoint) {
+  // Deterministic: the settings and metadata maps in key order, so that the
+  // same run writes the same bytes.
   std::string payload;
-  if (!checkpoint.SerializeToString(&payload)) {
+  bool serialized = false;
+  {
+    google::protobuf::io::StringOutputStream stream(&payload);
+    google::protobuf::io::CodedOutputStream coded(&stream);
+    coded.SetSerializationDeterministic(true);
+    serialized = checkpoint.SerializeToCodedStream(&coded) && !coded.HadError();
+  }
+  if (!serialized) {
     return absl::InternalError(absl::StrCat("cannot serialize the checkpoint for ", path));
   }
   std::string frame(kCheckpointMagic, sizeof(kCheckpointMagic));
