@@ -1,10 +1,14 @@
 // BatchNormLayer: training and inference forward against direct loops, the
-// running statistics, names, gradients against finite differences, errors.
+// running statistics, names, gradients against finite differences, the
+// fused ReLU against the ReLU layer, errors.
 #include "common/nn/layers/batch_norm_layer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "common/nn/layers/relu_layer.h"
 #include "common/tensor/dnnl_context.h"
 #include "gmock/gmock.h"
 #include "tests/layer_test_util.h"
@@ -160,6 +164,54 @@ TEST(BatchNormLayerTest, InferenceGradientsMatchFiniteDifferences) {
   layer.running_mean().data()[0] = 0.3f;
   layer.running_var().data()[1] = 0.5f;
   ExpectLayerGradientsMatch(layer, RandomTensor({3, 2, 2, 2}, 3), false, 4);
+}
+
+// Batch norm with its fused ReLU against the pair BatchNormLayer, ReluLayer:
+// the same bits forward and backward, in every layout, after training and
+// inference Forwards.
+TEST(BatchNormLayerTest, FusedReluGivesTheBitsOfBatchNormThenRelu) {
+  DnnlContext context;
+  const int64_t ch = 16;
+  for (const Layout layout : {Layout::kPlain, Layout::kBlocked16, Layout::kChannelsLast}) {
+    for (const bool training : {true, false}) {
+      SCOPED_TRACE(absl::StrCat(LayoutName(layout), training ? " training" : " inference"));
+      BatchNormLayer fused(0, ch, &context), unfused(0, ch, &context);
+      ReluLayer relu(&context);
+      ASSERT_TRUE(fused.SetFusedRelu(true));
+      EXPECT_TRUE(fused.FusedRelu());
+      EXPECT_FALSE(unfused.FusedRelu());
+      for (BatchNormLayer* layer : {&fused, &unfused}) {
+        layer->gamma().value = RandomMatrix(1, ch, 1);
+        layer->beta().value = RandomMatrix(1, ch, 2);
+        layer->running_mean().data()[3] = 0.4f;
+        layer->running_var().data()[5] = 0.6f;
+      }
+      Tensor input, grad_output;
+      ASSERT_TRUE(context.ConvertLayout(RandomTensor({4, ch, 5, 3}, 3), layout, &input).ok());
+      ASSERT_TRUE(context.ConvertLayout(RandomTensor({4, ch, 5, 3}, 4), layout, &grad_output).ok());
+      Tensor bn_out, relu_out, relu_grad, unfused_grad, fused_out, fused_grad;
+      ASSERT_TRUE(unfused.Forward(input, training, &bn_out).ok());
+      ASSERT_TRUE(relu.Forward(bn_out, training, &relu_out).ok());
+      ASSERT_TRUE(relu.Backward(bn_out, relu_out, grad_output, &relu_grad).ok());
+      ASSERT_TRUE(unfused.Backward(input, bn_out, relu_grad, &unfused_grad).ok());
+      ASSERT_TRUE(fused.Forward(input, training, &fused_out).ok());
+      ASSERT_TRUE(fused.Backward(input, fused_out, grad_output, &fused_grad).ok());
+      EXPECT_EQ(fused_out, relu_out);
+      EXPECT_EQ(fused_grad, unfused_grad);
+      EXPECT_EQ(fused.gamma().grad, unfused.gamma().grad);
+      EXPECT_EQ(fused.beta().grad, unfused.beta().grad);
+      EXPECT_EQ(fused.running_mean(), unfused.running_mean());
+      // The ReLU did mask something.
+      EXPECT_FALSE(relu_out == bn_out);
+    }
+  }
+  // Unfusing gives the plain batch norm again.
+  BatchNormLayer layer(0, 2, &context);
+  ASSERT_TRUE(layer.SetFusedRelu(true));
+  ASSERT_TRUE(layer.SetFusedRelu(false));
+  Tensor out;
+  ASSERT_TRUE(layer.Forward(RandomTensor({4, 2, 2, 2}, 6), true, &out).ok());
+  EXPECT_LT(*std::min_element(out.data(), out.data() + out.size()), 0.f);
 }
 
 TEST(BatchNormLayerTest, RejectsInputsThatDoNotFit) {

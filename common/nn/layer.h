@@ -39,7 +39,9 @@
 // that layer; and layers that are the identity in inference (dropout) are
 // skipped too. In bf16 a convolution block (convolution, batch norm, ReLU,
 // pooling) thus runs as one convolution with bf16 output and a bf16
-// pooling.
+// pooling. In every pass, training included, a layer may apply the ReLU
+// after it itself (SetFusedRelu: batch norm, whose backward pass then masks
+// the gradient), and the ReLU layer is skipped.
 //
 // Thread-safety: a layer keeps per-shape oneDNN primitives and scratch
 // buffers, so one layer is used by one thread at a time.
@@ -144,6 +146,15 @@ class Layer {
   virtual bool SetInferenceOutput(bool relu, DataType type) {
     return !relu && type == DataType::kF32;
   }
+
+  // Every pass, training and inference: whether the layer applies the ReLU
+  // after it to its own output, max(output, 0), in Forward, and Backward
+  // then takes the gradient with respect to that ReLU's output, so that a
+  // network skips the ReLU layer (Network, TiledInference). Returns false,
+  // changing nothing, when the layer cannot; SetFusedRelu(false) always
+  // succeeds.
+  virtual bool SetFusedRelu(bool fuse) { return !fuse; }
+  virtual bool FusedRelu() const { return false; }
 
   // The parameters' values may have changed since the last Forward: copies
   // made from them (bf16 weights) must be made again.

@@ -58,6 +58,14 @@ absl::Status Network::BuildLayers() {
   for (size_t i = 0; i + 1 < layers_.size(); ++i) {
     layers_[i]->AllowBlockedOutput(layers_[i + 1]->TakesBlocked());
   }
+  // A ReLU that the layer before it applies itself is skipped in every pass.
+  fused_away_.assign(layers_.size(), false);
+  for (size_t i = 0; i + 1 < layers_.size(); ++i) {
+    if (layers_[i + 1]->IsReluInInference() && layers_[i]->SetFusedRelu(true)) {
+      fused_away_[i + 1] = true;
+    }
+  }
+  outputs_.assign(layers_.size(), nullptr);
   activations_.resize(layers_.size());
   plain_inputs_.resize(layers_.size());
   seen_inputs_.assign(layers_.size(), nullptr);
@@ -123,10 +131,13 @@ absl::Status Network::Forward(const Tensor& input, bool training, uint64_t noise
   ASSIGN_OR_RETURN(input_, Shaped(input, &shaped_input_));
   const Tensor* current = input_;
   for (size_t i = 0; i < layers_.size(); ++i) {
-    if (training) layers_[i]->SetNoiseStep(noise_step);
-    RETURN_IF_ERROR(ForwardInLayout(*layers_[i], *current, training, context_.get(),
-                                    &plain_inputs_[i], &seen_inputs_[i], &activations_[i]));
-    current = &activations_[i];
+    if (!fused_away_[i]) {
+      if (training) layers_[i]->SetNoiseStep(noise_step);
+      RETURN_IF_ERROR(ForwardInLayout(*layers_[i], *current, training, context_.get(),
+                                      &plain_inputs_[i], &seen_inputs_[i], &activations_[i]));
+      current = &activations_[i];
+    }
+    outputs_[i] = current;
   }
   *logits = current;
   return absl::OkStatus();
@@ -135,14 +146,18 @@ absl::Status Network::Forward(const Tensor& input, bool training, uint64_t noise
 absl::Status Network::Backward(const Tensor& grad_logits) {
   if (input_ == nullptr) return absl::FailedPreconditionError("Backward called before Forward");
   const Tensor* grad_output = &grad_logits;
+  size_t slot = 0;  // gradients_[slot] is free to write
   // Layers before the first trainable one have no parameters, and nothing
   // needs the gradient of the input: stop there and skip its data pass.
+  // A fused-away ReLU's gradient is its producer's to apply.
   for (size_t i = layers_.size(); i-- > first_trainable_;) {
-    const Tensor& layer_input = i == 0 ? *input_ : activations_[i - 1];
-    Tensor* grad_input = i == first_trainable_ ? nullptr : &gradients_[i % 2];
+    if (fused_away_[i]) continue;
+    const Tensor& layer_input = i == 0 ? *input_ : *outputs_[i - 1];
+    Tensor* grad_input = i == first_trainable_ ? nullptr : &gradients_[slot];
     RETURN_IF_ERROR(BackwardInLayout(*layers_[i], layer_input, *seen_inputs_[i], activations_[i],
                                      *grad_output, context_.get(), &grad_scratch_, grad_input));
     grad_output = grad_input;
+    slot ^= 1;
   }
   MarkParametersChanged();  // an optimizer step follows
   return absl::OkStatus();

@@ -128,7 +128,12 @@ class Network {
   const Tensor* input_ = nullptr;    // the last Forward's input, not owned
   Tensor shaped_input_;              // a copy of it, when its shape was another reading
   std::vector<Tensor> activations_;  // activations_[i] is layer i's output
-  std::vector<Tensor> gradients_;    // scratch for back-propagation
+  // Layers skipped in every pass: ReLUs that the layer before applies
+  // (Layer::SetFusedRelu). outputs_[i] is layer i's output from the last
+  // Forward: &activations_[i], or a skipped layer's input.
+  std::vector<bool> fused_away_;
+  std::vector<const Tensor*> outputs_;
+  std::vector<Tensor> gradients_;  // scratch for back-propagation
   // Plain copies of blocked activations for layers that take only plain
   // tensors, and the tensor each layer's last Forward was given (its input
   // or that copy): common/nn/layout_bridge.h.

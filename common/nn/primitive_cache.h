@@ -46,6 +46,9 @@ class PrimitiveCache {
     return &entries_.front().second;
   }
 
+  // Forgets every entry (when what the primitives compute changes).
+  void Clear() { entries_.clear(); }
+
   // How many entries satisfy `pred(const Value&)` (for tests and metrics).
   template <typename Pred>
   size_t CountIf(Pred pred) const {

@@ -41,8 +41,10 @@ void TiledInference::MakePlan(const std::vector<std::unique_ptr<Layer>>& layers,
         layer.SetInferenceAffine(&scale, &shift)) {
       next = NextRun(layers, next + 1);  // the affine map is done
     }
+    // A ReLU that the layer applies in every pass (Layer::SetFusedRelu), or
+    // as an inference post-op.
     const bool relu = next < layers.size() && layers[next]->IsReluInInference() &&
-                      layer.SetInferenceOutput(true, DataType::kF32);
+                      (layer.FusedRelu() || layer.SetInferenceOutput(true, DataType::kF32));
     if (relu) next = NextRun(layers, next + 1);  // the ReLU is done
     if (next < layers.size() && layers[next]->TakesBf16()) {
       layer.SetInferenceOutput(relu, DataType::kBF16);

@@ -1,6 +1,7 @@
 #include "common/nn/layers/batch_norm_layer.h"
 
 #include <cmath>
+#include <unordered_map>
 
 #include "absl/strings/str_cat.h"
 
@@ -38,6 +39,12 @@ bool BatchNormLayer::InferenceAffine(Tensor* scale, Tensor* shift) const {
     scale->data()[c] = s;
     shift->data()[c] = beta_.value.data()[c] - running_mean_.data()[c] * s;
   }
+  return true;
+}
+
+bool BatchNormLayer::SetFusedRelu(bool fuse) {
+  if (fuse != fused_relu_) primitives_by_shape_.Clear();  // they compute something else
+  fused_relu_ = fuse;
   return true;
 }
 
@@ -83,7 +90,8 @@ absl::Status BatchNormLayer::GetPrimitives(const Tensor& input, Kind kind,
     const dnnl::engine& engine = context_->engine();
     const memory::desc data = TensorDesc({key[0], channels_, key[1], key[2]}, input.layout());
     using flags = dnnl::normalization_flags;
-    const flags affine = flags::use_scale | flags::use_shift;
+    const flags affine =
+        flags::use_scale | flags::use_shift | (fused_relu_ ? flags::fuse_norm_relu : flags::none);
     const flags global = affine | flags::use_global_stats;
     using ForwardPd = dnnl::batch_normalization_forward::primitive_desc;
     using BackwardPd = dnnl::batch_normalization_backward::primitive_desc;
@@ -98,15 +106,23 @@ absl::Status BatchNormLayer::GetPrimitives(const Tensor& input, Kind kind,
     // Built before the entry is touched, so that a failure leaves it as it was.
     dnnl::batch_normalization_forward forward;
     dnnl::batch_normalization_backward backward;
+    memory::desc workspace;
     switch (kind) {
-      case kForwardTraining:
-        forward = dnnl::batch_normalization_forward(
-            forward_pd(dnnl::prop_kind::forward_training, affine));
+      case kForwardTraining: {
+        const ForwardPd pd = forward_pd(dnnl::prop_kind::forward_training, affine);
+        workspace = pd.workspace_desc();
+        forward = dnnl::batch_normalization_forward(pd);
         break;
-      case kForwardInference:
-        forward = dnnl::batch_normalization_forward(
-            forward_pd(dnnl::prop_kind::forward_inference, global));
+      }
+      case kForwardInference: {
+        // A fused ReLU's mask comes from the training kind only (see the header).
+        const ForwardPd pd = forward_pd(
+            fused_relu_ ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference,
+            global);
+        workspace = pd.workspace_desc();
+        forward = dnnl::batch_normalization_forward(pd);
         break;
+      }
       case kBackwardTraining:
         backward = dnnl::batch_normalization_backward(
             backward_pd(affine, forward_pd(dnnl::prop_kind::forward_training, affine)));
@@ -125,6 +141,7 @@ absl::Status BatchNormLayer::GetPrimitives(const Tensor& input, Kind kind,
       found->data = data;
       found->stats = PlainVectorDesc(channels_);
     }
+    if (kind == kForwardTraining || kind == kForwardInference) found->workspace = workspace;
     switch (kind) {
       case kForwardTraining:
         found->forward_training = std::move(forward);
@@ -170,27 +187,22 @@ absl::Status BatchNormLayer::Forward(const Tensor& input, bool training, Tensor*
   memory scale(p->stats, engine, gamma_.value.data());
   memory shift(p->stats, engine, beta_.value.data());
   last_forward_training_ = training;
-  if (!training) {
-    memory mean(p->stats, engine, running_mean_.data());
-    memory variance(p->stats, engine, running_var_.data());
-    return context_->Execute("batch-normalization forward (inference)", p->forward_inference,
-                             {{DNNL_ARG_SRC, src},
-                              {DNNL_ARG_DST, dst},
-                              {DNNL_ARG_SCALE, scale},
-                              {DNNL_ARG_SHIFT, shift},
-                              {DNNL_ARG_MEAN, mean},
-                              {DNNL_ARG_VARIANCE, variance}});
+  Tensor& mean_tensor = training ? batch_mean_ : running_mean_;
+  Tensor& var_tensor = training ? batch_var_ : running_var_;
+  memory mean(p->stats, engine, mean_tensor.data());
+  memory variance(p->stats, engine, var_tensor.data());
+  std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src},     {DNNL_ARG_DST, dst},
+                                          {DNNL_ARG_SCALE, scale}, {DNNL_ARG_SHIFT, shift},
+                                          {DNNL_ARG_MEAN, mean},   {DNNL_ARG_VARIANCE, variance}};
+  if (fused_relu_) {
+    workspace_.resize(p->workspace.get_size());
+    args.insert({DNNL_ARG_WORKSPACE, memory(p->workspace, engine, workspace_.data())});
   }
-  memory mean(p->stats, engine, batch_mean_.data());
-  memory variance(p->stats, engine, batch_var_.data());
+  if (!training) {
+    return context_->Execute("batch-normalization forward (inference)", p->forward_inference, args);
+  }
   if (absl::Status s =
-          context_->Execute("batch-normalization forward (training)", p->forward_training,
-                            {{DNNL_ARG_SRC, src},
-                             {DNNL_ARG_DST, dst},
-                             {DNNL_ARG_SCALE, scale},
-                             {DNNL_ARG_SHIFT, shift},
-                             {DNNL_ARG_MEAN, mean},
-                             {DNNL_ARG_VARIANCE, variance}});
+          context_->Execute("batch-normalization forward (training)", p->forward_training, args);
       !s.ok()) {
     return s;
   }
@@ -240,17 +252,26 @@ absl::Status BatchNormLayer::Backward(const Tensor& input, const Tensor& /*outpu
   Tensor& var_tensor = last_forward_training_ ? batch_var_ : running_var_;
   memory mean(p->stats, engine, mean_tensor.data());
   memory variance(p->stats, engine, var_tensor.data());
+  std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src},
+                                          {DNNL_ARG_MEAN, mean},
+                                          {DNNL_ARG_VARIANCE, variance},
+                                          {DNNL_ARG_DIFF_DST, diff_dst},
+                                          {DNNL_ARG_SCALE, scale},
+                                          {DNNL_ARG_SHIFT, shift},
+                                          {DNNL_ARG_DIFF_SRC, diff_src},
+                                          {DNNL_ARG_DIFF_SCALE, diff_scale},
+                                          {DNNL_ARG_DIFF_SHIFT, diff_shift}};
+  if (fused_relu_) {
+    // The mask of the last Forward, which had this shape (checked above).
+    if (workspace_.size() != p->workspace.get_size()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(Describe(), " Backward: no Forward of this shape before it"));
+    }
+    args.insert({DNNL_ARG_WORKSPACE, memory(p->workspace, engine, workspace_.data())});
+  }
   return context_->Execute("batch-normalization backward",
                            last_forward_training_ ? p->backward_training : p->backward_inference,
-                           {{DNNL_ARG_SRC, src},
-                            {DNNL_ARG_MEAN, mean},
-                            {DNNL_ARG_VARIANCE, variance},
-                            {DNNL_ARG_DIFF_DST, diff_dst},
-                            {DNNL_ARG_SCALE, scale},
-                            {DNNL_ARG_SHIFT, shift},
-                            {DNNL_ARG_DIFF_SRC, diff_src},
-                            {DNNL_ARG_DIFF_SCALE, diff_scale},
-                            {DNNL_ARG_DIFF_SHIFT, diff_shift}});
+                           args);
 }
 
 }  // namespace distillery

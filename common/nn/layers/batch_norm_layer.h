@@ -25,10 +25,19 @@
 //   after a training Forward; after an inference Forward the statistics are
 //   constants: dL/dinput = gamma / sqrt(running_var + eps) * g, and
 //   dL/dgamma uses xhat from the running statistics.
+// Fused ReLU (SetFusedRelu(true), which Network sets when a ReLU follows):
+//   output = max(the above, 0) in both passes, and Backward takes g as
+//   d(loss)/d(that output), using g where output > 0 and 0 elsewhere, as the
+//   ReLU layer would (oneDNN's fuse_norm_relu: Forward keeps the mask in a
+//   workspace for Backward, so inference Forwards run the training-kind
+//   primitive on the running statistics). The bits are those of the
+//   unfused pair; the ReLU's own pass over memory, both ways, is saved.
 #ifndef DISTILLERY_COMMON_NN_LAYERS_BATCH_NORM_LAYER_H_
 #define DISTILLERY_COMMON_NN_LAYERS_BATCH_NORM_LAYER_H_
 
 #include <array>
+#include <cstdint>
+#include <vector>
 
 #include "common/nn/layer.h"
 #include "common/nn/primitive_cache.h"
@@ -53,6 +62,8 @@ class BatchNormLayer : public Layer {
   // Takes (C, rows, cols) or (C) and gives the same shape.
   absl::StatusOr<Shape> OutputShape(const Shape& example_shape) const override;
   bool TakesBlocked() const override { return true; }
+  bool SetFusedRelu(bool fuse) override;
+  bool FusedRelu() const override { return fused_relu_; }
   absl::Status Forward(const Tensor& input, bool training, Tensor* output) override;
   absl::Status Backward(const Tensor& input, const Tensor& output, const Tensor& grad_output,
                         Tensor* grad_input) override;
@@ -86,6 +97,7 @@ class BatchNormLayer : public Layer {
   enum Kind { kForwardTraining, kForwardInference, kBackwardTraining, kBackwardInference, kKinds };
   struct Primitives {
     dnnl::memory::desc data, stats;
+    dnnl::memory::desc workspace;       // the fused ReLU's mask (empty when unfused)
     std::array<bool, kKinds> has = {};  // which of the four are built
     dnnl::batch_normalization_forward forward_training;
     dnnl::batch_normalization_forward forward_inference;  // use_global_stats
@@ -107,6 +119,8 @@ class BatchNormLayer : public Layer {
   Tensor batch_mean_, batch_var_;  // (1, C), from the last training Forward
   Tensor scratch_grad_input_;      // when Backward is not asked for it
   bool last_forward_training_ = false;
+  bool fused_relu_ = false;
+  std::vector<uint8_t> workspace_;  // the last Forward's ReLU mask, when fused
   // A few shapes at most (common/nn/primitive_cache.h).
   PrimitiveCache<ShapeKey, Primitives> primitives_by_shape_;
 };
