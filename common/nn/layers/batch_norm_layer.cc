@@ -77,90 +77,80 @@ absl::Status BatchNormLayer::CheckInput(const char* what, const Tensor& input) c
   return absl::OkStatus();
 }
 
+void BatchNormLayer::Build(Kind kind, Primitives* entry) const {
+  const dnnl::engine& engine = context_->engine();
+  using flags = dnnl::normalization_flags;
+  const flags affine =
+      flags::use_scale | flags::use_shift | (fused_relu_ ? flags::fuse_norm_relu : flags::none);
+  const flags global = affine | flags::use_global_stats;
+  using ForwardPd = dnnl::batch_normalization_forward::primitive_desc;
+  using BackwardPd = dnnl::batch_normalization_backward::primitive_desc;
+  auto forward_pd = [&](dnnl::prop_kind prop, flags f) {
+    return ForwardPd(dnnl::batch_normalization_forward::desc(prop, entry->data, kEpsilon, f),
+                     engine);
+  };
+  auto backward = [&](flags f) {
+    // The backward pass after an inference Forward, too, needs a
+    // training-kind forward hint (with global statistics).
+    return dnnl::batch_normalization_backward(
+        BackwardPd(dnnl::batch_normalization_backward::desc(dnnl::prop_kind::backward, entry->data,
+                                                            entry->data, kEpsilon, f),
+                   engine, forward_pd(dnnl::prop_kind::forward_training, f)));
+  };
+  switch (kind) {
+    case kForwardTraining: {
+      const ForwardPd pd = forward_pd(dnnl::prop_kind::forward_training, affine);
+      entry->workspace = pd.workspace_desc();
+      entry->forward_training = dnnl::batch_normalization_forward(pd);
+      break;
+    }
+    case kForwardInference: {
+      // A fused ReLU's mask comes from the training kind only (see the header).
+      const ForwardPd pd = forward_pd(
+          fused_relu_ ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference,
+          global);
+      entry->workspace = pd.workspace_desc();
+      entry->forward_inference = dnnl::batch_normalization_forward(pd);
+      break;
+    }
+    case kBackwardTraining:
+      entry->backward_training = backward(affine);
+      break;
+    case kBackwardInference:
+      entry->backward_inference = backward(global);
+      break;
+    case kKinds:
+      return;
+  }
+  entry->has[kind] = true;
+}
+
 absl::Status BatchNormLayer::GetPrimitives(const Tensor& input, Kind kind,
                                            Primitives** primitives) {
   const ShapeKey key = {input.dim(0), input.rank() == 4 ? input.dim(2) : 1,
                         input.rank() == 4 ? input.dim(3) : 1, static_cast<int64_t>(input.layout())};
   Primitives* found = primitives_by_shape_.Find(key);
-  if (found != nullptr && found->has[kind]) {
-    *primitives = found;
-    return absl::OkStatus();
-  }
-  try {
-    const dnnl::engine& engine = context_->engine();
-    const memory::desc data = TensorDesc({key[0], channels_, key[1], key[2]}, input.layout());
-    using flags = dnnl::normalization_flags;
-    const flags affine =
-        flags::use_scale | flags::use_shift | (fused_relu_ ? flags::fuse_norm_relu : flags::none);
-    const flags global = affine | flags::use_global_stats;
-    using ForwardPd = dnnl::batch_normalization_forward::primitive_desc;
-    using BackwardPd = dnnl::batch_normalization_backward::primitive_desc;
-    auto forward_pd = [&](dnnl::prop_kind prop, flags f) {
-      return ForwardPd(dnnl::batch_normalization_forward::desc(prop, data, kEpsilon, f), engine);
-    };
-    auto backward_pd = [&](flags f, const ForwardPd& hint) {
-      return BackwardPd(dnnl::batch_normalization_backward::desc(dnnl::prop_kind::backward, data,
-                                                                 data, kEpsilon, f),
-                        engine, hint);
-    };
-    // Built before the entry is touched, so that a failure leaves it as it was.
-    dnnl::batch_normalization_forward forward;
-    dnnl::batch_normalization_backward backward;
-    memory::desc workspace;
-    switch (kind) {
-      case kForwardTraining: {
-        const ForwardPd pd = forward_pd(dnnl::prop_kind::forward_training, affine);
-        workspace = pd.workspace_desc();
-        forward = dnnl::batch_normalization_forward(pd);
-        break;
-      }
-      case kForwardInference: {
-        // A fused ReLU's mask comes from the training kind only (see the header).
-        const ForwardPd pd = forward_pd(
-            fused_relu_ ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference,
-            global);
-        workspace = pd.workspace_desc();
-        forward = dnnl::batch_normalization_forward(pd);
-        break;
-      }
-      case kBackwardTraining:
-        backward = dnnl::batch_normalization_backward(
-            backward_pd(affine, forward_pd(dnnl::prop_kind::forward_training, affine)));
-        break;
-      case kBackwardInference:
-        // The backward pass after an inference Forward needs a training-kind
-        // forward hint with global statistics.
-        backward = dnnl::batch_normalization_backward(
-            backward_pd(global, forward_pd(dnnl::prop_kind::forward_training, global)));
-        break;
-      case kKinds:
-        return absl::InternalError("BatchNormLayer: no such primitive");
+  if (found == nullptr || !found->has[kind]) {
+    // Built in a copy (primitives are handles), so that a failure leaves the
+    // entry as it was.
+    Primitives built;
+    if (found != nullptr) {
+      built = *found;
+    } else {
+      built.data = TensorDesc({key[0], channels_, key[1], key[2]}, input.layout());
+      built.stats = PlainVectorDesc(channels_);
     }
+    try {
+      Build(kind, &built);
+    } catch (const dnnl::error& e) {
+      return DnnlErrorToStatus("building batch-normalization primitives", e);
+    }
+    if (!built.has[kind]) return absl::InternalError("BatchNormLayer: no such primitive");
     if (found == nullptr) {
-      found = primitives_by_shape_.Insert(key, Primitives());
-      found->data = data;
-      found->stats = PlainVectorDesc(channels_);
+      found = primitives_by_shape_.Insert(key, std::move(built));
+    } else {
+      *found = std::move(built);
     }
-    if (kind == kForwardTraining || kind == kForwardInference) found->workspace = workspace;
-    switch (kind) {
-      case kForwardTraining:
-        found->forward_training = std::move(forward);
-        break;
-      case kForwardInference:
-        found->forward_inference = std::move(forward);
-        break;
-      case kBackwardTraining:
-        found->backward_training = std::move(backward);
-        break;
-      case kBackwardInference:
-        found->backward_inference = std::move(backward);
-        break;
-      case kKinds:
-        break;
-    }
-    found->has[kind] = true;
-  } catch (const dnnl::error& e) {
-    return DnnlErrorToStatus("building batch-normalization primitives", e);
   }
   *primitives = found;
   return absl::OkStatus();

@@ -109,6 +109,9 @@ class BatchNormLayer : public Layer {
   // The entry for `input`'s shape with primitive `kind` built. The pointer
   // is valid until the next call.
   absl::Status GetPrimitives(const Tensor& input, Kind kind, Primitives** primitives);
+  // Builds primitive `kind` into `entry` (whose data and stats are set) and
+  // marks it built. Throws dnnl::error.
+  void Build(Kind kind, Primitives* entry) const;
 
   int64_t channels_;
   DnnlContext* context_;
