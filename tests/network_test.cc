@@ -5,6 +5,7 @@
 #include "common/formats/checkpoint.h"
 #include "common/nn/losses.h"
 #include "common/nn/optimizer.h"
+#include "common/tensor/precision.h"
 #include "tests/test_util.h"
 
 namespace distillery {
@@ -240,6 +241,35 @@ TEST(NetworkTest, ConvolutionalBackpropagationMatchesFiniteDifferences) {
   ASSERT_TRUE(input.Reinterpret({3, 1, 6, 6}));
   const std::vector<int> labels = {0, 3, 1};
   ExpectImageNetworkGradientsMatch(*network, input, labels);
+}
+
+// Infer between a training Forward and its Backward leaves the Backward as
+// it was (network.h), batch norm's statistics and fused ReLU included.
+TEST(NetworkTest, InferBetweenForwardAndBackwardChangesNothing) {
+  for (const Precision precision : {Precision::kF32, Precision::kBF16}) {
+    if (precision == Precision::kBF16 && !CpuHasNativeBf16()) continue;
+    SCOPED_TRACE(PrecisionName(precision));
+    auto network = *Network::Create(
+        *NetworkSpec::Parse("conv3x3:16/p1+bn,maxpool2,fc:8+bn,fc:3", {1, 6, 6}), 5);
+    network->SetPrecision(precision);
+    const Tensor input = RandomMatrix(4, 36, 6), other = RandomMatrix(3, 36, 7);
+    const Tensor grad_logits = RandomMatrix(4, 3, 8);
+    auto gradients = [&](bool infer_between) {
+      const Tensor* logits = nullptr;
+      EXPECT_TRUE(network->Forward(input, /*training=*/true, 0, &logits).ok());
+      if (infer_between) {
+        EXPECT_TRUE(network->Infer(other, &logits).ok());
+      }
+      const absl::Status backward = network->Backward(grad_logits);
+      EXPECT_TRUE(backward.ok()) << backward;
+      std::vector<Tensor> grads;
+      for (Parameter* p : network->Parameters()) grads.push_back(p->grad);
+      return grads;
+    };
+    const std::vector<Tensor> alone = gradients(false), with_infer = gradients(true);
+    ASSERT_EQ(alone.size(), with_infer.size());
+    for (size_t i = 0; i < alone.size(); ++i) EXPECT_EQ(alone[i], with_infer[i]) << i;
+  }
 }
 
 // The activation and global pooling tokens: parsed, built, trained a step,

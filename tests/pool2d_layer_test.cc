@@ -91,6 +91,16 @@ TEST(Pool2dLayerTest, MaxBackwardNeedsTrainingForward) {
             absl::StatusCode::kFailedPrecondition);
   ASSERT_TRUE(layer.Forward(input, true, &output).ok());
   EXPECT_TRUE(layer.Backward(input, output, output, &grad).ok());
+  // An inference pass into another tensor in between (Network::Infer) leaves
+  // the training Forward's Backward as it was; one into the same tensor
+  // replaces that Forward.
+  Tensor other_output, grad_between;
+  ASSERT_TRUE(layer.Forward(RandomTensor({1, 1, 4, 4}, 2), false, &other_output).ok());
+  ASSERT_TRUE(layer.Backward(input, output, output, &grad_between).ok());
+  EXPECT_EQ(grad_between, grad);
+  ASSERT_TRUE(layer.Forward(input, false, &output).ok());
+  EXPECT_EQ(layer.Backward(input, output, output, &grad).code(),
+            absl::StatusCode::kFailedPrecondition);
 }
 
 TEST(Pool2dLayerTest, OutputShapeDescribeAndErrors) {

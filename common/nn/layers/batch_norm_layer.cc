@@ -184,9 +184,11 @@ absl::Status BatchNormLayer::Forward(const Tensor& input, bool training, Tensor*
   std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src},     {DNNL_ARG_DST, dst},
                                           {DNNL_ARG_SCALE, scale}, {DNNL_ARG_SHIFT, shift},
                                           {DNNL_ARG_MEAN, mean},   {DNNL_ARG_VARIANCE, variance}};
+  ForwardRecord& record = forwards_[training ? 1 : 0];
+  record.output = output->data();
   if (fused_relu_) {
-    workspace_.resize(p->workspace.get_size());
-    args.insert({DNNL_ARG_WORKSPACE, memory(p->workspace, engine, workspace_.data())});
+    record.mask.resize(p->workspace.get_size());
+    args.insert({DNNL_ARG_WORKSPACE, memory(p->workspace, engine, record.mask.data())});
   }
   if (!training) {
     return context_->Execute("batch-normalization forward (inference)", p->forward_inference, args);
@@ -206,7 +208,7 @@ absl::Status BatchNormLayer::Forward(const Tensor& input, bool training, Tensor*
   return absl::OkStatus();
 }
 
-absl::Status BatchNormLayer::Backward(const Tensor& input, const Tensor& /*output*/,
+absl::Status BatchNormLayer::Backward(const Tensor& input, const Tensor& output,
                                       const Tensor& grad_output, Tensor* grad_input) {
   if (absl::Status s = CheckInput("Backward", input); !s.ok()) return s;
   if (grad_output.shape() != input.shape()) {
@@ -219,9 +221,14 @@ absl::Status BatchNormLayer::Backward(const Tensor& input, const Tensor& /*outpu
         absl::StrCat(Describe(), " Backward: gradient layout ", LayoutName(grad_output.layout()),
                      " does not match the input's ", LayoutName(input.layout())));
   }
+  // The Forward that wrote `output` (see the header).
+  bool training = last_forward_training_;
+  if (forwards_[training ? 1 : 0].output != output.data() &&
+      forwards_[training ? 0 : 1].output == output.data()) {
+    training = !training;
+  }
   Primitives* p = nullptr;
-  if (absl::Status s =
-          GetPrimitives(input, last_forward_training_ ? kBackwardTraining : kBackwardInference, &p);
+  if (absl::Status s = GetPrimitives(input, training ? kBackwardTraining : kBackwardInference, &p);
       !s.ok()) {
     return s;
   }
@@ -238,8 +245,8 @@ absl::Status BatchNormLayer::Backward(const Tensor& input, const Tensor& /*outpu
   memory shift(p->stats, engine, beta_.value.data());
   memory diff_scale(p->stats, engine, gamma_.grad.data());
   memory diff_shift(p->stats, engine, beta_.grad.data());
-  Tensor& mean_tensor = last_forward_training_ ? batch_mean_ : running_mean_;
-  Tensor& var_tensor = last_forward_training_ ? batch_var_ : running_var_;
+  Tensor& mean_tensor = training ? batch_mean_ : running_mean_;
+  Tensor& var_tensor = training ? batch_var_ : running_var_;
   memory mean(p->stats, engine, mean_tensor.data());
   memory variance(p->stats, engine, var_tensor.data());
   std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src},
@@ -252,16 +259,15 @@ absl::Status BatchNormLayer::Backward(const Tensor& input, const Tensor& /*outpu
                                           {DNNL_ARG_DIFF_SCALE, diff_scale},
                                           {DNNL_ARG_DIFF_SHIFT, diff_shift}};
   if (fused_relu_) {
-    // The mask of the last Forward, which had this shape (checked above).
-    if (workspace_.size() != p->workspace.get_size()) {
+    std::vector<uint8_t>& mask = forwards_[training ? 1 : 0].mask;
+    if (mask.size() != p->workspace.get_size()) {
       return absl::FailedPreconditionError(
           absl::StrCat(Describe(), " Backward: no Forward of this shape before it"));
     }
-    args.insert({DNNL_ARG_WORKSPACE, memory(p->workspace, engine, workspace_.data())});
+    args.insert({DNNL_ARG_WORKSPACE, memory(p->workspace, engine, mask.data())});
   }
   return context_->Execute("batch-normalization backward",
-                           last_forward_training_ ? p->backward_training : p->backward_inference,
-                           args);
+                           training ? p->backward_training : p->backward_inference, args);
 }
 
 }  // namespace distillery

@@ -17,7 +17,8 @@
 // Takes channel-blocked inputs (common/nn/layer.h), where oneDNN runs its
 // JIT kernels rather than the plain layout's slower reference-style ones.
 // eps = 1e-5, momentum = 0.1. The statistics of the last training Forward
-// are kept for Backward.
+// are kept for Backward, which differentiates the Forward that wrote the
+// `output` it is given: the last training or the last inference one.
 // Backward, with xhat = (x - mean) / sqrt(var + eps) and g = dL/doutput:
 //   dL/dbeta  = sum(g)
 //   dL/dgamma = sum(g * xhat)
@@ -123,7 +124,16 @@ class BatchNormLayer : public Layer {
   Tensor scratch_grad_input_;      // when Backward is not asked for it
   bool last_forward_training_ = false;
   bool fused_relu_ = false;
-  std::vector<uint8_t> workspace_;  // the last Forward's ReLU mask, when fused
+  // The last inference and training Forwards ([0] and [1]): the output each
+  // wrote and, when fused, its ReLU mask. Backward differentiates the one
+  // whose output it is given (the later one if both wrote the same tensor),
+  // so that an inference pass between a training Forward and its Backward
+  // (Network::Infer) changes nothing.
+  struct ForwardRecord {
+    const float* output = nullptr;
+    std::vector<uint8_t> mask;
+  };
+  std::array<ForwardRecord, 2> forwards_;
   // A few shapes at most (common/nn/primitive_cache.h).
   PrimitiveCache<ShapeKey, Primitives> primitives_by_shape_;
 };

@@ -197,21 +197,24 @@ absl::Status Pool2dLayer::Forward(const Tensor& input, bool training, Tensor* ou
   memory dst(p->dst, engine, pooled->raw_data());
   last_forward_training_ = training;
   if (!training) {
-    if (absl::Status s = context_->Execute("pooling forward (inference)", p->forward_inference,
-                                           {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}});
-        !s.ok() || !convert) {
-      return s;
+    absl::Status s = context_->Execute("pooling forward (inference)", p->forward_inference,
+                                       {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}});
+    if (s.ok() && convert) {
+      s = context_->Convert(pooled_, pooled_.layout(), inference_output_type_, output);
     }
-    return context_->Convert(pooled_, pooled_.layout(), inference_output_type_, output);
+    // The training Forward's output, if this was it, is gone.
+    if (output->raw_data() == last_training_output_) last_training_output_ = nullptr;
+    return s;
   }
   std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}};
   if (p->has_workspace) args[DNNL_ARG_WORKSPACE] = p->workspace;
   absl::Status status = context_->Execute("pooling forward (training)", p->forward_training, args);
   p->workspace_filled = status.ok();
+  last_training_output_ = pooled->raw_data();
   return status;
 }
 
-absl::Status Pool2dLayer::Backward(const Tensor& input, const Tensor& /*output*/,
+absl::Status Pool2dLayer::Backward(const Tensor& input, const Tensor& output,
                                    const Tensor& grad_output, Tensor* grad_input) {
   if (absl::Status s = CheckInput("Backward", input); !s.ok()) return s;
   if (input.dtype() != DataType::kF32 || grad_output.dtype() != DataType::kF32) {
@@ -233,9 +236,12 @@ absl::Status Pool2dLayer::Backward(const Tensor& input, const Tensor& /*output*/
         absl::StrCat(Describe(), " Backward: gradient layout ", LayoutName(grad_output.layout()),
                      " does not match the input's ", LayoutName(input.layout())));
   }
-  // The workspace of this shape must come from a training Forward (not one
-  // since evicted from the cache).
-  if (p->has_workspace && (!last_forward_training_ || !p->workspace_filled)) {
+  // The workspace of this shape must come from the training Forward that
+  // wrote `output` (not one since evicted from the cache): the last Forward,
+  // or an inference one into another tensor came after it.
+  const bool after_training =
+      last_forward_training_ || (output.raw_data() == last_training_output_);
+  if (p->has_workspace && (!after_training || !p->workspace_filled)) {
     return absl::FailedPreconditionError(
         absl::StrCat(Describe(), " Backward needs a training Forward before it"));
   }

@@ -26,8 +26,10 @@
 //   max:     dL/dinput gets each dL/doutput at the position the window's
 //            maximum came from (summed where windows overlap); this uses the
 //            workspace of the last training Forward, so Backward after an
-//            inference Forward, or after its shape's cached primitives were
-//            evicted (primitive_cache.h) since, is a FailedPrecondition.
+//            inference Forward (unless that one wrote another tensor than
+//            the `output` Backward is given, as Network::Infer does), or
+//            after its shape's cached primitives were evicted
+//            (primitive_cache.h) since, is a FailedPrecondition.
 //   average: dL/dinput gets dL/doutput / count at every element of the window.
 // Padding may be at most half the window (PyTorch's rule).
 #ifndef DISTILLERY_COMMON_NN_LAYERS_POOL2D_LAYER_H_
@@ -119,6 +121,7 @@ class Pool2dLayer : public Layer {
   // A few shapes at most (common/nn/primitive_cache.h).
   PrimitiveCache<ShapeKey, Primitives> primitives_by_shape_;
   bool last_forward_training_ = false;
+  const void* last_training_output_ = nullptr;  // where the last training Forward wrote
   Precision precision_ = Precision::kF32;
   DataType inference_output_type_ = DataType::kF32;  // SetInferenceOutput's
   Tensor pooled_;                                    // an inference output before its conversion
