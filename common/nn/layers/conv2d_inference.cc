@@ -73,12 +73,15 @@ absl::StatusOr<Conv2dLayer::InferencePrimitives> Conv2dLayer::BuildInference(
                      : InferenceDesc(AnyOf(plain_src, kBf16), AnyOf(p.weights, kBf16), p.bias,
                                      AnyOf(plain_dst, dst_type));
   std::optional<Layout> chosen = LayoutOfDesc(pd.dst_desc());
-  if (allow_blocked_output_ && !chosen.has_value()) {
-    // A layout the next layers do not take: ask for the channel blocks
-    // instead, so that the activations are not reordered. (nhwc, which
-    // AMX's brgconv picks, is taken: on the AMX Xeon the CNN teacher served
-    // 47k examples/s in it and 8.7k when its convolutions were made to give
-    // nChw16c; under ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16, 7.5k and 7.9k.)
+  // Without AMX, nhwc (which brgconv picks there too) serves slower than the
+  // channel blocks: the demo's CNN in bf16 on Zen 4, 1 thread, 27.9-28.8k
+  // examples/s in nhwc against 31.4-33.4k in nChw16c (7.5k against 7.9k for
+  // the MNIST CNN under ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 on the Xeon). On
+  // AMX nhwc is kept: 47k against 8.7k.
+  const bool blocks_faster = chosen == Layout::kChannelsLast && !CpuHasAmx();
+  if (allow_blocked_output_ && (!chosen.has_value() || blocks_faster)) {
+    // A layout the next layers do not take, or a slower one: ask for the
+    // channel blocks instead, so that the activations are not reordered.
     for (Layout blocked : {Layout::kBlocked16, Layout::kBlocked8}) {
       if (o.out_channels % LayoutBlock(blocked) != 0) continue;
       pd = InferenceDesc(AnyOf(plain_src, kBf16), AnyOf(p.weights, kBf16), p.bias,
