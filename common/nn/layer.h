@@ -30,6 +30,14 @@
 // layers instead: a layer whose TakesBf16() is true takes a bf16 input in
 // an inference Forward, and one told so by SetInferenceOutput gives a bf16
 // output (TiledInference arranges both, and restores f32 after its run).
+// Training passes may too, between image layers: a layer whose
+// TakesBf16InTraining() is true takes a bf16 input in a training Forward,
+// and a producer (a convolution) told so by SetTrainingOutputBf16 gives a
+// bf16 output there; layers that take bf16 but produce nothing of their
+// own (batch norm, pooling) give their output in their input's type
+// (Network arranges this, ForwardInLayout converts for the other layers).
+// In every Backward grad_output has the type of `output`, and grad_input is
+// given in the type of `input`.
 //
 // Fusion, in inference passes only: a layer that can apply the ReLU after
 // it as a post-op of its own product (SetInferenceOutput(relu=true)) lets
@@ -146,6 +154,15 @@ class Layer {
   virtual bool SetInferenceOutput(bool relu, DataType type) {
     return !relu && type == DataType::kF32;
   }
+
+  // Training (Forward with training on) in bf16 only; see Element types
+  // above. Whether the layer takes a bf16 input there:
+  virtual bool TakesBf16InTraining() const { return false; }
+  // and whether its next training Forwards give a bf16 output (a producer
+  // of activations whose next layer takes it). Returns false, changing
+  // nothing, when the layer cannot; SetTrainingOutputBf16(false) always
+  // succeeds.
+  virtual bool SetTrainingOutputBf16(bool bf16) { return !bf16; }
 
   // Every pass, training and inference: whether the layer applies the ReLU
   // after it to its own output, max(output, 0), in Forward, and Backward

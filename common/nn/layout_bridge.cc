@@ -5,8 +5,14 @@ namespace distillery {
 absl::Status ForwardInLayout(Layer& layer, const Tensor& input, bool training, DnnlContext* context,
                              Tensor* plain_input, const Tensor** seen, Tensor* output) {
   *seen = &input;
-  if (input.layout() != Layout::kPlain && !layer.TakesBlocked()) {
-    if (absl::Status s = context->ConvertLayout(input, Layout::kPlain, plain_input); !s.ok()) {
+  const bool convert_layout = input.layout() != Layout::kPlain && !layer.TakesBlocked();
+  const bool convert_type = input.dtype() == DataType::kBF16 &&
+                            !(training ? layer.TakesBf16InTraining() : layer.TakesBf16());
+  if (convert_layout || convert_type) {
+    if (absl::Status s =
+            context->Convert(input, convert_layout ? Layout::kPlain : input.layout(),
+                             convert_type ? DataType::kF32 : input.dtype(), plain_input);
+        !s.ok()) {
       return s;
     }
     *seen = plain_input;
@@ -21,7 +27,7 @@ absl::Status BackwardInLayout(Layer& layer, const Tensor& input, const Tensor& s
     return layer.Backward(seen, output, grad_output, grad_input);
   }
   if (absl::Status s = layer.Backward(seen, output, grad_output, scratch); !s.ok()) return s;
-  return context->ConvertLayout(*scratch, input.layout(), grad_input);
+  return context->Convert(*scratch, input.layout(), input.dtype(), grad_input);
 }
 
 }  // namespace distillery

@@ -166,6 +166,15 @@ absl::Status Network::Backward(const Tensor& grad_logits) {
 void Network::SetPrecision(Precision precision) {
   precision_ = precision;
   for (const auto& layer : layers_) layer->SetPrecision(precision);
+  // In bf16, a producer gives its training output in bf16 when the next
+  // layer that runs takes it (common/nn/layer.h).
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    size_t next = i + 1;
+    while (next < layers_.size() && fused_away_[next]) ++next;
+    const bool bf16 = precision == Precision::kBF16 && next < layers_.size() &&
+                      layers_[next]->TakesBf16InTraining();
+    layers_[i]->SetTrainingOutputBf16(bf16);
+  }
 }
 
 void Network::MarkParametersChanged() {

@@ -89,13 +89,21 @@ class Network {
   // (common/tensor/precision.h; f32 by default): in bf16 the fully connected
   // and convolution layers compute forward, backward-data and
   // backward-weights products in bf16 with f32 accumulation
-  // (common/nn/layers/linear_layer.h, conv2d_layer.h); gradients stay f32,
-  // and every other layer computes in f32. bf16 copies of the
+  // (common/nn/layers/linear_layer.h, conv2d_layer.h), and in training the
+  // image activations between convolutions, batch norms and poolings, and
+  // their gradients, are bf16 (common/nn/layer.h); parameter gradients
+  // stay f32, and every other layer computes in f32. bf16 copies of the
   // weights are made on the next Forward after Parameters() or Backward
   // (through which every change of weights goes: the optimizer and
   // checkpoint loading hold what Parameters() gave).
   void SetPrecision(Precision precision);
   Precision precision() const { return precision_; }
+
+  // For tests and logs: the element type of layer i's output in the last
+  // Forward (not Infer; a skipped ReLU's is its input's); f32 before any.
+  DataType ForwardOutputType(size_t i) const {
+    return i < outputs_.size() && outputs_[i] != nullptr ? outputs_[i]->dtype() : DataType::kF32;
+  }
 
   // A deep copy with the same weights, buffers and precision (fresh
   // primitives).

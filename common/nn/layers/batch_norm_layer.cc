@@ -128,7 +128,8 @@ void BatchNormLayer::Build(Kind kind, Primitives* entry) const {
 absl::Status BatchNormLayer::GetPrimitives(const Tensor& input, Kind kind,
                                            Primitives** primitives) {
   const ShapeKey key = {input.dim(0), input.rank() == 4 ? input.dim(2) : 1,
-                        input.rank() == 4 ? input.dim(3) : 1, static_cast<int64_t>(input.layout())};
+                        input.rank() == 4 ? input.dim(3) : 1, static_cast<int64_t>(input.layout()),
+                        static_cast<int64_t>(input.dtype())};
   Primitives* found = primitives_by_shape_.Find(key);
   if (found == nullptr || !found->has[kind]) {
     // Built in a copy (primitives are handles), so that a failure leaves the
@@ -137,7 +138,7 @@ absl::Status BatchNormLayer::GetPrimitives(const Tensor& input, Kind kind,
     if (found != nullptr) {
       built = *found;
     } else {
-      built.data = TensorDesc({key[0], channels_, key[1], key[2]}, input.layout());
+      built.data = TensorDesc({key[0], channels_, key[1], key[2]}, input.layout(), input.dtype());
       built.stats = PlainVectorDesc(channels_);
     }
     try {
@@ -169,11 +170,11 @@ absl::Status BatchNormLayer::Forward(const Tensor& input, bool training, Tensor*
       !s.ok()) {
     return s;
   }
-  output->Reshape(input.shape());
+  output->Reshape(input.shape(), input.dtype());
   output->SetLayout(input.layout());
   const dnnl::engine& engine = context_->engine();
-  memory src(p->data, engine, const_cast<float*>(input.data()));
-  memory dst(p->data, engine, output->data());
+  memory src(p->data, engine, const_cast<void*>(input.raw_data()));
+  memory dst(p->data, engine, output->raw_data());
   memory scale(p->stats, engine, gamma_.value.data());
   memory shift(p->stats, engine, beta_.value.data());
   last_forward_training_ = training;
@@ -185,7 +186,7 @@ absl::Status BatchNormLayer::Forward(const Tensor& input, bool training, Tensor*
                                           {DNNL_ARG_SCALE, scale}, {DNNL_ARG_SHIFT, shift},
                                           {DNNL_ARG_MEAN, mean},   {DNNL_ARG_VARIANCE, variance}};
   ForwardRecord& record = forwards_[training ? 1 : 0];
-  record.output = output->data();
+  record.output = output->raw_data();
   if (fused_relu_) {
     record.mask.resize(p->workspace.get_size());
     args.insert({DNNL_ARG_WORKSPACE, memory(p->workspace, engine, record.mask.data())});
@@ -216,15 +217,16 @@ absl::Status BatchNormLayer::Backward(const Tensor& input, const Tensor& output,
         absl::StrCat(Describe(), " Backward: gradient shape ", ShapeString(grad_output.shape()),
                      " does not match output ", ShapeString(input.shape())));
   }
-  if (grad_output.layout() != input.layout()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(Describe(), " Backward: gradient layout ", LayoutName(grad_output.layout()),
-                     " does not match the input's ", LayoutName(input.layout())));
+  if (grad_output.layout() != input.layout() || grad_output.dtype() != input.dtype()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        Describe(), " Backward: gradient layout and type ", LayoutName(grad_output.layout()), " ",
+        DataTypeName(grad_output.dtype()), " do not match the input's ", LayoutName(input.layout()),
+        " ", DataTypeName(input.dtype())));
   }
   // The Forward that wrote `output` (see the header).
   bool training = last_forward_training_;
-  if (forwards_[training ? 1 : 0].output != output.data() &&
-      forwards_[training ? 0 : 1].output == output.data()) {
+  if (forwards_[training ? 1 : 0].output != output.raw_data() &&
+      forwards_[training ? 0 : 1].output == output.raw_data()) {
     training = !training;
   }
   Primitives* p = nullptr;
@@ -234,12 +236,12 @@ absl::Status BatchNormLayer::Backward(const Tensor& input, const Tensor& output,
   }
   // oneDNN always computes the data gradient.
   Tensor* diff_src_tensor = grad_input != nullptr ? grad_input : &scratch_grad_input_;
-  diff_src_tensor->Reshape(input.shape());
+  diff_src_tensor->Reshape(input.shape(), input.dtype());
   diff_src_tensor->SetLayout(input.layout());
   const dnnl::engine& engine = context_->engine();
-  memory src(p->data, engine, const_cast<float*>(input.data()));
-  memory diff_dst(p->data, engine, const_cast<float*>(grad_output.data()));
-  memory diff_src(p->data, engine, diff_src_tensor->data());
+  memory src(p->data, engine, const_cast<void*>(input.raw_data()));
+  memory diff_dst(p->data, engine, const_cast<void*>(grad_output.raw_data()));
+  memory diff_src(p->data, engine, diff_src_tensor->raw_data());
   memory scale(p->stats, engine, gamma_.value.data());
   // oneDNN 2.6's backward pass checks for the shift too (it does not use it).
   memory shift(p->stats, engine, beta_.value.data());

@@ -1,5 +1,8 @@
 // Batch normalization over channels on oneDNN batch-normalization
-// primitives (f32), with PyTorch's conventions.
+// primitives, with PyTorch's conventions. The data (input, output and their
+// gradients) are f32, or bf16 in bf16 training passes (TakesBf16InTraining:
+// the output and dL/dinput in the input's type); the statistics, the
+// arithmetic and gamma, beta and their gradients are f32 either way.
 //
 // Shapes:
 //   input (batch, C, rows, cols) or (batch, C) (read as (batch, C, 1, 1));
@@ -63,6 +66,7 @@ class BatchNormLayer : public Layer {
   // Takes (C, rows, cols) or (C) and gives the same shape.
   absl::StatusOr<Shape> OutputShape(const Shape& example_shape) const override;
   bool TakesBlocked() const override { return true; }
+  bool TakesBf16InTraining() const override { return true; }
   bool SetFusedRelu(bool fuse) override;
   bool FusedRelu() const override { return fused_relu_; }
   absl::Status Forward(const Tensor& input, bool training, Tensor* output) override;
@@ -105,7 +109,7 @@ class BatchNormLayer : public Layer {
     dnnl::batch_normalization_backward backward_training;
     dnnl::batch_normalization_backward backward_inference;  // use_global_stats
   };
-  using ShapeKey = std::array<int64_t, 4>;  // batch, rows, cols, layout
+  using ShapeKey = std::array<int64_t, 5>;  // batch, rows, cols, layout, type
   absl::Status CheckInput(const char* what, const Tensor& input) const;
   // The entry for `input`'s shape with primitive `kind` built. The pointer
   // is valid until the next call.
@@ -130,7 +134,7 @@ class BatchNormLayer : public Layer {
   // so that an inference pass between a training Forward and its Backward
   // (Network::Infer) changes nothing.
   struct ForwardRecord {
-    const float* output = nullptr;
+    const void* output = nullptr;
     std::vector<uint8_t> mask;
   };
   std::array<ForwardRecord, 2> forwards_;

@@ -124,13 +124,15 @@ Conv2dLayer::Bridge Conv2dLayer::MakeBridge(const memory::desc& plain, const mem
 }
 
 absl::Status Conv2dLayer::GetPrimitives(const Tensor& input, bool backward, bool bf16,
-                                        Primitives** primitives) {
+                                        bool bf16_output, Primitives** primitives) {
   const ShapeKey key = {input.dim(0),
                         input.dim(2),
                         input.dim(3),
                         static_cast<int64_t>(input.layout()),
                         allow_blocked_output_ ? 1 : 0,
-                        bf16 ? 1 : 0};
+                        bf16 ? 1 : 0,
+                        static_cast<int64_t>(input.dtype()),
+                        bf16_output ? 1 : 0};
   Primitives* found = primitives_by_shape_.Find(key);
   if (found != nullptr && (!backward || found->has_backward)) {
     *primitives = found;
@@ -138,7 +140,7 @@ absl::Status Conv2dLayer::GetPrimitives(const Tensor& input, bool backward, bool
   }
   try {
     if (found == nullptr) {
-      absl::StatusOr<Primitives> built = BuildForward(input, bf16);
+      absl::StatusOr<Primitives> built = BuildForward(input, bf16, bf16_output);
       if (!built.ok()) return built.status();
       found = primitives_by_shape_.Insert(key, std::move(*built));
       // Whatever entry held the last Forward's reordered input may be gone.
@@ -171,8 +173,8 @@ memory::desc Conv2dLayer::WeightsDesc() const {
       kF32, memory::format_tag::goihw);
 }
 
-absl::StatusOr<Conv2dLayer::Primitives> Conv2dLayer::BuildForward(const Tensor& input,
-                                                                  bool bf16) const {
+absl::StatusOr<Conv2dLayer::Primitives> Conv2dLayer::BuildForward(const Tensor& input, bool bf16,
+                                                                  bool bf16_output) const {
   absl::StatusOr<Shape> out = OutputShape({input.dim(1), input.dim(2), input.dim(3)});
   if (!out.ok()) return out.status();
   const Conv2dOptions& o = options_;
@@ -180,17 +182,18 @@ absl::StatusOr<Conv2dLayer::Primitives> Conv2dLayer::BuildForward(const Tensor& 
   Primitives p;
   p.plain_src = Nchw({batch, o.in_channels, rows, cols});
   p.plain_dst = Nchw({batch, o.out_channels, (*out)[1], (*out)[2]});
-  p.src = TensorDesc({batch, o.in_channels, rows, cols}, input.layout());
+  p.src = TensorDesc({batch, o.in_channels, rows, cols}, input.layout(), input.dtype());
   p.bias = PlainVectorDesc(o.out_channels);
   p.weights = WeightsDesc();
-  // bf16: the bridges convert the input and weights into bf16; the output
-  // stays f32.
+  // bf16: the bridges convert the input (unless bf16 already) and weights
+  // into bf16; the output is f32 unless bf16_output.
   const auto type = bf16 ? kBf16 : kF32;
-  ForwardPd forward_pd =
-      o.layout != ConvLayout::kPlain
-          ? ForwardDesc(p, AnyOf(p.plain_src, type), AnyOf(p.weights, type),
-                        AnyOf(p.plain_dst, kF32))
-          : ForwardDesc(p, PlainOf(p.plain_src, type), PlainOf(p.weights, type), p.plain_dst);
+  const auto dst_type = bf16_output ? kBf16 : kF32;
+  ForwardPd forward_pd = o.layout != ConvLayout::kPlain
+                             ? ForwardDesc(p, AnyOf(p.plain_src, type), AnyOf(p.weights, type),
+                                           AnyOf(p.plain_dst, dst_type))
+                             : ForwardDesc(p, PlainOf(p.plain_src, type), PlainOf(p.weights, type),
+                                           PlainOf(p.plain_dst, dst_type));
   // kAuto's fallback to plain applies to f32 only: the bf16 forward keeps
   // oneDNN's layouts, whose one padding on MNIST's shapes is a 1-channel
   // layer's small weights to channel pairs (16x1x5x5 to 16x2x5x5); the
@@ -205,7 +208,7 @@ absl::StatusOr<Conv2dLayer::Primitives> Conv2dLayer::BuildForward(const Tensor& 
   // the next layer takes.
   const std::optional<Layout> chosen = LayoutOfDesc(forward_pd.dst_desc());
   p.dst_layout = allow_blocked_output_ && chosen.has_value() ? *chosen : Layout::kPlain;
-  p.dst = p.dst_layout == Layout::kPlain ? p.plain_dst : forward_pd.dst_desc();
+  p.dst = p.dst_layout == Layout::kPlain ? PlainOf(p.plain_dst, dst_type) : forward_pd.dst_desc();
   p.forward = dnnl::convolution_forward(forward_pd);
   p.forward_src = MakeBridge(p.src, forward_pd.src_desc(), true);
   p.forward_weights = MakeBridge(p.weights, forward_pd.weights_desc(), true);
@@ -221,8 +224,10 @@ void Conv2dLayer::AddBackward(bool bf16, Primitives* entry) const {
   const dnnl::engine& engine = context_->engine();
   const auto algorithm = dnnl::algorithm::convolution_direct;
   // In bf16 the products read bf16 copies of the input, the weights and
-  // dL/doutput, and write f32 dL/dinput and f32 weight gradients.
+  // dL/doutput, and write dL/dinput in the input's type and f32 weight
+  // gradients.
   const auto type = bf16 ? kBf16 : kF32;
+  const auto diff_src_type = p.src.data_type();
   auto data_of = [&](const memory::desc& diff_src, const memory::desc& weights,
                      const memory::desc& diff_dst) {
     return DataPd(dnnl::convolution_backward_data::desc(algorithm, diff_src, weights, diff_dst,
@@ -240,12 +245,13 @@ void Conv2dLayer::AddBackward(bool bf16, Primitives* entry) const {
   auto layout_of = [any](const memory::desc& plain, memory::data_type t) {
     return any ? AnyOf(plain, t) : PlainOf(plain, t);
   };
-  DataPd data_pd = data_of(layout_of(p.plain_src, kF32), layout_of(p.weights, type),
+  DataPd data_pd = data_of(layout_of(p.plain_src, diff_src_type), layout_of(p.weights, type),
                            layout_of(p.plain_dst, type));
   if (o.layout == ConvLayout::kAuto && !Compact({{data_pd.diff_src_desc(), p.plain_src},
                                                  {data_pd.weights_desc(), p.weights},
                                                  {data_pd.diff_dst_desc(), p.plain_dst}})) {
-    data_pd = data_of(p.plain_src, PlainOf(p.weights, type), PlainOf(p.plain_dst, type));
+    data_pd = data_of(PlainOf(p.plain_src, diff_src_type), PlainOf(p.weights, type),
+                      PlainOf(p.plain_dst, type));
   }
   auto compact_weights = [&p](const WeightsPd& pd) {
     return Compact({{pd.src_desc(), p.plain_src},
@@ -319,25 +325,29 @@ absl::Status Conv2dLayer::RunForward(const dnnl::convolution_forward& forward, B
 absl::Status Conv2dLayer::Forward(const Tensor& input, bool training, Tensor* output) {
   if (absl::Status s = CheckInput("Forward", input); !s.ok()) return s;
   const bool bf16 = precision_ == Precision::kBF16;
-  if (input.dtype() == DataType::kBF16 && (training || !bf16)) {
+  if (input.dtype() == DataType::kBF16 && !bf16) {
     return absl::InvalidArgumentError(
-        absl::StrCat(Describe(), " Forward: a bf16 input is for bf16 inference passes only"));
+        absl::StrCat(Describe(), " Forward: a bf16 input is for bf16 passes only"));
   }
   if (bf16 && !training) return InferBf16(input, output);
+  const bool bf16_output = bf16 && training_output_bf16_;
   Primitives* p = nullptr;
-  if (absl::Status s = GetPrimitives(input, /*backward=*/false, bf16, &p); !s.ok()) return s;
+  if (absl::Status s = GetPrimitives(input, /*backward=*/false, bf16, bf16_output, &p); !s.ok()) {
+    return s;
+  }
   const memory::dims& dst_dims = p->dst.dims();
-  output->Reshape({dst_dims[0], dst_dims[1], dst_dims[2], dst_dims[3]});
+  output->Reshape({dst_dims[0], dst_dims[1], dst_dims[2], dst_dims[3]},
+                  bf16_output ? DataType::kBF16 : DataType::kF32);
   output->SetLayout(p->dst_layout);
   const dnnl::engine& engine = context_->engine();
   const absl::Status s = RunForward(p->forward, p->forward_src, p->forward_weights, p->forward_dst,
-                                    memory(p->src, engine, const_cast<float*>(input.data())),
+                                    memory(p->src, engine, const_cast<void*>(input.raw_data())),
                                     memory(p->weights, engine, weight_.value.data()),
                                     memory(p->bias, engine, bias_.value.data()),
-                                    memory(p->dst, engine, output->data()));
+                                    memory(p->dst, engine, output->raw_data()));
   // Backward may reuse this reordered input (same precision: the same
   // entry), once the forward pass has made it.
-  last_input_ = s.ok() ? input.data() : nullptr;
+  last_input_ = s.ok() ? input.raw_data() : nullptr;
   last_input_shape_ = input.shape();
   last_input_bf16_ = bf16;
   return s;
@@ -346,13 +356,17 @@ absl::Status Conv2dLayer::Forward(const Tensor& input, bool training, Tensor* ou
 absl::Status Conv2dLayer::Backward(const Tensor& input, const Tensor& /*output*/,
                                    const Tensor& grad_output, Tensor* grad_input) {
   if (absl::Status s = CheckInput("Backward", input); !s.ok()) return s;
-  if (input.dtype() != DataType::kF32 || grad_output.dtype() != DataType::kF32) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(Describe(), " Backward: takes f32 input and gradient"));
-  }
-  Primitives* p = nullptr;
   const bool bf16 = precision_ == Precision::kBF16;
-  if (absl::Status s = GetPrimitives(input, /*backward=*/true, bf16, &p); !s.ok()) return s;
+  if (!bf16 && (input.dtype() != DataType::kF32 || grad_output.dtype() != DataType::kF32)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Describe(), " Backward: takes f32 input and gradient in f32"));
+  }
+  // dL/doutput has the type of the output of the Forward it differentiates.
+  const bool bf16_output = grad_output.dtype() == DataType::kBF16;
+  Primitives* p = nullptr;
+  if (absl::Status s = GetPrimitives(input, /*backward=*/true, bf16, bf16_output, &p); !s.ok()) {
+    return s;
+  }
   const memory::dims& dst_dims = p->dst.dims();
   const Shape out_shape = {dst_dims[0], dst_dims[1], dst_dims[2], dst_dims[3]};
   if (grad_output.shape() != out_shape) {
@@ -366,8 +380,8 @@ absl::Status Conv2dLayer::Backward(const Tensor& input, const Tensor& /*output*/
                      " does not match the output's ", LayoutName(p->dst_layout)));
   }
   const dnnl::engine& engine = context_->engine();
-  memory src(p->src, engine, const_cast<float*>(input.data()));
-  memory diff_dst(p->dst, engine, const_cast<float*>(grad_output.data()));
+  memory src(p->src, engine, const_cast<void*>(input.raw_data()));
+  memory diff_dst(p->dst, engine, const_cast<void*>(grad_output.raw_data()));
   memory diff_weights(p->weights, engine, weight_.grad.data());
   memory diff_bias(p->bias, engine, bias_.grad.data());
   auto reorder = [this](const char* what, const Bridge& b, const memory& from, const memory& to) {
@@ -380,7 +394,7 @@ absl::Status Conv2dLayer::Backward(const Tensor& input, const Tensor& /*output*/
     // The forward pass reordered this very input already when it wanted the
     // same layout.
     const bool reuse = p->forward_src.needed && p->forward_src.inner == p->weights_src.inner &&
-                       last_input_ == input.data() && last_input_shape_ == input.shape() &&
+                       last_input_ == input.raw_data() && last_input_shape_ == input.shape() &&
                        last_input_bf16_ == bf16;
     src_used = reuse ? p->forward_src.buffer : p->weights_src.buffer;
     if (!reuse) {
@@ -419,9 +433,9 @@ absl::Status Conv2dLayer::Backward(const Tensor& input, const Tensor& /*output*/
   if (grad_input == nullptr) return absl::OkStatus();
 
   // Data.
-  grad_input->Reshape(input.shape());
+  grad_input->Reshape(input.shape(), input.dtype());
   grad_input->SetLayout(input.layout());
-  memory diff_src(p->src, engine, grad_input->data());
+  memory diff_src(p->src, engine, grad_input->raw_data());
   memory weights(p->weights, engine, weight_.value.data());
   memory diff_dst_for_data = diff_dst;
   if (p->data_diff_dst.needed) {

@@ -113,8 +113,16 @@ class Conv2dLayer : public Layer {
   // the weights to an f32 output (f32 bias); Backward computes dL/dinput
   // from bf16 dL/doutput and weights, and dL/dW from bf16 input and
   // dL/doutput, both in f32 (dL/db in f32). The f32 weights stay the
-  // master copy.
+  // master copy. Training passes also take a bf16 input as it is, and then
+  // give dL/dinput in bf16 (rounded once from the f32 accumulation); told
+  // so (SetTrainingOutputBf16), they give the output rounded to bf16, and
+  // Backward then takes a bf16 dL/doutput.
   void SetPrecision(Precision precision) override { precision_ = precision; }
+  bool TakesBf16InTraining() const override { return precision_ == Precision::kBF16; }
+  bool SetTrainingOutputBf16(bool bf16) override {
+    training_output_bf16_ = bf16;
+    return true;
+  }
   // Inference in bf16 runs its own primitive (forward_inference, so oneDNN
   // may pick another kernel than training's) with f32 accumulation: the
   // input may be bf16 (TakesBf16), in any layout the layer takes; a
@@ -173,8 +181,9 @@ class Conv2dLayer : public Layer {
     Bridge weights_src, weights_diff_dst, weights_diff_weights;
   };
   // batch, rows, cols, input layout, whether blocked output is allowed,
-  // whether the products are bf16
-  using ShapeKey = std::array<int64_t, 6>;
+  // whether the products are bf16, the input's type, whether the output
+  // (and dL/doutput) is bf16
+  using ShapeKey = std::array<int64_t, 8>;
   // A bf16 inference pass's primitive and bridges for one input shape and
   // one setting of its inference output: src in the input's layout and
   // type, dst in the output's (dst_layout, dst_type), weights plain f32.
@@ -190,13 +199,14 @@ class Conv2dLayer : public Layer {
   using InferenceKey = std::array<int64_t, 8>;
   absl::Status CheckOptions() const;
   absl::Status CheckInput(const char* what, const Tensor& input) const;
-  // The entry for `input`'s shape and the precision (`bf16`), with the
-  // backward primitives built when `backward`. The pointer is valid until
-  // the next call. The helpers below throw dnnl::error, which it converts.
-  absl::Status GetPrimitives(const Tensor& input, bool backward, bool bf16,
+  // The entry for `input`'s shape and type, the precision (`bf16`) and the
+  // output's type (`bf16_output`), with the backward primitives built when
+  // `backward`. The pointer is valid until the next call. The helpers below
+  // throw dnnl::error, which it converts.
+  absl::Status GetPrimitives(const Tensor& input, bool backward, bool bf16, bool bf16_output,
                              Primitives** primitives);
-  // The forward primitive and its bridges for `input`'s shape.
-  absl::StatusOr<Primitives> BuildForward(const Tensor& input, bool bf16) const;
+  // The forward primitive and its bridges for `input`'s shape and type.
+  absl::StatusOr<Primitives> BuildForward(const Tensor& input, bool bf16, bool bf16_output) const;
   dnnl::convolution_forward::primitive_desc ForwardDesc(const Primitives& p,
                                                         const dnnl::memory::desc& src,
                                                         const dnnl::memory::desc& weights,
@@ -228,6 +238,7 @@ class Conv2dLayer : public Layer {
   Conv2dOptions options_;
   DnnlContext* context_;
   bool allow_blocked_output_ = false;
+  bool training_output_bf16_ = false;  // SetTrainingOutputBf16's
   Precision precision_ = Precision::kF32;
   Parameter weight_;
   Parameter bias_;
@@ -243,9 +254,9 @@ class Conv2dLayer : public Layer {
   // The input of the last Forward, whose reordered copy in
   // forward_src.buffer Backward reuses; cleared when a new cache entry may
   // have evicted that buffer.
-  const float* last_input_ = nullptr;
+  const void* last_input_ = nullptr;
   Shape last_input_shape_;
-  bool last_input_bf16_ = false;
+  bool last_input_bf16_ = false;  // the products' precision
 };
 
 }  // namespace distillery

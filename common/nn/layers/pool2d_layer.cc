@@ -179,9 +179,9 @@ bool Pool2dLayer::SetInferenceOutput(bool relu, DataType type) {
 
 absl::Status Pool2dLayer::Forward(const Tensor& input, bool training, Tensor* output) {
   if (absl::Status s = CheckInput("Forward", input); !s.ok()) return s;
-  if (input.dtype() == DataType::kBF16 && (training || precision_ != Precision::kBF16)) {
+  if (input.dtype() == DataType::kBF16 && precision_ != Precision::kBF16) {
     return absl::InvalidArgumentError(
-        absl::StrCat(Describe(), " Forward: a bf16 input is for bf16 inference passes only"));
+        absl::StrCat(Describe(), " Forward: a bf16 input is for bf16 passes only"));
   }
   Primitives* p = nullptr;
   if (absl::Status s = GetPrimitives(input, training, &p); !s.ok()) return s;
@@ -217,9 +217,13 @@ absl::Status Pool2dLayer::Forward(const Tensor& input, bool training, Tensor* ou
 absl::Status Pool2dLayer::Backward(const Tensor& input, const Tensor& output,
                                    const Tensor& grad_output, Tensor* grad_input) {
   if (absl::Status s = CheckInput("Backward", input); !s.ok()) return s;
-  if (input.dtype() != DataType::kF32 || grad_output.dtype() != DataType::kF32) {
+  if (grad_output.dtype() != input.dtype() ||
+      (input.dtype() == DataType::kBF16 && precision_ != Precision::kBF16)) {
     return absl::InvalidArgumentError(
-        absl::StrCat(Describe(), " Backward: takes f32 input and gradient"));
+        absl::StrCat(Describe(),
+                     " Backward: takes an input and gradient of one type (bf16 in bf16 passes "
+                     "only), got ",
+                     DataTypeName(input.dtype()), " and ", DataTypeName(grad_output.dtype())));
   }
   if (grad_input == nullptr) return absl::OkStatus();
   Primitives* p = nullptr;
@@ -245,11 +249,11 @@ absl::Status Pool2dLayer::Backward(const Tensor& input, const Tensor& output,
     return absl::FailedPreconditionError(
         absl::StrCat(Describe(), " Backward needs a training Forward before it"));
   }
-  grad_input->Reshape(input.shape());
+  grad_input->Reshape(input.shape(), input.dtype());
   grad_input->SetLayout(input.layout());
   const dnnl::engine& engine = context_->engine();
-  memory diff_dst(p->dst, engine, const_cast<float*>(grad_output.data()));
-  memory diff_src(p->src, engine, grad_input->data());
+  memory diff_dst(p->dst, engine, const_cast<void*>(grad_output.raw_data()));
+  memory diff_src(p->src, engine, grad_input->raw_data());
   std::unordered_map<int, memory> args = {{DNNL_ARG_DIFF_DST, diff_dst},
                                           {DNNL_ARG_DIFF_SRC, diff_src}};
   if (p->has_workspace) args[DNNL_ARG_WORKSPACE] = p->workspace;

@@ -1,5 +1,5 @@
 // 2-D max and average pooling on oneDNN pooling primitives (f32; and bf16
-// in bf16 inference passes).
+// in bf16 passes).
 //
 // Shapes (NCHW; the layer also takes channel-blocked inputs and then gives
 // blocked outputs and gradients, common/nn/layer.h):
@@ -76,12 +76,15 @@ class Pool2dLayer : public Layer {
   absl::Status Backward(const Tensor& input, const Tensor& output, const Tensor& grad_output,
                         Tensor* grad_input) override;
 
-  // In bf16 (SetPrecision) an inference Forward also takes a bf16 input
-  // (TakesBf16) and pools it in bf16, which loses nothing for max pooling;
-  // its output is in the type SetInferenceOutput asked for (converted when
-  // that is not the input's). Training passes are f32.
+  // In bf16 (SetPrecision) a Forward also takes a bf16 input (TakesBf16,
+  // TakesBf16InTraining) and pools it in bf16, which loses nothing for max
+  // pooling. A training Forward gives its output in the input's type, and
+  // Backward then takes dL/doutput and gives dL/dinput in it; an inference
+  // Forward gives the type SetInferenceOutput asked for (converted when that
+  // is not the input's).
   void SetPrecision(Precision precision) override { precision_ = precision; }
   bool TakesBf16() const override { return precision_ == Precision::kBF16; }
+  bool TakesBf16InTraining() const override { return precision_ == Precision::kBF16; }
   bool SetInferenceOutput(bool relu, DataType type) override;
 
   const Pool2dOptions& options() const { return options_; }
