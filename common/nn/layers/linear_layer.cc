@@ -198,9 +198,10 @@ absl::Status LinearLayer::GetBf16TrainingPrimitives(int64_t batch, bool backward
 absl::Status LinearLayer::AddBf16Backward(int64_t batch, Bf16TrainingPrimitives* p) {
   try {
     const dnnl::engine& engine = context_->engine();
-    // dL/doutput (batch x out) read as its transpose (out x batch).
-    const memory::desc grad_transposed({out_features_, batch}, memory::data_type::bf16,
-                                       memory::format_tag::ba);
+    // dL/doutput^T (out x batch), from a transposing conversion: a matmul
+    // reading dL/doutput as its transpose (format ba) took 1.11 ms against
+    // 0.86 on the AMX Xeon (a 3136 -> 512 layer at batch 128, 2 threads).
+    const memory::desc grad_transposed = Bf16MatrixDesc(out_features_, batch);
     dnnl::matmul::primitive_desc data_pd(
         dnnl::matmul::desc(Bf16MatrixDesc(batch, out_features_),
                            Bf16MatrixDesc(out_features_, in_features_),
@@ -213,6 +214,9 @@ absl::Status LinearLayer::AddBf16Backward(int64_t batch, Bf16TrainingPrimitives*
     p->grad_to_bf16 =
         dnnl::reorder(dnnl::reorder::primitive_desc(engine, PlainMatrixDesc(batch, out_features_),
                                                     engine, Bf16MatrixDesc(batch, out_features_)));
+    p->grad_to_bf16_transposed = dnnl::reorder(dnnl::reorder::primitive_desc(
+        engine, PlainMatrixDesc(batch, out_features_), engine,
+        memory::desc({batch, out_features_}, memory::data_type::bf16, memory::format_tag::ba)));
     p->backward_data = dnnl::matmul(data_pd);
     p->backward_weights = dnnl::matmul(weights_pd);
     p->has_backward = true;
@@ -246,11 +250,13 @@ absl::Status LinearLayer::ConvertWeights(const memory::desc& desc) {
 }
 
 absl::Status LinearLayer::ToBf16(const char* what, const dnnl::reorder& reorder, const float* from,
-                                 int64_t rows, int64_t cols, Tensor* to) {
+                                 int64_t rows, int64_t cols, Tensor* to, bool transposed) {
   const dnnl::engine& engine = context_->engine();
-  to->Reshape({rows, cols}, DataType::kBF16);
+  to->Reshape(transposed ? Shape{cols, rows} : Shape{rows, cols}, DataType::kBF16);
   memory source(PlainMatrixDesc(rows, cols), engine, const_cast<float*>(from));
-  memory target(Bf16MatrixDesc(rows, cols), engine, to->raw_data());
+  memory target(memory::desc({rows, cols}, memory::data_type::bf16,
+                             transposed ? memory::format_tag::ba : memory::format_tag::ab),
+                engine, to->raw_data());
   return context_->Execute(what, reorder, {{DNNL_ARG_FROM, source}, {DNNL_ARG_TO, target}});
 }
 
@@ -320,8 +326,10 @@ absl::Status LinearLayer::PrepareBf16Backward(const Bf16TrainingPrimitives& p, c
     bf16_training_source_ = input.data();
     bf16_training_rows_ = batch;
   }
-  return ToBf16("bf16 gradient", p.grad_to_bf16, grad_output.data(), batch, out_features_,
-                &bf16_grad_output_);
+  RETURN_IF_ERROR(ToBf16("bf16 gradient", p.grad_to_bf16, grad_output.data(), batch, out_features_,
+                         &bf16_grad_output_));
+  return ToBf16("bf16 gradient", p.grad_to_bf16_transposed, grad_output.data(), batch,
+                out_features_, &bf16_grad_output_transposed_, /*transposed=*/true);
 }
 
 absl::Status LinearLayer::BackwardBf16(const Tensor& input, const Tensor& grad_output,
@@ -331,9 +339,8 @@ absl::Status LinearLayer::BackwardBf16(const Tensor& input, const Tensor& grad_o
   RETURN_IF_ERROR(GetBf16TrainingPrimitives(batch, /*backward=*/true, &p));
   RETURN_IF_ERROR(PrepareBf16Backward(*p, input, grad_output));
   const dnnl::engine& engine = context_->engine();
-  memory grad_transposed(
-      memory::desc({out_features_, batch}, memory::data_type::bf16, memory::format_tag::ba), engine,
-      bf16_grad_output_.raw_data());
+  memory grad_transposed(Bf16MatrixDesc(out_features_, batch), engine,
+                         bf16_grad_output_transposed_.raw_data());
   memory src(Bf16MatrixDesc(batch, in_features_), engine, bf16_training_input_.raw_data());
   memory diff_weights(PlainMatrixDesc(out_features_, in_features_), engine, weight_.grad.data());
   RETURN_IF_ERROR(context_->Execute(

@@ -109,9 +109,10 @@ class LinearLayer : public Layer {
     dnnl::reorder input_to_bf16;  // f32 (batch x in) -> bf16 (batch x in)
     dnnl::matmul forward;         // input (batch x in) * W^T + b -> f32 (batch x out)
     bool has_backward = false;
-    dnnl::reorder grad_to_bf16;     // f32 (batch x out) -> bf16 (batch x out)
-    dnnl::matmul backward_data;     // dL/doutput (batch x out) * W -> f32 (batch x in)
-    dnnl::matmul backward_weights;  // dL/doutput^T * input -> f32 (out x in)
+    dnnl::reorder grad_to_bf16;             // f32 (batch x out) -> bf16 (batch x out)
+    dnnl::reorder grad_to_bf16_transposed;  // f32 (batch x out) -> bf16 (out x batch)
+    dnnl::matmul backward_data;             // dL/doutput (batch x out) * W -> f32 (batch x in)
+    dnnl::matmul backward_weights;          // dL/doutput^T (out x batch) * input -> f32 (out x in)
   };
   absl::Status GetBf16TrainingPrimitives(int64_t batch, bool backward,
                                          Bf16TrainingPrimitives** primitives);
@@ -124,9 +125,10 @@ class LinearLayer : public Layer {
   absl::Status PrepareBf16Backward(const Bf16TrainingPrimitives& p, const Tensor& input,
                                    const Tensor& grad_output);
   // Converts the plain rows x cols f32 matrix at `from` into `*to` (plain
-  // bf16) with `reorder`, built for those shapes.
+  // bf16, or its cols x rows transpose when `transposed`) with `reorder`,
+  // built for those shapes.
   absl::Status ToBf16(const char* what, const dnnl::reorder& reorder, const float* from,
-                      int64_t rows, int64_t cols, Tensor* to);
+                      int64_t rows, int64_t cols, Tensor* to, bool transposed = false);
   // Makes bf16_weights_ from the f32 weights in `desc`'s layout, unless
   // they are already that and still valid. The reorder is built once per
   // layout, not per conversion (a training step converts the weights).
@@ -151,9 +153,10 @@ class LinearLayer : public Layer {
   Tensor bf16_training_input_;
   const float* bf16_training_source_ = nullptr;
   int64_t bf16_training_rows_ = 0;
-  Tensor bf16_grad_output_;  // Backward's dL/doutput converted to bf16
-  Tensor bf16_weights_;      // the weights in bf16, in bf16_weights_desc_'s layout (plain
-                             // for training passes, oneDNN's choice for inference)
+  Tensor bf16_grad_output_;             // Backward's dL/doutput converted to bf16
+  Tensor bf16_grad_output_transposed_;  // and its transpose
+  Tensor bf16_weights_;  // the weights in bf16, in bf16_weights_desc_'s layout (plain
+                         // for training passes, oneDNN's choice for inference)
   dnnl::memory::desc bf16_weights_desc_;
   bool bf16_weights_valid_ = false;
   dnnl::reorder weights_to_bf16_;            // f32 plain weights -> bf16_weights_desc_
