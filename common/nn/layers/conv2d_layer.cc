@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/nn/layers/conv2d_internal.h"
+#include "common/util/status_macros.h"
 
 namespace distillery {
 
@@ -294,32 +295,33 @@ void Conv2dLayer::AddBackward(bool bf16, Primitives* entry) const {
   p.has_backward = true;
 }
 
+absl::StatusOr<memory> Conv2dLayer::ToInner(const char* what, const Bridge& bridge,
+                                            const memory& plain) const {
+  if (!bridge.needed) return plain;
+  RETURN_IF_ERROR(context_->Execute(what, bridge.reorder,
+                                    {{DNNL_ARG_FROM, plain}, {DNNL_ARG_TO, bridge.buffer}}));
+  return bridge.buffer;
+}
+
+absl::Status Conv2dLayer::FromInner(const char* what, const Bridge& bridge, const memory& inner,
+                                    const memory& plain) const {
+  if (!bridge.needed) return absl::OkStatus();
+  return context_->Execute(what, bridge.reorder, {{DNNL_ARG_FROM, inner}, {DNNL_ARG_TO, plain}});
+}
+
 absl::Status Conv2dLayer::RunForward(const dnnl::convolution_forward& forward, Bridge& src_bridge,
                                      Bridge& weights_bridge, Bridge& dst_bridge, memory src,
                                      memory weights, memory bias, memory dst) const {
-  // Plain -> inner reorders of the inputs.
-  auto in = [this](const char* what, Bridge& b, memory* used) {
-    if (!b.needed) return absl::OkStatus();
-    const memory plain = *used;
-    *used = b.buffer;
-    return context_->Execute(what, b.reorder, {{DNNL_ARG_FROM, plain}, {DNNL_ARG_TO, b.buffer}});
-  };
-  if (absl::Status s = in("convolution src reorder", src_bridge, &src); !s.ok()) return s;
-  if (absl::Status s = in("convolution weights reorder", weights_bridge, &weights); !s.ok()) {
-    return s;
-  }
+  ASSIGN_OR_RETURN(const memory src_used, ToInner("convolution src reorder", src_bridge, src));
+  ASSIGN_OR_RETURN(const memory weights_used,
+                   ToInner("convolution weights reorder", weights_bridge, weights));
   const memory dst_used = dst_bridge.needed ? dst_bridge.buffer : dst;
-  if (absl::Status s = context_->Execute("convolution forward", forward,
-                                         {{DNNL_ARG_SRC, src},
-                                          {DNNL_ARG_WEIGHTS, weights},
-                                          {DNNL_ARG_BIAS, bias},
-                                          {DNNL_ARG_DST, dst_used}});
-      !s.ok()) {
-    return s;
-  }
-  if (!dst_bridge.needed) return absl::OkStatus();
-  return context_->Execute("convolution dst reorder", dst_bridge.reorder,
-                           {{DNNL_ARG_FROM, dst_used}, {DNNL_ARG_TO, dst}});
+  RETURN_IF_ERROR(context_->Execute("convolution forward", forward,
+                                    {{DNNL_ARG_SRC, src_used},
+                                     {DNNL_ARG_WEIGHTS, weights_used},
+                                     {DNNL_ARG_BIAS, bias},
+                                     {DNNL_ARG_DST, dst_used}}));
+  return FromInner("convolution dst reorder", dst_bridge, dst_used, dst);
 }
 
 absl::Status Conv2dLayer::Forward(const Tensor& input, bool training, Tensor* output) {
@@ -355,7 +357,7 @@ absl::Status Conv2dLayer::Forward(const Tensor& input, bool training, Tensor* ou
 
 absl::Status Conv2dLayer::Backward(const Tensor& input, const Tensor& /*output*/,
                                    const Tensor& grad_output, Tensor* grad_input) {
-  if (absl::Status s = CheckInput("Backward", input); !s.ok()) return s;
+  RETURN_IF_ERROR(CheckInput("Backward", input));
   const bool bf16 = precision_ == Precision::kBF16;
   if (!bf16 && (input.dtype() != DataType::kF32 || grad_output.dtype() != DataType::kF32)) {
     return absl::InvalidArgumentError(
@@ -364,9 +366,7 @@ absl::Status Conv2dLayer::Backward(const Tensor& input, const Tensor& /*output*/
   // dL/doutput has the type of the output of the Forward it differentiates.
   const bool bf16_output = grad_output.dtype() == DataType::kBF16;
   Primitives* p = nullptr;
-  if (absl::Status s = GetPrimitives(input, /*backward=*/true, bf16, bf16_output, &p); !s.ok()) {
-    return s;
-  }
+  RETURN_IF_ERROR(GetPrimitives(input, /*backward=*/true, bf16, bf16_output, &p));
   const memory::dims& dst_dims = p->dst.dims();
   const Shape out_shape = {dst_dims[0], dst_dims[1], dst_dims[2], dst_dims[3]};
   if (grad_output.shape() != out_shape) {
@@ -379,96 +379,65 @@ absl::Status Conv2dLayer::Backward(const Tensor& input, const Tensor& /*output*/
         absl::StrCat(Describe(), " Backward: gradient layout ", LayoutName(grad_output.layout()),
                      " does not match the output's ", LayoutName(p->dst_layout)));
   }
-  const dnnl::engine& engine = context_->engine();
-  memory src(p->src, engine, const_cast<void*>(input.raw_data()));
-  memory diff_dst(p->dst, engine, const_cast<void*>(grad_output.raw_data()));
-  memory diff_weights(p->weights, engine, weight_.grad.data());
-  memory diff_bias(p->bias, engine, bias_.grad.data());
-  auto reorder = [this](const char* what, const Bridge& b, const memory& from, const memory& to) {
-    return context_->Execute(what, b.reorder, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}});
-  };
-
-  // Weights and bias.
-  memory src_used = src;
-  if (p->weights_src.needed) {
-    // The forward pass reordered this very input already when it wanted the
-    // same layout.
-    const bool reuse = p->forward_src.needed && p->forward_src.inner == p->weights_src.inner &&
-                       last_input_ == input.raw_data() && last_input_shape_ == input.shape() &&
-                       last_input_bf16_ == bf16;
-    src_used = reuse ? p->forward_src.buffer : p->weights_src.buffer;
-    if (!reuse) {
-      if (absl::Status s = reorder("convolution src reorder", p->weights_src, src, src_used);
-          !s.ok()) {
-        return s;
-      }
-    }
-  }
-  memory diff_dst_for_weights = diff_dst;
-  if (p->weights_diff_dst.needed) {
-    diff_dst_for_weights = p->weights_diff_dst.buffer;
-    if (absl::Status s = reorder("convolution diff_dst reorder", p->weights_diff_dst, diff_dst,
-                                 diff_dst_for_weights);
-        !s.ok()) {
-      return s;
-    }
-  }
-  memory diff_weights_used =
-      p->weights_diff_weights.needed ? p->weights_diff_weights.buffer : diff_weights;
-  if (absl::Status s = context_->Execute("convolution backward (weights)", p->backward_weights,
-                                         {{DNNL_ARG_SRC, src_used},
-                                          {DNNL_ARG_DIFF_DST, diff_dst_for_weights},
-                                          {DNNL_ARG_DIFF_WEIGHTS, diff_weights_used},
-                                          {DNNL_ARG_DIFF_BIAS, diff_bias}});
-      !s.ok()) {
-    return s;
-  }
-  if (p->weights_diff_weights.needed) {
-    if (absl::Status s = reorder("convolution diff_weights reorder", p->weights_diff_weights,
-                                 diff_weights_used, diff_weights);
-        !s.ok()) {
-      return s;
-    }
-  }
+  const memory diff_dst(p->dst, context_->engine(), const_cast<void*>(grad_output.raw_data()));
+  memory diff_dst_for_weights;
+  RETURN_IF_ERROR(BackwardWeights(*p, input, diff_dst, &diff_dst_for_weights));
   if (grad_input == nullptr) return absl::OkStatus();
+  return BackwardData(*p, input, diff_dst, diff_dst_for_weights, grad_input);
+}
 
-  // Data.
+absl::Status Conv2dLayer::BackwardWeights(const Primitives& p, const Tensor& input,
+                                          const memory& diff_dst, memory* diff_dst_used) {
+  const dnnl::engine& engine = context_->engine();
+  const memory src(p.src, engine, const_cast<void*>(input.raw_data()));
+  // The forward pass reordered this very input already when it wanted the
+  // same layout.
+  const bool reuse = p.weights_src.needed && p.forward_src.needed &&
+                     p.forward_src.inner == p.weights_src.inner &&
+                     last_input_ == input.raw_data() && last_input_shape_ == input.shape() &&
+                     last_input_bf16_ == (precision_ == Precision::kBF16);
+  memory src_used = p.forward_src.buffer;
+  if (!reuse) {
+    ASSIGN_OR_RETURN(src_used, ToInner("convolution src reorder", p.weights_src, src));
+  }
+  ASSIGN_OR_RETURN(*diff_dst_used,
+                   ToInner("convolution diff_dst reorder", p.weights_diff_dst, diff_dst));
+  const memory diff_weights(p.weights, engine, weight_.grad.data());
+  const memory diff_weights_used =
+      p.weights_diff_weights.needed ? p.weights_diff_weights.buffer : diff_weights;
+  RETURN_IF_ERROR(
+      context_->Execute("convolution backward (weights)", p.backward_weights,
+                        {{DNNL_ARG_SRC, src_used},
+                         {DNNL_ARG_DIFF_DST, *diff_dst_used},
+                         {DNNL_ARG_DIFF_WEIGHTS, diff_weights_used},
+                         {DNNL_ARG_DIFF_BIAS, memory(p.bias, engine, bias_.grad.data())}}));
+  return FromInner("convolution diff_weights reorder", p.weights_diff_weights, diff_weights_used,
+                   diff_weights);
+}
+
+absl::Status Conv2dLayer::BackwardData(const Primitives& p, const Tensor& input,
+                                       const memory& diff_dst, const memory& diff_dst_for_weights,
+                                       Tensor* grad_input) {
+  const dnnl::engine& engine = context_->engine();
   grad_input->Reshape(input.shape(), input.dtype());
   grad_input->SetLayout(input.layout());
-  memory diff_src(p->src, engine, grad_input->raw_data());
-  memory weights(p->weights, engine, weight_.value.data());
-  memory diff_dst_for_data = diff_dst;
-  if (p->data_diff_dst.needed) {
-    if (p->weights_diff_dst.needed && p->weights_diff_dst.inner == p->data_diff_dst.inner) {
-      diff_dst_for_data = diff_dst_for_weights;
-    } else {
-      diff_dst_for_data = p->data_diff_dst.buffer;
-      if (absl::Status s = reorder("convolution diff_dst reorder", p->data_diff_dst, diff_dst,
-                                   diff_dst_for_data);
-          !s.ok()) {
-        return s;
-      }
-    }
+  const memory diff_src(p.src, engine, grad_input->raw_data());
+  // The weights pass's reordered dL/doutput, when it is in the same layout.
+  memory diff_dst_used = diff_dst_for_weights;
+  if (!p.data_diff_dst.needed || !p.weights_diff_dst.needed ||
+      p.data_diff_dst.inner != p.weights_diff_dst.inner) {
+    ASSIGN_OR_RETURN(diff_dst_used,
+                     ToInner("convolution diff_dst reorder", p.data_diff_dst, diff_dst));
   }
-  memory weights_used = weights;
-  if (p->data_weights.needed) {
-    weights_used = p->data_weights.buffer;
-    if (absl::Status s =
-            reorder("convolution weights reorder", p->data_weights, weights, weights_used);
-        !s.ok()) {
-      return s;
-    }
-  }
-  memory diff_src_used = p->data_diff_src.needed ? p->data_diff_src.buffer : diff_src;
-  if (absl::Status s = context_->Execute("convolution backward (data)", p->backward_data,
-                                         {{DNNL_ARG_DIFF_DST, diff_dst_for_data},
-                                          {DNNL_ARG_WEIGHTS, weights_used},
-                                          {DNNL_ARG_DIFF_SRC, diff_src_used}});
-      !s.ok()) {
-    return s;
-  }
-  if (!p->data_diff_src.needed) return absl::OkStatus();
-  return reorder("convolution diff_src reorder", p->data_diff_src, diff_src_used, diff_src);
+  ASSIGN_OR_RETURN(const memory weights_used,
+                   ToInner("convolution weights reorder", p.data_weights,
+                           memory(p.weights, engine, weight_.value.data())));
+  const memory diff_src_used = p.data_diff_src.needed ? p.data_diff_src.buffer : diff_src;
+  RETURN_IF_ERROR(context_->Execute("convolution backward (data)", p.backward_data,
+                                    {{DNNL_ARG_DIFF_DST, diff_dst_used},
+                                     {DNNL_ARG_WEIGHTS, weights_used},
+                                     {DNNL_ARG_DIFF_SRC, diff_src_used}}));
+  return FromInner("convolution diff_src reorder", p.data_diff_src, diff_src_used, diff_src);
 }
 
 }  // namespace distillery

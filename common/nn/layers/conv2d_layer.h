@@ -222,6 +222,21 @@ class Conv2dLayer : public Layer {
   // layer's own.
   void FoldAffine(const float** weights, const float** bias);
   absl::Status InferBf16(const Tensor& input, Tensor* output);
+  // The memory a primitive reads for `plain`: `plain` itself, or the
+  // bridge's buffer after its reorder into it.
+  absl::StatusOr<dnnl::memory> ToInner(const char* what, const Bridge& bridge,
+                                       const dnnl::memory& plain) const;
+  // Reorders a primitive's output from the bridge's buffer `inner` into
+  // `plain`, when the bridge is needed.
+  absl::Status FromInner(const char* what, const Bridge& bridge, const dnnl::memory& inner,
+                         const dnnl::memory& plain) const;
+  // Backward's weight and bias gradients; *diff_dst_used is dL/doutput as
+  // the weights pass read it (BackwardData may read it too).
+  absl::Status BackwardWeights(const Primitives& p, const Tensor& input,
+                               const dnnl::memory& diff_dst, dnnl::memory* diff_dst_used);
+  // Backward's dL/dinput into `grad_input`, in the input's layout and type.
+  absl::Status BackwardData(const Primitives& p, const Tensor& input, const dnnl::memory& diff_dst,
+                            const dnnl::memory& diff_dst_for_weights, Tensor* grad_input);
   // Runs `forward` on src, weights and bias into dst, through the bridges'
   // reorders where they are needed.
   absl::Status RunForward(const dnnl::convolution_forward& forward, Bridge& src_bridge,
