@@ -61,7 +61,7 @@ Tensor OneByOne(const std::vector<std::unique_ptr<Layer>>& layers, const Tensor&
   for (size_t i = 0; i < layers.size(); ++i) {
     EXPECT_TRUE(layers[i]->Forward(current, /*training=*/false, &next).ok());
     current = next;
-    const bool hands_on_to_linear = i + 1 < layers.size() && layers[i]->IsReluInInference();
+    const bool hands_on_to_linear = i + 1 < layers.size() && layers[i]->IsRelu();
     if (round_hidden && hands_on_to_linear) {
       for (int64_t k = 0; k < current.size(); ++k) {
         current.data()[k] = RoundToBf16(current.data()[k]);

@@ -129,10 +129,11 @@ class Layer {
   // The arithmetic of the layer's matrix products. Layers without any (or
   // without a bf16 path yet) ignore it and compute in f32.
   virtual void SetPrecision(Precision /*precision*/) {}
+  // Whether the layer computes max(x, 0), in every pass (the ReLU that
+  // the layer before may fuse, see Fusion above).
+  virtual bool IsRelu() const { return false; }
   // Inference (Forward with training off) only; see Element types and
-  // Fusion above. Whether the layer computes max(x, 0) there:
-  virtual bool IsReluInInference() const { return false; }
-  // whether it is the identity there:
+  // Fusion above. Whether the layer is the identity there:
   virtual bool IdentityInInference() const { return false; }
   // whether it takes a bf16 input there:
   virtual bool TakesBf16() const { return false; }

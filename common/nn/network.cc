@@ -61,7 +61,7 @@ absl::Status Network::BuildLayers() {
   // A ReLU that the layer before it applies itself is skipped in every pass.
   fused_away_.assign(layers_.size(), false);
   for (size_t i = 0; i + 1 < layers_.size(); ++i) {
-    if (layers_[i + 1]->IsReluInInference() && layers_[i]->SetFusedRelu(true)) {
+    if (layers_[i + 1]->IsRelu() && layers_[i]->SetFusedRelu(true)) {
       fused_away_[i + 1] = true;
     }
   }

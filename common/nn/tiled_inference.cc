@@ -43,7 +43,7 @@ void TiledInference::MakePlan(const std::vector<std::unique_ptr<Layer>>& layers,
     }
     // A ReLU that the layer applies in every pass (Layer::SetFusedRelu), or
     // as an inference post-op.
-    const bool relu = next < layers.size() && layers[next]->IsReluInInference() &&
+    const bool relu = next < layers.size() && layers[next]->IsRelu() &&
                       (layer.FusedRelu() || layer.SetInferenceOutput(true, DataType::kF32));
     if (relu) next = NextRun(layers, next + 1);  // the ReLU is done
     if (next < layers.size() && layers[next]->TakesBf16()) {

@@ -45,7 +45,7 @@ class ActivationLayer : public Layer {
   absl::Status Backward(const Tensor& input, const Tensor& output, const Tensor& grad_output,
                         Tensor* grad_input) override;
 
-  bool IsReluInInference() const override { return kind_ == ActivationKind::kRelu; }
+  bool IsRelu() const override { return kind_ == ActivationKind::kRelu; }
   ActivationKind kind() const { return kind_; }
   float alpha() const { return alpha_; }
 
