@@ -33,10 +33,6 @@
 namespace distillery {
 namespace {
 
-#define SKIP_WITHOUT_BF16() \
-  if (!CpuHasNativeBf16())  \
-  GTEST_SKIP() << "oneDNN ISA " << CpuIsaName() << " has no native bf16: nothing to test"
-
 constexpr Layout kImageLayouts[] = {Layout::kPlain, Layout::kBlocked16, Layout::kChannelsLast};
 
 // `t` rounded to bf16, in `layout`.

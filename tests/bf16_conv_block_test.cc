@@ -36,11 +36,6 @@
 namespace distillery {
 namespace {
 
-#define SKIP_WITHOUT_BF16()                                                                  \
-  if (!CpuHasNativeBf16()) {                                                                 \
-    GTEST_SKIP() << "oneDNN ISA " << CpuIsaName() << " has no native bf16: nothing to test"; \
-  }
-
 // A plain f32 copy of `t` (any layout and type).
 Tensor PlainF32(DnnlContext& context, const Tensor& t) {
   Tensor plain;

@@ -96,9 +96,7 @@ std::vector<Case> Cases() {
 }
 
 TEST(Bf16ConvTest, ForwardAndBackwardAreWithinTheRoundingBoundOfF32) {
-  if (!CpuHasNativeBf16()) {
-    GTEST_SKIP() << "oneDNN ISA " << CpuIsaName() << " has no native bf16: nothing to test";
-  }
+  SKIP_WITHOUT_BF16();
   DnnlContext context;
   for (const Case& c : Cases()) {
     for (ConvLayout layout : {ConvLayout::kPlain, ConvLayout::kBlocked, ConvLayout::kAuto}) {

@@ -18,11 +18,6 @@
 namespace distillery {
 namespace {
 
-#define SKIP_WITHOUT_BF16()                                                                  \
-  if (!CpuHasNativeBf16()) {                                                                 \
-    GTEST_SKIP() << "oneDNN ISA " << CpuIsaName() << " has no native bf16: nothing to test"; \
-  }
-
 TEST(PrecisionTest, AutoAndExplicitChoicesFollowTheIsa) {
   EXPECT_FALSE(ParsePrecisionChoice("fp16").ok());
   EXPECT_EQ(*ParsePrecisionChoice("auto"), PrecisionChoice::kAuto);

@@ -24,11 +24,6 @@
 namespace distillery {
 namespace {
 
-#define SKIP_WITHOUT_BF16()                                                                  \
-  if (!CpuHasNativeBf16()) {                                                                 \
-    GTEST_SKIP() << "oneDNN ISA " << CpuIsaName() << " has no native bf16: nothing to test"; \
-  }
-
 constexpr int64_t kBatch = 37, kIn = 300, kOut = 40;
 
 struct LinearGradients {

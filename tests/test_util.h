@@ -11,8 +11,18 @@
 #include <random>
 #include <string>
 
+#include "common/tensor/dnnl_context.h"
+#include "common/tensor/precision.h"
 #include "common/tensor/tensor.h"
 #include "gtest/gtest.h"
+
+// Skips the calling test, saying why, on a CPU without native bf16 (oneDNN
+// ISA below avx512_core_bf16), where the bf16 paths are refused.
+#define SKIP_WITHOUT_BF16()                                     \
+  if (!::distillery::CpuHasNativeBf16()) {                      \
+    GTEST_SKIP() << "oneDNN ISA " << ::distillery::CpuIsaName() \
+                 << " has no native bf16: nothing to test";     \
+  }
 
 namespace distillery {
 

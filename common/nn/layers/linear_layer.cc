@@ -326,8 +326,6 @@ absl::Status LinearLayer::PrepareBf16Backward(const Bf16TrainingPrimitives& p, c
     bf16_training_source_ = input.data();
     bf16_training_rows_ = batch;
   }
-  RETURN_IF_ERROR(ToBf16("bf16 gradient", p.grad_to_bf16, grad_output.data(), batch, out_features_,
-                         &bf16_grad_output_));
   return ToBf16("bf16 gradient", p.grad_to_bf16_transposed, grad_output.data(), batch,
                 out_features_, &bf16_grad_output_transposed_, /*transposed=*/true);
 }
@@ -349,6 +347,9 @@ absl::Status LinearLayer::BackwardBf16(const Tensor& input, const Tensor& grad_o
   // The bias gradient from the f32 dL/doutput: exact, not rounded.
   ColumnSums(grad_output.data(), batch, out_features_, bias_.grad.data());
   if (grad_input == nullptr) return absl::OkStatus();
+  // dL/doutput as it is (the weights pass read its transpose), in bf16.
+  RETURN_IF_ERROR(ToBf16("bf16 gradient", p->grad_to_bf16, grad_output.data(), batch, out_features_,
+                         &bf16_grad_output_));
   grad_input->Reshape(input.shape());
   memory diff_dst(Bf16MatrixDesc(batch, out_features_), engine, bf16_grad_output_.raw_data());
   memory weights(Bf16MatrixDesc(out_features_, in_features_), engine, bf16_weights_.raw_data());

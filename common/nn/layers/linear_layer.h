@@ -120,8 +120,9 @@ class LinearLayer : public Layer {
   absl::Status ForwardBf16(const Tensor& input, bool training, Tensor* output);
   absl::Status InferBf16(const Tensor& input, Tensor* output);
   absl::Status BackwardBf16(const Tensor& input, const Tensor& grad_output, Tensor* grad_input);
-  // Makes the bf16 operands of BackwardBf16: the weights and the input (if
-  // not those of the training Forward) and dL/doutput.
+  // Makes the bf16 operands of BackwardBf16: the weights, the input (if not
+  // that of the training Forward) and dL/doutput^T; the data pass converts
+  // dL/doutput itself, when dL/dinput is asked for.
   absl::Status PrepareBf16Backward(const Bf16TrainingPrimitives& p, const Tensor& input,
                                    const Tensor& grad_output);
   // Converts the plain rows x cols f32 matrix at `from` into `*to` (plain
