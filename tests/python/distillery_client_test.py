@@ -64,6 +64,7 @@ class Server:
     def __init__(self, tmp: Path, checkpoint: Path, port: int = 0, extra=()):
         self.port_file = tmp / f"port.{time.monotonic_ns()}"
         self.log = tmp / f"serve.{time.monotonic_ns()}.log"
+        self.killed = False
         args = [SERVER, "serve", "--precision=f32", f"--checkpoint={checkpoint}", f"--data_dir={MNIST}",
                 f"--transfer_range=0:{TRANSFER}", f"--address=127.0.0.1:{port}",
                 f"--port_file={self.port_file}", "--metrics_address=", "--threads=1",
@@ -86,17 +87,26 @@ class Server:
         self.target = f"127.0.0.1:{self.port}"
 
     def kill(self) -> None:
+        self.killed = True
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
+        """SIGTERM, then SIGKILL after 20 s. A teacher that had exited on its
+        own, or that fails its drain (a sanitizer report at exit), fails the
+        test with its log: it may be why the test's calls went unanswered."""
+        died = self.proc.poll()
+        if died is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.kill()
+        if not self.killed and (died is not None or self.proc.returncode != 0):
+            raise RuntimeError(
+                f"teacher_server {'had exited' if died is not None else 'exited'} "
+                f"{self.proc.returncode}:\n" + self.log.read_text()[-3000:])
 
 
 @pytest.fixture(scope="module")
