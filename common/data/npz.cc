@@ -11,6 +11,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <set>
 
 #include "absl/status/status.h"
@@ -85,25 +86,42 @@ absl::StatusOr<std::vector<uint8_t>> Inflate(const std::string& name, const uint
   return out;
 }
 
-}  // namespace
+// Where the central directory lies, from the end of central directory record.
+struct ZipDirectory {
+  size_t end = 0;  // offset of the end record, where the directory must stop
+  uint32_t offset = 0;
+  uint32_t size = 0;
+  uint16_t entries = 0;
+};
 
-absl::StatusOr<std::vector<std::pair<std::string, std::vector<uint8_t>>>> ParseZip(
-    const std::string& name, const std::vector<uint8_t>& bytes) {
+// A central directory entry: what it says about its member.
+struct ZipEntry {
+  std::string member;
+  std::string where;  // "<archive>: member '<member>'", for messages
+  uint16_t method = 0;
+  uint32_t crc = 0;
+  uint32_t compressed = 0;
+  uint32_t uncompressed = 0;
+  uint32_t local = 0;  // offset of its local header
+};
+
+// Finds the end of central directory record, searched backwards over a
+// comment of up to 65535 bytes (the comment must run exactly to the end), and
+// checks that the directory is one plain (not zip64, single-disk) block ending
+// where the record starts.
+absl::StatusOr<ZipDirectory> FindDirectory(const std::string& name,
+                                           const std::vector<uint8_t>& bytes) {
   const size_t size = bytes.size();
   const uint8_t* b = bytes.data();
-  // The end of central directory record, searched backwards over a comment
-  // of up to 65535 bytes; its comment must run exactly to the end.
   if (size < kZipEndBytes) {
     return absl::DataLossError(absl::StrCat(name, ": not a zip archive: ", size,
                                             " bytes, shorter than an end of central directory"));
   }
-  size_t end = 0;
-  bool found = false;
+  std::optional<size_t> found;
   for (size_t pos = size - kZipEndBytes + 1; pos-- > 0;) {
     if (size - pos > kZipEndBytes + 0xffff) break;
     if (Le32(b + pos) == kZipEndSignature && Le16(b + pos + 20) == size - pos - kZipEndBytes) {
-      end = pos;
-      found = true;
+      found = pos;
       break;
     }
   }
@@ -111,117 +129,154 @@ absl::StatusOr<std::vector<std::pair<std::string, std::vector<uint8_t>>>> ParseZ
     return absl::DataLossError(
         absl::StrCat(name, ": not a zip archive or truncated: no end of central directory"));
   }
-  if (end >= 20 && Le32(b + end - 20) == kZip64LocatorSignature) {
+  ZipDirectory dir;
+  dir.end = *found;
+  const uint8_t* e = b + dir.end;
+  if (dir.end >= 20 && Le32(e - 20) == kZip64LocatorSignature) {
     return absl::InvalidArgumentError(
         absl::StrCat(name, ": zip64 archives are not supported (members over 4 GiB)"));
   }
-  const uint16_t disk = Le16(b + end + 4), cd_disk = Le16(b + end + 6);
-  const uint16_t disk_entries = Le16(b + end + 8), entries = Le16(b + end + 10);
-  const uint32_t cd_size = Le32(b + end + 12), cd_offset = Le32(b + end + 16);
-  if (entries == 0xffff || cd_size == 0xffffffff || cd_offset == 0xffffffff) {
+  const uint16_t disk = Le16(e + 4), cd_disk = Le16(e + 6), disk_entries = Le16(e + 8);
+  dir.entries = Le16(e + 10);
+  dir.size = Le32(e + 12);
+  dir.offset = Le32(e + 16);
+  if (dir.entries == 0xffff || dir.size == 0xffffffff || dir.offset == 0xffffffff) {
     return absl::InvalidArgumentError(absl::StrCat(name, ": zip64 archives are not supported"));
   }
-  if (disk != 0 || cd_disk != 0 || disk_entries != entries) {
+  if (disk != 0 || cd_disk != 0 || disk_entries != dir.entries) {
     return absl::InvalidArgumentError(
         absl::StrCat(name, ": multi-disk zip archives are not supported"));
   }
-  if (uint64_t{cd_offset} + cd_size != end) {
+  if (uint64_t{dir.offset} + dir.size != dir.end) {
     return absl::DataLossError(
-        absl::StrCat(name, ": corrupt zip: the central directory (", cd_size, " bytes at ",
-                     cd_offset, ") does not end where its end record starts (", end, ")"));
+        absl::StrCat(name, ": corrupt zip: the central directory (", dir.size, " bytes at ",
+                     dir.offset, ") does not end where its end record starts (", dir.end, ")"));
   }
+  return dir;
+}
+
+// Reads central directory entry `e` at `*pos` (advanced past it) and refuses
+// what this reader does not take: unsafe names, encryption, zip64, other
+// disks and compression methods other than stored and deflate.
+absl::StatusOr<ZipEntry> ReadEntry(const std::string& name, const std::vector<uint8_t>& bytes,
+                                   const ZipDirectory& dir, int e, size_t* pos) {
+  const uint8_t* p = bytes.data() + *pos;
+  if (dir.end - *pos < kZipCentralBytes || Le32(p) != kZipCentralSignature) {
+    return absl::DataLossError(
+        absl::StrCat(name, ": corrupt zip: central directory entry ", e, " is malformed"));
+  }
+  ZipEntry entry;
+  const uint16_t flags = Le16(p + 8);
+  entry.method = Le16(p + 10);
+  entry.crc = Le32(p + 16);
+  entry.compressed = Le32(p + 20);
+  entry.uncompressed = Le32(p + 24);
+  const uint16_t name_len = Le16(p + 28), extra_len = Le16(p + 30), comment_len = Le16(p + 32);
+  const uint16_t start_disk = Le16(p + 34);
+  entry.local = Le32(p + 42);
+  const size_t entry_bytes = kZipCentralBytes + name_len + extra_len + comment_len;
+  if (dir.end - *pos < entry_bytes) {
+    return absl::DataLossError(
+        absl::StrCat(name, ": corrupt zip: central directory entry ", e, " is truncated"));
+  }
+  entry.member.assign(reinterpret_cast<const char*>(p + kZipCentralBytes), name_len);
+  *pos += entry_bytes;
+  entry.where = absl::StrCat(name, ": member '", entry.member, "'");
+  const std::string& member = entry.member;
+  if (member.empty() || member == "." || member == ".." ||
+      member.find_first_of(std::string("/\\\0", 3)) != std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(entry.where, ": unsafe or nested member name (paths are refused)"));
+  }
+  if ((flags & 0x41) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(entry.where, " is encrypted: not supported"));
+  }
+  if (entry.compressed == 0xffffffff || entry.uncompressed == 0xffffffff ||
+      entry.local == 0xffffffff || start_disk == 0xffff) {
+    return absl::InvalidArgumentError(absl::StrCat(entry.where, " is zip64: not supported"));
+  }
+  if (entry.method != 0 && entry.method != 8) {
+    return absl::InvalidArgumentError(absl::StrCat(entry.where, ": compression method ",
+                                                   entry.method,
+                                                   " is not supported (only stored and deflate)"));
+  }
+  if (start_disk != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(entry.where, " is on another disk"));
+  }
+  return entry;
+}
+
+// The member's content: its local header must agree with the directory (same
+// name and method), and its data, which follows the local name and extra
+// field (these may differ from the central ones), must end before the
+// central directory. Stored or inflated, then checked against the CRC-32.
+absl::StatusOr<std::vector<uint8_t>> ReadContent(const std::vector<uint8_t>& bytes,
+                                                 const ZipDirectory& dir, const ZipEntry& entry) {
+  const uint8_t* b = bytes.data();
+  const uint32_t local = entry.local;
+  if (local > dir.offset || dir.offset - local < kZipLocalBytes ||
+      Le32(b + local) != kZipLocalSignature) {
+    return absl::DataLossError(
+        absl::StrCat(entry.where, ": corrupt zip: no local header at ", local));
+  }
+  const uint16_t local_method = Le16(b + local + 8);
+  const uint16_t local_name_len = Le16(b + local + 26), local_extra_len = Le16(b + local + 28);
+  const uint64_t data_start = uint64_t{local} + kZipLocalBytes + local_name_len + local_extra_len;
+  if (data_start > dir.offset || dir.offset - data_start < entry.compressed) {
+    return absl::DataLossError(absl::StrCat(entry.where, ": corrupt zip: the ", entry.compressed,
+                                            "-byte data at ", data_start,
+                                            " runs into the central directory"));
+  }
+  if (local_method != entry.method || local_name_len != entry.member.size() ||
+      std::memcmp(b + local + kZipLocalBytes, entry.member.data(), local_name_len) != 0) {
+    return absl::DataLossError(
+        absl::StrCat(entry.where, ": corrupt zip: the local header disagrees with the directory"));
+  }
+  const uint8_t* data = b + data_start;
+  std::vector<uint8_t> content;
+  if (entry.method == 0) {
+    if (entry.compressed != entry.uncompressed) {
+      return absl::DataLossError(absl::StrCat(entry.where, ": stored member of ", entry.compressed,
+                                              " bytes claims ", entry.uncompressed,
+                                              " uncompressed"));
+    }
+    content.assign(data, data + entry.compressed);
+  } else {
+    if (entry.uncompressed > uint64_t{entry.compressed} * kMaxDeflateRatio + kDeflateSlack) {
+      return absl::DataLossError(absl::StrCat(entry.where, ": ", entry.compressed,
+                                              " deflated bytes cannot inflate to the ",
+                                              entry.uncompressed, " bytes the directory claims"));
+    }
+    ASSIGN_OR_RETURN(content, Inflate(entry.where, data, entry.compressed, entry.uncompressed));
+  }
+  const uint32_t actual_crc =
+      static_cast<uint32_t>(crc32(0L, content.data(), static_cast<uInt>(content.size())));
+  if (actual_crc != entry.crc) {
+    return absl::DataLossError(absl::StrCat(entry.where, ": CRC-32 mismatch (corrupt data): 0x",
+                                            absl::Hex(actual_crc), " computed, 0x",
+                                            absl::Hex(entry.crc), " recorded"));
+  }
+  return content;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<std::pair<std::string, std::vector<uint8_t>>>> ParseZip(
+    const std::string& name, const std::vector<uint8_t>& bytes) {
+  ASSIGN_OR_RETURN(const ZipDirectory dir, FindDirectory(name, bytes));
   std::vector<std::pair<std::string, std::vector<uint8_t>>> members;
   std::set<std::string> names;
-  size_t pos = cd_offset;
-  for (int e = 0; e < entries; ++e) {
-    if (end - pos < kZipCentralBytes || Le32(b + pos) != kZipCentralSignature) {
-      return absl::DataLossError(
-          absl::StrCat(name, ": corrupt zip: central directory entry ", e, " is malformed"));
+  size_t pos = dir.offset;
+  for (int e = 0; e < dir.entries; ++e) {
+    ASSIGN_OR_RETURN(ZipEntry entry, ReadEntry(name, bytes, dir, e, &pos));
+    if (!names.insert(entry.member).second) {
+      return absl::InvalidArgumentError(absl::StrCat(entry.where, " appears twice in the archive"));
     }
-    const uint16_t flags = Le16(b + pos + 8), method = Le16(b + pos + 10);
-    const uint32_t crc = Le32(b + pos + 16);
-    const uint32_t compressed = Le32(b + pos + 20), uncompressed = Le32(b + pos + 24);
-    const uint16_t name_len = Le16(b + pos + 28), extra_len = Le16(b + pos + 30),
-                   comment_len = Le16(b + pos + 32);
-    const uint16_t start_disk = Le16(b + pos + 34);
-    const uint32_t local = Le32(b + pos + 42);
-    const size_t entry_bytes = kZipCentralBytes + name_len + extra_len + comment_len;
-    if (end - pos < entry_bytes) {
-      return absl::DataLossError(
-          absl::StrCat(name, ": corrupt zip: central directory entry ", e, " is truncated"));
-    }
-    const std::string member(reinterpret_cast<const char*>(b + pos + kZipCentralBytes), name_len);
-    pos += entry_bytes;
-    const std::string where = absl::StrCat(name, ": member '", member, "'");
-    if (member.empty() || member == "." || member == ".." ||
-        member.find_first_of(std::string("/\\\0", 3)) != std::string::npos) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, ": unsafe or nested member name (paths are refused)"));
-    }
-    if (!names.insert(member).second) {
-      return absl::InvalidArgumentError(absl::StrCat(where, " appears twice in the archive"));
-    }
-    if ((flags & 0x41) != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(where, " is encrypted: not supported"));
-    }
-    if (compressed == 0xffffffff || uncompressed == 0xffffffff || local == 0xffffffff ||
-        start_disk == 0xffff) {
-      return absl::InvalidArgumentError(absl::StrCat(where, " is zip64: not supported"));
-    }
-    if (method != 0 && method != 8) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          where, ": compression method ", method, " is not supported (only stored and deflate)"));
-    }
-    if (start_disk != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(where, " is on another disk"));
-    }
-    // The local header: same name and method; the data follows its name and
-    // extra field (which may differ from the central ones) and must end
-    // before the central directory.
-    if (local > cd_offset || cd_offset - local < kZipLocalBytes ||
-        Le32(b + local) != kZipLocalSignature) {
-      return absl::DataLossError(absl::StrCat(where, ": corrupt zip: no local header at ", local));
-    }
-    const uint16_t local_method = Le16(b + local + 8);
-    const uint16_t local_name_len = Le16(b + local + 26), local_extra_len = Le16(b + local + 28);
-    const uint64_t data_start = uint64_t{local} + kZipLocalBytes + local_name_len + local_extra_len;
-    if (data_start > cd_offset || cd_offset - data_start < compressed) {
-      return absl::DataLossError(absl::StrCat(where, ": corrupt zip: the ", compressed,
-                                              "-byte data at ", data_start,
-                                              " runs into the central directory"));
-    }
-    if (local_method != method || local_name_len != name_len ||
-        std::memcmp(b + local + kZipLocalBytes, member.data(), name_len) != 0) {
-      return absl::DataLossError(
-          absl::StrCat(where, ": corrupt zip: the local header disagrees with the directory"));
-    }
-    const uint8_t* data = b + data_start;
-    std::vector<uint8_t> content;
-    if (method == 0) {
-      if (compressed != uncompressed) {
-        return absl::DataLossError(absl::StrCat(where, ": stored member of ", compressed,
-                                                " bytes claims ", uncompressed, " uncompressed"));
-      }
-      content.assign(data, data + compressed);
-    } else {
-      if (uncompressed > uint64_t{compressed} * kMaxDeflateRatio + kDeflateSlack) {
-        return absl::DataLossError(absl::StrCat(where, ": ", compressed,
-                                                " deflated bytes cannot inflate to the ",
-                                                uncompressed, " bytes the directory claims"));
-      }
-      ASSIGN_OR_RETURN(content, Inflate(where, data, compressed, uncompressed));
-    }
-    const uint32_t actual_crc =
-        static_cast<uint32_t>(crc32(0L, content.data(), static_cast<uInt>(content.size())));
-    if (actual_crc != crc) {
-      return absl::DataLossError(absl::StrCat(where, ": CRC-32 mismatch (corrupt data): 0x",
-                                              absl::Hex(actual_crc), " computed, 0x",
-                                              absl::Hex(crc), " recorded"));
-    }
-    members.emplace_back(member, std::move(content));
+    ASSIGN_OR_RETURN(std::vector<uint8_t> content, ReadContent(bytes, dir, entry));
+    members.emplace_back(std::move(entry.member), std::move(content));
   }
-  if (pos != end) {
-    return absl::DataLossError(absl::StrCat(name, ": corrupt zip: ", end - pos,
+  if (pos != dir.end) {
+    return absl::DataLossError(absl::StrCat(name, ": corrupt zip: ", dir.end - pos,
                                             " unexplained bytes in the central directory"));
   }
   return members;
