@@ -200,106 +200,112 @@ void AddMetadata(const std::string& key, const std::string& value, onnx::ModelPr
   entry->set_value(value);
 }
 
-}  // namespace
+// "28x28" or "3x32x32": the image shape as the metadata gives it.
+std::string ImageShapeText(const distill::v1::Architecture& arch) {
+  return arch.image_channels() > 1
+             ? absl::StrCat(arch.image_channels(), "x", arch.image_rows(), "x", arch.image_cols())
+             : absl::StrCat(arch.image_rows(), "x", arch.image_cols());
+}
 
-absl::StatusOr<onnx::ModelProto> BuildOnnxModel(const distill::v1::Checkpoint& checkpoint,
-                                                const OnnxExportOptions& options) {
-  RETURN_IF_ERROR(ValidateForExport(checkpoint, options));
-  ASSIGN_OR_RETURN(std::unique_ptr<Network> network, NetworkFromCheckpoint(checkpoint));
-  const NetworkSpec& spec = network->spec();
-  const distill::v1::Architecture& arch = checkpoint.architecture();
-  const std::string architecture = spec.ArchitectureString();
+// The model's header: opset, producer, and the distillery.* and checkpoint.*
+// metadata (see onnx_export.h).
+void AddModelHeader(const distill::v1::Checkpoint& checkpoint, const OnnxExportOptions& options,
+                    const std::string& architecture, const Preprocessing& preprocessing,
+                    onnx::ModelProto* model) {
   const std::string role = checkpoint.role().empty() ? "network" : checkpoint.role();
-  const std::string output_name = options.softmax ? kOnnxProbabilitiesName : kOnnxLogitsName;
-  const std::string image_shape =
-      arch.image_channels() > 1
-          ? absl::StrCat(arch.image_channels(), "x", arch.image_rows(), "x", arch.image_cols())
-          : absl::StrCat(arch.image_rows(), "x", arch.image_cols());
-  const bool images_in = TakesImages(spec);
-
-  onnx::ModelProto model;
-  model.set_ir_version(kOnnxIrVersion);
-  onnx::OperatorSetIdProto* opset = model.add_opset_import();
+  model->set_ir_version(kOnnxIrVersion);
+  onnx::OperatorSetIdProto* opset = model->add_opset_import();
   opset->set_domain("");
   opset->set_version(kOnnxOpsetVersion);
-  model.set_producer_name(kOnnxProducerName);
-  model.set_doc_string(absl::StrCat("Distillery ", role, " ", architecture));
-  AddMetadata("distillery.role", checkpoint.role(), &model);
-  AddMetadata("distillery.architecture", architecture, &model);
-  AddMetadata("distillery.image_shape", image_shape, &model);
-  const Preprocessing preprocessing = *CheckpointPreprocessing(checkpoint);  // validated
-  AddMetadata("distillery.input_scale", absl::StrCat(preprocessing.scale), &model);
+  model->set_producer_name(kOnnxProducerName);
+  model->set_doc_string(absl::StrCat("Distillery ", role, " ", architecture));
+  AddMetadata("distillery.role", checkpoint.role(), model);
+  AddMetadata("distillery.architecture", architecture, model);
+  AddMetadata("distillery.image_shape", ImageShapeText(checkpoint.architecture()), model);
+  AddMetadata("distillery.input_scale", absl::StrCat(preprocessing.scale), model);
   if (!preprocessing.mean.empty()) {
-    AddMetadata("distillery.input_mean", absl::StrJoin(preprocessing.mean, ","), &model);
+    AddMetadata("distillery.input_mean", absl::StrJoin(preprocessing.mean, ","), model);
   }
   if (!preprocessing.std.empty()) {
-    AddMetadata("distillery.input_std", absl::StrJoin(preprocessing.std, ","), &model);
+    AddMetadata("distillery.input_std", absl::StrJoin(preprocessing.std, ","), model);
   }
-  AddMetadata("distillery.input", options.scale_input ? "raw pixels" : "scaled pixels", &model);
-  AddMetadata("distillery.output", output_name, &model);
+  AddMetadata("distillery.input", options.scale_input ? "raw pixels" : "scaled pixels", model);
+  AddMetadata("distillery.output", options.softmax ? kOnnxProbabilitiesName : kOnnxLogitsName,
+              model);
   // The checkpoint's own provenance, in a stable (sorted) order so that the
   // same checkpoint always gives the same bytes.
   std::vector<std::pair<std::string, std::string>> metadata(checkpoint.metadata().begin(),
                                                             checkpoint.metadata().end());
   std::sort(metadata.begin(), metadata.end());
-  for (const auto& [key, value] : metadata) AddMetadata("checkpoint." + key, value, &model);
+  for (const auto& [key, value] : metadata) AddMetadata("checkpoint." + key, value, model);
+}
 
-  onnx::GraphProto* graph = model.mutable_graph();
-  graph->set_name(options.graph_name.empty() ? absl::StrCat(role, "_", architecture)
-                                             : options.graph_name);
-  const std::string images = absl::StrCat(image_shape, " images");
+// The graph's input and output, with their documentation.
+void AddGraphInterface(const distill::v1::Checkpoint& checkpoint, const OnnxExportOptions& options,
+                       const Network& network, const Preprocessing& preprocessing,
+                       onnx::GraphProto* graph) {
+  const bool images_in = TakesImages(network.spec());
+  const std::string images = absl::StrCat(ImageShapeText(checkpoint.architecture()), " images");
   const std::string layout = images_in ? "planar (channels, rows, cols)" : "flattened row-major";
   SetBatchTensorType(kOnnxInputName,
-                     images_in ? network->input_shape() : Shape{network->input_size()},
+                     images_in ? network.input_shape() : Shape{network.input_size()},
                      options.scale_input
                          ? absl::StrCat("raw pixel values (0..255) of ", images, ", ", layout)
                          : absl::StrCat("preprocessed pixel values ((pixel x scale - mean) / std, ",
                                         preprocessing.Describe(), ") of ", images, ", ", layout),
                      graph->add_input());
-  SetBatchTensorType(output_name, {network->num_classes()},
+  SetBatchTensorType(options.softmax ? kOnnxProbabilitiesName : kOnnxLogitsName,
+                     {network.num_classes()},
                      options.softmax ? "class probabilities, softmax(logits) at T = 1"
                                      : "class logits (softmax at T = 1 gives probabilities)",
                      graph->add_output());
+}
 
-  std::string current = kOnnxInputName;
-  if (options.scale_input) {
-    const float scale = preprocessing.scale;
-    AddFloatInitializer("input_scale", {}, &scale, 1, graph);
-    AddNode("Mul", "scale_input", {current, "input_scale"}, "scaled_pixels", graph);
-    current = "scaled_pixels";
-    // Per-channel mean and std, broadcast over (C, 1, 1) for images or
-    // repeated over each channel's pixels for a flat input.
-    const int64_t channels = std::max(1, arch.image_channels());
-    const int64_t plane = network->input_size() / channels;
-    const Shape dims = images_in ? Shape{channels, 1, 1} : Shape{network->input_size()};
-    auto per_channel = [&](bool mean) {
-      std::vector<float> values;
-      for (int64_t c = 0; c < channels; ++c) {
-        const float v = mean ? preprocessing.Mean(c) : preprocessing.Std(c);
-        values.insert(values.end(), images_in ? 1 : plane, v);
-      }
-      return values;
-    };
-    if (!preprocessing.mean.empty()) {
-      const std::vector<float> values = per_channel(true);
-      AddFloatInitializer("input_mean", dims, values.data(), static_cast<int64_t>(values.size()),
-                          graph);
-      AddNode("Sub", "subtract_mean", {current, "input_mean"}, "centred_pixels", graph);
-      current = "centred_pixels";
+// The preprocessing as nodes on raw pixels: x scale, then the per-channel
+// mean and std, broadcast over (C, 1, 1) for images or repeated over each
+// channel's pixels for a flat input. `*current` names the running tensor.
+void AddInputScaling(const Network& network, int image_channels, const Preprocessing& preprocessing,
+                     std::string* current, onnx::GraphProto* graph) {
+  const float scale = preprocessing.scale;
+  AddFloatInitializer("input_scale", {}, &scale, 1, graph);
+  AddNode("Mul", "scale_input", {*current, "input_scale"}, "scaled_pixels", graph);
+  *current = "scaled_pixels";
+  const bool images_in = TakesImages(network.spec());
+  const int64_t channels = std::max(1, image_channels);
+  const int64_t plane = network.input_size() / channels;
+  const Shape dims = images_in ? Shape{channels, 1, 1} : Shape{network.input_size()};
+  auto per_channel = [&](bool mean) {
+    std::vector<float> values;
+    for (int64_t c = 0; c < channels; ++c) {
+      const float v = mean ? preprocessing.Mean(c) : preprocessing.Std(c);
+      values.insert(values.end(), images_in ? 1 : plane, v);
     }
-    if (!preprocessing.std.empty()) {
-      const std::vector<float> values = per_channel(false);
-      AddFloatInitializer("input_std", dims, values.data(), static_cast<int64_t>(values.size()),
-                          graph);
-      AddNode("Div", "divide_std", {current, "input_std"}, "normalised_pixels", graph);
-      current = "normalised_pixels";
-    }
+    return values;
+  };
+  if (!preprocessing.mean.empty()) {
+    const std::vector<float> values = per_channel(true);
+    AddFloatInitializer("input_mean", dims, values.data(), static_cast<int64_t>(values.size()),
+                        graph);
+    AddNode("Sub", "subtract_mean", {*current, "input_mean"}, "centred_pixels", graph);
+    *current = "centred_pixels";
   }
-  // The last layer that leaves a node writes "logits".
+  if (!preprocessing.std.empty()) {
+    const std::vector<float> values = per_channel(false);
+    AddFloatInitializer("input_std", dims, values.data(), static_cast<int64_t>(values.size()),
+                        graph);
+    AddNode("Div", "divide_std", {*current, "input_std"}, "normalised_pixels", graph);
+    *current = "normalised_pixels";
+  }
+}
+
+// Every layer's nodes, with its parameters and buffers as initializers; the
+// last layer that leaves a node writes "logits".
+void AddNetworkNodes(Network& network, std::string* current, onnx::GraphProto* graph) {
+  const NetworkSpec& spec = network.spec();
   size_t last = spec.layers.size();
   while (last > 0 && spec.layers[last - 1].kind == LayerSpec::Kind::kDropout) --last;
-  std::vector<Parameter*> params = network->Parameters();
-  std::vector<Buffer> buffers = network->Buffers();
+  std::vector<Parameter*> params = network.Parameters();
+  std::vector<Buffer> buffers = network.Buffers();
   size_t next_param = 0, next_buffer = 0;
   for (size_t i = 0; i < spec.layers.size(); ++i) {
     const LayerSpec& layer = spec.layers[i];
@@ -312,10 +318,33 @@ absl::StatusOr<onnx::ModelProto> BuildOnnxModel(const distill::v1::Checkpoint& c
     AddLayerNodes(layer, static_cast<int>(i), i + 1 == last,
                   {params.begin() + next_param, params.begin() + next_param + num_params},
                   {buffers.begin() + next_buffer, buffers.begin() + next_buffer + num_buffers},
-                  &current, graph);
+                  current, graph);
     next_param += num_params;
     next_buffer += num_buffers;
   }
+}
+
+}  // namespace
+
+absl::StatusOr<onnx::ModelProto> BuildOnnxModel(const distill::v1::Checkpoint& checkpoint,
+                                                const OnnxExportOptions& options) {
+  RETURN_IF_ERROR(ValidateForExport(checkpoint, options));
+  ASSIGN_OR_RETURN(std::unique_ptr<Network> network, NetworkFromCheckpoint(checkpoint));
+  const std::string architecture = network->spec().ArchitectureString();
+  const Preprocessing preprocessing = *CheckpointPreprocessing(checkpoint);  // validated
+  onnx::ModelProto model;
+  AddModelHeader(checkpoint, options, architecture, preprocessing, &model);
+  onnx::GraphProto* graph = model.mutable_graph();
+  const std::string role = checkpoint.role().empty() ? "network" : checkpoint.role();
+  graph->set_name(options.graph_name.empty() ? absl::StrCat(role, "_", architecture)
+                                             : options.graph_name);
+  AddGraphInterface(checkpoint, options, *network, preprocessing, graph);
+  std::string current = kOnnxInputName;
+  if (options.scale_input) {
+    AddInputScaling(*network, checkpoint.architecture().image_channels(), preprocessing, &current,
+                    graph);
+  }
+  AddNetworkNodes(*network, &current, graph);
   if (options.softmax) {
     onnx::NodeProto* softmax =
         AddNode("Softmax", "softmax", {current}, kOnnxProbabilitiesName, graph);
