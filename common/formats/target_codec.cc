@@ -166,9 +166,13 @@ absl::Status EncodeTargetValues(const Tensor& values,
   return absl::OkStatus();
 }
 
-absl::Status DecodeTargets(const distill::v1::Targets& targets,
-                           const distill::v1::SoftTargetContract& contract,
-                           TemperatureSoftmax* softmax, Tensor* probabilities) {
+namespace {
+
+// The values sent, as floats: exactly rows x width of them (the width is the
+// contract's top_k, or its classes), fp16 or f32 as the contract says, every
+// one finite. Counts are compared before anything is allocated.
+absl::StatusOr<std::vector<float>> ReadTargetValues(
+    const distill::v1::Targets& targets, const distill::v1::SoftTargetContract& contract) {
   const int64_t rows = targets.num_examples();
   const int64_t classes = contract.num_classes();
   const int64_t width = targets.width();
@@ -178,8 +182,7 @@ absl::Status DecodeTargets(const distill::v1::Targets& targets,
         absl::StrCat("targets are ", width, " wide, the contract says ", expected_width));
   }
   // rows and width are below 2^32, so their product fits in 64 unsigned bits
-  // (not always in int64_t). It is compared with the number of values
-  // actually sent before anything is allocated.
+  // (not always in int64_t).
   const uint64_t expected_count = static_cast<uint64_t>(rows) * static_cast<uint64_t>(width);
   const bool fp16 = contract.dtype() == distill::v1::FLOAT16;
   const uint64_t sent_count =
@@ -206,35 +209,57 @@ absl::Status DecodeTargets(const distill::v1::Targets& targets,
   for (float v : values) {
     if (!std::isfinite(v)) return absl::DataLossError("targets hold a non-finite value");
   }
-  const bool top_k = contract.top_k() > 0;
-  if (top_k && targets.class_indices_size() != count) {
+  return values;
+}
+
+// Top-k rows spread over every class: the classes not sent get the row's
+// smallest logit, or an equal share of the probability left over.
+absl::StatusOr<Tensor> ExpandTopK(const distill::v1::Targets& targets, int64_t classes, bool logits,
+                                  const std::vector<float>& values) {
+  const int64_t rows = targets.num_examples();
+  const int64_t width = targets.width();
+  if (targets.class_indices_size() != static_cast<int64_t>(values.size())) {
     return absl::DataLossError("top-k targets without one class index per value");
   }
-  const bool logits = contract.representation() == distill::v1::LOGITS;
   Tensor full(rows, classes);
   for (int64_t n = 0; n < rows; ++n) {
-    float* out = full.row(n);
-    if (!top_k) {
-      std::copy(values.begin() + n * width, values.begin() + (n + 1) * width, out);
-      continue;
-    }
+    const auto row = values.begin() + n * width;
     float filler = 0.f;
     if (logits) {
-      filler = *std::min_element(values.begin() + n * width, values.begin() + (n + 1) * width);
+      filler = *std::min_element(row, row + width);
     } else {
       double sent = 0;
-      for (int64_t j = 0; j < width; ++j) sent += values[n * width + j];
+      for (int64_t j = 0; j < width; ++j) sent += row[j];
       filler =
           classes > width ? static_cast<float>(std::max(0.0, 1.0 - sent) / (classes - width)) : 0.f;
     }
+    float* out = full.row(n);
     std::fill(out, out + classes, filler);
     for (int64_t j = 0; j < width; ++j) {
       const uint32_t c = targets.class_indices(static_cast<int>(n * width + j));
       if (c >= classes) {
         return absl::DataLossError(absl::StrCat("class index ", c, " out of range"));
       }
-      out[c] = values[n * width + j];
+      out[c] = row[j];
     }
+  }
+  return full;
+}
+
+}  // namespace
+
+absl::Status DecodeTargets(const distill::v1::Targets& targets,
+                           const distill::v1::SoftTargetContract& contract,
+                           TemperatureSoftmax* softmax, Tensor* probabilities) {
+  ASSIGN_OR_RETURN(const std::vector<float> values, ReadTargetValues(targets, contract));
+  const int64_t classes = contract.num_classes();
+  const bool logits = contract.representation() == distill::v1::LOGITS;
+  Tensor full;
+  if (contract.top_k() > 0) {
+    ASSIGN_OR_RETURN(full, ExpandTopK(targets, classes, logits, values));
+  } else {
+    full = Tensor(targets.num_examples(), classes);
+    std::copy(values.begin(), values.end(), full.data());
   }
   if (logits) {
     RETURN_IF_ERROR(softmax->Compute(full, contract.temperature(), probabilities));
