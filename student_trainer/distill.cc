@@ -53,7 +53,21 @@ absl::StatusOr<TrainingResult> TrainOnLocalTransferSet(const DistillConfig& conf
                                                        TeacherClient* client,
                                                        const MnistFormatData& data) {
   ASSIGN_OR_RETURN(auto range, ParseRange(config.transfer_range, data.train.num_examples));
-  ASSIGN_OR_RETURN(Dataset transfer, SliceDataset(data.train, range.first, range.second));
+  Dataset transfer, validation;
+  if (config.validation_range.empty()) {
+    ASSIGN_OR_RETURN(transfer, SliceDataset(data.train, range.first, range.second));
+  } else {
+    ASSIGN_OR_RETURN(auto held_out, ParseRange(config.validation_range, data.train.num_examples));
+    absl::StatusOr<HeldOutSplit> split = SplitHeldOut(data.train, range, held_out);
+    if (!split.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--validation_range=", config.validation_range,
+                                                     ": ", split.status().message()));
+    }
+    transfer = std::move(split->train);
+    validation = std::move(split->validation);
+    spdlog::info("validation: examples [{}, {}) held out of the transfer set", held_out.first,
+                 held_out.second);
+  }
   if (!config.exclude_classes.empty()) {
     ASSIGN_OR_RETURN(transfer, WithoutClasses(transfer, config.exclude_classes));
     spdlog::info("transfer set without classes {}: {} examples left",
@@ -68,7 +82,7 @@ absl::StatusOr<TrainingResult> TrainOnLocalTransferSet(const DistillConfig& conf
                trainer.distill_temperature);
   RemoteSoftTargets targets(client, trainer.distill_temperature);
   LocalBatchSource source(transfer, trainer.batch_size, trainer.max_shift, trainer.seed, &targets);
-  return Train(trainer, source, data.test);
+  return Train(trainer, source, data.test, validation);
 }
 
 // --source=teacher: this shard of the teacher's transfer set, streamed with
@@ -80,6 +94,11 @@ absl::StatusOr<TrainingResult> TrainOnTeacherTransferSet(const DistillConfig& co
     return absl::InvalidArgumentError(
         "--jitter needs --source=local: the teacher's transfer set comes with targets for "
         "its own, unshifted images");
+  }
+  if (!config.validation_range.empty()) {
+    return absl::InvalidArgumentError(
+        "--validation_range needs --source=local: it is held out of the local transfer set, "
+        "and the teacher's transfer set may hold the same images");
   }
   TransferStreamSource::Options options;
   options.seed = config.trainer.seed;
@@ -132,6 +151,13 @@ absl::Status RunDistillation(const DistillConfig& config) {
       student.spec.ArchitectureString(), result.final_evaluation.errors,
       result.final_evaluation.examples, 100.0 * result.final_evaluation.accuracy,
       student.parameters, seconds, client->retries());
+  if (result.best_validation_epoch > 0) {
+    spdlog::info("best validation epoch {}: {} errors{}", result.best_validation_epoch,
+                 result.best_validation_errors,
+                 config.trainer.best_checkpoint_path.empty()
+                     ? ""
+                     : absl::StrCat(", checkpoint ", config.trainer.best_checkpoint_path));
+  }
   // The weights' fingerprint, to compare runs (an interrupted and resumed one
   // with an uninterrupted one) without their checkpoints.
   spdlog::info("final weights {}", WeightsFingerprint(*result.network));

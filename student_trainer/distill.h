@@ -26,6 +26,10 @@ struct DistillConfig {
   // test set used for evaluation (always).
   std::string data_dir;
   std::string transfer_range;
+  // Source "local": "begin:end" of data_dir's training set held out of the
+  // transfer set (it must lie within transfer_range) and evaluated every
+  // epoch beside the test set; empty = none.
+  std::string validation_range;
   // Train on the local transfer set's labels too, with weight 1 - alpha
   // (false: the transfer set is used without labels).
   bool use_labels = false;

@@ -42,6 +42,7 @@
 
 ABSL_DECLARE_FLAG(std::string, data_dir);
 ABSL_DECLARE_FLAG(std::string, train_range);
+ABSL_DECLARE_FLAG(std::string, validation_range);
 ABSL_DECLARE_FLAG(std::string, checkpoint);
 
 ABSL_FLAG(std::string, source, "local",
@@ -129,6 +130,7 @@ int Distill() {
   }
   config.data_dir = *data;
   config.transfer_range = absl::GetFlag(FLAGS_train_range);
+  config.validation_range = absl::GetFlag(FLAGS_validation_range);
   config.use_labels = absl::GetFlag(FLAGS_use_labels);
   for (const std::string& c : absl::GetFlag(FLAGS_exclude_classes)) {
     int label = 0;

@@ -9,6 +9,7 @@
 #include <iterator>
 #include <map>
 #include <regex>
+#include <sstream>
 #include <thread>
 
 #include "common/data/idx_dataset.h"
@@ -358,6 +359,70 @@ TEST_F(DistillationE2eTest, KilledStudentResumesToTheSameWeights) {
   const auto a = Weights(*dir_ + "/straight.ckpt"), b = Weights(checkpoint);
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]) << "tensor " << i;
+}
+
+// --validation_range holds examples out of the local transfer set and
+// evaluates the student on them every epoch; --best_checkpoint keeps the epoch
+// they choose. Ranges that leave nothing to train on, a held-out range with
+// the teacher's transfer set, and a best checkpoint without validation are
+// refused before training.
+TEST_F(DistillationE2eTest, ValidationIsHeldOutOfTheLocalTransferSet) {
+  ServerProcess teacher;
+  ASSERT_TRUE(StartTeacher(&teacher));
+  std::vector<std::string> args = StudentArgs(teacher, "validated", "784-32-10", 3.f);
+  const std::string best = *dir_ + "/validated_best.ckpt";
+  args.push_back("--validation_range=7000:8000");
+  args.push_back("--best_checkpoint=" + best);
+  const std::string log = *dir_ + "/validated.log";
+  ASSERT_TRUE(ExitedZero(ServerProcess::Run(DISTILLERY_STUDENT_TRAINER_BINARY, args, log)))
+      << ReadFile(log);
+  // Trained on [5000, 7000): 2000 examples, not 3000.
+  EXPECT_NE(ReadFile(log).find("local transfer set: 2000 examples"), std::string::npos)
+      << ReadFile(log);
+  std::istringstream csv(ReadFile(*dir_ + "/validated.csv"));
+  std::string line;
+  std::getline(csv, line);
+  ASSERT_NE(line.find("validation_errors,validation_examples"), std::string::npos) << line;
+  int rows = 0;
+  int64_t fewest = -1;
+  while (std::getline(csv, line)) {
+    const int64_t examples = std::stoll(line.substr(line.rfind(',') + 1));
+    const std::string before = line.substr(0, line.rfind(','));
+    const int64_t errors = std::stoll(before.substr(before.rfind(',') + 1));
+    EXPECT_EQ(examples, 1000) << line;
+    EXPECT_GE(errors, 0);
+    EXPECT_LT(errors, 500) << "a distilled student should beat chance: " << line;
+    if (fewest < 0 || errors < fewest) fewest = errors;
+    ++rows;
+  }
+  EXPECT_EQ(rows, 4);
+  auto kept = LoadCheckpoint(best);
+  ASSERT_TRUE(kept.ok()) << kept.status();
+  EXPECT_EQ(kept->metadata().at("validation_errors"), std::to_string(fewest));
+  EXPECT_EQ(kept->metadata().at("validation_examples"), "1000");
+
+  struct Refusal {
+    std::vector<std::string> extra;
+    std::string message;
+  };
+  const std::vector<Refusal> refusals = {
+      {{"--validation_range=4000:6000"}, "must lie within the training range [5000, 8000)"},
+      {{"--validation_range=5000:8000"}, "leave examples to train on"},
+      {{"--validation_range=7000:8000", "--source=teacher", "--jitter=0"},
+       "--validation_range needs --source=local"},
+      {{"--best_checkpoint=" + *dir_ + "/unvalidated.ckpt"},
+       "a best checkpoint is chosen by validation errors"},
+  };
+  for (const Refusal& r : refusals) {
+    std::vector<std::string> refused = StudentArgs(teacher, "refused", "784-32-10", 3.f);
+    refused.erase(std::remove(refused.begin(), refused.end(), "--jitter=1"), refused.end());
+    refused.insert(refused.end(), r.extra.begin(), r.extra.end());
+    const std::string refused_log = *dir_ + "/refused.log";
+    EXPECT_FALSE(
+        ExitedZero(ServerProcess::Run(DISTILLERY_STUDENT_TRAINER_BINARY, refused, refused_log)));
+    EXPECT_NE(ReadFile(refused_log).find(r.message), std::string::npos) << r.message << "\n"
+                                                                        << ReadFile(refused_log);
+  }
 }
 
 TEST_F(DistillationE2eTest, StudentRefusesAMismatchedTeacher) {

@@ -181,24 +181,13 @@ absl::StatusOr<TrainingData> LoadDataFromFlags() {
     return data;
   }
   ASSIGN_OR_RETURN(auto held_out, ParseRange(validation_text, n));
-  if (held_out.first < range.first || held_out.second > range.second ||
-      (held_out.first == range.first && held_out.second == range.second)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--validation_range=", validation_text, " must lie within the training range [",
-        range.first, ", ", range.second, ") and leave examples to train on"));
+  absl::StatusOr<HeldOutSplit> split = SplitHeldOut(files.train, range, held_out);
+  if (!split.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--validation_range=", validation_text, ": ", split.status().message()));
   }
-  ASSIGN_OR_RETURN(data.validation, SliceDataset(files.train, held_out.first, held_out.second));
-  // The training part is the range without the held-out examples.
-  std::vector<Dataset> parts;
-  if (held_out.first > range.first) {
-    ASSIGN_OR_RETURN(parts.emplace_back(), SliceDataset(files.train, range.first, held_out.first));
-  }
-  if (held_out.second < range.second) {
-    ASSIGN_OR_RETURN(parts.emplace_back(),
-                     SliceDataset(files.train, held_out.second, range.second));
-  }
-  data.train = std::move(parts[0]);
-  if (parts.size() == 2) AppendDataset(parts[1], &data.train);
+  data.train = std::move(split->train);
+  data.validation = std::move(split->validation);
   return data;
 }
 

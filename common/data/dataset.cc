@@ -11,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/util/status_macros.h"
 
 namespace distillery {
 namespace {
@@ -45,6 +46,31 @@ absl::StatusOr<Dataset> SliceDataset(const Dataset& data, int64_t begin, int64_t
   if (data.has_labels())
     slice.labels.assign(data.labels.begin() + begin, data.labels.begin() + end);
   return slice;
+}
+
+absl::StatusOr<HeldOutSplit> SplitHeldOut(const Dataset& data, std::pair<int64_t, int64_t> range,
+                                          std::pair<int64_t, int64_t> held_out) {
+  if (held_out.first < range.first || held_out.second > range.second ||
+      held_out.first >= held_out.second || held_out == range) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the validation range [", held_out.first, ", ", held_out.second,
+                     ") must lie within the training range [", range.first, ", ", range.second,
+                     ") and leave examples to train on"));
+  }
+  HeldOutSplit split;
+  ASSIGN_OR_RETURN(split.validation, SliceDataset(data, held_out.first, held_out.second));
+  if (held_out.first > range.first) {
+    ASSIGN_OR_RETURN(split.train, SliceDataset(data, range.first, held_out.first));
+  }
+  if (held_out.second < range.second) {
+    ASSIGN_OR_RETURN(Dataset after, SliceDataset(data, held_out.second, range.second));
+    if (split.train.num_examples == 0) {
+      split.train = std::move(after);
+    } else {
+      AppendDataset(after, &split.train);
+    }
+  }
+  return split;
 }
 
 absl::StatusOr<Dataset> WithoutClasses(const Dataset& data, const std::vector<int>& classes) {

@@ -57,6 +57,19 @@ absl::StatusOr<Dataset> SliceDataset(const Dataset& data, int64_t begin, int64_t
 // gives [0, size).
 absl::StatusOr<std::pair<int64_t, int64_t>> ParseRange(const std::string& text, int64_t size);
 
+// The examples [range) of a data set split in two: [held_out) to validate on
+// and the rest of [range), in order, to train on.
+struct HeldOutSplit {
+  Dataset train;
+  Dataset validation;
+};
+
+// Splits [range) of `data` around [held_out). InvalidArgument unless
+// held_out lies within range and leaves examples to train on; the message
+// names both ranges.
+absl::StatusOr<HeldOutSplit> SplitHeldOut(const Dataset& data, std::pair<int64_t, int64_t> range,
+                                          std::pair<int64_t, int64_t> held_out);
+
 // Appends the examples of `more` to `data`. Aborts unless both have the same
 // image shape, classes and labeling (a programming error).
 void AppendDataset(const Dataset& more, Dataset* data);

@@ -471,6 +471,11 @@ absl::StatusOr<TrainingResult> Train(const TrainerConfig& config, const Dataset&
 
 absl::StatusOr<TrainingResult> Train(const TrainerConfig& config, BatchSource& source,
                                      const Dataset& test, const Dataset& validation) {
+  if (!config.best_checkpoint_path.empty() && validation.num_examples == 0) {
+    return absl::InvalidArgumentError(
+        "a best checkpoint is chosen by validation errors: give a validation set "
+        "(--validation_range) or no --best_checkpoint");
+  }
   return TrainingRun(config, source, test, validation).Run();
 }
 
