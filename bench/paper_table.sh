@@ -5,7 +5,9 @@
 #   the same student distilled at T=20 through the teacher server          (paper: 74)
 # Usage: bench/paper_table.sh [build_dir]
 #   TEACHER_CKPT=path  reuse a trained teacher instead of training one (400 epochs, ~40 min)
-#   STUDENT_EPOCHS, DISTILL_EPOCHS override the students' epochs.
+#   STUDENT_EPOCHS, DISTILL_EPOCHS override the students' epochs, DISTILL_LR the
+#                      distilled student's rate (bench/paper_student_tuning.sh
+#                      compares settings on a validation split)
 #   THREADS=N          compute threads of every stage (default 2)
 #   PRECISION=P        --precision of every stage: auto (default), f32 or bf16
 #   AVERAGE_LAST_QUARTER=1  every network's weights are the mean over the last
@@ -25,6 +27,7 @@ THREADS=${THREADS:-2}
 PRECISION=${PRECISION:-auto}
 STUDENT_EPOCHS=${STUDENT_EPOCHS:-30}
 DISTILL_EPOCHS=${DISTILL_EPOCHS:-60}
+DISTILL_LR=${DISTILL_LR:-0.03}
 # --average_last_epochs for a run of $1 epochs, when asked for.
 average() { if [ "${AVERAGE_LAST_QUARTER:-0}" = 1 ]; then echo "--average_last_epochs=$(($1 / 4))"; fi; }
 t0=$(date +%s)
@@ -51,7 +54,7 @@ start_teacher_server "$TS" "$OUT" --checkpoint="$TEACHER_CKPT" --no_transfer_set
 # exactly that view; hard labels weigh 1 - alpha = 0.1.
 "$ST" distill --teacher="127.0.0.1:$TEACHER_PORT" --data_dir="$MNIST" \
   --architecture=784-800-800-10 --distill_temperature=20 --alpha=0.9 --use_labels \
-  --jitter=2 --epochs="$DISTILL_EPOCHS" --lr=0.03 --warmup_epochs=1 --seed=1 --threads="$THREADS" \
+  --jitter=2 --epochs="$DISTILL_EPOCHS" --lr="$DISTILL_LR" --warmup_epochs=1 --seed=1 --threads="$THREADS" \
   $(average "$DISTILL_EPOCHS") --precision="$PRECISION" \
   --checkpoint="$OUT/distilled.ckpt" --metrics_csv="$OUT/distilled.csv" 2>&1 \
   | tee "$OUT/distilled.log" | grep -E "epoch .*/|done"
