@@ -76,12 +76,17 @@ absl::StatusOr<TrainingResult> TrainOnLocalTransferSet(const DistillConfig& conf
   if (!config.use_labels) transfer = WithoutLabels(transfer);
   TrainerConfig trainer = config.trainer;
   trainer.data_description = absl::StrCat("local transfer set ", DatasetFingerprint(transfer));
-  spdlog::info("local transfer set: {} examples [{}, {}){}, jitter {} px, T={}",
+  spdlog::info("local transfer set: {} examples [{}, {}){}, jitter {} px{}, T={}",
                transfer.num_examples, range.first, range.second,
                config.use_labels ? " with labels" : ", no labels", trainer.max_shift,
+               trainer.elastic.enabled()
+                   ? absl::StrCat(", elastic distortion alpha ", trainer.elastic.alpha, " sigma ",
+                                  trainer.elastic.sigma)
+                   : "",
                trainer.distill_temperature);
   RemoteSoftTargets targets(client, trainer.distill_temperature);
-  LocalBatchSource source(transfer, trainer.batch_size, trainer.max_shift, trainer.seed, &targets);
+  LocalBatchSource source(transfer, trainer.batch_size, AugmentationOf(trainer), trainer.seed,
+                          &targets);
   return Train(trainer, source, data.test, validation);
 }
 
@@ -94,6 +99,11 @@ absl::StatusOr<TrainingResult> TrainOnTeacherTransferSet(const DistillConfig& co
     return absl::InvalidArgumentError(
         "--jitter needs --source=local: the teacher's transfer set comes with targets for "
         "its own, unshifted images");
+  }
+  if (config.trainer.elastic.enabled()) {
+    return absl::InvalidArgumentError(
+        "--elastic_alpha needs --source=local: the teacher's transfer set comes with targets "
+        "for its own, undistorted images");
   }
   if (!config.validation_range.empty()) {
     return absl::InvalidArgumentError(

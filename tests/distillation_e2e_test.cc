@@ -410,6 +410,9 @@ TEST_F(DistillationE2eTest, ValidationIsHeldOutOfTheLocalTransferSet) {
       {{"--validation_range=5000:8000"}, "leave examples to train on"},
       {{"--validation_range=7000:8000", "--source=teacher", "--jitter=0"},
        "--validation_range needs --source=local"},
+      {{"--source=teacher", "--jitter=0", "--elastic_alpha=34"},
+       "--elastic_alpha needs --source=local"},
+      {{"--elastic_alpha=-1"}, "elastic distortion alpha must be in [0, 100]"},
       {{"--best_checkpoint=" + *dir_ + "/unvalidated.ckpt"},
        "a best checkpoint is chosen by validation errors"},
   };

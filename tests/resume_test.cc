@@ -79,6 +79,38 @@ TEST_F(TrainerResumeTest, CheckpointRecordsTheSettingsIsaAndThreads) {
   EXPECT_EQ(state.settings().at("epochs"), "2");
   EXPECT_EQ(state.settings().at("data"), "mnist train[0,1500)");
   EXPECT_EQ(state.settings().at("examples_per_epoch"), "1500");
+  // Off, elastic distortion is not recorded, as in checkpoints from before it.
+  EXPECT_EQ(state.settings().count("elastic_alpha"), 0u);
+  EXPECT_EQ(state.settings().count("elastic_sigma"), 0u);
+}
+
+TEST_F(TrainerResumeTest, ElasticDistortionIsRecordedAndResumedBitIdentically) {
+  TrainerConfig straight = Config("elastic_straight");
+  straight.elastic.alpha = 34.f;
+  auto reference = Train(straight, *train_, *test_);
+  ASSERT_TRUE(reference.ok()) << reference.status();
+  TrainerConfig config = Config("elastic");
+  config.elastic.alpha = 34.f;
+  Interrupt(config);
+  auto checkpoint = LoadCheckpoint(config.checkpoint_path);
+  ASSERT_TRUE(checkpoint.ok());
+  EXPECT_EQ(checkpoint->training_state().settings().at("elastic_alpha"), "34");
+  EXPECT_EQ(checkpoint->training_state().settings().at("elastic_sigma"), "4");
+  // Another distortion, or none, is another trajectory.
+  TrainerConfig off = config;
+  off.elastic.alpha = 0.f;
+  auto refused = Resume(off);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(refused.status().message().find("elastic_alpha"), std::string::npos)
+      << refused.status();
+  auto resumed = Resume(config);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  ExpectSameWeights(*reference->network, *resumed->network);
+  // And the distortion changed the trajectory.
+  auto plain = Train(Config("elastic_plain"), *train_, *test_);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_FALSE(plain->network->Parameters()[0]->value ==
+               reference->network->Parameters()[0]->value);
 }
 
 TEST_F(TrainerResumeTest, UnchangedResumeIsBitIdentical) {

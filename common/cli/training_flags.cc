@@ -45,6 +45,14 @@ ABSL_FLAG(std::string, best_checkpoint, "",
           "validation errors here (early stopping; never chosen by the test set)");
 ABSL_FLAG(double, max_norm, 0.0, "Max L2 norm of each hidden unit's incoming weights (0 = off)");
 ABSL_FLAG(int32_t, jitter, 0, "Shift each training image by up to this many pixels (0 = off)");
+ABSL_FLAG(double, elastic_alpha, 0.0,
+          "Elastic distortion of each training image after its jitter (Simard et al. 2003): "
+          "the scale, in pixels, of a random displacement field smoothed by a Gaussian of "
+          "--elastic_sigma pixels (0 = off; 34 with sigma 4 is the usual MNIST setting, "
+          "displacements of about 1.4 pixels)");
+ABSL_FLAG(double, elastic_sigma, 4.0,
+          "Elastic distortion: standard deviation, in pixels, of the Gaussian that smooths "
+          "the displacement field");
 ABSL_FLAG(double, temperature, 1.0, "Training temperature T of the hard-label loss softmax(z/T)");
 ABSL_FLAG(int64_t, epochs, 30, "Passes over the training data");
 ABSL_FLAG(int64_t, batch_size, 128, "Examples per update");
@@ -70,7 +78,8 @@ ABSL_FLAG(std::string, metrics_csv, "", "CSV of per-epoch metrics");
 ABSL_FLAG(bool, resume, false,
           "Continue from --checkpoint if it exists. Refused when a setting that shapes the "
           "trajectory (architecture, seed, optimizer and its hyperparameters, batch size, "
-          "dropout, jitter, schedule, epochs, temperatures, alpha, the data) differs from the "
+          "dropout, jitter, elastic distortion, schedule, epochs, temperatures, alpha, the data) "
+          "differs from the "
           "checkpoint's, unless named in --resume_allow_changes; another CPU ISA or thread "
           "count only warns (the bits will differ from an uninterrupted run's)");
 ABSL_FLAG(std::vector<std::string>, resume_allow_changes, {},
@@ -124,6 +133,8 @@ absl::StatusOr<TrainerConfig> TrainerConfigFromFlags() {
   c.hidden_dropout = static_cast<float>(absl::GetFlag(FLAGS_hidden_dropout));
   c.sgd.max_norm = c.adam.max_norm = static_cast<float>(absl::GetFlag(FLAGS_max_norm));
   c.max_shift = absl::GetFlag(FLAGS_jitter);
+  c.elastic.alpha = static_cast<float>(absl::GetFlag(FLAGS_elastic_alpha));
+  c.elastic.sigma = static_cast<float>(absl::GetFlag(FLAGS_elastic_sigma));
   c.temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature));
   c.epochs = absl::GetFlag(FLAGS_epochs);
   c.batch_size = absl::GetFlag(FLAGS_batch_size);

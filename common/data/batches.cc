@@ -91,12 +91,25 @@ void ShiftImage(const uint8_t* src, int rows, int cols, int dx, int dy, uint8_t*
 // `shifts`, when not null, is resized to 2 * indices.size(): dx0, dy0, dx1, ...
 // `labels`, when not null, is cleared for unlabeled data.
 // Aborts on an index outside [0, data.num_examples) or a null `inputs`, or a
-// null `rng` with max_shift > 0.
+// null `rng` with augmentation on.
 void GatherBatch(const Dataset& data, absl::Span<const int64_t> indices, int max_shift,
                  std::mt19937_64* rng, Tensor* inputs, std::vector<int>* labels,
                  std::vector<int>* shifts) {
+  Augmentation augmentation;
+  augmentation.max_shift = max_shift;
+  GatherBatch(data, indices, augmentation, rng, inputs, labels, shifts);
+}
+
+// With an elastic distortion, each image's field is drawn right after its
+// shift (distortion.h gives the protocol).
+void GatherBatch(const Dataset& data, absl::Span<const int64_t> indices,
+                 const Augmentation& augmentation, std::mt19937_64* rng, Tensor* inputs,
+                 std::vector<int>* labels, std::vector<int>* shifts) {
+  const int max_shift = augmentation.max_shift;
   if (inputs == nullptr) FailPrecondition("GatherBatch: inputs is null");
-  if (max_shift > 0 && rng == nullptr) FailPrecondition("GatherBatch: max_shift > 0, rng null");
+  if (augmentation.enabled() && rng == nullptr) {
+    FailPrecondition("GatherBatch: augmentation on, rng null");
+  }
   const int64_t batch = static_cast<int64_t>(indices.size());
   const int64_t input_size = data.input_size();
   inputs->Reshape({batch, data.channels, data.image_rows, data.image_cols});
@@ -108,6 +121,7 @@ void GatherBatch(const Dataset& data, absl::Span<const int64_t> indices, int max
   const std::array<float, 256>& scale = PixelScale();
   const uint64_t shift_range = 2 * static_cast<uint64_t>(max_shift > 0 ? max_shift : 0) + 1;
   std::vector<uint8_t> shifted(max_shift > 0 ? input_size : 0);
+  std::vector<uint8_t> distorted(augmentation.elastic.enabled() ? input_size : 0);
   for (int64_t k = 0; k < batch; ++k) {
     const int64_t index = indices[k];
     if (index < 0 || index >= data.num_examples) {
@@ -129,6 +143,11 @@ void GatherBatch(const Dataset& data, absl::Span<const int64_t> indices, int max
                    shifted.data() + c * plane);
       }
       image = shifted.data();
+    }
+    if (augmentation.elastic.enabled()) {
+      ElasticDistort(image, data.channels, data.image_rows, data.image_cols, augmentation.elastic,
+                     rng, distorted.data());
+      image = distorted.data();
     }
     float* row = inputs->row(k);
     for (int64_t p = 0; p < input_size; ++p) row[p] = scale[image[p]];

@@ -1,6 +1,7 @@
 // Training batches from a data set: the order of each epoch, the input
-// jitter of Hinton et al. (shifts of up to N pixels), and gathering examples
-// into a float tensor (pixels scaled to [0, 1]).
+// jitter of Hinton et al. (shifts of up to N pixels) and elastic distortion
+// (common/data/distortion.h), and gathering examples into a float tensor
+// (pixels scaled to [0, 1]).
 #ifndef DISTILLERY_COMMON_DATA_BATCHES_H_
 #define DISTILLERY_COMMON_DATA_BATCHES_H_
 
@@ -10,6 +11,7 @@
 
 #include "absl/types/span.h"
 #include "common/data/dataset.h"
+#include "common/data/distortion.h"
 #include "common/tensor/tensor.h"
 
 namespace distillery {
@@ -23,6 +25,15 @@ std::vector<int64_t> ShuffledIndices(int64_t n, uint64_t seed, int64_t epoch);
 // the content right, positive dy down), filling uncovered pixels with zero.
 void ShiftImage(const uint8_t* src, int rows, int cols, int dx, int dy, uint8_t* dst);
 
+// How each image is changed as it is drawn: shifted by up to `max_shift`
+// pixels in x and y (0 = off), then elastically distorted (off by default).
+struct Augmentation {
+  int max_shift = 0;
+  ElasticDistortion elastic;
+
+  bool enabled() const { return max_shift > 0 || elastic.enabled(); }
+};
+
 // Gathers the examples `indices` of `data` into `inputs` (reshaped to
 // (indices.size(), channels, rows, cols), pixels scaled by 1/255) and, when the data is
 // labeled and `labels` is not null, their labels. When `max_shift` > 0 each
@@ -32,6 +43,14 @@ void ShiftImage(const uint8_t* src, int rows, int cols, int dx, int dy, uint8_t*
 void GatherBatch(const Dataset& data, absl::Span<const int64_t> indices, int max_shift,
                  std::mt19937_64* rng, Tensor* inputs, std::vector<int>* labels,
                  std::vector<int>* shifts = nullptr);
+
+// The same with an elastic distortion after the shift: for each image its
+// shift is drawn first, then its displacement field (distortion.h), from
+// the same `rng`. Without distortion, the same views as the form above.
+// `augmentation.elastic` must be valid (ValidateElasticDistortion).
+void GatherBatch(const Dataset& data, absl::Span<const int64_t> indices,
+                 const Augmentation& augmentation, std::mt19937_64* rng, Tensor* inputs,
+                 std::vector<int>* labels, std::vector<int>* shifts = nullptr);
 
 }  // namespace distillery
 

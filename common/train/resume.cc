@@ -58,6 +58,10 @@ TrainingSettings DescribeTrainingSettings(const TrainerConfig& c, int64_t exampl
   s["input_dropout"] = F(c.input_dropout);
   s["hidden_dropout"] = F(c.hidden_dropout);
   s["jitter"] = absl::StrCat(c.max_shift);
+  if (c.elastic.enabled()) {  // absent when off, as in checkpoints from before it existed
+    s["elastic_alpha"] = F(c.elastic.alpha);
+    s["elastic_sigma"] = F(c.elastic.sigma);
+  }
   s["seed"] = absl::StrCat(c.seed);
   s["epochs"] = absl::StrCat(c.epochs);
   s["batch_size"] = absl::StrCat(c.batch_size);

@@ -8,7 +8,8 @@
 //   momentum_start, momentum_end, momentum_ramp_epochs, momentum_ramp_steps,
 //   dampened_momentum (SGD), adam_beta1, adam_beta2, adam_epsilon (Adam),
 //   temperature, distill_temperature, alpha, data (what the data is),
-//   examples_per_epoch, batches_per_epoch, and average_last_epochs when on
+//   examples_per_epoch, batches_per_epoch, and average_last_epochs,
+//   elastic_alpha and elastic_sigma when on
 // plus the ISA oneDNN dispatched to, the compute threads and the precision
 // (TrainingState.precision; f32 in checkpoints that record none). A resume
 //   - is refused (FailedPrecondition naming every setting that differs, with

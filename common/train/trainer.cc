@@ -38,6 +38,7 @@ absl::Status ValidateConfig(const TrainerConfig& c) {
     return absl::InvalidArgumentError(
         absl::StrCat("jitter (max shift) must be in [0, 8] pixels, got ", c.max_shift));
   }
+  RETURN_IF_ERROR(ValidateElasticDistortion(c.elastic));
   if (!(std::isfinite(c.schedule.base) && c.schedule.base > 0.f)) {
     return absl::InvalidArgumentError(
         absl::StrCat("learning rate must be a finite number > 0, got ", c.schedule.base));
@@ -423,11 +424,19 @@ absl::StatusOr<TrainingResult> TrainingRun::Run() {
 
 }  // namespace
 
-LocalBatchSource::LocalBatchSource(const Dataset& data, int64_t batch_size, int max_shift,
-                                   uint64_t seed, SoftTargetSource* soft_targets)
+Augmentation AugmentationOf(const TrainerConfig& config) {
+  Augmentation augmentation;
+  augmentation.max_shift = config.max_shift;
+  augmentation.elastic = config.elastic;
+  return augmentation;
+}
+
+LocalBatchSource::LocalBatchSource(const Dataset& data, int64_t batch_size,
+                                   const Augmentation& augmentation, uint64_t seed,
+                                   SoftTargetSource* soft_targets)
     : data_(data),
       batch_size_(batch_size),
-      max_shift_(max_shift),
+      augmentation_(augmentation),
       seed_(seed),
       soft_targets_(soft_targets) {}
 
@@ -445,7 +454,7 @@ absl::Status LocalBatchSource::ProduceEpoch(int64_t epoch,
     const int64_t end = std::min(n, begin + batch_size_);
     TrainingBatch batch;
     batch.ids.assign(order.begin() + begin, order.begin() + end);
-    GatherBatch(data_, batch.ids, max_shift_, &jitter_rng, &batch.inputs,
+    GatherBatch(data_, batch.ids, augmentation_, &jitter_rng, &batch.inputs,
                 data_.has_labels() ? &batch.labels : nullptr);
     if (soft_targets_ != nullptr) {
       RETURN_IF_ERROR(
@@ -465,7 +474,8 @@ absl::StatusOr<TrainingResult> Train(const TrainerConfig& config, const Dataset&
   }
   if (train.num_examples < 1) return absl::InvalidArgumentError("the training set is empty");
   if (config.batch_size < 1) return absl::InvalidArgumentError("batch size must be at least 1");
-  LocalBatchSource source(train, config.batch_size, config.max_shift, config.seed, soft_targets);
+  LocalBatchSource source(train, config.batch_size, AugmentationOf(config), config.seed,
+                          soft_targets);
   return Train(config, source, test, validation);
 }
 

@@ -19,6 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "common/data/batches.h"
 #include "common/data/dataset.h"
 #include "common/nn/network.h"
 #include "common/nn/optimizer.h"
@@ -41,6 +42,9 @@ struct TrainerConfig {
   // Jitter: each time an image is drawn it is shifted by a uniform integer
   // number of pixels in [-max_shift, max_shift] in x and y (0 = off).
   int max_shift = 0;
+  // Elastic distortion of each drawn image after its shift
+  // (common/data/distortion.h; alpha 0 = off).
+  ElasticDistortion elastic;
   // Epochs over the training data and examples per update.
   int64_t epochs = 30;
   int64_t batch_size = 128;
@@ -65,7 +69,7 @@ struct TrainerConfig {
   // labels when the data has them.
   float distill_temperature = 20.f;
   float alpha = 0.9f;
-  // Keys initialisation, example order, jitter and dropout.
+  // Keys initialisation, example order, jitter, distortion and dropout.
   uint64_t seed = 1;
   // Evaluate on the test set every this many epochs (and after the last).
   int64_t eval_every = 1;
@@ -177,14 +181,18 @@ struct TrainingResult {
   int64_t best_validation_errors = -1;
 };
 
+// The augmentation `config` asks for: its jitter and elastic distortion.
+Augmentation AugmentationOf(const TrainerConfig& config);
+
 // The batches of a local data set: examples in the order of
-// ShuffledIndices(n, seed, epoch), jittered with an RNG keyed by (seed,
-// epoch), with soft targets from `soft_targets` when it is not null.
+// ShuffledIndices(n, seed, epoch), augmented (jitter, elastic distortion)
+// with an RNG keyed by (seed, epoch), with soft targets from `soft_targets`
+// when it is not null.
 class LocalBatchSource : public BatchSource {
  public:
   // `data` and `soft_targets` are not owned and must outlive the source.
-  LocalBatchSource(const Dataset& data, int64_t batch_size, int max_shift, uint64_t seed,
-                   SoftTargetSource* soft_targets = nullptr);
+  LocalBatchSource(const Dataset& data, int64_t batch_size, const Augmentation& augmentation,
+                   uint64_t seed, SoftTargetSource* soft_targets = nullptr);
   Shape example_shape() const override { return data_.example_shape(); }
   int64_t BatchesPerEpoch() const override;
   int64_t ExamplesPerEpoch() const override { return data_.num_examples; }
@@ -194,7 +202,7 @@ class LocalBatchSource : public BatchSource {
  private:
   const Dataset& data_;
   const int64_t batch_size_;
-  const int max_shift_;
+  const Augmentation augmentation_;
   const uint64_t seed_;
   SoftTargetSource* soft_targets_;
 };
