@@ -26,6 +26,75 @@ std::string NodeName(const onnx::NodeProto& node) {
 
 constexpr int64_t kMaxTensorElements = int64_t{1} << 28;
 
+namespace {
+
+// The `count` float values of `t`, from its raw bytes or its float_data,
+// all finite.
+absl::Status DecodeFloats(const onnx::TensorProto& t, const std::string& tname, int64_t count,
+                          ConstTensor* out) {
+  out->is_float = true;
+  const std::string& raw = t.raw_data();
+  if (!raw.empty()) {
+    if (raw.size() != static_cast<size_t>(count) * 4) {
+      return absl::DataLossError(
+          absl::StrCat(tname, " has ", raw.size(), " bytes of data for ", count, " floats"));
+    }
+    out->f.resize(count);
+    if (count > 0) std::memcpy(out->f.data(), raw.data(), raw.size());
+  } else {
+    if (t.float_data_size() != count) {
+      return absl::DataLossError(
+          absl::StrCat(tname, " has ", t.float_data_size(), " values for ", count, " elements"));
+    }
+    out->f.assign(t.float_data().begin(), t.float_data().end());
+  }
+  for (size_t k = 0; k < out->f.size(); ++k) {
+    if (!std::isfinite(out->f[k])) {
+      return absl::DataLossError(absl::StrCat(tname, " holds a non-finite value at ", k));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The `count` INT64 or INT32 values of `t`, from its raw bytes or its
+// int64_data / int32_data, widened to int64.
+absl::Status DecodeIntegers(const onnx::TensorProto& t, const std::string& tname, int64_t count,
+                            ConstTensor* out) {
+  const bool is64 = t.data_type() == onnx::TensorProto::INT64;
+  const std::string& raw = t.raw_data();
+  if (!raw.empty()) {
+    if (raw.size() != static_cast<size_t>(count) * (is64 ? 8 : 4)) {
+      return absl::DataLossError(
+          absl::StrCat(tname, " has ", raw.size(), " bytes of data for ", count, " integers"));
+    }
+    for (int64_t k = 0; k < count; ++k) {
+      if (is64) {
+        int64_t v;
+        std::memcpy(&v, raw.data() + k * 8, 8);
+        out->i.push_back(v);
+      } else {
+        int32_t v;
+        std::memcpy(&v, raw.data() + k * 4, 4);
+        out->i.push_back(v);
+      }
+    }
+    return absl::OkStatus();
+  }
+  const int size = is64 ? t.int64_data_size() : t.int32_data_size();
+  if (size != count) {
+    return absl::DataLossError(
+        absl::StrCat(tname, " has ", size, " values for ", count, " elements"));
+  }
+  if (is64) {
+    out->i.assign(t.int64_data().begin(), t.int64_data().end());
+  } else {
+    out->i.assign(t.int32_data().begin(), t.int32_data().end());
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<ConstTensor> DecodeTensor(const onnx::TensorProto& t) {
   const std::string tname = absl::StrCat("tensor \"", t.name(), "\"");
   if (t.data_location() == onnx::TensorProto::EXTERNAL || t.external_data_size() > 0) {
@@ -42,66 +111,14 @@ absl::StatusOr<ConstTensor> DecodeTensor(const onnx::TensorProto& t) {
     count *= d;
     out.dims.push_back(d);
   }
-  const std::string& raw = t.raw_data();
   switch (t.data_type()) {
-    case onnx::TensorProto::FLOAT: {
-      out.is_float = true;
-      if (!raw.empty()) {
-        if (raw.size() != static_cast<size_t>(count) * 4) {
-          return absl::DataLossError(
-              absl::StrCat(tname, " has ", raw.size(), " bytes of data for ", count, " floats"));
-        }
-        out.f.resize(count);
-        if (count > 0) std::memcpy(out.f.data(), raw.data(), raw.size());
-      } else {
-        if (t.float_data_size() != count) {
-          return absl::DataLossError(absl::StrCat(tname, " has ", t.float_data_size(),
-                                                  " values for ", count, " elements"));
-        }
-        out.f.assign(t.float_data().begin(), t.float_data().end());
-      }
-      for (size_t k = 0; k < out.f.size(); ++k) {
-        if (!std::isfinite(out.f[k])) {
-          return absl::DataLossError(absl::StrCat(tname, " holds a non-finite value at ", k));
-        }
-      }
+    case onnx::TensorProto::FLOAT:
+      RETURN_IF_ERROR(DecodeFloats(t, tname, count, &out));
       return out;
-    }
     case onnx::TensorProto::INT64:
-    case onnx::TensorProto::INT32: {
-      const bool is64 = t.data_type() == onnx::TensorProto::INT64;
-      const size_t width = is64 ? 8 : 4;
-      if (!raw.empty()) {
-        if (raw.size() != static_cast<size_t>(count) * width) {
-          return absl::DataLossError(
-              absl::StrCat(tname, " has ", raw.size(), " bytes of data for ", count, " integers"));
-        }
-        for (int64_t k = 0; k < count; ++k) {
-          if (is64) {
-            int64_t v;
-            std::memcpy(&v, raw.data() + k * 8, 8);
-            out.i.push_back(v);
-          } else {
-            int32_t v;
-            std::memcpy(&v, raw.data() + k * 4, 4);
-            out.i.push_back(v);
-          }
-        }
-      } else if (is64) {
-        if (t.int64_data_size() != count) {
-          return absl::DataLossError(absl::StrCat(tname, " has ", t.int64_data_size(),
-                                                  " values for ", count, " elements"));
-        }
-        out.i.assign(t.int64_data().begin(), t.int64_data().end());
-      } else {
-        if (t.int32_data_size() != count) {
-          return absl::DataLossError(absl::StrCat(tname, " has ", t.int32_data_size(),
-                                                  " values for ", count, " elements"));
-        }
-        out.i.assign(t.int32_data().begin(), t.int32_data().end());
-      }
+    case onnx::TensorProto::INT32:
+      RETURN_IF_ERROR(DecodeIntegers(t, tname, count, &out));
       return out;
-    }
     default:
       return absl::DataLossError(absl::StrCat(tname, " has data type ", t.data_type(),
                                               "; weights must be float32 (and shapes int64)"));
