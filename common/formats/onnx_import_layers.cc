@@ -136,6 +136,69 @@ absl::Status Importer::ConvertConv(const onnx::NodeProto& node) {
   return absl::OkStatus();
 }
 
+namespace {
+
+// The window of a MaxPool or AveragePool node on an input of shape `in`:
+// kernel, strides and padding into `spec`; refuses anything but a 2-D
+// kernel with positive strides and no dilation.
+absl::Status ReadPoolWindow(const onnx::NodeProto& node, const Shape& in, LayerSpec* spec) {
+  const std::vector<int64_t> ks = IntsAttr(node, "kernel_shape");
+  std::vector<int64_t> strides = IntsAttr(node, "strides");
+  if (strides.empty()) strides = {1, 1};
+  std::vector<int64_t> dilations = IntsAttr(node, "dilations");
+  if (dilations.empty()) dilations = {1, 1};
+  if (ks.size() != 2 || ks[0] < 1 || ks[1] < 1 || ks[0] > in[1] + 65536 || ks[1] > in[2] + 65536 ||
+      strides.size() != 2 || strides[0] < 1 || strides[1] < 1 || strides[0] > 65536 ||
+      strides[1] > 65536 || dilations != std::vector<int64_t>{1, 1}) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        NodeName(node), ": needs a 2-D kernel_shape, positive strides and no dilation"));
+  }
+  const int64_t kernel[2] = {ks[0], ks[1]};
+  const int64_t stride[2] = {strides[0], strides[1]};
+  const int64_t dilation[2] = {1, 1};
+  int64_t pad[2];
+  RETURN_IF_ERROR(ResolvePads(node, in, kernel, stride, dilation, pad));
+  spec->kernel_rows = static_cast<int>(kernel[0]);
+  spec->kernel_cols = static_cast<int>(kernel[1]);
+  spec->stride_rows = static_cast<int>(stride[0]);
+  spec->stride_cols = static_cast<int>(stride[1]);
+  spec->pad_rows = static_cast<int>(pad[0]);
+  spec->pad_cols = static_cast<int>(pad[1]);
+  return absl::OkStatus();
+}
+
+// The output shape of pooling `spec` (a max or average pool) over `in`.
+absl::StatusOr<Shape> PoolOutputShape(const onnx::NodeProto& node, const LayerSpec& spec,
+                                      const Shape& in) {
+  if (!spec.ceil_mode) {
+    const int64_t rows = WindowOut(in[1], spec.kernel_rows, spec.stride_rows, spec.pad_rows, 1);
+    const int64_t cols = WindowOut(in[2], spec.kernel_cols, spec.stride_cols, spec.pad_cols, 1);
+    if (rows < 1 || cols < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(NodeName(node), ": its window does not fit the image"));
+    }
+    return Shape{in[0], rows, cols};
+  }
+  // The engine's own formula (and its refusals) for ceil mode.
+  Pool2dOptions o;
+  o.kind = spec.kind == LayerSpec::Kind::kMaxPool2d ? PoolKind::kMax : PoolKind::kAverage;
+  o.window_rows = spec.kernel_rows;
+  o.window_cols = spec.kernel_cols;
+  o.stride_rows = spec.stride_rows;
+  o.stride_cols = spec.stride_cols;
+  o.pad_rows = spec.pad_rows;
+  o.pad_cols = spec.pad_cols;
+  o.count_include_pad = spec.count_include_pad;
+  o.ceil_mode = true;
+  absl::StatusOr<Shape> out = Pool2dLayer(o, nullptr).OutputShape(in);
+  if (!out.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(NodeName(node), ": ", out.status().message()));
+  }
+  return out;
+}
+
+}  // namespace
+
 absl::Status Importer::ConvertPool(const onnx::NodeProto& node) {
   RETURN_IF_ERROR(ExpectActivation(node, 0));
   RETURN_IF_ERROR(ExpectSingleOutput(node));
@@ -160,59 +223,13 @@ absl::Status Importer::ConvertPool(const onnx::NodeProto& node) {
   if (is_max && IntAttr(node, "storage_order", 0) != 0) {
     return absl::InvalidArgumentError(absl::StrCat(NodeName(node), ": storage_order must be 0"));
   }
-  const std::vector<int64_t> ks = IntsAttr(node, "kernel_shape");
-  std::vector<int64_t> strides = IntsAttr(node, "strides");
-  if (strides.empty()) strides = {1, 1};
-  std::vector<int64_t> dilations = IntsAttr(node, "dilations");
-  if (dilations.empty()) dilations = {1, 1};
-  if (ks.size() != 2 || ks[0] < 1 || ks[1] < 1 || ks[0] > shape_[1] + 65536 ||
-      ks[1] > shape_[2] + 65536 || strides.size() != 2 || strides[0] < 1 || strides[1] < 1 ||
-      strides[0] > 65536 || strides[1] > 65536 || dilations != std::vector<int64_t>{1, 1}) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        NodeName(node), ": needs a 2-D kernel_shape, positive strides and no dilation"));
-  }
-  const int64_t kernel[2] = {ks[0], ks[1]};
-  const int64_t stride[2] = {strides[0], strides[1]};
-  const int64_t dilation[2] = {1, 1};
-  int64_t pad[2];
-  RETURN_IF_ERROR(ResolvePads(node, shape_, kernel, stride, dilation, pad));
+  RETURN_IF_ERROR(ReadPoolWindow(node, shape_, &layer.spec));
   layer.spec.kind = is_max ? LayerSpec::Kind::kMaxPool2d : LayerSpec::Kind::kAvgPool2d;
-  layer.spec.kernel_rows = static_cast<int>(kernel[0]);
-  layer.spec.kernel_cols = static_cast<int>(kernel[1]);
-  layer.spec.stride_rows = static_cast<int>(stride[0]);
-  layer.spec.stride_cols = static_cast<int>(stride[1]);
-  layer.spec.pad_rows = static_cast<int>(pad[0]);
-  layer.spec.pad_cols = static_cast<int>(pad[1]);
   layer.spec.count_include_pad = !is_max && IntAttr(node, "count_include_pad", 0) != 0;
   layer.spec.ceil_mode = ceil_mode;
-  if (ceil_mode) {
-    // The engine's own formula (and its refusals) for ceil mode.
-    Pool2dOptions o;
-    o.kind = is_max ? PoolKind::kMax : PoolKind::kAverage;
-    o.window_rows = kernel[0];
-    o.window_cols = kernel[1];
-    o.stride_rows = stride[0];
-    o.stride_cols = stride[1];
-    o.pad_rows = pad[0];
-    o.pad_cols = pad[1];
-    o.count_include_pad = layer.spec.count_include_pad;
-    o.ceil_mode = true;
-    absl::StatusOr<Shape> out = Pool2dLayer(o, nullptr).OutputShape(shape_);
-    if (!out.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(NodeName(node), ": ", out.status().message()));
-    }
-    layers_.push_back(layer);
-    Advance(node, *out);
-    return absl::OkStatus();
-  }
-  const int64_t rows = WindowOut(shape_[1], kernel[0], stride[0], pad[0], 1);
-  const int64_t cols = WindowOut(shape_[2], kernel[1], stride[1], pad[1], 1);
-  if (rows < 1 || cols < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(NodeName(node), ": its window does not fit the image"));
-  }
+  ASSIGN_OR_RETURN(const Shape out, PoolOutputShape(node, layer.spec, shape_));
   layers_.push_back(layer);
-  Advance(node, {shape_[0], rows, cols});
+  Advance(node, out);
   return absl::OkStatus();
 }
 
