@@ -218,62 +218,76 @@ absl::StatusOr<Conv2dLayer::Primitives> Conv2dLayer::BuildForward(const Tensor& 
   return p;
 }
 
-void Conv2dLayer::AddBackward(bool bf16, Primitives* entry) const {
-  Primitives& p = *entry;
-  const Conv2dOptions& o = options_;
-  const Geometry g(o);
-  const dnnl::engine& engine = context_->engine();
-  const auto algorithm = dnnl::algorithm::convolution_direct;
-  // In bf16 the products read bf16 copies of the input, the weights and
-  // dL/doutput, and write dL/dinput in the input's type and f32 weight
-  // gradients.
+// In bf16 the products read bf16 copies of the input, the weights and
+// dL/doutput, and write dL/dinput in the input's type.
+DataPd Conv2dLayer::BackwardDataPd(bool bf16, const Primitives& p) const {
+  const Geometry g(options_);
   const auto type = bf16 ? kBf16 : kF32;
   const auto diff_src_type = p.src.data_type();
   auto data_of = [&](const memory::desc& diff_src, const memory::desc& weights,
                      const memory::desc& diff_dst) {
-    return DataPd(dnnl::convolution_backward_data::desc(algorithm, diff_src, weights, diff_dst,
-                                                        g.strides, g.dilates, g.padding, g.padding),
-                  engine, p.forward_pd);
+    return DataPd(dnnl::convolution_backward_data::desc(dnnl::algorithm::convolution_direct,
+                                                        diff_src, weights, diff_dst, g.strides,
+                                                        g.dilates, g.padding, g.padding),
+                  context_->engine(), p.forward_pd);
   };
+  if (options_.layout == ConvLayout::kPlain) {
+    return data_of(PlainOf(p.plain_src, diff_src_type), PlainOf(p.weights, type),
+                   PlainOf(p.plain_dst, type));
+  }
+  DataPd pd =
+      data_of(AnyOf(p.plain_src, diff_src_type), AnyOf(p.weights, type), AnyOf(p.plain_dst, type));
+  if (options_.layout == ConvLayout::kAuto && !Compact({{pd.diff_src_desc(), p.plain_src},
+                                                        {pd.weights_desc(), p.weights},
+                                                        {pd.diff_dst_desc(), p.plain_dst}})) {
+    pd = data_of(PlainOf(p.plain_src, diff_src_type), PlainOf(p.weights, type),
+                 PlainOf(p.plain_dst, type));
+  }
+  return pd;
+}
+
+// In bf16 the products read bf16 copies of the input and dL/doutput and
+// write f32 weight gradients.
+WeightsPd Conv2dLayer::BackwardWeightsPd(bool bf16, const Primitives& p) const {
+  const Geometry g(options_);
+  const auto type = bf16 ? kBf16 : kF32;
   auto weights_of = [&](const memory::desc& src, const memory::desc& diff_weights,
                         const memory::desc& diff_dst) {
-    return WeightsPd(
-        dnnl::convolution_backward_weights::desc(algorithm, src, diff_weights, p.bias, diff_dst,
-                                                 g.strides, g.dilates, g.padding, g.padding),
-        engine, p.forward_pd);
+    return WeightsPd(dnnl::convolution_backward_weights::desc(
+                         dnnl::algorithm::convolution_direct, src, diff_weights, p.bias, diff_dst,
+                         g.strides, g.dilates, g.padding, g.padding),
+                     context_->engine(), p.forward_pd);
   };
-  const bool any = o.layout != ConvLayout::kPlain;
-  auto layout_of = [any](const memory::desc& plain, memory::data_type t) {
-    return any ? AnyOf(plain, t) : PlainOf(plain, t);
-  };
-  DataPd data_pd = data_of(layout_of(p.plain_src, diff_src_type), layout_of(p.weights, type),
-                           layout_of(p.plain_dst, type));
-  if (o.layout == ConvLayout::kAuto && !Compact({{data_pd.diff_src_desc(), p.plain_src},
-                                                 {data_pd.weights_desc(), p.weights},
-                                                 {data_pd.diff_dst_desc(), p.plain_dst}})) {
-    data_pd = data_of(PlainOf(p.plain_src, diff_src_type), PlainOf(p.weights, type),
+  if (options_.layout == ConvLayout::kPlain) {
+    return weights_of(PlainOf(p.plain_src, type), PlainOf(p.weights, kF32),
                       PlainOf(p.plain_dst, type));
   }
-  auto compact_weights = [&p](const WeightsPd& pd) {
+  auto compact = [&p](const WeightsPd& pd) {
     return Compact({{pd.src_desc(), p.plain_src},
                     {pd.diff_weights_desc(), p.weights},
                     {pd.diff_dst_desc(), p.plain_dst}});
   };
-  WeightsPd weights_pd = weights_of(layout_of(p.plain_src, type), layout_of(p.weights, kF32),
-                                    layout_of(p.plain_dst, type));
-  if (o.layout == ConvLayout::kAuto && bf16 && !compact_weights(weights_pd)) {
+  WeightsPd pd =
+      weights_of(AnyOf(p.plain_src, type), AnyOf(p.weights, kF32), AnyOf(p.plain_dst, type));
+  if (options_.layout == ConvLayout::kAuto && bf16 && !compact(pd)) {
     // oneDNN 2.6's bf16 weight-gradient kernels pad a layer with few input
     // channels (a first layer) past Compact, and in plain layouts they fall
     // to a gemm that is not AMX's: on the AMX Xeon, MNIST's 1->32 5x5 layer
     // took 7.2 ms per batch of 128 in plain bf16 and 0.9 ms in f32. Such a
     // pass runs in f32, from the f32 input and dL/doutput.
-    weights_pd =
-        weights_of(AnyOf(p.plain_src, kF32), AnyOf(p.weights, kF32), AnyOf(p.plain_dst, kF32));
+    pd = weights_of(AnyOf(p.plain_src, kF32), AnyOf(p.weights, kF32), AnyOf(p.plain_dst, kF32));
   }
-  if (o.layout == ConvLayout::kAuto && !compact_weights(weights_pd)) {
-    const auto used = weights_pd.src_desc().data_type();
-    weights_pd = weights_of(PlainOf(p.plain_src, used), p.weights, PlainOf(p.plain_dst, used));
+  if (options_.layout == ConvLayout::kAuto && !compact(pd)) {
+    const auto used = pd.src_desc().data_type();
+    pd = weights_of(PlainOf(p.plain_src, used), p.weights, PlainOf(p.plain_dst, used));
   }
+  return pd;
+}
+
+void Conv2dLayer::AddBackward(bool bf16, Primitives* entry) const {
+  Primitives& p = *entry;
+  const DataPd data_pd = BackwardDataPd(bf16, p);
+  const WeightsPd weights_pd = BackwardWeightsPd(bf16, p);
   // Built aside and moved in at the end, so that a failure leaves the entry
   // without backward primitives rather than half of them.
   dnnl::convolution_backward_data backward_data(data_pd);

@@ -246,6 +246,12 @@ class Conv2dLayer : public Layer {
   dnnl::memory::desc WeightsDesc() const;
   // Adds the backward primitives and their bridges to `entry`.
   void AddBackward(bool bf16, Primitives* entry) const;
+  // The backward-data and backward-weights descriptors for the forward
+  // pass in `p`, in the layouts the layer's ConvLayout allows.
+  dnnl::convolution_backward_data::primitive_desc BackwardDataPd(bool bf16,
+                                                                 const Primitives& p) const;
+  dnnl::convolution_backward_weights::primitive_desc BackwardWeightsPd(bool bf16,
+                                                                       const Primitives& p) const;
   // A bridge between `plain` and `inner`: none when they are equal.
   Bridge MakeBridge(const dnnl::memory::desc& plain, const dnnl::memory::desc& inner,
                     bool to_inner) const;
