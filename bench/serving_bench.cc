@@ -117,6 +117,61 @@ double ForwardMatmulGflops(const std::vector<int64_t>& sizes, int64_t batch, Pre
   return flops / seconds / 1e9;
 }
 
+// Starts a teacher server on the benchmark's checkpoint with `extra` flags
+// besides the common ones; false (logged) when it does not start.
+bool StartServer(ServerProcess* server, int threads, const std::vector<std::string>& extra) {
+  std::vector<std::string> args = {"--checkpoint=" + absl::GetFlag(FLAGS_checkpoint),
+                                   "--no_transfer_set",
+                                   "--metrics_address=", "--threads=" + std::to_string(threads),
+                                   "--precision=" + absl::GetFlag(FLAGS_precision)};
+  args.insert(args.end(), extra.begin(), extra.end());
+  if (server->Start(absl::GetFlag(FLAGS_server), args, "/tmp")) return true;
+  spdlog::error("cannot start the server");
+  return false;
+}
+
+// In-process and over gRPC at batches of 128 and 1024; returns the
+// in-process rate at 1024, or a negative number when a server fails.
+double MeasureLargeBatches(Network& teacher, int threads, double seconds, int64_t* failures) {
+  double local_1024 = 0;
+  for (int64_t batch : {128, 1024}) {
+    const double local = InProcessRate(teacher, batch, seconds);
+    if (batch == 1024) local_1024 = local;
+    ServerProcess server;
+    if (!StartServer(&server, threads, {"--max_batch=1024", "--batch_wait_ms=0"})) return -1;
+    // Two clients on two channels keep the server busy while a response
+    // travels back (one client would leave it idle half the time).
+    const double remote =
+        GrpcRate(server.target(), 2, batch, teacher.input_size(), seconds, failures);
+    server.Stop();
+    std::printf(
+        "serving batch=%ld in_process_examples_per_s=%.0f grpc_examples_per_s=%.0f "
+        "grpc_over_in_process=%.3f\n",
+        static_cast<long>(batch), local, remote, remote / local);
+    std::fflush(stdout);
+  }
+  return local_1024;
+}
+
+// Dynamic batching: 16 clients sending 8 examples each, without and with.
+bool MeasureDynamicBatching(int64_t input_size, int threads, double seconds, int64_t* failures) {
+  double rates[2];
+  for (int batching = 0; batching < 2; ++batching) {
+    ServerProcess server;
+    const std::vector<std::string> limits =
+        batching ? std::vector<std::string>{"--max_batch=1024", "--batch_wait_ms=2"}
+                 : std::vector<std::string>{"--max_batch=8", "--batch_wait_ms=0"};
+    if (!StartServer(&server, threads, limits)) return false;
+    rates[batching] = GrpcRate(server.target(), 16, 8, input_size, seconds, failures);
+    server.Stop();
+  }
+  std::printf(
+      "batching clients=16 batch=8 without_examples_per_s=%.0f with_examples_per_s=%.0f "
+      "gain=%.2f\n",
+      rates[0], rates[1], rates[1] / rates[0]);
+  return true;
+}
+
 int Run() {
   const int threads = absl::GetFlag(FLAGS_threads);
   const double seconds = absl::GetFlag(FLAGS_seconds);
@@ -127,9 +182,11 @@ int Run() {
     return 1;
   }
   auto teacher = NetworkFromCheckpoint(*checkpoint);
-  if (!teacher.ok()) return 1;
-  const std::string precision_flag = absl::GetFlag(FLAGS_precision);
-  auto choice = ParsePrecisionChoice(precision_flag);
+  if (!teacher.ok()) {
+    spdlog::error("{}", teacher.status().ToString());
+    return 1;
+  }
+  auto choice = ParsePrecisionChoice(absl::GetFlag(FLAGS_precision));
   std::string why;
   auto precision =
       choice.ok() ? ResolvePrecision(*choice, PrecisionUse::kServing, &why) : choice.status();
@@ -138,35 +195,12 @@ int Run() {
     return 1;
   }
   (*teacher)->SetPrecision(*precision);
-  const int64_t input_size = (*teacher)->input_size();
   std::printf("# teacher %s, %d compute threads, %.0f s per measurement, precision %s (%s)\n",
               (*teacher)->spec().ArchitectureString().c_str(), threads, seconds,
               PrecisionName(*precision), why.c_str());
   int64_t failures = 0;
-  const std::string dir = "/tmp";
-  double local_1024 = 0;
-  for (int64_t batch : {128, 1024}) {
-    const double local = InProcessRate(**teacher, batch, seconds);
-    if (batch == 1024) local_1024 = local;
-    ServerProcess server;
-    if (!server.Start(absl::GetFlag(FLAGS_server),
-                      {"--checkpoint=" + absl::GetFlag(FLAGS_checkpoint), "--no_transfer_set",
-                       "--metrics_address=", "--threads=" + std::to_string(threads),
-                       "--max_batch=1024", "--batch_wait_ms=0", "--precision=" + precision_flag},
-                      dir)) {
-      spdlog::error("cannot start the server");
-      return 1;
-    }
-    // Two clients on two channels keep the server busy while a response
-    // travels back (one client would leave it idle half the time).
-    const double remote = GrpcRate(server.target(), 2, batch, input_size, seconds, &failures);
-    server.Stop();
-    std::printf(
-        "serving batch=%ld in_process_examples_per_s=%.0f grpc_examples_per_s=%.0f "
-        "grpc_over_in_process=%.3f\n",
-        static_cast<long>(batch), local, remote, remote / local);
-    std::fflush(stdout);
-  }
+  const double local_1024 = MeasureLargeBatches(**teacher, threads, seconds, &failures);
+  if (local_1024 < 0) return 1;
   if (const std::vector<int64_t> sizes = (*teacher)->spec().MlpLayerSizes(); !sizes.empty()) {
     double flops_per_example = 0;
     const double matmul = ForwardMatmulGflops(sizes, 1024, *precision, &flops_per_example);
@@ -177,27 +211,7 @@ int Run() {
         PrecisionName(*precision), CpuIsaName().c_str(), matmul, ours, ours / matmul);
     std::fflush(stdout);
   }
-  // Dynamic batching: 16 clients sending 8 examples each.
-  double rates[2];
-  for (int batching = 0; batching < 2; ++batching) {
-    ServerProcess server;
-    std::vector<std::string> args = {"--checkpoint=" + absl::GetFlag(FLAGS_checkpoint),
-                                     "--no_transfer_set",
-                                     "--metrics_address=", "--threads=" + std::to_string(threads),
-                                     "--precision=" + precision_flag};
-    if (batching) {
-      args.insert(args.end(), {"--max_batch=1024", "--batch_wait_ms=2"});
-    } else {
-      args.insert(args.end(), {"--max_batch=8", "--batch_wait_ms=0"});
-    }
-    if (!server.Start(absl::GetFlag(FLAGS_server), args, dir)) return 1;
-    rates[batching] = GrpcRate(server.target(), 16, 8, input_size, seconds, &failures);
-    server.Stop();
-  }
-  std::printf(
-      "batching clients=16 batch=8 without_examples_per_s=%.0f with_examples_per_s=%.0f "
-      "gain=%.2f\n",
-      rates[0], rates[1], rates[1] / rates[0]);
+  if (!MeasureDynamicBatching((*teacher)->input_size(), threads, seconds, &failures)) return 1;
   std::printf("failed_calls=%ld\n", static_cast<long>(failures));
   return failures == 0 ? 0 : 1;
 }
