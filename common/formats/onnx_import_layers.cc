@@ -16,7 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/formats/onnx_import_internal.h"
-#include "common/nn/layers/pool2d_layer.h"
+#include "common/nn/layer_factory.h"
 #include "common/util/status_macros.h"
 
 namespace distillery {
@@ -180,17 +180,10 @@ absl::StatusOr<Shape> PoolOutputShape(const onnx::NodeProto& node, const LayerSp
     return Shape{in[0], rows, cols};
   }
   // The engine's own formula (and its refusals) for ceil mode.
-  Pool2dOptions o;
-  o.kind = spec.kind == LayerSpec::Kind::kMaxPool2d ? PoolKind::kMax : PoolKind::kAverage;
-  o.window_rows = spec.kernel_rows;
-  o.window_cols = spec.kernel_cols;
-  o.stride_rows = spec.stride_rows;
-  o.stride_cols = spec.stride_cols;
-  o.pad_rows = spec.pad_rows;
-  o.pad_cols = spec.pad_cols;
-  o.count_include_pad = spec.count_include_pad;
-  o.ceil_mode = true;
-  absl::StatusOr<Shape> out = Pool2dLayer(o, nullptr).OutputShape(in);
+  absl::StatusOr<Shape> out = [&]() -> absl::StatusOr<Shape> {
+    ASSIGN_OR_RETURN(std::unique_ptr<Layer> pool, MakeLayer(spec, 0, in, 0, nullptr));
+    return pool->OutputShape(in);
+  }();
   if (!out.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(NodeName(node), ": ", out.status().message()));
   }
