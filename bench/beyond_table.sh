@@ -20,6 +20,10 @@
 #                           a teacher checkpoint already there is not retrained)
 #   CNN_EPOCHS=20 CNN2_EPOCHS=10 MLP_EPOCHS=60 DISTILL_EPOCHS=60
 #   STUDENT_FLAGS="--average_last_epochs=20"   more flags for every student
+#   ELASTIC_ALPHA=34        elastic distortion (sigma 4) of the `cnn` student's
+#                           views after their jitter, labelled by the teacher
+#                           as they are (default 0: off; the `ensemble`
+#                           students' precomputed transfer set has none)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/teacher_lib.sh
@@ -87,7 +91,8 @@ EOF
 distil() {  # name serve-args...
   local name=$1 source=${SOURCE:-local}
   shift
-  local serve_data=(--no_transfer_set) student_data=(--jitter=2) serve_threads=1
+  local serve_data=(--no_transfer_set) serve_threads=1
+  local student_data=(--jitter=2 --elastic_alpha="${ELASTIC_ALPHA:-0}" --elastic_sigma=4)
   if [ "$source" = teacher ]; then
     serve_data=(--data_dir="$MNIST")
     student_data=(--source=teacher --jitter=0)
