@@ -11,8 +11,11 @@
 //      of every pixel in row-major order, then the y displacement. Each is
 //      (rng() >> 11) * 2^-53 * 2 - 1, computed in double, stored as float.
 //   2. Each field is smoothed by a Gaussian of standard deviation `sigma`
-//      pixels, truncated at radius ceil(3 * sigma) and normalised to sum 1,
-//      along rows and then along columns, with zeros outside the image.
+//      pixels, truncated at radius ceil(3 * sigma) and normalised to sum 1
+//      (taps exp(-k^2 / (2 sigma^2)) in double, divided by their sum, then
+//      stored as float), along rows and then along columns, with zeros
+//      outside the image. Each output is a float sum over k from -radius
+//      to radius, in that order, of tap(k) * input(k).
 //   3. Both fields are multiplied by `alpha`.
 //   4. Output pixel (r, c) is the bilinear interpolation of the input at
 //      (r + dy(r, c), c + dx(r, c)), zero outside the image, rounded to the
