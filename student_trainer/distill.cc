@@ -76,14 +76,9 @@ absl::StatusOr<TrainingResult> TrainOnLocalTransferSet(const DistillConfig& conf
   if (!config.use_labels) transfer = WithoutLabels(transfer);
   TrainerConfig trainer = config.trainer;
   trainer.data_description = absl::StrCat("local transfer set ", DatasetFingerprint(transfer));
-  spdlog::info("local transfer set: {} examples [{}, {}){}, jitter {} px{}, T={}",
-               transfer.num_examples, range.first, range.second,
-               config.use_labels ? " with labels" : ", no labels", trainer.max_shift,
-               trainer.elastic.enabled()
-                   ? absl::StrCat(", elastic distortion alpha ", trainer.elastic.alpha, " sigma ",
-                                  trainer.elastic.sigma)
-                   : "",
-               trainer.distill_temperature);
+  spdlog::info("local transfer set: {} examples [{}, {}){}, {}, T={}", transfer.num_examples,
+               range.first, range.second, config.use_labels ? " with labels" : ", no labels",
+               DescribeAugmentation(AugmentationOf(trainer)), trainer.distill_temperature);
   RemoteSoftTargets targets(client, trainer.distill_temperature);
   LocalBatchSource source(transfer, trainer.batch_size, AugmentationOf(trainer), trainer.seed,
                           &targets);

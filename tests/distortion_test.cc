@@ -170,5 +170,16 @@ TEST(GatherBatchTest, ElasticDistortionIsDrawnAfterEachShift) {
   }
 }
 
+TEST(DescribeAugmentationTest, NamesWhatIsOn) {
+  Augmentation a;
+  EXPECT_EQ(DescribeAugmentation(a), "no augmentation");
+  a.max_shift = 2;
+  EXPECT_EQ(DescribeAugmentation(a), "jitter 2 px");
+  a.elastic = Usual();
+  EXPECT_EQ(DescribeAugmentation(a), "jitter 2 px, elastic distortion alpha 34 sigma 4");
+  a.max_shift = 0;
+  EXPECT_EQ(DescribeAugmentation(a), "elastic distortion alpha 34 sigma 4");
+}
+
 }  // namespace
 }  // namespace distillery

@@ -67,6 +67,17 @@ std::vector<int64_t> ShuffledIndices(int64_t n, uint64_t seed, int64_t epoch) {
   return order;
 }
 
+std::string DescribeAugmentation(const Augmentation& augmentation) {
+  if (!augmentation.enabled()) return "no augmentation";
+  std::string out;
+  if (augmentation.max_shift > 0) absl::StrAppend(&out, "jitter ", augmentation.max_shift, " px");
+  if (augmentation.elastic.enabled()) {
+    absl::StrAppend(&out, out.empty() ? "" : ", ", "elastic distortion alpha ",
+                    augmentation.elastic.alpha, " sigma ", augmentation.elastic.sigma);
+  }
+  return out;
+}
+
 // dst(r, c) = src(r - dy, c - dx) when that lies inside the image, else 0.
 // `src` and `dst` must not overlap.
 void ShiftImage(const uint8_t* src, int rows, int cols, int dx, int dy, uint8_t* dst) {

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "absl/types/span.h"
@@ -33,6 +34,10 @@ struct Augmentation {
 
   bool enabled() const { return max_shift > 0 || elastic.enabled(); }
 };
+
+// For logs: "jitter 2 px, elastic distortion alpha 34 sigma 4", "jitter 2 px",
+// or "no augmentation".
+std::string DescribeAugmentation(const Augmentation& augmentation);
 
 // Gathers the examples `indices` of `data` into `inputs` (reshaped to
 // (indices.size(), channels, rows, cols), pixels scaled by 1/255) and, when the data is

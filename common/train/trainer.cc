@@ -406,10 +406,10 @@ absl::StatusOr<TrainingResult> TrainingRun::Run() {
   RETURN_IF_ERROR(Setup());
   Network& network = *result_.network;
   if (config_.log_progress) {
-    spdlog::info("training {} ({} parameters) on {} examples of {} for {} epochs, batch {}, {}",
+    spdlog::info("training {} ({} parameters) on {} examples of {} for {} epochs, batch {}, {}, {}",
                  spec_.ArchitectureString(), network.ParameterCount(), source_.ExamplesPerEpoch(),
                  ShapeString(source_.example_shape()), config_.epochs, config_.batch_size,
-                 optimizer_->Describe());
+                 optimizer_->Describe(), DescribeAugmentation(AugmentationOf(config_)));
   }
   for (int64_t epoch = start_epoch_; epoch < config_.epochs; ++epoch) {
     EpochMetrics metrics;
