@@ -1,10 +1,14 @@
 // Pool2dLayer: max and average pooling (padding, ceil mode) against direct
-// loops, gradients against finite differences, shapes and errors.
+// loops, gradients against finite differences, the channels-last 2x2 loops
+// against oneDNN bit for bit, shapes and errors.
 #include "common/nn/layers/pool2d_layer.h"
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <random>
 
+#include "absl/strings/str_cat.h"
 #include "common/tensor/dnnl_context.h"
 #include "gmock/gmock.h"
 #include "tests/layer_test_util.h"
@@ -101,6 +105,83 @@ TEST(Pool2dLayerTest, MaxBackwardNeedsTrainingForward) {
   ASSERT_TRUE(layer.Forward(input, false, &output).ok());
   EXPECT_EQ(layer.Backward(input, output, output, &grad).code(),
             absl::StatusCode::kFailedPrecondition);
+}
+
+// Whether two tensors hold the same bytes (so -0 is not 0) in one shape,
+// type and layout.
+bool SameBits(const Tensor& a, const Tensor& b) {
+  const size_t bytes = static_cast<size_t>(a.size()) * (a.dtype() == DataType::kF32 ? 4 : 2);
+  return a.shape() == b.shape() && a.dtype() == b.dtype() && a.layout() == b.layout() &&
+         std::memcmp(a.raw_data(), b.raw_data(), bytes) == 0;
+}
+
+// Values with many ties, as after a ReLU: zeros (of both signs), a few
+// repeated values and some random ones.
+Tensor TiedTensor(const Shape& shape, uint64_t seed) {
+  Tensor t(shape);
+  std::mt19937_64 rng(seed);
+  const float choices[] = {0.f, -0.f, 0.f, 0.5f, 1.f, -1.f, 0.5f};
+  std::uniform_real_distribution<float> uniform(-2.f, 2.f);
+  for (int64_t i = 0; i < t.size(); ++i) {
+    const uint64_t r = rng() % 9;
+    t.data()[i] = r < 7 ? choices[r] : uniform(rng);
+  }
+  return t;
+}
+
+// Max pooling 2x2 at stride 2 of a channels-last input runs on loops of the
+// layer's own (max_pool_2x2.h); every other layout goes to oneDNN. Both give
+// the same bits, forward and backward, ties (the first of the window wins)
+// and odd sizes included, in f32 and in bf16.
+TEST(Pool2dLayerTest, ChannelsLastMax2x2IsBitIdenticalToOneDnn) {
+  DnnlContext context;
+  uint64_t seed = 500;
+  for (const Shape& shape :
+       {Shape{3, 32, 28, 28}, Shape{2, 16, 7, 9}, Shape{1, 3, 2, 2}, Shape{130, 64, 14, 14}}) {
+    for (DataType type : {DataType::kF32, DataType::kBF16}) {
+      for (bool ceil_mode : {false, true}) {
+        SCOPED_TRACE(
+            absl::StrCat(ShapeString(shape), " ", DataTypeName(type), ceil_mode ? " ceil" : ""));
+        Pool2dOptions options;
+        options.ceil_mode = ceil_mode;
+        Pool2dLayer direct(options, &context), reference(options, &context);
+        for (Pool2dLayer* layer : {&direct, &reference}) layer->SetPrecision(Precision::kBF16);
+        Tensor plain, last;
+        ASSERT_TRUE(context.Convert(TiedTensor(shape, ++seed), Layout::kPlain, type, &plain).ok());
+        ASSERT_TRUE(context.Convert(plain, Layout::kChannelsLast, type, &last).ok());
+        Tensor out_last, out_plain, out_plain_as_last;
+        ASSERT_TRUE(direct.Forward(last, /*training=*/true, &out_last).ok());
+        ASSERT_TRUE(reference.Forward(plain, /*training=*/true, &out_plain).ok());
+        ASSERT_TRUE(
+            context.ConvertLayout(out_plain, Layout::kChannelsLast, &out_plain_as_last).ok());
+        EXPECT_TRUE(SameBits(out_last, out_plain_as_last));
+
+        Tensor grad_plain, grad_last;
+        ASSERT_TRUE(
+            context
+                .Convert(RandomTensor(out_plain.shape(), ++seed), Layout::kPlain, type, &grad_plain)
+                .ok());
+        ASSERT_TRUE(context.ConvertLayout(grad_plain, Layout::kChannelsLast, &grad_last).ok());
+        // Garbage in the gradients' storage: every element must be written.
+        Tensor in_grad_last = last, in_grad_plain = plain, in_grad_plain_as_last;
+        ASSERT_TRUE(direct.Backward(last, out_last, grad_last, &in_grad_last).ok());
+        ASSERT_TRUE(reference.Backward(plain, out_plain, grad_plain, &in_grad_plain).ok());
+        ASSERT_TRUE(
+            context.ConvertLayout(in_grad_plain, Layout::kChannelsLast, &in_grad_plain_as_last)
+                .ok());
+        EXPECT_TRUE(SameBits(in_grad_last, in_grad_plain_as_last));
+
+        // An inference pass (in the input's type) gives the training pass's
+        // output, and leaves its Backward as it was.
+        ASSERT_TRUE(direct.SetInferenceOutput(false, type));
+        Tensor inferred, in_grad_again = last;
+        ASSERT_TRUE(direct.Forward(last, /*training=*/false, &inferred).ok());
+        EXPECT_TRUE(SameBits(inferred, out_last));
+        ASSERT_TRUE(direct.Backward(last, out_last, grad_last, &in_grad_again).ok());
+        EXPECT_TRUE(SameBits(in_grad_again, in_grad_last));
+      }
+    }
+  }
 }
 
 TEST(Pool2dLayerTest, OutputShapeDescribeAndErrors) {

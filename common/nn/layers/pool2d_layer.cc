@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "common/nn/layers/max_pool_2x2.h"
 
 namespace distillery {
 
@@ -93,6 +94,16 @@ absl::Status Pool2dLayer::CheckInput(const char* what, const Tensor& input) cons
   return OutputShape({input.dim(1), input.dim(2), input.dim(3)}).status();
 }
 
+bool Pool2dLayer::Direct(const Tensor& input) const {
+  const Pool2dOptions& o = options_;
+  // In ceil mode an odd size adds an overhanging window; even sizes pool
+  // as in floor mode.
+  return o.kind == PoolKind::kMax && o.window_rows == 2 && o.window_cols == 2 &&
+         o.stride_rows == 2 && o.stride_cols == 2 && o.pad_rows == 0 && o.pad_cols == 0 &&
+         (!o.ceil_mode || (input.dim(2) % 2 == 0 && input.dim(3) % 2 == 0)) &&
+         input.layout() == Layout::kChannelsLast;
+}
+
 absl::Status Pool2dLayer::GetPrimitives(const Tensor& input, bool training,
                                         Primitives** primitives) {
   const ShapeKey key = {input.dim(0),
@@ -129,7 +140,11 @@ absl::Status Pool2dLayer::GetPrimitives(const Tensor& input, bool training,
     const memory::desc dst =
         TensorDesc({key[0], key[1], (*out)[1], (*out)[2]}, input.layout(), input.dtype());
     Primitives built;
-    if (training) {
+    built.direct = Direct(input);
+    if (built.direct) {
+      if (training) built.argmax.resize(static_cast<size_t>(ShapeSize(*out) * key[0]));
+      built.has_workspace = training;
+    } else if (training) {
       dnnl::pooling_forward::primitive_desc training_pd(
           dnnl::pooling_forward::desc(dnnl::prop_kind::forward_training, algorithm, src, dst,
                                       strides, kernel, padding_l, padding_r),
@@ -152,8 +167,10 @@ absl::Status Pool2dLayer::GetPrimitives(const Tensor& input, bool training,
       found = primitives_by_shape_.Insert(key, Primitives());
       found->src = src;
       found->dst = dst;
+      found->direct = built.direct;
     }
     if (training) {
+      found->argmax = std::move(built.argmax);
       found->forward_training = std::move(built.forward_training);
       found->backward = std::move(built.backward);
       found->workspace = std::move(built.workspace);
@@ -192,26 +209,34 @@ absl::Status Pool2dLayer::Forward(const Tensor& input, bool training, Tensor* ou
   Tensor* pooled = convert ? &pooled_ : output;
   pooled->Reshape({d[0], d[1], d[2], d[3]}, input.dtype());
   pooled->SetLayout(input.layout());
-  const dnnl::engine& engine = context_->engine();
-  memory src(p->src, engine, const_cast<void*>(input.raw_data()));
-  memory dst(p->dst, engine, pooled->raw_data());
   last_forward_training_ = training;
+  const absl::Status status = Pool(*p, input, training, pooled);
+  if (training) {
+    p->workspace_filled = status.ok();
+    last_training_output_ = pooled->raw_data();
+    return status;
+  }
+  // The training Forward's output, if this was it, is gone.
+  if (output->raw_data() == last_training_output_) last_training_output_ = nullptr;
+  if (!status.ok() || !convert) return status;
+  return context_->Convert(pooled_, pooled_.layout(), inference_output_type_, output);
+}
+
+absl::Status Pool2dLayer::Pool(Primitives& p, const Tensor& input, bool training, Tensor* pooled) {
+  if (p.direct) {
+    max_pool_2x2::Forward(input, pooled, training ? p.argmax.data() : nullptr);
+    return absl::OkStatus();
+  }
+  const dnnl::engine& engine = context_->engine();
+  memory src(p.src, engine, const_cast<void*>(input.raw_data()));
+  memory dst(p.dst, engine, pooled->raw_data());
   if (!training) {
-    absl::Status s = context_->Execute("pooling forward (inference)", p->forward_inference,
-                                       {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}});
-    if (s.ok() && convert) {
-      s = context_->Convert(pooled_, pooled_.layout(), inference_output_type_, output);
-    }
-    // The training Forward's output, if this was it, is gone.
-    if (output->raw_data() == last_training_output_) last_training_output_ = nullptr;
-    return s;
+    return context_->Execute("pooling forward (inference)", p.forward_inference,
+                             {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}});
   }
   std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}};
-  if (p->has_workspace) args[DNNL_ARG_WORKSPACE] = p->workspace;
-  absl::Status status = context_->Execute("pooling forward (training)", p->forward_training, args);
-  p->workspace_filled = status.ok();
-  last_training_output_ = pooled->raw_data();
-  return status;
+  if (p.has_workspace) args[DNNL_ARG_WORKSPACE] = p.workspace;
+  return context_->Execute("pooling forward (training)", p.forward_training, args);
 }
 
 absl::Status Pool2dLayer::Backward(const Tensor& input, const Tensor& output,
@@ -251,6 +276,10 @@ absl::Status Pool2dLayer::Backward(const Tensor& input, const Tensor& output,
   }
   grad_input->Reshape(input.shape(), input.dtype());
   grad_input->SetLayout(input.layout());
+  if (p->direct) {
+    max_pool_2x2::Backward(grad_output, p->argmax.data(), grad_input);
+    return absl::OkStatus();
+  }
   const dnnl::engine& engine = context_->engine();
   memory diff_dst(p->dst, engine, const_cast<void*>(grad_output.raw_data()));
   memory diff_src(p->src, engine, grad_input->raw_data());

@@ -1,5 +1,7 @@
 // 2-D max and average pooling on oneDNN pooling primitives (f32; and bf16
-// in bf16 passes).
+// in bf16 passes), except the max pooling over 2x2 windows at stride 2
+// without padding of a channels-last input, which runs on loops of its own
+// with the same results (max_pool_2x2.h says why).
 //
 // Shapes (NCHW; the layer also takes channel-blocked inputs and then gives
 // blocked outputs and gradients, common/nn/layer.h):
@@ -36,6 +38,7 @@
 #define DISTILLERY_COMMON_NN_LAYERS_POOL2D_LAYER_H_
 
 #include <array>
+#include <vector>
 
 #include "common/nn/layer.h"
 #include "common/nn/primitive_cache.h"
@@ -112,9 +115,17 @@ class Pool2dLayer : public Layer {
     dnnl::memory workspace;  // max pooling: where each maximum came from
     bool has_workspace = false;
     bool workspace_filled = false;  // by a training Forward of this entry
+    // The 2x2 loops (Direct) instead of the primitives, and their workspace.
+    bool direct = false;
+    std::vector<uint8_t> argmax;
   };
   using ShapeKey = std::array<int64_t, 6>;  // batch, channels, rows, cols, layout, type
   absl::Status CheckInput(const char* what, const Tensor& input) const;
+  // Whether `input` is pooled by max_pool_2x2's loops rather than oneDNN.
+  bool Direct(const Tensor& input) const;
+  // Forward's pooling of `input` into `pooled` (shaped) with `p`'s loops or
+  // primitives; a training pass fills the workspace.
+  absl::Status Pool(Primitives& p, const Tensor& input, bool training, Tensor* pooled);
   // The entry for `input`'s shape with the inference or the training
   // primitives built. The pointer is valid until the next call.
   absl::Status GetPrimitives(const Tensor& input, bool training, Primitives** primitives);
