@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/nn/layers/conv2d_im2col_weights.h"
 #include "common/nn/layers/conv2d_internal.h"
 #include "common/util/status_macros.h"
 
@@ -287,17 +288,28 @@ WeightsPd Conv2dLayer::BackwardWeightsPd(bool bf16, const Primitives& p) const {
 void Conv2dLayer::AddBackward(bool bf16, Primitives* entry) const {
   Primitives& p = *entry;
   const DataPd data_pd = BackwardDataPd(bf16, p);
-  const WeightsPd weights_pd = BackwardWeightsPd(bf16, p);
   // Built aside and moved in at the end, so that a failure leaves the entry
   // without backward primitives rather than half of them.
   dnnl::convolution_backward_data backward_data(data_pd);
-  dnnl::convolution_backward_weights backward_weights(weights_pd);
   Bridge data_diff_dst = MakeBridge(p.dst, data_pd.diff_dst_desc(), true);
   Bridge data_weights = MakeBridge(p.weights, data_pd.weights_desc(), true);
   Bridge data_diff_src = MakeBridge(p.src, data_pd.diff_src_desc(), false);
-  Bridge weights_src = MakeBridge(p.src, weights_pd.src_desc(), true);
-  Bridge weights_diff_dst = MakeBridge(p.dst, weights_pd.diff_dst_desc(), true);
-  Bridge weights_diff_weights = MakeBridge(p.weights, weights_pd.diff_weights_desc(), false);
+  std::shared_ptr<Im2colWeightGradient> im2col_weights;
+  dnnl::convolution_backward_weights backward_weights;
+  Bridge weights_src, weights_diff_dst, weights_diff_weights;
+  const DataType grad_type = p.dst.data_type() == kBf16 ? DataType::kBF16 : DataType::kF32;
+  if (bf16 && Im2colWeightGradient::Applies(options_, grad_type, p.dst_layout)) {
+    const memory::dims& in = p.plain_src.dims();
+    const memory::dims& out = p.plain_dst.dims();
+    im2col_weights = std::make_shared<Im2colWeightGradient>(
+        options_, Shape(in.begin(), in.end()), Shape(out.begin(), out.end()), context_);
+  } else {
+    const WeightsPd weights_pd = BackwardWeightsPd(bf16, p);
+    backward_weights = dnnl::convolution_backward_weights(weights_pd);
+    weights_src = MakeBridge(p.src, weights_pd.src_desc(), true);
+    weights_diff_dst = MakeBridge(p.dst, weights_pd.diff_dst_desc(), true);
+    weights_diff_weights = MakeBridge(p.weights, weights_pd.diff_weights_desc(), false);
+  }
   p.backward_data = std::move(backward_data);
   p.backward_weights = std::move(backward_weights);
   p.data_diff_dst = std::move(data_diff_dst);
@@ -306,6 +318,7 @@ void Conv2dLayer::AddBackward(bool bf16, Primitives* entry) const {
   p.weights_src = std::move(weights_src);
   p.weights_diff_dst = std::move(weights_diff_dst);
   p.weights_diff_weights = std::move(weights_diff_weights);
+  p.im2col_weights = std::move(im2col_weights);
   p.has_backward = true;
 }
 
@@ -395,13 +408,18 @@ absl::Status Conv2dLayer::Backward(const Tensor& input, const Tensor& /*output*/
   }
   const memory diff_dst(p->dst, context_->engine(), const_cast<void*>(grad_output.raw_data()));
   memory diff_dst_for_weights;
-  RETURN_IF_ERROR(BackwardWeights(*p, input, diff_dst, &diff_dst_for_weights));
+  RETURN_IF_ERROR(BackwardWeights(*p, input, grad_output, diff_dst, &diff_dst_for_weights));
   if (grad_input == nullptr) return absl::OkStatus();
   return BackwardData(*p, input, diff_dst, diff_dst_for_weights, grad_input);
 }
 
 absl::Status Conv2dLayer::BackwardWeights(const Primitives& p, const Tensor& input,
-                                          const memory& diff_dst, memory* diff_dst_used) {
+                                          const Tensor& grad_output, const memory& diff_dst,
+                                          memory* diff_dst_used) {
+  if (p.im2col_weights != nullptr) {
+    *diff_dst_used = diff_dst;
+    return p.im2col_weights->Run(input, grad_output, weight_.grad.data(), bias_.grad.data());
+  }
   const dnnl::engine& engine = context_->engine();
   const memory src(p.src, engine, const_cast<void*>(input.raw_data()));
   // The forward pass reordered this very input already when it wanted the

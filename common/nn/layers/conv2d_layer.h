@@ -36,6 +36,7 @@
 #define DISTILLERY_COMMON_NN_LAYERS_CONV2D_LAYER_H_
 
 #include <array>
+#include <memory>
 
 #include "common/nn/layer.h"
 #include "common/nn/primitive_cache.h"
@@ -84,6 +85,8 @@ struct Conv2dOptions {
   // kBlocked are kept for comparison.
   ConvLayout layout = ConvLayout::kAuto;
 };
+
+class Im2colWeightGradient;
 
 class Conv2dLayer : public Layer {
  public:
@@ -179,6 +182,9 @@ class Conv2dLayer : public Layer {
     dnnl::convolution_backward_weights backward_weights;
     Bridge data_diff_dst, data_weights, data_diff_src;
     Bridge weights_src, weights_diff_dst, weights_diff_weights;
+    // Instead of backward_weights and its bridges, where it applies
+    // (conv2d_im2col_weights.h).
+    std::shared_ptr<Im2colWeightGradient> im2col_weights;
   };
   // batch, rows, cols, input layout, whether blocked output is allowed,
   // whether the products are bf16, the input's type, whether the output
@@ -232,7 +238,7 @@ class Conv2dLayer : public Layer {
                          const dnnl::memory& plain) const;
   // Backward's weight and bias gradients; *diff_dst_used is dL/doutput as
   // the weights pass read it (BackwardData may read it too).
-  absl::Status BackwardWeights(const Primitives& p, const Tensor& input,
+  absl::Status BackwardWeights(const Primitives& p, const Tensor& input, const Tensor& grad_output,
                                const dnnl::memory& diff_dst, dnnl::memory* diff_dst_used);
   // Backward's dL/dinput into `grad_input`, in the input's layout and type.
   absl::Status BackwardData(const Primitives& p, const Tensor& input, const dnnl::memory& diff_dst,
