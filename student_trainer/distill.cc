@@ -78,9 +78,9 @@ absl::StatusOr<TrainingResult> TrainOnLocalTransferSet(const DistillConfig& conf
   trainer.data_description = absl::StrCat("local transfer set ", DatasetFingerprint(transfer));
   spdlog::info("local transfer set: {} examples [{}, {}){}, {}, T={}", transfer.num_examples,
                range.first, range.second, config.use_labels ? " with labels" : ", no labels",
-               DescribeAugmentation(AugmentationOf(trainer)), trainer.distill_temperature);
+               DescribeAugmentation(trainer.augmentation), trainer.distill_temperature);
   RemoteSoftTargets targets(client, trainer.distill_temperature);
-  LocalBatchSource source(transfer, trainer.batch_size, AugmentationOf(trainer), trainer.seed,
+  LocalBatchSource source(transfer, trainer.batch_size, trainer.augmentation, trainer.seed,
                           &targets);
   return Train(trainer, source, data.test, validation);
 }
@@ -90,12 +90,12 @@ absl::StatusOr<TrainingResult> TrainOnLocalTransferSet(const DistillConfig& conf
 absl::StatusOr<TrainingResult> TrainOnTeacherTransferSet(const DistillConfig& config,
                                                          TeacherClient* client,
                                                          const MnistFormatData& data) {
-  if (config.trainer.max_shift != 0) {
+  if (config.trainer.augmentation.max_shift != 0) {
     return absl::InvalidArgumentError(
         "--jitter needs --source=local: the teacher's transfer set comes with targets for "
         "its own, unshifted images");
   }
-  if (config.trainer.elastic.enabled()) {
+  if (config.trainer.augmentation.elastic.enabled()) {
     return absl::InvalidArgumentError(
         "--elastic_alpha needs --source=local: the teacher's transfer set comes with targets "
         "for its own, undistorted images");

@@ -113,7 +113,7 @@ distillery::TrainerConfig TeacherRecipe() {
   c.input_dropout = 0.2f;
   c.hidden_dropout = 0.5f;
   c.sgd.max_norm = 3.5f;
-  c.max_shift = 2;
+  c.augmentation.max_shift = 2;
   c.epochs = 60;
   c.batch_size = 128;
   c.schedule.base = 0.5f;

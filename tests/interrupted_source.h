@@ -14,7 +14,7 @@ namespace distillery {
 class InterruptedSource : public BatchSource {
  public:
   InterruptedSource(const Dataset& data, const TrainerConfig& config, int64_t fail_epoch)
-      : inner_(data, config.batch_size, AugmentationOf(config), config.seed),
+      : inner_(data, config.batch_size, config.augmentation, config.seed),
         fail_epoch_(fail_epoch) {}
   Shape example_shape() const override { return inner_.example_shape(); }
   int64_t BatchesPerEpoch() const override { return inner_.BatchesPerEpoch(); }

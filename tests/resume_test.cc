@@ -34,7 +34,7 @@ class TrainerResumeTest : public MnistSliceTest<1500, 500> {
     config.batch_size = 50;
     config.schedule.base = 0.1f;
     config.hidden_dropout = 0.2f;
-    config.max_shift = 1;
+    config.augmentation.max_shift = 1;
     config.log_progress = false;
     config.data_description = "mnist train[0,1500)";
     config.checkpoint_path = UniqueTempPath(name + ".ckpt");
@@ -86,11 +86,11 @@ TEST_F(TrainerResumeTest, CheckpointRecordsTheSettingsIsaAndThreads) {
 
 TEST_F(TrainerResumeTest, ElasticDistortionIsRecordedAndResumedBitIdentically) {
   TrainerConfig straight = Config("elastic_straight");
-  straight.elastic.alpha = 34.f;
+  straight.augmentation.elastic.alpha = 34.f;
   auto reference = Train(straight, *train_, *test_);
   ASSERT_TRUE(reference.ok()) << reference.status();
   TrainerConfig config = Config("elastic");
-  config.elastic.alpha = 34.f;
+  config.augmentation.elastic.alpha = 34.f;
   Interrupt(config);
   auto checkpoint = LoadCheckpoint(config.checkpoint_path);
   ASSERT_TRUE(checkpoint.ok());
@@ -98,7 +98,7 @@ TEST_F(TrainerResumeTest, ElasticDistortionIsRecordedAndResumedBitIdentically) {
   EXPECT_EQ(checkpoint->training_state().settings().at("elastic_sigma"), "4");
   // Another distortion, or none, is another trajectory.
   TrainerConfig off = config;
-  off.elastic.alpha = 0.f;
+  off.augmentation.elastic.alpha = 0.f;
   auto refused = Resume(off);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(refused.status().message().find("elastic_alpha"), std::string::npos)

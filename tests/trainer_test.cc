@@ -57,7 +57,7 @@ TEST_F(TrainerTest, ResumedRunEndsWithTheSameWeights) {
   TrainerConfig config = SmallConfig();
   config.architecture = "784-64-10";
   config.hidden_dropout = 0.3f;
-  config.max_shift = 1;
+  config.augmentation.max_shift = 1;
   config.schedule.kind = LearningRateSchedule::Kind::kConstant;
   config.epochs = 3;
   auto uninterrupted = Train(config, *train_, *test_);
@@ -132,12 +132,12 @@ TEST_F(TrainerTest, RefusesBadSetups) {
   config.temperature = 0.f;
   EXPECT_EQ(Train(config, *train_, *test_).status().code(), absl::StatusCode::kInvalidArgument);
   config = SmallConfig();
-  config.elastic.alpha = -1.f;
+  config.augmentation.elastic.alpha = -1.f;
   absl::Status status = Train(config, *train_, *test_).status();
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(status.message().find("alpha"), std::string::npos) << status;
-  config.elastic.alpha = 34.f;
-  config.elastic.sigma = 0.1f;
+  config.augmentation.elastic.alpha = 34.f;
+  config.augmentation.elastic.sigma = 0.1f;
   status = Train(config, *train_, *test_).status();
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(status.message().find("sigma"), std::string::npos) << status;
@@ -148,8 +148,8 @@ TEST_F(TrainerTest, RefusesBadSetups) {
 // usual alpha 34, sigma 4; 189 without either).
 TEST_F(TrainerTest, ElasticallyDistortedTrainingLearns) {
   TrainerConfig config = SmallConfig();
-  config.max_shift = 1;
-  config.elastic.alpha = 34.f;
+  config.augmentation.max_shift = 1;
+  config.augmentation.elastic.alpha = 34.f;
   absl::StatusOr<TrainingResult> result = Train(config, *train_, *test_);
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_LT(result->final_evaluation.errors, 240);
@@ -207,7 +207,7 @@ TEST_F(TrainerTest, ConvolutionalNetworkLearns) {
   TrainerConfig config = SmallConfig();
   config.architecture = "conv5x5:8/same+bn,maxpool2,conv3x3:16+bn,maxpool2,fc:10";
   config.epochs = 2;
-  config.max_shift = 1;
+  config.augmentation.max_shift = 1;
   config.schedule.base = 0.05f;
   config.sgd.momentum_start = config.sgd.momentum_end = 0.9f;
   absl::StatusOr<TrainingResult> result = Train(config, *train_, *test_);

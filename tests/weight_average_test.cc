@@ -76,7 +76,7 @@ class TrainerWeightAverageTest : public MnistSliceTest<1000, 500> {
     config.schedule.base = 0.1f;
     config.schedule.kind = LearningRateSchedule::Kind::kConstant;
     config.hidden_dropout = 0.2f;
-    config.max_shift = 1;
+    config.augmentation.max_shift = 1;
     config.log_progress = false;
     config.data_description = "mnist train[0,1000)";
     config.checkpoint_path = UniqueTempPath(name + ".ckpt");

@@ -108,7 +108,7 @@ void SetTrainingFlagDefaults(const TrainerConfig& d, double momentum_ramp_epochs
   absl::SetFlag(&FLAGS_input_dropout, d.input_dropout);
   absl::SetFlag(&FLAGS_hidden_dropout, d.hidden_dropout);
   absl::SetFlag(&FLAGS_max_norm, d.sgd.max_norm);
-  absl::SetFlag(&FLAGS_jitter, d.max_shift);
+  absl::SetFlag(&FLAGS_jitter, d.augmentation.max_shift);
   absl::SetFlag(&FLAGS_temperature, d.temperature);
   absl::SetFlag(&FLAGS_epochs, d.epochs);
   absl::SetFlag(&FLAGS_batch_size, d.batch_size);
@@ -132,9 +132,9 @@ absl::StatusOr<TrainerConfig> TrainerConfigFromFlags() {
   c.input_dropout = static_cast<float>(absl::GetFlag(FLAGS_input_dropout));
   c.hidden_dropout = static_cast<float>(absl::GetFlag(FLAGS_hidden_dropout));
   c.sgd.max_norm = c.adam.max_norm = static_cast<float>(absl::GetFlag(FLAGS_max_norm));
-  c.max_shift = absl::GetFlag(FLAGS_jitter);
-  c.elastic.alpha = static_cast<float>(absl::GetFlag(FLAGS_elastic_alpha));
-  c.elastic.sigma = static_cast<float>(absl::GetFlag(FLAGS_elastic_sigma));
+  c.augmentation.max_shift = absl::GetFlag(FLAGS_jitter);
+  c.augmentation.elastic.alpha = static_cast<float>(absl::GetFlag(FLAGS_elastic_alpha));
+  c.augmentation.elastic.sigma = static_cast<float>(absl::GetFlag(FLAGS_elastic_sigma));
   c.temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature));
   c.epochs = absl::GetFlag(FLAGS_epochs);
   c.batch_size = absl::GetFlag(FLAGS_batch_size);

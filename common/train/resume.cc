@@ -57,10 +57,11 @@ TrainingSettings DescribeTrainingSettings(const TrainerConfig& c, int64_t exampl
   s["architecture"] = c.architecture;
   s["input_dropout"] = F(c.input_dropout);
   s["hidden_dropout"] = F(c.hidden_dropout);
-  s["jitter"] = absl::StrCat(c.max_shift);
-  if (c.elastic.enabled()) {  // absent when off, as in checkpoints from before it existed
-    s["elastic_alpha"] = F(c.elastic.alpha);
-    s["elastic_sigma"] = F(c.elastic.sigma);
+  s["jitter"] = absl::StrCat(c.augmentation.max_shift);
+  if (c.augmentation.elastic
+          .enabled()) {  // absent when off, as in checkpoints from before it existed
+    s["elastic_alpha"] = F(c.augmentation.elastic.alpha);
+    s["elastic_sigma"] = F(c.augmentation.elastic.sigma);
   }
   s["seed"] = absl::StrCat(c.seed);
   s["epochs"] = absl::StrCat(c.epochs);

@@ -34,11 +34,11 @@ absl::Status ValidateConfig(const TrainerConfig& c) {
     return absl::InvalidArgumentError(
         absl::StrCat("batch size must be in [1, 65536], got ", c.batch_size));
   }
-  if (c.max_shift < 0 || c.max_shift > 8) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("jitter (max shift) must be in [0, 8] pixels, got ", c.max_shift));
+  if (c.augmentation.max_shift < 0 || c.augmentation.max_shift > 8) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "jitter (max shift) must be in [0, 8] pixels, got ", c.augmentation.max_shift));
   }
-  RETURN_IF_ERROR(ValidateElasticDistortion(c.elastic));
+  RETURN_IF_ERROR(ValidateElasticDistortion(c.augmentation.elastic));
   if (!(std::isfinite(c.schedule.base) && c.schedule.base > 0.f)) {
     return absl::InvalidArgumentError(
         absl::StrCat("learning rate must be a finite number > 0, got ", c.schedule.base));
@@ -409,7 +409,7 @@ absl::StatusOr<TrainingResult> TrainingRun::Run() {
     spdlog::info("training {} ({} parameters) on {} examples of {} for {} epochs, batch {}, {}, {}",
                  spec_.ArchitectureString(), network.ParameterCount(), source_.ExamplesPerEpoch(),
                  ShapeString(source_.example_shape()), config_.epochs, config_.batch_size,
-                 optimizer_->Describe(), DescribeAugmentation(AugmentationOf(config_)));
+                 optimizer_->Describe(), DescribeAugmentation(config_.augmentation));
   }
   for (int64_t epoch = start_epoch_; epoch < config_.epochs; ++epoch) {
     EpochMetrics metrics;
@@ -423,13 +423,6 @@ absl::StatusOr<TrainingResult> TrainingRun::Run() {
 }
 
 }  // namespace
-
-Augmentation AugmentationOf(const TrainerConfig& config) {
-  Augmentation augmentation;
-  augmentation.max_shift = config.max_shift;
-  augmentation.elastic = config.elastic;
-  return augmentation;
-}
 
 LocalBatchSource::LocalBatchSource(const Dataset& data, int64_t batch_size,
                                    const Augmentation& augmentation, uint64_t seed,
@@ -474,8 +467,7 @@ absl::StatusOr<TrainingResult> Train(const TrainerConfig& config, const Dataset&
   }
   if (train.num_examples < 1) return absl::InvalidArgumentError("the training set is empty");
   if (config.batch_size < 1) return absl::InvalidArgumentError("batch size must be at least 1");
-  LocalBatchSource source(train, config.batch_size, AugmentationOf(config), config.seed,
-                          soft_targets);
+  LocalBatchSource source(train, config.batch_size, config.augmentation, config.seed, soft_targets);
   return Train(config, source, test, validation);
 }
 

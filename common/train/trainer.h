@@ -39,12 +39,10 @@ struct TrainerConfig {
   // Dropout on the input units and after every hidden layer (0 = off).
   float input_dropout = 0.f;
   float hidden_dropout = 0.f;
-  // Jitter: each time an image is drawn it is shifted by a uniform integer
-  // number of pixels in [-max_shift, max_shift] in x and y (0 = off).
-  int max_shift = 0;
-  // Elastic distortion of each drawn image after its shift
-  // (common/data/distortion.h; alpha 0 = off).
-  ElasticDistortion elastic;
+  // How each drawn image is changed (common/data/batches.h): jitter, a
+  // uniform integer shift in [-max_shift, max_shift] pixels in x and y, then
+  // elastic distortion (common/data/distortion.h). Off by default.
+  Augmentation augmentation;
   // Epochs over the training data and examples per update.
   int64_t epochs = 30;
   int64_t batch_size = 128;
@@ -180,9 +178,6 @@ struct TrainingResult {
   int64_t best_validation_epoch = 0;
   int64_t best_validation_errors = -1;
 };
-
-// The augmentation `config` asks for: its jitter and elastic distortion.
-Augmentation AugmentationOf(const TrainerConfig& config);
 
 // The batches of a local data set: examples in the order of
 // ShuffledIndices(n, seed, epoch), augmented (jitter, elastic distortion)
