@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/tensor/dnnl_context.h"
+#include "common/tensor/precision.h"
 #include "gmock/gmock.h"
 #include "tests/layer_test_util.h"
 
@@ -139,6 +140,9 @@ TEST(Pool2dLayerTest, ChannelsLastMax2x2IsBitIdenticalToOneDnn) {
   for (const Shape& shape :
        {Shape{3, 32, 28, 28}, Shape{2, 16, 7, 9}, Shape{1, 3, 2, 2}, Shape{130, 64, 14, 14}}) {
     for (DataType type : {DataType::kF32, DataType::kBF16}) {
+      // oneDNN pools bf16 only where the CPU has native bf16 (as do the
+      // bf16 passes that would use these loops).
+      if (type == DataType::kBF16 && !CpuHasNativeBf16()) continue;
       for (bool ceil_mode : {false, true}) {
         SCOPED_TRACE(
             absl::StrCat(ShapeString(shape), " ", DataTypeName(type), ceil_mode ? " ceil" : ""));
