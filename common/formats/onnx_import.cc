@@ -31,76 +31,76 @@ namespace onnx_import_internal {
 // (batch, features), or no change at all.
 absl::Status Importer::ConvertReshapeLike(const onnx::NodeProto& node) {
   RETURN_IF_ERROR(ExpectActivation(node, 0));
-  const int64_t features = ShapeSize(shape_);
   const int64_t rank = static_cast<int64_t>(shape_.size()) + 1;  // with the batch
   const std::string& op = node.op_type();
-  auto refuse = [&]() {
+  bool flattens = false;
+  if (op == "Flatten") {
+    const int64_t axis = IntAttr(node, "axis", 1);
+    flattens = (axis < 0 ? axis + rank : axis) == 1;
+  } else if (op == "Reshape") {
+    flattens = ReshapeFlattens(node, rank);
+  } else if (op == "Squeeze") {
+    flattens = SqueezeFlattens(node, rank);
+  }  // an Unsqueeze on the chain never flattens
+  if (!flattens) {
     return absl::InvalidArgumentError(absl::StrCat(
         NodeName(node), " is supported only where it flattens (batch, ...) to (batch, features)"));
-  };
-  if (op == "Flatten") {
-    int64_t axis = IntAttr(node, "axis", 1);
-    if (axis < 0) axis += rank;
-    if (axis != 1) return refuse();
-    FlattenTo(node);
-    return absl::OkStatus();
   }
-  if (op == "Reshape") {
-    if (node.input_size() < 2) return refuse();
-    std::vector<int64_t> target;
-    if (const ConstTensor* c = Const(node.input(1)); c != nullptr && !c->is_float) {
-      target = c->i;
-    } else if (auto it = shapes_.find(node.input(1)); it != shapes_.end()) {
-      target = it->second.values;
-    } else {
-      return refuse();
-    }
-    if (target.size() != 2) return refuse();
-    const bool allow_zero = IntAttr(node, "allowzero", 0) != 0;
-    // The batch dimension: kBatchDim, 0 (copy), or -1 with the features given.
-    const bool batch_ok = target[0] == kBatchDim || (target[0] == 0 && !allow_zero) ||
-                          (target[0] == -1 && target[1] == features);
-    const bool features_ok = target[1] == features || (target[1] == -1 && target[0] != -1) ||
-                             (target[1] == 0 && !allow_zero && rank == 2);
-    if (!batch_ok || !features_ok) return refuse();
-    FlattenTo(node);
-    return absl::OkStatus();
+  FlattenTo(node);
+  return absl::OkStatus();
+}
+
+bool Importer::ReshapeFlattens(const onnx::NodeProto& node, int64_t rank) const {
+  if (node.input_size() < 2) return false;
+  std::vector<int64_t> target;
+  if (const ConstTensor* c = Const(node.input(1)); c != nullptr && !c->is_float) {
+    target = c->i;
+  } else if (auto it = shapes_.find(node.input(1)); it != shapes_.end()) {
+    target = it->second.values;
+  } else {
+    return false;
   }
-  // Squeeze / Unsqueeze: the axes from the attribute (opset < 13) or input 1.
+  if (target.size() != 2) return false;
+  const int64_t features = ShapeSize(shape_);
+  const bool allow_zero = IntAttr(node, "allowzero", 0) != 0;
+  // The batch dimension: kBatchDim, 0 (copy), or -1 with the features given.
+  const bool batch_ok = target[0] == kBatchDim || (target[0] == 0 && !allow_zero) ||
+                        (target[0] == -1 && target[1] == features);
+  const bool features_ok = target[1] == features || (target[1] == -1 && target[0] != -1) ||
+                           (target[1] == 0 && !allow_zero && rank == 2);
+  return batch_ok && features_ok;
+}
+
+bool Importer::SqueezeFlattens(const onnx::NodeProto& node, int64_t rank) const {
+  // The axes from the attribute (opset < 13) or input 1; none means every
+  // axis of size 1.
   std::vector<int64_t> axes = IntsAttr(node, "axes");
   if (node.input_size() > 1 && !node.input(1).empty()) {
     const ConstTensor* c = Const(node.input(1));
-    if (c == nullptr || c->is_float) return refuse();
+    if (c == nullptr || c->is_float) return false;
     axes = c->i;
   }
   std::vector<int64_t> full = {-1};  // -1 = batch
   full.insert(full.end(), shape_.begin(), shape_.end());
-  if (op == "Squeeze") {
-    std::set<int64_t> drop;
-    for (int64_t a : axes) {
-      if (a < -rank || a >= rank) return refuse();
-      drop.insert(a < 0 ? a + rank : a);
-    }
-    if (axes.empty()) {
-      for (int64_t k = 1; k < rank; ++k) {
-        if (full[k] == 1) drop.insert(k);
-      }
-    }
-    std::vector<int64_t> kept;
-    for (int64_t k = 0; k < rank; ++k) {
-      if (drop.count(k) == 0) {
-        kept.push_back(full[k]);
-      } else if (k == 0 || full[k] != 1) {
-        return refuse();
-      }
-    }
-    if (drop.empty() || *drop.rbegin() >= rank) return refuse();
-    if (kept.size() != 2) return refuse();
-    FlattenTo(node);
-    return absl::OkStatus();
+  std::set<int64_t> drop;
+  for (int64_t a : axes) {
+    if (a < -rank || a >= rank) return false;
+    drop.insert(a < 0 ? a + rank : a);
   }
-  // Unsqueeze on the chain never flattens.
-  return refuse();
+  if (axes.empty()) {
+    for (int64_t k = 1; k < rank; ++k) {
+      if (full[k] == 1) drop.insert(k);
+    }
+  }
+  int64_t kept = 0;
+  for (int64_t k = 0; k < rank; ++k) {
+    if (drop.count(k) == 0) {
+      ++kept;
+    } else if (k == 0 || full[k] != 1) {
+      return false;  // the batch, or an axis that is not of size 1
+    }
+  }
+  return !drop.empty() && kept == 2;
 }
 
 absl::Status Importer::Convert(const onnx::NodeProto& node, bool is_last) {

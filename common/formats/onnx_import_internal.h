@@ -114,6 +114,10 @@ class Importer {
   absl::Status ConvertBatchNorm(const onnx::NodeProto& node);
   absl::Status ConvertActivation(const onnx::NodeProto& node);
   absl::Status ConvertReshapeLike(const onnx::NodeProto& node);
+  // Whether a Reshape or a Squeeze of the chain's (batch, ...) activation
+  // of `rank` dimensions (with the batch) gives (batch, features).
+  bool ReshapeFlattens(const onnx::NodeProto& node, int64_t rank) const;
+  bool SqueezeFlattens(const onnx::NodeProto& node, int64_t rank) const;
 
   const onnx::ModelProto& model_;
   const onnx::GraphProto& graph_;
