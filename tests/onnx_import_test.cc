@@ -269,6 +269,49 @@ TEST(OnnxImportTest, RefusesDynamicSpatialShapeWithoutInputShape) {
   EXPECT_FALSE(Import(model, options).ok());
 }
 
+// The graph's input: exactly one, (N, C, H, W) with the given shape
+// agreeing with its fixed sizes, or (N, F) with the image shape given.
+TEST(OnnxImportTest, RefusesInputsItCannotRead) {
+  auto refusal = [](const onnx::ModelProto& model, const Shape& given) {
+    OnnxImportOptions options;
+    options.input_shape = given;
+    auto c = Import(model, options);
+    EXPECT_FALSE(c.ok());
+    return std::string(c.status().message());
+  };
+  {
+    ModelBuilder b({-1, 4});
+    b.Node("Gemm", {"", b.Weight("w", {4, 2}, Values(8, 1))});
+    const onnx::ModelProto flat = b.Finish();
+    EXPECT_THAT(refusal(flat, {}), HasSubstr("is flat (N, F); give the image shape"));
+    EXPECT_THAT(refusal(flat, {1, 3, 3}), HasSubstr("does not have the model's 4 input features"));
+    EXPECT_THAT(refusal(flat, {1, 0, 4}), HasSubstr("three positive sizes"));
+    onnx::ModelProto two = flat;
+    *two.mutable_graph()->add_input() = two.graph().input(0);
+    two.mutable_graph()->mutable_input(1)->set_name("second");
+    EXPECT_THAT(refusal(two, {1, 2, 2}), HasSubstr("more than one input"));
+    onnx::ModelProto none = flat;
+    none.mutable_graph()->clear_input();
+    EXPECT_THAT(refusal(none, {1, 2, 2}), HasSubstr("no input"));
+  }
+  {
+    ModelBuilder b({-1, 1, 2, 2});
+    b.Node("Flatten", {""});
+    b.Node("Gemm", {"", b.Weight("w", {4, 2}, Values(8, 1))});
+    const onnx::ModelProto image = b.Finish();
+    EXPECT_THAT(refusal(image, {1, 2, 3}), HasSubstr("does not match the model's input"));
+    OnnxImportOptions matching;
+    matching.input_shape = {1, 2, 2};
+    EXPECT_TRUE(Import(image, matching).ok());
+  }
+  {
+    ModelBuilder b({-1, 2, 2});
+    b.Node("Flatten", {""});
+    b.Node("Gemm", {"", b.Weight("w", {4, 2}, Values(8, 1))});
+    EXPECT_THAT(refusal(b.Finish(), {1, 2, 2}), HasSubstr("has rank 3"));
+  }
+}
+
 TEST(OnnxImportTest, RefusesMoreThanOneOutput) {
   ModelBuilder b({-1, 4});
   b.Node("Gemm", {"", b.Weight("w", {4, 2}, Values(8, 1))});

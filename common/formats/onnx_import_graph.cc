@@ -222,7 +222,7 @@ absl::Status Importer::CollectConstants() {
   return absl::OkStatus();
 }
 
-absl::Status Importer::SetUpInput() {
+absl::StatusOr<const onnx::ValueInfoProto*> Importer::FindInput() const {
   const onnx::ValueInfoProto* input = nullptr;
   for (const onnx::ValueInfoProto& v : graph_.input()) {
     if (consts_.count(v.name()) > 0) continue;  // older exporters list initializers
@@ -238,9 +238,13 @@ absl::Status Importer::SetUpInput() {
     return absl::InvalidArgumentError(
         absl::StrCat("input \"", input->name(), "\" is not a float32 tensor"));
   }
-  const auto& dims = input->type().tensor_type().shape().dim();
+  return input;
+}
+
+absl::Status Importer::SetUpInput() {
+  ASSIGN_OR_RETURN(const onnx::ValueInfoProto* input, FindInput());
   std::vector<int64_t> fixed;  // -1 where dynamic
-  for (const onnx::TensorShapeProto::Dimension& d : dims) {
+  for (const onnx::TensorShapeProto::Dimension& d : input->type().tensor_type().shape().dim()) {
     fixed.push_back(d.has_dim_value() && d.dim_value() > 0 ? d.dim_value() : -1);
   }
   const Shape& given = options_.input_shape;
@@ -248,41 +252,9 @@ absl::Status Importer::SetUpInput() {
     return absl::InvalidArgumentError("the input shape must be three positive sizes C,H,W");
   }
   if (fixed.size() == 4) {
-    if (given.empty()) {
-      if (fixed[1] < 0 || fixed[2] < 0 || fixed[3] < 0) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("input \"", input->name(),
-                         "\" has a dynamic channel or spatial size; give the input shape "
-                         "(--input_shape=C,H,W)"));
-      }
-      input_shape_ = {fixed[1], fixed[2], fixed[3]};
-    } else {
-      for (int k = 0; k < 3; ++k) {
-        if (fixed[k + 1] >= 0 && fixed[k + 1] != given[k]) {
-          return absl::InvalidArgumentError(
-              absl::StrCat("the input shape ", absl::StrJoin(given, ","),
-                           " does not match the model's input \"", input->name(), "\""));
-        }
-      }
-      input_shape_ = given;
-    }
-    shape_ = input_shape_;
+    RETURN_IF_ERROR(SetImageInput(input->name(), fixed, given));
   } else if (fixed.size() == 2) {
-    if (given.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "input \"", input->name(),
-          "\" is flat (N, F); give the image shape it flattens (--input_shape=C,H,W)"));
-    }
-    if (fixed[1] >= 0 && fixed[1] != ShapeSize(given)) {
-      return absl::InvalidArgumentError(absl::StrCat("the input shape ", absl::StrJoin(given, ","),
-                                                     " does not have the model's ", fixed[1],
-                                                     " input features"));
-    }
-    input_shape_ = given;
-    PendingLayer flatten;
-    flatten.spec.kind = LayerSpec::Kind::kFlatten;
-    layers_.push_back(flatten);
-    shape_ = {ShapeSize(given)};
+    RETURN_IF_ERROR(SetFlatInput(input->name(), fixed, given));
   } else {
     return absl::InvalidArgumentError(absl::StrCat("input \"", input->name(), "\" has rank ",
                                                    fixed.size(),
@@ -292,6 +264,50 @@ absl::Status Importer::SetUpInput() {
     return absl::InvalidArgumentError("the input shape is too large");
   }
   activation_ = input->name();
+  return absl::OkStatus();
+}
+
+absl::Status Importer::SetImageInput(const std::string& name, const std::vector<int64_t>& fixed,
+                                     const Shape& given) {
+  if (given.empty()) {
+    if (fixed[1] < 0 || fixed[2] < 0 || fixed[3] < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("input \"", name,
+                       "\" has a dynamic channel or spatial size; give the input shape "
+                       "(--input_shape=C,H,W)"));
+    }
+    input_shape_ = {fixed[1], fixed[2], fixed[3]};
+  } else {
+    for (int k = 0; k < 3; ++k) {
+      if (fixed[k + 1] >= 0 && fixed[k + 1] != given[k]) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("the input shape ", absl::StrJoin(given, ","),
+                         " does not match the model's input \"", name, "\""));
+      }
+    }
+    input_shape_ = given;
+  }
+  shape_ = input_shape_;
+  return absl::OkStatus();
+}
+
+absl::Status Importer::SetFlatInput(const std::string& name, const std::vector<int64_t>& fixed,
+                                    const Shape& given) {
+  if (given.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("input \"", name,
+                     "\" is flat (N, F); give the image shape it flattens (--input_shape=C,H,W)"));
+  }
+  if (fixed[1] >= 0 && fixed[1] != ShapeSize(given)) {
+    return absl::InvalidArgumentError(absl::StrCat("the input shape ", absl::StrJoin(given, ","),
+                                                   " does not have the model's ", fixed[1],
+                                                   " input features"));
+  }
+  input_shape_ = given;
+  PendingLayer flatten;
+  flatten.spec.kind = LayerSpec::Kind::kFlatten;
+  layers_.push_back(flatten);
+  shape_ = {ShapeSize(given)};
   return absl::OkStatus();
 }
 

@@ -79,6 +79,15 @@ class Importer {
   absl::Status CheckSupported();
   absl::Status CollectConstants();
   absl::Status SetUpInput();
+  // The graph's one input that is not an initializer, a float32 tensor.
+  absl::StatusOr<const onnx::ValueInfoProto*> FindInput() const;
+  // input_shape_ and shape_ for an (N, C, H, W) input `name` whose sizes are
+  // `fixed` (-1 where dynamic), or for an (N, F) one behind a flatten layer,
+  // given options_.input_shape (`given`, empty when none).
+  absl::Status SetImageInput(const std::string& name, const std::vector<int64_t>& fixed,
+                             const Shape& given);
+  absl::Status SetFlatInput(const std::string& name, const std::vector<int64_t>& fixed,
+                            const Shape& given);
   absl::Status Convert(const onnx::NodeProto& node, bool is_last);
   absl::StatusOr<distill::v1::Checkpoint> Build();
 
