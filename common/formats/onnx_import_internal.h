@@ -121,6 +121,17 @@ class Importer {
   absl::Status ConvertPool(const onnx::NodeProto& node);
   absl::Status ConvertGemm(const onnx::NodeProto& node);
   absl::Status ConvertBatchNorm(const onnx::NodeProto& node);
+  // A BatchNormalization's constants, checked (one value per channel,
+  // variance + epsilon positive).
+  struct BatchNormConstants {
+    const std::vector<float>*gamma, *beta, *mean, *var;
+    float epsilon;
+    int64_t channels;
+  };
+  // ConvertBatchNorm's two outcomes: folded into the foldable layer before
+  // it, or a batch-norm layer of its own.
+  absl::Status FoldBatchNorm(const onnx::NodeProto& node, const BatchNormConstants& bn);
+  absl::Status AddBatchNormLayer(const onnx::NodeProto& node, const BatchNormConstants& bn);
   absl::Status ConvertActivation(const onnx::NodeProto& node);
   absl::Status ConvertReshapeLike(const onnx::NodeProto& node);
   // Whether a Reshape or a Squeeze of the chain's (batch, ...) activation

@@ -298,43 +298,51 @@ absl::Status Importer::ConvertBatchNorm(const onnx::NodeProto& node) {
                                                      " channels"));
     }
   }
-  const std::vector<float>&gamma = t[0]->f, &beta = t[1]->f, &mean = t[2]->f, &var = t[3]->f;
+  const BatchNormConstants bn = {&t[0]->f, &t[1]->f, &t[2]->f, &t[3]->f, eps, channels};
   for (int64_t c = 0; c < channels; ++c) {
-    if (!(double{var[c]} + eps > 0.0)) {
+    if (!(double{(*bn.var)[c]} + eps > 0.0)) {
       return absl::DataLossError(
           absl::StrCat(NodeName(node), ": variance + epsilon is not positive at ", c));
     }
   }
   if (!layers_.empty() && layers_.back().foldable && (layers_.back().spec.units == channels)) {
-    PendingLayer& l = layers_.back();
-    const int64_t per_unit = static_cast<int64_t>(l.weight.size()) / channels;
-    for (int64_t c = 0; c < channels; ++c) {
-      const double s = double{gamma[c]} / std::sqrt(double{var[c]} + eps);
-      for (int64_t k = 0; k < per_unit; ++k) {
-        float& wv = l.weight[c * per_unit + k];
-        wv = static_cast<float>(wv * s);
-      }
-      l.bias[c] = static_cast<float>((double{l.bias[c]} - mean[c]) * s + beta[c]);
-    }
-    for (float v : l.weight) {
-      if (!std::isfinite(v)) {
-        return absl::DataLossError(
-            absl::StrCat(NodeName(node), ": folding it gives non-finite weights"));
-      }
-    }
-    Advance(node, shape_);
-    return absl::OkStatus();
+    return FoldBatchNorm(node, bn);
   }
-  // A batch normalization layer; its epsilon is the engine's, so the
-  // variance absorbs the difference.
+  return AddBatchNormLayer(node, bn);
+}
+
+absl::Status Importer::FoldBatchNorm(const onnx::NodeProto& node, const BatchNormConstants& bn) {
+  PendingLayer& l = layers_.back();
+  const int64_t per_unit = static_cast<int64_t>(l.weight.size()) / bn.channels;
+  for (int64_t c = 0; c < bn.channels; ++c) {
+    const double s = double{(*bn.gamma)[c]} / std::sqrt(double{(*bn.var)[c]} + bn.epsilon);
+    for (int64_t k = 0; k < per_unit; ++k) {
+      float& wv = l.weight[c * per_unit + k];
+      wv = static_cast<float>(wv * s);
+    }
+    l.bias[c] = static_cast<float>((double{l.bias[c]} - (*bn.mean)[c]) * s + (*bn.beta)[c]);
+  }
+  for (float v : l.weight) {
+    if (!std::isfinite(v)) {
+      return absl::DataLossError(
+          absl::StrCat(NodeName(node), ": folding it gives non-finite weights"));
+    }
+  }
+  Advance(node, shape_);
+  return absl::OkStatus();
+}
+
+absl::Status Importer::AddBatchNormLayer(const onnx::NodeProto& node,
+                                         const BatchNormConstants& bn) {
+  // Its epsilon is the engine's, so the variance absorbs the difference.
   PendingLayer layer;
   layer.spec.kind = LayerSpec::Kind::kBatchNorm;
-  layer.weight = gamma;
-  layer.bias = beta;
-  layer.mean = mean;
-  layer.var.resize(channels);
-  for (int64_t c = 0; c < channels; ++c) {
-    const double v = double{var[c]} + eps - kBatchNormEpsilon;
+  layer.weight = *bn.gamma;
+  layer.bias = *bn.beta;
+  layer.mean = *bn.mean;
+  layer.var.resize(bn.channels);
+  for (int64_t c = 0; c < bn.channels; ++c) {
+    const double v = double{(*bn.var)[c]} + bn.epsilon - kBatchNormEpsilon;
     if (!(v >= 0.0)) {
       return absl::InvalidArgumentError(
           absl::StrCat(NodeName(node), ": its epsilon cannot be expressed with the engine's ",
