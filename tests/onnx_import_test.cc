@@ -381,6 +381,23 @@ TEST(OnnxImportTest, RefusesMalformedAndTruncatedBytes) {
   EXPECT_TRUE(ImportOnnxModel(bytes, {}, "whole.onnx").ok());
 }
 
+// A Conv's strides and dilations: two sizes each, in [1, 65536].
+TEST(OnnxImportTest, RefusesConvStridesAndDilationsItCannotTake) {
+  for (const auto& [attribute, values] : std::vector<std::pair<std::string, std::vector<int64_t>>>{
+           {"strides", {0, 1}}, {"strides", {1, 1, 1}}, {"dilations", {1, 70000}}}) {
+    SCOPED_TRACE(attribute);
+    ModelBuilder b({-1, 1, 7, 7});
+    onnx::NodeProto* conv = b.Node("Conv", {"", b.Weight("w", {1, 1, 3, 3}, Values(9, 41))});
+    onnx_test::SetInts(conv, attribute, values);
+    b.Node("Flatten", {""});
+    onnx_test::SetInt(b.Node("Gemm", {"", b.Weight("fc", {1, 25}, std::vector<float>(25, 1.f))}),
+                      "transB", 1);
+    auto c = Import(b.Finish());
+    ASSERT_FALSE(c.ok());
+    EXPECT_THAT(c.status().message(), HasSubstr("needs 2-D positive strides and dilations"));
+  }
+}
+
 // Conv with dilations (2, 1): rows and columns dilated apart, against a
 // direct loop; the checkpoint keeps both and the export gives them back.
 TEST(OnnxImportTest, ConvWithDilationsPerAxis) {

@@ -65,6 +65,25 @@ absl::Status ResolvePads(const onnx::NodeProto& node, const Shape& in, const int
   return absl::OkStatus();
 }
 
+// A Conv's strides and dilations (1, 1 where absent): two sizes each, in
+// [1, 65536].
+absl::Status ReadStridesAndDilations(const onnx::NodeProto& node, int64_t stride[2],
+                                     int64_t dilation[2]) {
+  std::vector<int64_t> strides = IntsAttr(node, "strides");
+  if (strides.empty()) strides = {1, 1};
+  std::vector<int64_t> dilations = IntsAttr(node, "dilations");
+  if (dilations.empty()) dilations = {1, 1};
+  auto valid = [](const std::vector<int64_t>& v) {
+    return v.size() == 2 && v[0] >= 1 && v[1] >= 1 && v[0] <= 65536 && v[1] <= 65536;
+  };
+  if (!valid(strides) || !valid(dilations)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(NodeName(node), ": needs 2-D positive strides and dilations"));
+  }
+  for (int k = 0; k < 2; ++k) stride[k] = strides[k], dilation[k] = dilations[k];
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status Importer::ConvertConv(const onnx::NodeProto& node) {
@@ -88,19 +107,8 @@ absl::Status Importer::ConvertConv(const onnx::NodeProto& node) {
     return absl::InvalidArgumentError(
         absl::StrCat(NodeName(node), ": kernel_shape does not match its weight"));
   }
-  std::vector<int64_t> strides = IntsAttr(node, "strides");
-  if (strides.empty()) strides = {1, 1};
-  std::vector<int64_t> dilations = IntsAttr(node, "dilations");
-  if (dilations.empty()) dilations = {1, 1};
-  if (strides.size() != 2 || strides[0] < 1 || strides[1] < 1 || strides[0] > 65536 ||
-      strides[1] > 65536 || dilations.size() != 2 || dilations[0] < 1 || dilations[1] < 1 ||
-      dilations[0] > 65536 || dilations[1] > 65536) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(NodeName(node), ": needs 2-D positive strides and dilations"));
-  }
-  const int64_t stride[2] = {strides[0], strides[1]};
-  const int64_t dilation[2] = {dilations[0], dilations[1]};
-  int64_t pad[2];
+  int64_t stride[2], dilation[2], pad[2];
+  RETURN_IF_ERROR(ReadStridesAndDilations(node, stride, dilation));
   RETURN_IF_ERROR(ResolvePads(node, shape_, kernel, stride, dilation, pad));
   PendingLayer layer;
   layer.spec.kind = LayerSpec::Kind::kConv2d;
