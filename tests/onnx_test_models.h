@@ -1,6 +1,7 @@
 // Small ONNX models built with the ONNX protobuf API, for the importer's
-// tests (tests/onnx_import_test.cc) and the fuzzer's seed corpus
-// (fuzz/fuzz_seed_corpus.cc). Weights are deterministic made-up values.
+// tests (tests/onnx_import_test.cc, onnx_import_refusals_test.cc) and the
+// fuzzer's seed corpus (fuzz/fuzz_seed_corpus.cc). Weights are deterministic
+// made-up values.
 #ifndef DISTILLERY_TESTS_ONNX_TEST_MODELS_H_
 #define DISTILLERY_TESTS_ONNX_TEST_MODELS_H_
 
@@ -9,9 +10,17 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
+#include "common/formats/onnx_import.h"
 #include "onnx/onnx.pb.h"
 
 namespace distillery::onnx_test {
+
+// Imports `model` as the importer reads a file's bytes.
+inline absl::StatusOr<distill::v1::Checkpoint> Import(const onnx::ModelProto& model,
+                                                      const OnnxImportOptions& options = {}) {
+  return ImportOnnxModel(model.SerializeAsString(), options, "test.onnx");
+}
 
 // Made-up values in [-0.5, 0.5) (or [lo, lo + 1) with `lo`), the same on
 // every machine.

@@ -77,12 +77,14 @@ void Im2colWeightGradient::FillColumns(const Tensor& input, int64_t first) {
   const int64_t rows = input_shape_[2], cols = input_shape_[3];
   const int64_t out_rows = output_shape_[2], out_cols = output_shape_[3];
   const int64_t images = parts_ * chunk_images_, pixels = images * rows * cols;
+  // The chunks' pixels in bf16: a bf16 input's own, an f32 one's rounded.
+  const uint16_t* pixels_bf16 = nullptr;
   if (input.dtype() == DataType::kBF16) {
-    std::copy(input.bf16_data() + first * rows * cols,
-              input.bf16_data() + first * rows * cols + pixels, images_.bf16_data());
+    pixels_bf16 = input.bf16_data() + first * rows * cols;
   } else {
     const float* in = input.data() + first * rows * cols;
     for (int64_t i = 0; i < pixels; ++i) images_.bf16_data()[i] = Bf16FromFloat(in[i]);
+    pixels_bf16 = images_.bf16_data();
   }
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t n = 0; n < images; ++n) {
@@ -96,8 +98,8 @@ void Im2colWeightGradient::FillColumns(const Tensor& input, int64_t first) {
         if (r < 0 || r >= rows) {
           std::fill(out, out + out_cols, uint16_t{0});
         } else {
-          FillRow(images_.bf16_data() + (n * rows + r) * cols, cols, o.stride_cols, col_offset,
-                  out_cols, out);
+          FillRow(pixels_bf16 + (n * rows + r) * cols, cols, o.stride_cols, col_offset, out_cols,
+                  out);
         }
       }
     }

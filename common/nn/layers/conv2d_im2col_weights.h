@@ -64,7 +64,7 @@ class Im2colWeightGradient {
   DnnlContext* context_;
   int64_t taps_, chunk_images_, chunk_positions_;
   int64_t parts_;    // chunks per matmul
-  Tensor images_;    // parts_ chunks of the input in bf16
+  Tensor images_;    // parts_ chunks of an f32 input, rounded to bf16
   Tensor columns_;   // (parts, taps + 1, chunk_positions), bf16
   Tensor products_;  // (chunks, taps + 1, out_channels), f32
   dnnl::memory::desc columns_desc_, grad_desc_, products_desc_;
